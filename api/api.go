@@ -1,0 +1,275 @@
+// Package api is the control-socket contract of zlmesh: the request, response
+// and event types that travel as JSON over HTTP/1.1 on the node's Unix socket,
+// the stable error codes, and a Go client (client.go) that the CLI uses.
+//
+// The socket (default DefaultSocket, mode 0660, owned by root and the group of
+// the socket's directory) lets whoever may write to it attach containers and
+// publish ports: treat membership of that group like membership of the docker
+// group. `curl --unix-socket /run/zlmesh/zlmesh.sock http://zlmesh/v1/status`
+// works.
+//
+// Endpoints:
+//
+//	GET    /v1/status        Status
+//	GET    /v1/peers         []Peer
+//	POST   /v1/down          DownRequest → 202, the node leaves and exits
+//	POST   /v1/attach        AttachRequest → Attachment
+//	POST   /v1/detach        DetachRequest → 204 (also when not attached)
+//	GET    /v1/attachments   []Attachment (this node)
+//	GET    /v1/services      []ServiceEndpoint (cluster-wide)
+//	POST   /v1/publish       PublishRequest → PortMapping
+//	DELETE /v1/publish       UnpublishRequest → 204
+//	GET    /v1/ports         []PortMapping (cluster-wide)
+//	GET    /v1/events        newline-delimited Event stream
+//	GET    /metrics          Prometheus text format
+//
+// Errors are an Error body with one of the Code constants and a matching HTTP
+// status.
+//
+// This package depends on the standard library only.
+package api
+
+import (
+	"fmt"
+	"time"
+)
+
+// DefaultSocket is where `zlmesh up` listens and the CLI connects by default.
+const DefaultSocket = "/run/zlmesh/zlmesh.sock"
+
+// Status is the node's view of itself (GET /v1/status).
+type Status struct {
+	Name        string `json:"name"`
+	PublicKey   string `json:"public_key"`
+	OverlayIP   string `json:"overlay_ip"`
+	NodeSubnet  string `json:"node_subnet"`
+	Endpoint    string `json:"endpoint"`     // underlay host:port WireGuard listens on
+	GossipAddr  string `json:"gossip_addr"`  // underlay host:port memberlist listens on
+	ClusterCIDR string `json:"cluster_cidr"` // e.g. 10.200.0.0/16
+	Interface   string `json:"interface"`    // e.g. zl0
+	MTU         int    `json:"mtu"`
+	Version     string `json:"version"`
+	// MeshDNS is the resolver address every container uses; SearchDomain
+	// is the mesh zone without the trailing dot (e.g. "zl").
+	MeshDNS      string `json:"mesh_dns"`
+	SearchDomain string `json:"search_domain"`
+	// Members counts alive cluster members including this node.
+	Members int `json:"members"`
+	// KnownPeers counts peers remembered in the state dir.
+	KnownPeers int `json:"known_peers"`
+	// Alone is true when this node is the only alive member although it
+	// remembers peers: it is partitioned or they are all down, and it keeps
+	// trying to re-join them.
+	Alone bool `json:"alone"`
+	// Attachments counts containers attached on this node.
+	Attachments int       `json:"attachments"`
+	StartedAt   time.Time `json:"started_at"`
+}
+
+// Peer states as reported in Peer.State.
+const (
+	PeerAlive   = "alive"
+	PeerSuspect = "suspect"
+	PeerDead    = "dead"
+	PeerLeft    = "left"
+)
+
+// Peer is one other node as this node sees it: its gossip state joined with
+// its WireGuard peer entry (GET /v1/peers).
+type Peer struct {
+	Name       string   `json:"name"`
+	PublicKey  string   `json:"public_key"`
+	Endpoint   string   `json:"endpoint"`
+	AllowedIPs []string `json:"allowed_ips"`
+	NodeSubnet string   `json:"node_subnet"`
+	OverlayIP  string   `json:"overlay_ip"`
+	// LastHandshake is the zero time when no handshake has completed.
+	LastHandshake time.Time `json:"last_handshake"`
+	State         string    `json:"state"`
+	RxBytes       int64     `json:"rx_bytes"`
+	TxBytes       int64     `json:"tx_bytes"`
+}
+
+// DownRequest asks the node to leave the cluster gracefully and exit.
+// Purge also removes what a plain stop leaves in place on purpose (the NAT
+// table with published ports).
+type DownRequest struct {
+	Purge bool `json:"purge,omitempty"`
+}
+
+// AttachRequest asks the node to attach a container's network namespace to a
+// service. Exactly one of Netns (a path such as /run/netns/x or
+// /proc/<pid>/ns/net) and PID must be set. Ifname defaults to "eth0".
+type AttachRequest struct {
+	Service   string `json:"service"`
+	Container string `json:"container"`
+	Netns     string `json:"netns,omitempty"`
+	PID       int    `json:"pid,omitempty"`
+	Ifname    string `json:"ifname,omitempty"`
+}
+
+// Attachment is an attached container and everything it needs to know about
+// its network.
+type Attachment struct {
+	Service   string `json:"service"`
+	Container string `json:"container"`
+	Netns     string `json:"netns,omitempty"`
+	PID       int    `json:"pid,omitempty"`
+	Ifname    string `json:"ifname"`
+	// Address is the container's address, Prefix its prefix length on the
+	// service bridge, Gateway the bridge's address.
+	Address      string    `json:"address"`
+	Prefix       int       `json:"prefix"`
+	Gateway      string    `json:"gateway"`
+	MTU          int       `json:"mtu"`
+	DNS          string    `json:"dns"`
+	SearchDomain string    `json:"search_domain"`
+	Bridge       string    `json:"bridge"`
+	HostVeth     string    `json:"host_veth"`
+	Node         string    `json:"node"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// DetachRequest detaches a container by id. Detaching a container that is not
+// attached succeeds.
+type DetachRequest struct {
+	Container string `json:"container"`
+}
+
+// ServiceEndpoint is one container of a service somewhere in the cluster, as
+// replicated through the record store.
+type ServiceEndpoint struct {
+	Service   string `json:"service"`
+	Container string `json:"container"`
+	Address   string `json:"address"`
+	Node      string `json:"node"`
+}
+
+// PublishRequest publishes a port: connections to HostPort on the node's
+// address (or HostAddress, if set) reach ContainerPort of the container, or of
+// one container of the service. Exactly one of Container and Service is set.
+// Protocol is "tcp" or "udp".
+type PublishRequest struct {
+	Container     string `json:"container,omitempty"`
+	Service       string `json:"service,omitempty"`
+	Protocol      string `json:"protocol"`
+	HostPort      int    `json:"host_port"`
+	ContainerPort int    `json:"container_port"`
+	HostAddress   string `json:"host_address,omitempty"`
+}
+
+// UnpublishRequest removes the mapping of a host port and protocol on this
+// node (HostAddress as published, empty for all addresses).
+type UnpublishRequest struct {
+	Protocol    string `json:"protocol"`
+	HostPort    int    `json:"host_port"`
+	HostAddress string `json:"host_address,omitempty"`
+}
+
+// PortMapping is one published port, cluster-wide.
+type PortMapping struct {
+	Node          string `json:"node"`
+	Container     string `json:"container,omitempty"`
+	Service       string `json:"service,omitempty"`
+	Protocol      string `json:"protocol"`
+	HostAddress   string `json:"host_address,omitempty"`
+	HostPort      int    `json:"host_port"`
+	ContainerPort int    `json:"container_port"`
+	// Target is the overlay address connections are forwarded to.
+	Target string `json:"target"`
+}
+
+// Event types on the /v1/events stream.
+const (
+	EventPeerUp   = "peer_up"
+	EventPeerDown = "peer_down"
+	EventAttach   = "attach"
+	EventDetach   = "detach"
+	EventRenumber = "renumber"        // this node moved to another subnet
+	EventMove     = "container_moved" // an attached container got a new address
+	EventConflict = "subnet_conflict" // two nodes claimed one subnet
+	EventPublish  = "publish"
+	EventUnpub    = "unpublish"
+)
+
+// Event is one line of the /v1/events stream. Only the fields that matter for
+// the Type are set.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Node    string    `json:"node,omitempty"`
+	Peer    string    `json:"peer,omitempty"`
+	Message string    `json:"message,omitempty"`
+	// Subnet conflicts and renumbering.
+	Winner    string `json:"winner,omitempty"`
+	Loser     string `json:"loser,omitempty"`
+	OldSubnet string `json:"old_subnet,omitempty"`
+	NewSubnet string `json:"new_subnet,omitempty"`
+	// Containers.
+	Service    string `json:"service,omitempty"`
+	Container  string `json:"container,omitempty"`
+	Address    string `json:"address,omitempty"`
+	OldAddress string `json:"old_address,omitempty"`
+	// Ports.
+	Port *PortMapping `json:"port,omitempty"`
+}
+
+// Stable error codes. Clients branch on these, never on messages.
+const (
+	CodeBadRequest     = "bad_request"        // 400: body is not valid JSON or a field is invalid
+	CodeTooLarge       = "too_large"          // 413: body over the size limit
+	CodeNotFound       = "not_found"          // 404: unknown container, service or port
+	CodeAlreadyExists  = "already_exists"     // 409: container already attached, port taken
+	CodeNoNamespace    = "no_namespace"       // 422: netns path missing, not a netns, or PID dead
+	CodeIfnameTaken    = "ifname_taken"       // 409: interface name already in the namespace
+	CodeExhausted      = "exhausted"          // 507: no free address in the slice or subnet
+	CodeUnsupported    = "unsupported"        // 501: not possible on this platform or mode
+	CodeNotReady       = "not_ready"          // 503: node is starting or stopping
+	CodeInternal       = "internal"           // 500: anything else
+	CodeMethodNotAllow = "method_not_allowed" // 405
+)
+
+// Error is the body of every non-2xx response, and the error the client
+// returns for one.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Status is the HTTP status the error travelled with.
+	Status int `json:"-"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// Errorf builds an *Error with a code, its HTTP status and a message.
+func Errorf(code string, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Status: StatusOf(code)}
+}
+
+// StatusOf returns the HTTP status for an error code.
+func StatusOf(code string) int {
+	switch code {
+	case CodeBadRequest:
+		return 400
+	case CodeNotFound:
+		return 404
+	case CodeMethodNotAllow:
+		return 405
+	case CodeAlreadyExists, CodeIfnameTaken:
+		return 409
+	case CodeTooLarge:
+		return 413
+	case CodeNoNamespace:
+		return 422
+	case CodeUnsupported:
+		return 501
+	case CodeNotReady:
+		return 503
+	case CodeExhausted:
+		return 507
+	default:
+		return 500
+	}
+}
+
+// MaxBodyBytes is the largest request body the server reads.
+const MaxBodyBytes = 64 << 10
