@@ -297,7 +297,8 @@ func (a *Allocator) Leases() []Lease {
 	return out
 }
 
-// State returns a copy of the allocator's state, as last saved.
+// State returns a copy of the allocator's state, as last saved, in the
+// canonical form of State.Clone.
 func (a *Allocator) State() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()

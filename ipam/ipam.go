@@ -73,9 +73,17 @@ type State struct {
 	Leases map[string]Lease        `json:"leases,omitempty"` // container → lease
 }
 
-// Clone returns a deep copy of s; nil maps stay nil.
+// Clone returns a deep copy of s in canonical form: empty maps become nil,
+// as they come back from a file, so that equal states compare equal with
+// reflect.DeepEqual.
 func (s State) Clone() State {
-	out := State{Slices: maps.Clone(s.Slices), Leases: maps.Clone(s.Leases)}
+	var out State
+	if len(s.Slices) > 0 {
+		out.Slices = maps.Clone(s.Slices)
+	}
+	if len(s.Leases) > 0 {
+		out.Leases = maps.Clone(s.Leases)
+	}
 	if s.Claim != nil {
 		c := *s.Claim
 		out.Claim = &c
