@@ -248,7 +248,7 @@ func sameState(a, b ipam.State) bool {
 		if !x.ClaimedAt.Equal(y.ClaimedAt) || !x.RenewedAt.Equal(y.RenewedAt) {
 			return false
 		}
-		x.ClaimedAt, x.RenewedAt, y.ClaimedAt, y.RenewedAt = y.ClaimedAt, y.RenewedAt, y.ClaimedAt, y.RenewedAt
+		x.ClaimedAt, x.RenewedAt = y.ClaimedAt, y.RenewedAt
 		if x != y {
 			return false
 		}
