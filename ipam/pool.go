@@ -13,7 +13,8 @@ import (
 const maxIndexBits = 62
 
 // Pool describes the cluster's address plan. It is immutable and safe for
-// concurrent use.
+// concurrent use. The zero Pool is not usable: make one with NewPool or
+// DefaultPool.
 type Pool struct {
 	cluster   netip.Prefix
 	nodeBits  int
