@@ -325,7 +325,7 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 	rand.Read(rnd[:])
 	tmp := PeerPrefix + hex.EncodeToString(rnd[:])
 	la := netlink.NewLinkAttrs()
-	la.Name, la.MTU, la.Alias = vethName, s.MTU, containerAliasPrefix+s.Container
+	la.Name, la.MTU = vethName, s.MTU // the alias is set in step 7
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: tmp, PeerTxQLen: -1}
 	if err := sys.nl.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
@@ -395,11 +395,8 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 	if err := sys.step(ctx, stepHostSide); err != nil {
 		return Attached{}, err
 	}
-	if err := sys.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
-		return Attached{}, fmt.Errorf("enslave %s to %s: %w", vethName, brName, err)
-	}
-	if err := sys.nl.LinkSetUp(host); err != nil {
-		return Attached{}, fmt.Errorf("set %s up: %w", vethName, err)
+	if err := sys.raw.plugHostEnd(host.Attrs().Index, br.Attrs().Index, containerAliasPrefix+s.Container); err != nil {
+		return Attached{}, fmt.Errorf("enslave %s to %s and set it up: %w", vethName, brName, err)
 	}
 
 	// 8. Forwarding.
@@ -879,6 +876,12 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 	}
 
 	// Host side.
+	if alias := containerAliasPrefix + s.Container; host.Attrs().Alias != alias {
+		if err := sys.nl.LinkSetAlias(host, alias); err != nil {
+			return Attached{}, fmt.Errorf("set alias of %s: %w", vethName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s had alias %q: set %q", vethName, host.Attrs().Alias, alias))
+	}
 	if host.Attrs().MasterIndex != br.Attrs().Index {
 		if err := sys.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
 			return Attached{}, fmt.Errorf("enslave %s to %s: %w", vethName, brName, err)

@@ -53,6 +53,22 @@ func (r *rawSocket) moveRename(index, nsFd int, name string) error {
 	return err
 }
 
+// plugHostEnd makes link index a port of bridge master, sets its alias and
+// brings it up, in one RTM_NEWLINK request (IFLA_MASTER, IFLA_IFALIAS and
+// IFF_UP): the host side of an attach costs one round-trip instead of three.
+// The kernel ignores IFLA_IFALIAS when it creates a veth, hence here.
+func (r *rawSocket) plugHostEnd(index, master int, alias string) error {
+	req := r.request(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(master))))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
 // setSTP switches the Spanning Tree Protocol of bridge index on or off
 // through IFLA_BR_STP_STATE (a bridge changelink). With STP on, a new port
 // spends 2 x forward_delay (30 s by default) listening and learning before it
