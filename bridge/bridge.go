@@ -66,10 +66,10 @@ var (
 const (
 	BridgePrefix = "zlb-" // service bridges
 	VethPrefix   = "zlv"  // host ends of container veths
-	// PeerPrefix names the container end of a veth for the short time it is
-	// still in the host namespace (between creation and the move into the
-	// container). A zlp link that survives is debris of a crash in that
-	// window; Inventory lists it and RemoveLink removes it.
+	// PeerPrefix names the container end of a veth when it is created in the
+	// host and then moved (the alternative attach form, see Attach). A zlp
+	// link in the host is debris of a crash in that window; Inventory lists
+	// it and RemoveLink removes it.
 	PeerPrefix = "zlp"
 )
 
@@ -409,12 +409,17 @@ func (m *Manager) Close() error { return m.close() }
 //  3. ensure the bridge: create it (an existing one is reused when it is a
 //     bridge of this service, else ErrExists), STP off, MTU, addresses made
 //     exactly the gateway (stale ones flushed), up;
-//  4. create the veth pair with the MTU on both ends: the host end
+//  4. create the veth pair, MTU on both ends, in one request: the host end
 //     VethName(Container) (ErrExists when it is already there: Detach or
-//     Adopt it), the peer under a temporary zlp* name;
-//  5. move the peer into the namespace and rename it Ifname in one
-//     RTM_NEWLINK request (IFLA_NET_NS_FD + IFLA_IFNAME), so it is never
-//     visible there under another name and a name clash leaves it in place;
+//     Adopt it) and the container end created directly inside the pinned
+//     namespace under its final name Ifname (IFLA_NET_NS_FD and IFLA_IFNAME
+//     in the peer's attributes): it never exists in the host or under a
+//     temporary name, and a name clash there fails the whole request;
+//  5. (only in the alternative form kept for comparison: the peer is
+//     created in the host as zlp*, then moved and renamed in one
+//     RTM_NEWLINK carrying IFLA_NET_NS_FD + IFLA_IFNAME. It is not the
+//     default because moving a link between namespaces costs an RCU grace
+//     period under the rtnl lock, 15-25 ms, ten times the rest of Attach);
 //  6. inside the namespace: the address, lo up, Ifname up, the default
 //     route via the gateway (ErrExists when another default route exists);
 //  7. host side: enslave the host end to the bridge, up;

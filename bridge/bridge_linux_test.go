@@ -573,26 +573,33 @@ func TestAttachRollback(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		for _, step := range attachSteps {
-			t.Run(fmt.Sprintf("existing=%v/%s", existing, step), func(t *testing.T) {
-				beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
-				e.m.sys.hook = func(s string) error {
-					if s == step {
-						return injected
+		for _, move := range []bool{false, true} {
+			for _, step := range attachSteps {
+				if step == stepMove && !move {
+					continue // the in-place form has no move step
+				}
+				t.Run(fmt.Sprintf("existing=%v/move=%v/%s", existing, move, step), func(t *testing.T) {
+					e.m.sys.movePeer = move
+					defer func() { e.m.sys.movePeer = false }()
+					beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
+					e.m.sys.hook = func(s string) error {
+						if s == step {
+							return injected
+						}
+						return nil
 					}
-					return nil
-				}
-				defer func() { e.m.sys.hook = nil }()
-				if _, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/27", "10.200.1.33/27")); !errors.Is(err, injected) {
-					t.Fatalf("Attach = %v, want the injected failure", err)
-				}
-				if got := snapshot(t, e.host.NL); got != beforeHost {
-					t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
-				}
-				if got := snapshot(t, c.NL); got != beforeC {
-					t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
-				}
-			})
+					defer func() { e.m.sys.hook = nil }()
+					if _, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/27", "10.200.1.33/27")); !errors.Is(err, injected) {
+						t.Fatalf("Attach = %v, want the injected failure", err)
+					}
+					if got := snapshot(t, e.host.NL); got != beforeHost {
+						t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
+					}
+					if got := snapshot(t, c.NL); got != beforeC {
+						t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
+					}
+				})
+			}
 		}
 	}
 
@@ -628,6 +635,32 @@ func TestAttachRollback(t *testing.T) {
 	cancel()
 	if _, err := e.m.Attach(cctx, spec("web", "c2", e.container(), "10.200.1.35/27", "10.200.1.33/27")); !errors.Is(err, context.Canceled) {
 		t.Errorf("Attach with a cancelled context = %v", err)
+	}
+}
+
+// TestAttachMovePeer runs the alternative form of attach (peer created in
+// the host, then moved and renamed in one request) end to end.
+func TestAttachMovePeer(t *testing.T) {
+	e := newEnv(t)
+	e.m.sys.movePeer = true
+	ctx := context.Background()
+	c1, c2 := e.container(), e.container()
+	s1 := spec("web", "m1", c1, "10.200.1.34/27", "10.200.1.33/27")
+	s2 := spec("web", "m2", c2, "10.200.1.35/27", "10.200.1.33/27")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkContainer(t, c1, s1)
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("m1"), VethName("m2"))
+	mustPing(t, c1, s2.Address)
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(inv.Veths, func(v VethInfo) bool { return v.Stray }) {
+		t.Errorf("a temporary peer was left in the host: %+v", inv.Veths)
 	}
 }
 
@@ -872,18 +905,22 @@ func TestIPv6(t *testing.T) {
 // BenchmarkAttachDetach measures one Attach plus one Detach through netlink.
 // "first" creates and removes the bridge each time (a service's first and
 // last container); "joining" attaches next to a resident container, so the
-// bridge already exists (the common case).
+// bridge already exists (the common case); "joining-move" is "joining" with
+// the container end created in the host and moved (sys.movePeer). The
+// attach-ns/op metric is the Attach alone.
 func BenchmarkAttachDetach(b *testing.B) {
-	for _, mode := range []string{"first", "joining"} {
+	for _, mode := range []string{"first", "joining", "joining-move"} {
+		move := mode == "joining-move"
 		b.Run(mode, func(b *testing.B) {
 			e := newEnv(b)
 			ctx := context.Background()
 			c := e.container()
-			if mode == "joining" {
+			if mode != "first" {
 				if _, err := e.m.Attach(ctx, spec("web", "resident", e.container(), "10.200.1.40/27", "10.200.1.33/27")); err != nil {
 					b.Fatal(err)
 				}
 			}
+			e.m.sys.movePeer = move
 			s := spec("web", "bench", c, "10.200.1.34/27", "10.200.1.33/27")
 			var attach time.Duration
 			b.ResetTimer()
