@@ -846,7 +846,9 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 	defer unlock()
 
 	var repairs []string
+	afresh := false // attachLocked's errors name the operation already
 	attachAfresh := func(why string) (Attached, error) {
+		afresh = true
 		a, err := m.attachLocked(ctx, sys, s, t)
 		if err != nil {
 			return Attached{}, fmt.Errorf("adopt %s (%s): %w", s.Container, why, err)
@@ -856,7 +858,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		return a, nil
 	}
 	defer func() {
-		if err != nil && !strings.HasPrefix(err.Error(), "adopt ") {
+		if err != nil && !afresh {
 			err = fmt.Errorf("adopt %s on %s: %w", s.Container, brName, err)
 		}
 	}()
