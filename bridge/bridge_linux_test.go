@@ -638,6 +638,37 @@ func TestAttachRollback(t *testing.T) {
 	}
 }
 
+// TestAttachOverStaleBridge attaches to a bridge left by an earlier life
+// with a stale gateway of another prefix length in the same range (the
+// reference daemon's /28 + /26 bug), STP on and down: the attach leaves
+// exactly the new gateway, STP off, up.
+func TestAttachOverStaleBridge(t *testing.T) {
+	e := newEnv(t)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "zlb-web"}}
+	if err := e.host.NL.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.200.1.33/28", "10.77.0.1/24"} {
+		if err := e.host.NL.AddrAdd(br, toNLAddr(netip.MustParsePrefix(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.m.sys.raw.setSTP(br.Index, true); err != nil {
+		t.Fatal(err)
+	}
+	c1, c2 := e.container(), e.container()
+	s1 := spec("web", "st1", c1, "10.200.1.34/26", "10.200.1.33/26")
+	s2 := spec("web", "st2", c2, "10.200.1.35/26", "10.200.1.33/26")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("st1"), VethName("st2"))
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c2, s1.Gateway)
+}
+
 // TestAttachMovePeer runs the alternative form of attach (peer created in
 // the host, then moved and renamed in one request) end to end.
 func TestAttachMovePeer(t *testing.T) {
@@ -880,6 +911,21 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("unrepairable Adopt changed the host:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
 	}
 	checkContainer(t, c1, s1) // undisturbed
+
+	// The veth of a3 leads to its old namespace while the spec names a new,
+	// empty one (the container was recreated): the stale pair goes, a fresh
+	// one is made.
+	moved := e.container()
+	s3m := s3
+	s3m.Netns = moved.Path
+	a, err = m2.Adopt(ctx, s3m)
+	if err != nil || !slices.ContainsFunc(a.Repairs, func(r string) bool { return strings.Contains(r, "another namespace") }) {
+		t.Errorf("Adopt(recreated namespace) = %+v, %v", a, err)
+	}
+	checkContainer(t, moved, s3m)
+	if _, err := c3.NL.LinkByName("eth0"); !gone(err) {
+		t.Errorf("the old namespace kept its eth0: %v", err)
+	}
 
 	// A dead namespace.
 	s1d := s1
