@@ -41,3 +41,4 @@ func (c *Claimer) Current() ipam.Claim                                { panic("p
 func (c *Claimer) Changes() <-chan ClaimChange                        { panic("pending") }
 func (c *Claimer) Release()                                           { panic("pending") }
 func (c *Claimer) Holders() map[netip.Prefix]ipam.Claim               { panic("pending") }
+func (m *Mesh) Alive(name string) bool                                { panic("pending") }

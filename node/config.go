@@ -85,6 +85,9 @@ type Config struct {
 	// Plumbing configures the OS side of the interface; nil: netlink on
 	// Linux (tun.SetAddress, tun.SetRoutes).
 	Plumbing Plumbing
+	// Containers is the container plumbing; nil: package bridge on Linux,
+	// none elsewhere (attach then answers "unsupported").
+	Containers Containers
 }
 
 // Plumbing is the OS side of the TUN: its address and the routes zlmesh owns.

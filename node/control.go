@@ -23,12 +23,29 @@ func (n *Node) controlHandler() http.Handler {
 		"/v1/status": {http.MethodGet: func(*http.Request) (any, error) { return n.Status(), nil }},
 		"/v1/peers":  {http.MethodGet: func(*http.Request) (any, error) { return n.Peers() }},
 		"/v1/down":   {http.MethodPost: n.handleDown},
+		"/v1/attach": {http.MethodPost: func(r *http.Request) (any, error) {
+			var req api.AttachRequest
+			if err := decodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return n.Attach(r.Context(), req)
+		}},
+		"/v1/detach": {http.MethodPost: func(r *http.Request) (any, error) {
+			var req api.DetachRequest
+			if err := decodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return nil, n.Detach(r.Context(), req.Container, "")
+		}},
+		"/v1/attachments": {http.MethodGet: func(*http.Request) (any, error) { return n.Attachments(), nil }},
+		"/v1/services":    {http.MethodGet: func(*http.Request) (any, error) { return n.Services(), nil }},
 	}
 	mux := http.NewServeMux()
 	for path, methods := range routes {
 		mux.Handle(path, methodRouter(methods))
 	}
 	mux.HandleFunc("/v1/events", n.handleEvents)
+	mux.HandleFunc("/metrics", n.handleMetrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no endpoint %s", r.URL.Path))
 	})

@@ -58,13 +58,17 @@ type Node struct {
 	key  wgtypes.Key
 	pool *ipam.Pool
 
-	alloc   *ipam.Allocator
-	wrap    *tun.Wrapper
-	dev     *device.Device
-	uapi    net.Listener
-	mesh    *mesh.Mesh
-	claimer *mesh.Claimer
-	events  *eventHub
+	alloc      *ipam.Allocator
+	attach     *attachments
+	containers Containers   // nil where container plumbing is unsupported
+	renumberMu sync.RWMutex // held for writing while the node changes subnet
+	metrics    *metrics
+	wrap       *tun.Wrapper
+	dev        *device.Device
+	uapi       net.Listener
+	mesh       *mesh.Mesh
+	claimer    *mesh.Claimer
+	events     *eventHub
 
 	ctlLn  net.Listener
 	ctlSrv *http.Server
@@ -102,6 +106,7 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		done:      make(chan struct{}),
 		applied:   map[wgtypes.Key]wgPeer{},
 		alive:     map[string]bool{},
+		metrics:   newMetrics(),
 	}
 	defer func() {
 		if err != nil {
@@ -132,6 +137,21 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	if n.alloc, err = ipam.NewAllocator(ipam.NewFileStore(filepath.Join(cfg.StateDir, ipamFile)), n.pool); err != nil {
 		return nil, err
+	}
+
+	// Attachments of the previous life: adopt the live ones, forget the
+	// rest, before anything else can attach.
+	if n.attach, err = loadAttachments(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if n.containers = cfg.Containers; n.containers == nil {
+		if n.containers, err = defaultContainers(n.log); err != nil {
+			return nil, err
+		}
+	}
+	if n.containers != nil {
+		n.undo = append(n.undo, func() { n.containers.Close() })
+		n.adoptAttachments(ctx)
 	}
 
 	// 3. Control socket.
@@ -218,16 +238,18 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 
 // applyClaim makes claim this node's subnet: it records it in the state dir
 // (moving every lease when the subnet changed), sets the TUN's overlay
-// address and gossips the new meta. It returns the container moves.
+// address and gossips the new meta. Attached containers move with it.
 func (n *Node) applyClaim(claim ipam.Claim) error {
+	n.renumberMu.Lock()
+	defer n.renumberMu.Unlock()
 	old, had := n.alloc.Claim()
-	var err error
 	if had && old.Subnet != claim.Subnet {
-		_, err = n.alloc.Renumber(claim)
-	} else {
-		err = n.alloc.SetClaim(claim)
-	}
-	if err != nil {
+		moves, err := n.alloc.Renumber(claim)
+		if err != nil {
+			return fmt.Errorf("renumber to %s: %w", claim.Subnet, err)
+		}
+		n.renumberContainers(moves)
+	} else if err := n.alloc.SetClaim(claim); err != nil {
 		return fmt.Errorf("record claim %s: %w", claim.Subnet, err)
 	}
 	overlay := ipam.OverlayAddr(claim.Subnet)
@@ -271,6 +293,9 @@ func (n *Node) endpoint() netip.AddrPort {
 	}
 	return netip.AddrPortFrom(addr, uint16(n.cfg.ListenPort))
 }
+
+// searchDomain is the mesh DNS zone without its trailing dot.
+func (n *Node) searchDomain() string { return "zl" }
 
 // Done is closed when the node has stopped (Close, Leave, or `zlmesh down`).
 func (n *Node) Done() <-chan struct{} { return n.done }
@@ -340,10 +365,11 @@ func (n *Node) Status() api.Status {
 		MTU:          n.cfg.MTU,
 		Version:      Version,
 		MeshDNS:      n.pool.MeshDNS().String(),
-		SearchDomain: "zl",
+		SearchDomain: n.searchDomain(),
 		Members:      alive,
 		KnownPeers:   len(n.mesh.KnownPeers()),
 		Alone:        n.mesh.Alone(),
+		Attachments:  n.attach.len(),
 		StartedAt:    n.startedAt,
 	}
 }

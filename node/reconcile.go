@@ -22,11 +22,16 @@ const resyncEvery = 5 * time.Second
 //   - RoutinePeers: mesh view → WireGuard peers, routes, peer events;
 //   - RoutineClaims: a lost subnet conflict → renumbering;
 //   - RoutineMeshEvents: membership and record events → a kick for the
-//     peer loop.
+//     peer loop;
+//   - RoutineSweep: containers whose namespace vanished → detached; this
+//     node's service records kept equal to its attachments.
 func (n *Node) startLoops() {
 	n.goLoop("RoutinePeers", n.routinePeers)
 	n.goLoop("RoutineClaims", n.routineClaims)
 	n.goLoop("RoutineMeshEvents", n.routineMeshEvents)
+	if n.containers != nil {
+		n.goLoop("RoutineSweep", n.routineSweep)
+	}
 }
 
 func (n *Node) goLoop(name string, fn func()) {
