@@ -23,11 +23,18 @@ func main() {
 // commands maps subcommand names to their entry points; each parses its own
 // flags from args and returns an error for main to print.
 var commands = map[string]func(args []string) error{
-	"up":      runUp,
-	"genkey":  runGenkey,
-	"status":  runStatus,
-	"peers":   runPeers,
-	"down":    runDown,
+	"up":     runUp,
+	"genkey": runGenkey,
+	"status": runStatus,
+	"peers":  runPeers,
+	"down":   runDown,
+
+	"attach":      runAttach,
+	"detach":      runDetach,
+	"attachments": runAttachments,
+	"services":    runServices,
+	"events":      runEvents,
+
 	"testbed": runTestbed,
 }
 
@@ -57,6 +64,11 @@ commands:
   status     show this node
   peers      show the other nodes and their WireGuard state
   down       leave the cluster gracefully and stop the node
+  attach     attach a container's network namespace to a service
+  detach     detach a container
+  attachments  list this node's attached containers
+  services   list every service endpoint in the cluster
+  events     follow the node's events (peers, attach, detach, renumber)
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
