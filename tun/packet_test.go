@@ -220,7 +220,7 @@ func tcpWithOptions(src, dst netip.AddrPort, payload []byte) []byte {
 	binary.BigEndian.PutUint16(seg[0:], src.Port())
 	binary.BigEndian.PutUint16(seg[2:], dst.Port())
 	seg[12] = 8 << 4
-	seg[13] = 0x18 // PSH ACK
+	seg[13] = 0x18          // PSH ACK
 	seg[20], seg[21] = 2, 4 // MSS
 	binary.BigEndian.PutUint16(seg[22:], 1380)
 	seg[24], seg[25] = 1, 1 // NOPs, then timestamps cut to NOPs
@@ -250,7 +250,7 @@ func ipv6ExtHeaders(pkt []byte) []byte {
 	proto := pkt[6]
 	out := make([]byte, 0, len(pkt)+24)
 	out = append(out, pkt[:40]...)
-	out = append(out, ipv6DestOpts, 0, 1, 4, 0, 0, 0, 0)                       // hop-by-hop, PadN
+	out = append(out, ipv6DestOpts, 0, 1, 4, 0, 0, 0, 0)                   // hop-by-hop, PadN
 	out = append(out, proto, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) // dest opts, PadN
 	out = append(out, pkt[40:]...)
 	out[6] = ipv6HopByHop
