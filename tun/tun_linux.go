@@ -71,7 +71,7 @@ func create(name string, mtu int) (Device, error) {
 func explainSetIff(name string, err error) error {
 	switch {
 	case errors.Is(err, unix.EBUSY):
-		return fmt.Errorf("TUN device %s is held by another process: %w", name, ErrNameInUse)
+		return fmt.Errorf("TUN device %s is in use (opened by another device or process): %w", name, ErrNameInUse)
 	case errors.Is(err, unix.EINVAL):
 		// The kernel says EINVAL when the name belongs to an interface that
 		// is not a TUN device (or to a TUN with other flags).
