@@ -268,7 +268,9 @@ type linkRoute struct {
 	metric int
 }
 
-func (r linkRoute) String() string { return fmt.Sprintf("%s proto %d metric %d", r.dst, r.proto, r.metric) }
+func (r linkRoute) String() string {
+	return fmt.Sprintf("%s proto %d metric %d", r.dst, r.proto, r.metric)
+}
 
 // routesVia dumps the main-table routes through the link.
 func routesVia(t *testing.T, h *netlink.Handle, name string) []linkRoute {
