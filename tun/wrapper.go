@@ -98,7 +98,14 @@ type Wrapper struct {
 
 	stats [numDirections]dirStats
 
-	scratch sync.Pool // *scratch: one per batch in flight
+	// readScratch serves Read, which has one caller in practice
+	// (wireguard-go's RoutineReadFromTUN): taking it is one CAS on
+	// readBusy, cheaper than the pool. A concurrent Read falls back to the
+	// pool.
+	readBusy    atomic.Bool
+	readScratch scratch
+
+	scratch sync.Pool // *scratch: one per Write batch in flight
 	inject  sync.Pool // *injectBuf: one per InjectInbound in flight
 }
 
@@ -286,7 +293,10 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // filterRead runs hooks on the first len(sizes) packets of bufs and
 // compacts the ones accepted to the front; it returns their number.
 func (w *Wrapper) filterRead(hooks []hook, bufs [][]byte, sizes []int, offset int) int {
-	s := w.scratch.Get().(*scratch)
+	s := &w.readScratch
+	if !w.readBusy.CompareAndSwap(false, true) {
+		s = w.scratch.Get().(*scratch)
+	}
 	p := &s.pkt
 	var dropped, consumed uint64
 	k := 0
@@ -312,7 +322,11 @@ func (w *Wrapper) filterRead(hooks []hook, bufs [][]byte, sizes []int, offset in
 		}
 	}
 	*p = Packet{} // do not keep the caller's buffers alive
-	w.scratch.Put(s)
+	if s == &w.readScratch {
+		w.readBusy.Store(false)
+	} else {
+		w.scratch.Put(s)
+	}
 	w.count(Outbound, dropped, consumed)
 	return k
 }
