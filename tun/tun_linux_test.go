@@ -19,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/zlmesh/zlmesh/internal/nstest"
+	"github.com/zlmesh/zlmesh/tun/tuntest"
 	"golang.org/x/sys/unix"
 )
 
@@ -592,6 +593,60 @@ func TestEndToEnd(t *testing.T) {
 			}
 		})
 	}
+
+	// Packets from "WireGuard" through Write, past an inbound hook that
+	// drops one, to a socket in the namespace.
+	t.Run("write", func(t *testing.T) {
+		var conn *net.UDPConn
+		if err := ns.Do(func() error {
+			var err error
+			conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.99.0.1"), Port: 7000})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		remove := w.AddHook(Inbound, 0, "drop b", func(p *Packet) Verdict {
+			if string(p.Payload) == "b" {
+				return Drop
+			}
+			return Accept
+		})
+		defer remove()
+		from := netip.MustParseAddrPort("10.98.0.5:9000")
+		to := netip.MustParseAddrPort("10.99.0.1:7000")
+		var bufs [][]byte
+		for _, s := range []string{"a", "b", "c"} {
+			bufs = append(bufs, append(make([]byte, 16), tuntest.UDP(from, to, []byte(s))...))
+		}
+		if n, err := w.Write(bufs, 16); n != 3 || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		var got []string
+		buf := make([]byte, 1500)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for len(got) < 2 {
+			n, src, err := conn.ReadFromUDP(buf)
+			if err != nil {
+				t.Fatalf("received %v, then: %v", got, err)
+			}
+			if src.AddrPort() != from {
+				t.Fatalf("packet from %v", src)
+			}
+			got = append(got, string(buf[:n]))
+		}
+		conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, _, err := conn.ReadFromUDP(buf); err == nil {
+			got = append(got, string(buf[:n]))
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, []string{"a", "c"}) {
+			t.Fatalf("socket received %v, want [a c]", got)
+		}
+		if c := w.Counters(Inbound); c.Seen != 3 || c.Dropped != 1 {
+			t.Errorf("inbound counters %+v", c)
+		}
+	})
 
 	if c := w.Counters(Inbound); c.Injected != 4 {
 		t.Errorf("inbound counters %+v, want 4 injected", c)

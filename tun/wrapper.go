@@ -301,7 +301,7 @@ func (w *Wrapper) filterRead(hooks []hook, bufs [][]byte, sizes []int, offset in
 	var dropped, consumed uint64
 	k := 0
 	for i, size := range sizes {
-		p.Decode(bufs[i][offset : offset+size])
+		p.Decode(bufs[i][offset : offset+size : offset+size])
 		switch runHooks(hooks, p) {
 		case Accept:
 			if k != i {
