@@ -97,6 +97,7 @@ type Wrapper struct {
 	lastID uint64
 
 	stats [numDirections]dirStats
+	_     [64]byte // keep the reader's scratch off the inbound counters
 
 	// readScratch serves Read, which has one caller in practice
 	// (wireguard-go's RoutineReadFromTUN): taking it is one CAS on
@@ -123,8 +124,8 @@ type dirStats struct {
 	_                                 [128 - 32]byte
 }
 
-// scratch is the per-batch state of the hot path, reused through a pool so
-// that a batch allocates nothing.
+// scratch is the per-batch state of the hot path, reused (readScratch or
+// the pool) so that a batch allocates nothing.
 type scratch struct {
 	pkt  Packet
 	keep [][]byte // Write: the packets that go on
