@@ -588,6 +588,11 @@ func (tb *Testbed) ExecSwitch(ctx context.Context, argv ...string) ([]byte, erro
 	return run(command(ctx, netnsArgv(tb.switchNetns(), argv)), tb.switchNetns(), argv)
 }
 
+// SwitchCmd returns a command that runs argv in the switch namespace.
+func (tb *Testbed) SwitchCmd(ctx context.Context, argv ...string) *exec.Cmd {
+	return command(ctx, netnsArgv(tb.switchNetns(), argv))
+}
+
 // Close removes everything the testbed made: it stops the daemons (SIGTERM,
 // SIGKILL after 2 s), kills every other process it started and every process
 // left in its namespaces, deletes the namespaces, /etc/netns entries and its
