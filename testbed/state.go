@@ -26,6 +26,12 @@ type state struct {
 	Seed         int    `json:"seed"`
 	MeshDNS      string `json:"mesh_dns"`
 	SearchDomain string `json:"search_domain"`
+	// Owner is the process that made the testbed. Ephemeral marks one made
+	// by New for a single test: once its owner is gone (a test binary
+	// killed by its timeout cannot run its cleanups), the next New removes
+	// it.
+	Owner     *procState `json:"owner,omitempty"`
+	Ephemeral bool       `json:"ephemeral,omitempty"`
 	// Namespaces are the names of every network namespace made, in order.
 	Namespaces []string `json:"namespaces"`
 	// EtcNetns are the /etc/netns/<ns> directories made.

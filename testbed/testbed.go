@@ -202,6 +202,9 @@ type Options struct {
 	// StopTimeout is how long Stop waits after SIGTERM before SIGKILL
 	// (0 means DefaultStopTimeout). Close waits at most 2 s.
 	StopTimeout time.Duration
+
+	// ephemeral is set by New: see state.Ephemeral.
+	ephemeral bool
 }
 
 var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,9}$`)

@@ -41,9 +41,12 @@ func mustPing(t *testing.T, ctx context.Context, from *Host, addr string) {
 	}
 }
 
-// mustNotPing fails the test if from reaches addr.
+// mustNotPing fails the test if from reaches addr within half a second
+// (answers inside the testbed take well under a millisecond).
 func mustNotPing(t *testing.T, ctx context.Context, from *Host, addr string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
 	if err := from.Ping(ctx, addr); err == nil {
 		t.Errorf("%s → %s: got an answer, want none", from.Name, addr)
 	}
@@ -598,6 +601,36 @@ func TestLoadAndDestroyAfterTheCreatorDied(t *testing.T) {
 			t.Fatal(err)
 		}
 		assertGone(t, prefix, dir, pids)
+	})
+
+	t.Run("New sweeps stale test testbeds", func(t *testing.T) {
+		tb, err := Up(ctx, Options{Prefix: RandomPrefix(), Hosts: 1, Command: sleeper, ephemeral: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, err := Up(ctx, Options{Prefix: RandomPrefix(), Hosts: 1, Command: sleeper, ephemeral: true})
+		if err != nil {
+			tb.Close()
+			t.Fatal(err)
+		}
+		defer live.Close()
+		pids := allPIDs(tb)
+		// Its owner "died": a PID with a start time no process has.
+		tb.mu.Lock()
+		tb.st.Owner = &procState{PID: 1<<22 - 1, Start: 1}
+		err = tb.saveLocked()
+		tb.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		swept, err := sweepStale()
+		if err != nil || !slices.Contains(swept, tb.Prefix) || slices.Contains(swept, live.Prefix) {
+			t.Errorf("sweepStale = %v, %v; want %s swept and %s kept", swept, err, tb.Prefix, live.Prefix)
+		}
+		assertGone(t, tb.Prefix, tb.Dir, pids)
+		if !live.Hosts()[0].Running() || !exists(live.Dir) {
+			t.Error("the live testbed was touched")
+		}
 	})
 
 	t.Run("destroy without a state file", func(t *testing.T) {

@@ -34,6 +34,9 @@ const upTimeout = 60 * time.Second
 // t.Logf when o.Logf is nil, fails the test when Up fails, and registers
 // Close with t.Cleanup (which also runs when the test fails or panics). When
 // the test failed, the cleanup first logs the tail of every host's log.
+//
+// A test binary killed by its -timeout runs no cleanups, so New first removes
+// the testbeds earlier New calls made whose test process is gone.
 func New(t testing.TB, o Options) *Testbed {
 	t.Helper()
 	if err := supported(); err != nil {
@@ -47,6 +50,10 @@ func New(t testing.TB, o Options) *Testbed {
 	}
 	if o.Logf == nil {
 		o.Logf = t.Logf
+	}
+	o.ephemeral = true
+	if swept, err := sweepStale(); len(swept) > 0 || err != nil {
+		t.Logf("testbed: removed stale testbeds of dead test processes: %v (%v)", swept, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
 	defer cancel()

@@ -87,6 +87,8 @@ func Up(ctx context.Context, o Options) (tb *Testbed, err error) {
 			Seed:         o.Seed,
 			MeshDNS:      o.MeshDNS,
 			SearchDomain: o.SearchDomain,
+			Owner:        self(),
+			Ephemeral:    o.ephemeral,
 		},
 	}
 	defer func() {
@@ -140,6 +142,38 @@ func (tb *Testbed) buildLocked(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// self describes this process, as the owner of the testbeds it makes.
+func self() *procState {
+	start, _, err := procStartTime(os.Getpid())
+	if err != nil {
+		return nil
+	}
+	return &procState{PID: os.Getpid(), Start: start, Argv: os.Args}
+}
+
+// sweepStale removes the testbeds New made (in the default /run/<prefix>
+// directories) whose owning process is gone, and returns their prefixes.
+func sweepStale() ([]string, error) {
+	files, err := filepath.Glob("/run/*/" + stateFile)
+	if err != nil {
+		return nil, err
+	}
+	var swept []string
+	var errs []error
+	for _, f := range files {
+		st, err := readState(filepath.Dir(f))
+		if err != nil || !st.Ephemeral || st.Owner == nil || alive(st.Owner) {
+			continue
+		}
+		if err := Destroy(st.Prefix, st.Dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		swept = append(swept, st.Prefix)
+	}
+	return swept, errors.Join(errs...)
 }
 
 // makeDir makes dir, or accepts it if it exists and is empty; created says
