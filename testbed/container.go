@@ -76,12 +76,17 @@ func (tb *Testbed) AddContainer(ctx context.Context, h *Host, name string) (*Con
 	}
 	etc := filepath.Join("/etc/netns", ns)
 	resolv := fmt.Sprintf("# testbed %s: the mesh resolver\nnameserver %s\nsearch %s\n", tb.Prefix, tb.st.MeshDNS, tb.st.SearchDomain)
-	err := os.MkdirAll(etc, 0o755)
+	mirror := filepath.Join(tb.mirrorDir(), ns)
+	err := mirrorNetns(ns, tb.mirrorDir())
+	if err == nil {
+		err = os.MkdirAll(etc, 0o755)
+	}
 	if err == nil {
 		err = os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte(resolv), 0o644)
 	}
 	if err != nil {
 		os.RemoveAll(etc)
+		unmountFile(mirror)
 		deleteNetns(ns)
 		return nil, fmt.Errorf("add container %s on %s: %w", name, h.Name, err)
 	}
@@ -174,6 +179,9 @@ func (c *Container) Remove() error {
 	}
 	var errs []error
 	if err := killNetnsProcs(c.NetnsName); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmountFile(filepath.Join(tb.mirrorDir(), c.NetnsName)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := deleteNetns(c.NetnsName); err != nil {

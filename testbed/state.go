@@ -41,6 +41,9 @@ type state struct {
 	Containers []*containerState `json:"containers,omitempty"`
 	// Background are processes started by StartOutside and StartProcess.
 	Background []*procState `json:"background,omitempty"`
+	// keepDir is set for a sweep of a directory that may not be the
+	// testbed's: its files stay.
+	keepDir bool
 	// Cut are the hosts whose switch port is down.
 	Cut []string `json:"cut,omitempty"`
 	// Partition are the host groups of the current partition (nil: healed).

@@ -26,34 +26,124 @@ const netnsDir = "/run/netns"
 
 func supported() error { return nil }
 
-// ensureNetnsDir makes /run/netns a shared mount point, as `ip netns add`
-// does, so that namespaces mounted there later also appear in the hosts'
-// slave mount namespaces (containers made after a host's holder started must
-// be visible to its zlmesh). A flock on the directory keeps two testbeds from
-// stacking bind mounts when they start at the same moment.
+// ensureNetnsDir makes /run/netns if it is missing. The testbed leaves its
+// propagation alone (see makeSharedDir for how hosts see new namespaces).
 func ensureNetnsDir() error {
 	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
 		return fmt.Errorf("make %s: %w", netnsDir, err)
 	}
-	fd, err := syscall.Open(netnsDir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", netnsDir, err)
+	return nil
+}
+
+// makeSharedDir makes dir (a directory of the testbed's own) a shared mount
+// point: dir is bind-mounted onto itself and marked shared. The hosts' slave
+// mount namespaces bind their copy of it over /run/netns, so every namespace
+// mirrored into dir later (mirrorNetns) appears there too. The machine's own
+// /run/netns keeps its propagation: converting it, as `ip netns add` does,
+// would hide namespaces other programs mounted there in the meantime.
+func makeSharedDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", dir, err)
 	}
-	defer syscall.Close(fd)
-	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("lock %s: %w", netnsDir, err)
+	if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s onto itself: %w", dir, err)
 	}
-	defer syscall.Flock(fd, syscall.LOCK_UN)
-	err = syscall.Mount("", netnsDir, "none", syscall.MS_SHARED|syscall.MS_REC, "")
-	if errors.Is(err, syscall.EINVAL) { // not a mount point yet
-		if err = syscall.Mount(netnsDir, netnsDir, "none", syscall.MS_BIND|syscall.MS_REC, ""); err == nil {
-			err = syscall.Mount("", netnsDir, "none", syscall.MS_SHARED|syscall.MS_REC, "")
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("make %s a shared mount: %w", netnsDir, err)
+	if err := syscall.Mount("", dir, "", syscall.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", dir, err)
 	}
 	return nil
+}
+
+// mirrorNetns bind-mounts the named namespace to dir/<name> (dir made by
+// makeSharedDir), from where it propagates into every host.
+func mirrorNetns(name, dir string) error {
+	path := filepath.Join(dir, name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("mirror netns %s: %w", name, err)
+	}
+	f.Close()
+	if err := syscall.Mount(netnsPath(name), path, "", syscall.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("mirror netns %s to %s: %w", name, path, err)
+	}
+	return nil
+}
+
+// unmountFile detaches the mount on path and removes the file; either being
+// gone already is fine.
+func unmountFile(path string) error {
+	err := syscall.Unmount(path, syscall.MNT_DETACH)
+	if err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// unmountMirror detaches the testbed's namespace mirror dir: the namespaces
+// mirrored there (mount points dir/<prefix>-*) and then dir itself. What is
+// not mounted is skipped.
+func unmountMirror(prefix, dir string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var points []string
+	self := false
+	for _, p := range parseMountPoints(string(b)) {
+		switch {
+		case p == dir:
+			self = true
+		case filepath.Dir(p) == dir && strings.HasPrefix(filepath.Base(p), prefix+"-"):
+			points = append(points, p)
+		}
+	}
+	if self {
+		points = append(points, dir)
+	}
+	var errs []error
+	for _, p := range points {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parseMountPoints returns the mount points (field 5) of /proc/<pid>/mountinfo
+// text, with its octal escapes (\040 for a space, …) decoded. Lines that do
+// not parse are skipped.
+func parseMountPoints(mountinfo string) []string {
+	var points []string
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		points = append(points, unescapeMountinfo(f[4]))
+	}
+	return points
+}
+
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // onThread runs fn on a locked OS thread and puts the thread back into its

@@ -4,6 +4,7 @@ package testbed
 
 import (
 	"os"
+	"slices"
 	"testing"
 )
 
@@ -44,41 +45,23 @@ func FuzzParseStat(f *testing.F) {
 	})
 }
 
-func TestQuotesEcho(t *testing.T) {
-	// An ICMP error quotes the IP header of our request and its first 8
-	// bytes: type, code, checksum, id, sequence.
-	echo := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}
-	v4 := append(append([]byte{0x45}, make([]byte, 19)...), echo...)
-	v4opts := append(append([]byte{0x46}, make([]byte, 23)...), echo...)
-	v6 := append(make([]byte, 40), echo...)
-	cases := []struct {
-		name string
-		q    []byte
-		v6   bool
-		id   uint16
-		want bool
-	}{
-		{"ipv4", v4, false, 0x1234, true},
-		{"ipv4 with options", v4opts, false, 0x1234, true},
-		{"ipv6", v6, true, 0x1234, true},
-		{"other id", v4, false, 0x4321, false},
-		{"truncated", v4[:25], false, 0x1234, false},
-		{"empty", nil, false, 0x1234, false},
-		{"bad header length", append([]byte{0x4f}, make([]byte, 30)...), false, 0, false},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if got := quotesEcho(c.q, c.v6, c.id, 1); got != c.want {
-				t.Errorf("quotesEcho = %v, want %v", got, c.want)
-			}
-		})
+func TestParseMountPoints(t *testing.T) {
+	in := `21 27 254:0 /run/netns /run/netns rw,relatime shared:1 - ext4 /dev/vda rw
+43 42 0:4 net:[4026532319] /run/zt\040x/netns/zt-h1 rw shared:2 - nsfs nsfs rw
+44 42 0:4 net:[1] /a\134b\011c rw - nsfs nsfs rw
+short line
+45 1 0:5 / /bad\9 rw - tmpfs t rw
+`
+	got := parseMountPoints(in)
+	want := []string{"/run/netns", "/run/zt x/netns/zt-h1", "/a\\b\tc", "/bad\\9"}
+	if !slices.Equal(got, want) {
+		t.Errorf("parseMountPoints = %q, want %q", got, want)
 	}
 }
 
-func FuzzQuotesEcho(f *testing.F) {
-	f.Add([]byte{0x45, 0, 0, 0}, false)
-	f.Add(make([]byte, 48), true)
-	f.Fuzz(func(t *testing.T, q []byte, v6 bool) {
-		quotesEcho(q, v6, 1, 1) // must not panic
+func FuzzParseMountPoints(f *testing.F) {
+	f.Add("21 27 254:0 / /run/a\\040b rw - ext4 /dev/vda rw\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		parseMountPoints(s) // must not panic
 	})
 }

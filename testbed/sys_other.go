@@ -15,6 +15,10 @@ func supported() error                                      { return ErrUnsuppor
 func ensureNetnsDir() error                                 { return ErrUnsupported }
 func inNetns(name string, fn func() error) error            { return ErrUnsupported }
 func createNetns(name string) error                         { return ErrUnsupported }
+func makeSharedDir(dir string) error                        { return ErrUnsupported }
+func mirrorNetns(name, dir string) error                    { return ErrUnsupported }
+func unmountFile(path string) error                         { return ErrUnsupported }
+func unmountMirror(prefix, dir string) error                { return ErrUnsupported }
 func deleteNetns(name string) error                         { return ErrUnsupported }
 func netnsExists(name string) bool                          { return false }
 func listNetns(prefix string) ([]string, error)             { return nil, ErrUnsupported }

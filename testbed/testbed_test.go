@@ -276,8 +276,16 @@ func TestContainers(t *testing.T) {
 	}
 	// Made after the host's holder started, it is visible inside the host,
 	// where zlmesh opens it.
-	if out, err := h1.Exec(ctx, "ls", c.Netns); err != nil {
-		t.Errorf("the container's netns is not visible inside h1: %q %v", out, err)
+	var st syscall.Stat_t
+	if err := syscall.Stat(c.Netns, &st); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h1.Exec(ctx, "stat", "-c", "%i", c.Netns); err != nil || strings.TrimSpace(string(out)) != fmt.Sprint(st.Ino) {
+		t.Errorf("inside h1, %s is inode %q (%v), not the container's netns %d", c.Netns, out, err, st.Ino)
+	}
+	// Inside a host, /run/netns lists the testbed's namespaces only.
+	if out, err := h1.Exec(ctx, "ls", "/run/netns"); err != nil || strings.Contains(string(out), "zlt-") {
+		t.Errorf("/run/netns inside h1: %q %v", out, err)
 	}
 	if got := tb.Container("h1", "web1"); got != c {
 		t.Errorf("Container(h1, web1) = %v", got)
@@ -347,6 +355,13 @@ func assertGone(t *testing.T, prefix, dir string, pids []int) {
 	}
 	if exists(dir) {
 		t.Errorf("dir %s left", dir)
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, p := range parseMountPoints(string(mi)) {
+			if p == dir || strings.HasPrefix(p, dir+"/") || strings.HasPrefix(p, "/run/netns/"+prefix+"-") {
+				t.Errorf("mount %s left", p)
+			}
+		}
 	}
 	for _, pid := range pids {
 		if !procGone(pid) {

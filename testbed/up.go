@@ -125,6 +125,9 @@ func (tb *Testbed) buildLocked(ctx context.Context) error {
 	if err := writeKey(tb.KeyFile); err != nil {
 		return err
 	}
+	if err := makeSharedDir(tb.mirrorDir()); err != nil {
+		return fmt.Errorf("testbed %s: %w", tb.Prefix, err)
+	}
 	for _, ns := range []string{tb.switchNetns(), tb.outsideNetns()} {
 		if err := tb.addNetnsLocked(ns); err != nil {
 			return err
@@ -210,14 +213,21 @@ func (tb *Testbed) saveLocked() error {
 	return writeState(tb.st)
 }
 
-// addNetnsLocked creates a namespace and records it before anything else can
-// fail. tb.mu is held.
+// mirrorDir is where the testbed's namespaces are mirrored for the hosts
+// (inside a host it is /run/netns; see makeSharedDir).
+func (tb *Testbed) mirrorDir() string { return filepath.Join(tb.Dir, "netns") }
+
+// addNetnsLocked creates a namespace, records it before anything else can
+// fail, and mirrors it into the hosts. tb.mu is held.
 func (tb *Testbed) addNetnsLocked(name string) error {
 	if err := createNetns(name); err != nil {
 		return err
 	}
 	tb.st.Namespaces = append(tb.st.Namespaces, name)
-	return tb.saveLocked()
+	if err := tb.saveLocked(); err != nil {
+		return err
+	}
+	return mirrorNetns(name, tb.mirrorDir())
 }
 
 // resolverArgv is the outside resolver: answers only its fixed names and
@@ -295,13 +305,15 @@ const (
 )
 
 // holderScript runs as `sh -c holderScript zltb-holder <wireguard> <hostdir>
-// <state> <resolv.conf>` in the host's fresh (slave) mount namespace: it
-// makes the host's private view, says ready, and becomes the sleeping
-// holder.
+// <state> <resolv.conf> <mirror>` in the host's fresh (slave) mount
+// namespace: it makes the host's private view, says ready, and becomes the
+// sleeping holder. Its /run/netns is the testbed's mirror, a slave of a
+// shared mount, so namespaces made later appear in it.
 const holderScript = `set -e
 mount --bind "$1" ` + wireguardRun + `
 mount --bind "$2" ` + zlmeshRun + `
 mount --bind "$3" ` + zlmeshLib + `
+mount --bind "$5" /run/netns
 if [ -e ` + resolvConf + ` ]; then mount --bind "$4" ` + resolvConf + `; fi
 echo ready
 exec sleep infinity >/dev/null`
@@ -309,7 +321,7 @@ exec sleep infinity >/dev/null`
 // startHolderLocked starts h's holder and waits until its mounts are made.
 // tb.mu is held.
 func (tb *Testbed) startHolderLocked(ctx context.Context, h *Host) (*procState, error) {
-	for _, d := range []string{wireguardRun, zlmeshRun, zlmeshLib} {
+	for _, d := range []string{wireguardRun, zlmeshRun, zlmeshLib, "/run/netns"} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("mount point %s: %w", d, err)
 		}
@@ -326,7 +338,7 @@ func (tb *Testbed) startHolderLocked(ctx context.Context, h *Host) (*procState, 
 	}
 	defer r.Close()
 	cmd := command(nil, []string{"unshare", "--mount", "--propagation", "slave",
-		"sh", "-c", holderScript, "zltb-holder", h.WireGuardDir, h.Dir, h.StateDir, h.ResolvConf})
+		"sh", "-c", holderScript, "zltb-holder", h.WireGuardDir, h.Dir, h.StateDir, h.ResolvConf, tb.mirrorDir()})
 	cmd.Stdout, cmd.Stderr = w, log
 	// The holder is forked from a thread inside the host's network
 	// namespace, so it (and its mount namespace) lives there.
@@ -682,9 +694,11 @@ func Destroy(prefix, dir string) error {
 		}
 		return destroy(st)
 	case errors.Is(err, statefile.ErrNotExist):
-		st = &state{Prefix: prefix}
+		// Without a state file the directory is only removed when it
+		// looks like a testbed's; its mirror mounts are always undone.
+		st = &state{Prefix: prefix, Dir: dir, keepDir: true}
 		if dir == "/run/"+prefix || exists(filepath.Join(dir, "cluster.key")) {
-			st.Dir, st.DirCreated = dir, true
+			st.DirCreated, st.keepDir = true, false
 		}
 		return destroy(st)
 	default:
@@ -755,6 +769,9 @@ func destroy(st *state) error {
 	for _, n := range names {
 		addErr(killNetnsProcs(n))
 	}
+	if st.Dir != "" {
+		addErr(unmountMirror(st.Prefix, filepath.Join(st.Dir, "netns")))
+	}
 	for _, n := range slices.Backward(names) {
 		addErr(deleteNetns(n))
 	}
@@ -780,7 +797,7 @@ func destroy(st *state) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("remove testbed %s: %w", st.Prefix, errors.Join(errs...))
 	}
-	if st.Dir != "" {
+	if st.Dir != "" && !st.keepDir {
 		if err := removeDir(st.Dir, st.DirCreated); err != nil {
 			return fmt.Errorf("remove testbed %s: %w", st.Prefix, err)
 		}
