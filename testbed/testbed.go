@@ -40,18 +40,24 @@
 // (exec.Cmd.Start clones the calling thread) inherits the thread's network
 // namespace, so the holder lives in the host's network namespace without any
 // helper binary. Inside its new mount namespace it bind-mounts, from the
-// host's directory <dir>/<host>:
+// host's directory <dir>/<host> and the testbed's <dir>/netns:
 //
 //	<dir>/<host>/wireguard    over /var/run/wireguard  (wireguard-go UAPI sockets; `wg show` works)
 //	<dir>/<host>              over /run/zlmesh         (so the default socket /run/zlmesh/zlmesh.sock is this host's)
 //	<dir>/<host>/state        over /var/lib/zlmesh     (the default state dir)
 //	<dir>/<host>/resolv.conf  over /etc/resolv.conf    (nameserver 198.51.100.53, the outside resolver)
+//	<dir>/netns               over /run/netns          (the testbed's namespaces, and only those)
 //
 // The mount points are created on the machine when missing (empty
-// directories, never removed). Propagation is slave, so namespaces created
-// later under /run/netns (containers) are visible inside the host — for that
-// the testbed makes /run/netns a shared mount point exactly like `ip netns add`
-// does. Everything run "in a host" (Host.Exec, Host.Cmd, the zlmesh daemon) is
+// directories, never removed). Namespaces are made under the machine's
+// /run/netns as usual, and each is also bind-mounted into <dir>/netns, a
+// shared mount point of the testbed's own; the holder's copy of it is a
+// slave, so a container made after the host started still appears inside
+// the host as /run/netns/<ns>, where zlmesh opens it. The machine's
+// /run/netns keeps its propagation (making it shared, as `ip netns add`
+// does, would hide namespaces other programs mounted there meanwhile).
+//
+// Everything run "in a host" (Host.Exec, Host.Cmd, the zlmesh daemon) is
 // started as `nsenter --target <holder> --net --mount -- argv…`, so two hosts
 // never see each other's sockets, and relative paths in argv resolve from /.
 //
