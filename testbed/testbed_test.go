@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -271,8 +272,13 @@ func TestContainers(t *testing.T) {
 	if links := strings.Count(string(out), ": <"); links != 1 || !strings.Contains(string(out), "lo: <LOOPBACK,UP") {
 		t.Errorf("container links: want lo only, up:\n%s", out)
 	}
-	if err := c.Ping(ctx, "127.0.0.1"); err != nil {
-		t.Errorf("ping lo in the container: %v", err)
+	for _, lo := range []string{"127.0.0.1", "::1"} {
+		if err := c.Ping(ctx, lo); err != nil {
+			t.Errorf("ping %s in the container: %v", lo, err)
+		}
+	}
+	if err := c.Ping(ctx, "web1"); err == nil {
+		t.Error("ping of a name: no error")
 	}
 	// Made after the host's holder started, it is visible inside the host,
 	// where zlmesh opens it.
@@ -835,5 +841,23 @@ func TestAddHost(t *testing.T) {
 	mustPing(t, ctx, h, tb.Hosts()[0].Underlay.String())
 	if got := tb.Host("h2"); got != h || tb.Host(tb.Prefix+"-h2") != h || tb.Host("h3") != nil {
 		t.Errorf("Host lookups: %v %v %v", got, tb.Host(tb.Prefix+"-h2"), tb.Host("h3"))
+	}
+}
+
+func TestBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds zlmesh")
+	}
+	bin := BuildZlmesh(t)
+	if again := BuildZlmesh(t); again != bin {
+		t.Errorf("second build at %s, first at %s", again, bin)
+	}
+	out, err := exec.Command(bin, "testbed", "-h").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "zlmesh testbed") {
+		t.Errorf("%s testbed -h: %v\n%s", bin, err, out)
+	}
+	RemoveBinary()
+	if exists(bin) {
+		t.Errorf("RemoveBinary left %s", bin)
 	}
 }

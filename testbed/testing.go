@@ -78,10 +78,9 @@ func New(t testing.TB, o Options) *Testbed {
 
 // The zlmesh binary built once per process for end-to-end tests.
 var built struct {
-	once sync.Once
+	mu   sync.Mutex
 	dir  string
 	path string
-	err  error
 }
 
 // BinaryEnv names an environment variable that, when set, is the zlmesh
@@ -90,46 +89,50 @@ const BinaryEnv = "ZLMESH_TESTBED_BINARY"
 
 // Binary returns the path of a zlmesh binary built from the module the
 // current directory is in (`go build ./cmd/zlmesh` into a temporary
-// directory), built once per process; or $ZLMESH_TESTBED_BINARY when set.
-// Call RemoveBinary when done (from TestMain) to delete the build.
+// directory), built once per process (a failed build is tried again on the
+// next call); or $ZLMESH_TESTBED_BINARY when set. Call RemoveBinary when done
+// (from TestMain) to delete the build. Safe for concurrent use.
 func Binary(ctx context.Context) (string, error) {
 	if p := os.Getenv(BinaryEnv); p != "" {
 		return filepath.Abs(p)
 	}
-	built.once.Do(func() {
-		out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-		if err != nil {
-			built.err = fmt.Errorf("build zlmesh: go env GOMOD: %w", err)
-			return
-		}
-		mod := strings.TrimSpace(string(out))
-		if mod == "" || mod == os.DevNull {
-			built.err = errors.New("build zlmesh: not inside a Go module")
-			return
-		}
-		dir, err := os.MkdirTemp("", "zlmesh-testbed-bin-")
-		if err != nil {
-			built.err = fmt.Errorf("build zlmesh: %w", err)
-			return
-		}
-		built.dir = dir
-		path := filepath.Join(dir, "zlmesh")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "./cmd/zlmesh")
-		cmd.Dir = filepath.Dir(mod)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("build zlmesh: %w: %s", err, out)
-			return
-		}
-		built.path = path
-	})
-	return built.path, built.err
+	built.mu.Lock()
+	defer built.mu.Unlock()
+	if built.path != "" {
+		return built.path, nil
+	}
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("build zlmesh: go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("build zlmesh: not inside a Go module")
+	}
+	dir, err := os.MkdirTemp("", "zlmesh-testbed-bin-")
+	if err != nil {
+		return "", fmt.Errorf("build zlmesh: %w", err)
+	}
+	path := filepath.Join(dir, "zlmesh")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "./cmd/zlmesh")
+	cmd.Dir = filepath.Dir(mod)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("build zlmesh: %w: %s", err, out)
+	}
+	built.dir, built.path = dir, path
+	return path, nil
 }
 
-// RemoveBinary deletes the binary Binary built (if any).
+// RemoveBinary deletes the binary Binary built (if any); a later Binary
+// builds it again.
 func RemoveBinary() {
+	built.mu.Lock()
+	defer built.mu.Unlock()
 	if built.dir != "" {
 		os.RemoveAll(built.dir)
 	}
+	built.dir, built.path = "", ""
 }
 
 // BuildZlmesh returns the zlmesh binary for a test (see Binary), failing the
