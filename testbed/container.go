@@ -178,6 +178,15 @@ func (c *Container) Remove() error {
 		return nil
 	}
 	var errs []error
+	// Its recorded processes first: one just started may not have entered
+	// the namespace yet.
+	for _, p := range tb.st.Background {
+		if p.Where == c.NetnsName {
+			if err := killProc(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if err := killNetnsProcs(c.NetnsName); err != nil {
 		errs = append(errs, err)
 	}
