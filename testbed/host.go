@@ -67,7 +67,8 @@ func (h *Host) Command() []string {
 // Start starts the host's daemon with extra arguments appended to its
 // command, detached: it runs in its own session, inside the host, until
 // Stop, Kill or Close, even after this process exits. It does not wait for
-// readiness (WaitReady does). Starting a running host fails with ErrRunning.
+// readiness (WaitReady does), and ctx does not bound the daemon's life.
+// Starting a running host fails with ErrRunning.
 func (h *Host) Start(ctx context.Context, extra ...string) error {
 	h.tb.mu.Lock()
 	cmd := slices.Clone(h.st.Command)

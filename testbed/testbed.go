@@ -159,8 +159,6 @@ var (
 	ErrExists = errors.New("testbed already exists")
 	// ErrClosed is returned by methods of a closed testbed.
 	ErrClosed = errors.New("testbed is closed")
-	// ErrNotFound is returned for an unknown host or container.
-	ErrNotFound = errors.New("not found")
 	// ErrRunning is returned by Host.Start when the host's process runs.
 	ErrRunning = errors.New("already running")
 	// ErrUnreachable is returned by Ping when a router answered that the
@@ -191,7 +189,8 @@ type Options struct {
 	Seed int
 	// Args returns extra arguments appended to a host's daemon command
 	// (e.g. --node-subnet, shorter gossip timers, another key file). nil
-	// means none. Called once per host when the host is made.
+	// means none. Called once per host when the host is made; not used
+	// when Command is set.
 	Args func(h *Host) []string
 	// Command, if set, replaces a host's whole daemon command (argv, the
 	// program first). Called once per host when the host is made. Tests use
