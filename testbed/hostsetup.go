@@ -23,12 +23,14 @@ const (
 // <state> <resolv.conf> <mirror>` in the host's fresh (slave) mount
 // namespace: it makes the host's private view, says ready, and becomes the
 // sleeping holder. Its /run/netns is the testbed's mirror, a slave of a
-// shared mount, so namespaces made later appear in it.
+// shared mount, so namespaces made later appear in it. Like `ip netns exec`,
+// it mounts a fresh sysfs, so /sys/class/net shows the host's interfaces.
 const holderScript = `set -e
 mount --bind "$1" ` + wireguardRun + `
 mount --bind "$2" ` + zlmeshRun + `
 mount --bind "$3" ` + zlmeshLib + `
 mount --bind "$5" /run/netns
+umount -l /sys && mount -t sysfs sysfs /sys
 if [ -e ` + resolvConf + ` ]; then mount --bind "$4" ` + resolvConf + `; fi
 echo ready
 exec sleep infinity >/dev/null`

@@ -47,6 +47,7 @@
 //	<dir>/<host>/state        over /var/lib/zlmesh     (the default state dir)
 //	<dir>/<host>/resolv.conf  over /etc/resolv.conf    (nameserver 198.51.100.53, the outside resolver)
 //	<dir>/netns               over /run/netns          (the testbed's namespaces, and only those)
+//	a new sysfs               over /sys                (so /sys/class/net is the host's, as with `ip netns exec`)
 //
 // The mount points are created on the machine when missing (empty
 // directories, never removed). Namespaces are made under the machine's

@@ -158,6 +158,9 @@ func TestUnderlayOutsideAndResolver(t *testing.T) {
 		if got, err := os.ReadFile(filepath.Join(a.WireGuardDir, "zl0.sock.test")); err != nil || string(got) != "a\n" {
 			t.Errorf("h1's file in %s: %q %v", a.WireGuardDir, got, err)
 		}
+		if out, err := a.Exec(ctx, "ls", "/sys/class/net"); err != nil || strings.Join(strings.Fields(string(out)), " ") != "eth0 lo" {
+			t.Errorf("/sys/class/net inside h1: %q %v, want eth0 lo", out, err)
+		}
 		if exists("/var/run/wireguard/zl0.sock.test") {
 			t.Errorf("the file is visible on the machine's /var/run/wireguard")
 		}
