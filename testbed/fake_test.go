@@ -13,13 +13,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,15 +28,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "up":
-			os.Exit(fakeZlmesh(os.Args[2:]))
-		case "tcp-sink":
-			os.Exit(tcpSink(os.Args[2]))
-		case "tcp-send":
-			os.Exit(tcpSend(os.Args[2], os.Args[3]))
-		}
+	RunHelper()
+	if len(os.Args) > 1 && os.Args[1] == "up" {
+		os.Exit(fakeZlmesh(os.Args[2:]))
 	}
 	os.Exit(m.Run())
 }
@@ -128,47 +120,6 @@ func fakeZlmesh(args []string) int {
 	<-sig
 	ln.Close()
 	fmt.Printf("fake zlmesh %s: bye\n", *name)
-	return 0
-}
-
-// tcpSink accepts one connection on addr, reads it to the end and prints
-// how many bytes arrived.
-func tcpSink(addr string) int {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("listening")
-	c, err := ln.Accept()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	n, err := io.Copy(io.Discard, c)
-	fmt.Printf("received %d bytes from %s (%v)\n", n, c.RemoteAddr().(*net.TCPAddr).IP, err)
-	return 0
-}
-
-// tcpSend connects to addr and sends n bytes.
-func tcpSend(addr, n string) int {
-	size, _ := strconv.Atoi(n)
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if _, err := c.Write(make([]byte, size)); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return boolInt(c.Close() != nil)
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
 	return 0
 }
 

@@ -123,28 +123,29 @@ func TestUnderlayOutsideAndResolver(t *testing.T) {
 			t.Errorf("dig outside.test through the host's resolv.conf: %q %v", out, err)
 		}
 	})
-	t.Run("TCP to a server outside", func(t *testing.T) {
-		// The test binary is the server and the client (fake_test.go).
-		self, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv, err := tb.StartOutside(ctx, self, "tcp-sink", OutsideAddr.String()+":5201")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer srv.Stop()
-		for !strings.Contains(srv.Output(), "listening") && srv.Running() && ctx.Err() == nil {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if _, err := hosts[2].Exec(ctx, self, "tcp-send", OutsideAddr.String()+":5201", "300000"); err != nil {
-			t.Fatal(err)
-		}
-		for srv.Running() && ctx.Err() == nil {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if want := "received 300000 bytes from " + hosts[2].Underlay.String(); !strings.Contains(srv.Output(), want) {
-			t.Errorf("the server outside says %q, want %q", srv.Output(), want)
+	t.Run("TCP and UDP to servers outside", func(t *testing.T) {
+		for _, proto := range []string{"tcp", "udp"} {
+			addr := OutsideAddr.String() + ":5201"
+			srv, err := tb.StartOutside(ctx, HelperArgv(proto+"-echo", addr)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Stop()
+			for !strings.Contains(srv.Output(), "listening") && srv.Running() && ctx.Err() == nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+			msg := strings.Repeat("x", 1000)
+			out, err := hosts[2].Exec(ctx, HelperArgv(proto+"-send", addr, msg)...)
+			if err != nil || string(out) != msg {
+				t.Fatalf("%s-send: %d bytes back, %v", proto, len(out), err)
+			}
+			want := fmt.Sprintf("%s from %s:", proto, hosts[2].Underlay)
+			for !strings.Contains(srv.Output(), want) && ctx.Err() == nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !strings.Contains(srv.Output(), want) || !strings.Contains(srv.Output(), ": 1000 bytes") {
+				t.Errorf("the %s server outside says %q, want %q… 1000 bytes", proto, srv.Output(), want)
+			}
 		}
 	})
 	t.Run("private filesystem view", func(t *testing.T) {

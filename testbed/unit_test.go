@@ -1,8 +1,12 @@
 package testbed
 
 import (
+	"bytes"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPartitionRules(t *testing.T) {
@@ -81,4 +85,63 @@ func FuzzQuotesEcho(f *testing.F) {
 	f.Fuzz(func(t *testing.T, q []byte, v6 bool) {
 		quotesEcho(q, v6, 1, 1) // must not panic
 	})
+}
+
+func TestHelperArguments(t *testing.T) {
+	cases := []struct {
+		role string
+		args []string
+	}{
+		{"nc", []string{"x"}},
+		{"tcp-echo", nil},
+		{"tcp-send", []string{"127.0.0.1:1"}},
+		{"udp-echo", []string{"a", "b"}},
+	}
+	for _, c := range cases {
+		t.Run(c.role, func(t *testing.T) {
+			if err := runHelper(c.role, c.args, io.Discard); err == nil {
+				t.Error("no error")
+			}
+		})
+	}
+	if argv := HelperArgv("tcp-echo", "127.0.0.1:1"); len(argv) != 4 || argv[1] != helperMarker {
+		t.Errorf("HelperArgv = %q", argv)
+	}
+}
+
+func TestHelperEchoOnLoopback(t *testing.T) {
+	for _, proto := range []string{"tcp", "udp"} {
+		t.Run(proto, func(t *testing.T) {
+			// Pick a free port, then serve on it.
+			var addr string
+			if proto == "tcp" {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr = ln.Addr().String()
+				ln.Close()
+			} else {
+				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr = pc.LocalAddr().String()
+				pc.Close()
+			}
+			go runHelper(proto+"-echo", []string{addr}, io.Discard)
+			var out bytes.Buffer
+			var err error
+			for range 50 {
+				out.Reset()
+				if err = runHelper(proto+"-send", []string{addr, "hello"}, &out); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil || out.String() != "hello" {
+				t.Errorf("%s-send: %q %v", proto, out.String(), err)
+			}
+		})
+	}
 }
