@@ -865,3 +865,37 @@ func TestBinary(t *testing.T) {
 		t.Errorf("RemoveBinary left %s", bin)
 	}
 }
+
+// panicEnv makes TestPanickingTest run (in a child test process).
+const panicEnv = "ZLTB_PANIC_TEST"
+
+func TestPanickingTest(t *testing.T) {
+	if os.Getenv(panicEnv) == "" {
+		t.Skip("run by TestCleanupAfterPanic in a child process")
+	}
+	tb := New(t, Options{Hosts: 2, Command: sleeper})
+	fmt.Printf("testbed %s %s\n", tb.Prefix, tb.Dir)
+	panic("boom")
+}
+
+func TestCleanupAfterPanic(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPanickingTest$", "-test.v")
+	cmd.Env = append(os.Environ(), panicEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "panic: boom") {
+		t.Fatalf("the child test did not panic (%v):\n%s", err, out)
+	}
+	var prefix, dir string
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(line, "testbed %s %s", &prefix, &dir); err == nil && strings.HasPrefix(dir, "/") {
+			break
+		}
+	}
+	if prefix == "" || !strings.Contains(string(out), "testbed "+prefix+": removed") {
+		t.Fatalf("no testbed made and removed in the child:\n%s", out)
+	}
+	assertGone(t, prefix, dir, nil)
+}
