@@ -1,0 +1,344 @@
+//go:build linux
+
+package natd
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// The shape of zlmesh's table (family inet):
+//
+//	map ports_any  { type inet_proto . inet_service : ipv4_addr . inet_service }
+//	map ports_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+//	chain publish {
+//		meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @ports_addr
+//		meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports_any
+//	}
+//	chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
+//		meta nfproto ipv4 fib daddr type local jump publish }
+//	chain output      { type nat hook output priority -100; policy accept;
+//		meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump publish }
+//	chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//		meta nfproto ipv4 ct status dnat iifname "zlb-*" oifname "zlb-*" masquerade
+//		meta nfproto ipv4 ct status dnat oifname "zl0" ip saddr != <node subnet> snat ip to <overlay>
+//		meta nfproto ipv4 ip saddr <node subnet> ip daddr != <cluster> oifname != "zl0" masquerade  (Masquerade only)
+//	}
+//
+// A published port is one element of ports_any (all local addresses) or
+// ports_addr (one address): publishing or unpublishing never touches a rule.
+// Every rule carries a comment "zlmesh <what> #<hash of its expressions>";
+// the comment is its identity when the table is compared with the wanted
+// state (rules cannot be edited in place in nftables, so a rule whose
+// comment matches is the rule zlmesh made).
+const (
+	family        = nftables.TableFamilyINet
+	chainPublish  = "publish"
+	chainPre      = "prerouting"
+	chainOutput   = "output"
+	chainPost     = "postrouting"
+	setPortsAny   = "ports_any"
+	setPortsAddr  = "ports_addr"
+	commentPrefix = "zlmesh "
+)
+
+var (
+	typeAnyKey  = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	typeAddrKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeTarget  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+)
+
+// chainSpec is what identifies a chain besides its name. A zero Type is a
+// regular chain.
+type chainSpec struct {
+	Type     nftables.ChainType
+	Hook     nftables.ChainHook
+	Priority nftables.ChainPriority
+	Policy   nftables.ChainPolicy
+}
+
+// setSpec is what identifies a set besides its name.
+type setSpec struct {
+	Flags    uint32 // NFT_SET_* flags that matter: map, interval, timeout, ...
+	KeyType  uint32
+	KeyLen   uint32
+	DataType uint32
+	DataLen  uint32
+}
+
+// ruleSpec is one rule: its comment, and (only for wanted rules) its
+// expressions.
+type ruleSpec struct {
+	Tag   string
+	Exprs []expr.Any
+}
+
+// elemKey and elemVal are a map element's key (zero-padded to the longest
+// key) and value.
+type (
+	elemKey [12]byte
+	elemVal [8]byte
+)
+
+// state is the content of zlmesh's table: wanted (rendered from a Plan) or
+// read from the kernel.
+type state struct {
+	Exists bool
+	// Unreadable: the table exists but could not be parsed; it is rebuilt.
+	Unreadable bool
+	Chains     map[string]chainSpec
+	Rules      map[string][]ruleSpec
+	Sets       map[string]setSpec
+	Elems      map[string]map[elemKey]elemVal
+}
+
+func (s *state) ports() int {
+	n := 0
+	for _, e := range s.Elems {
+		n += len(e)
+	}
+	return n
+}
+
+var wantChains = map[string]chainSpec{
+	chainPublish: {},
+	chainPre:     {Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookPrerouting, Priority: *nftables.ChainPriorityNATDest, Policy: nftables.ChainPolicyAccept},
+	chainOutput:  {Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookOutput, Priority: *nftables.ChainPriorityNATDest, Policy: nftables.ChainPolicyAccept},
+	chainPost:    {Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource, Policy: nftables.ChainPolicyAccept},
+}
+
+// chainOrder is the order chains are created in: the regular chain first,
+// so that the jumps to it can be added.
+var chainOrder = []string{chainPublish, chainPre, chainOutput, chainPost}
+
+var wantSets = map[string]setSpec{
+	setPortsAny:  {Flags: unix.NFT_SET_MAP, KeyType: typeAnyKey.GetNFTMagic(), KeyLen: typeAnyKey.Bytes, DataType: typeTarget.GetNFTMagic(), DataLen: typeTarget.Bytes},
+	setPortsAddr: {Flags: unix.NFT_SET_MAP, KeyType: typeAddrKey.GetNFTMagic(), KeyLen: typeAddrKey.Bytes, DataType: typeTarget.GetNFTMagic(), DataLen: typeTarget.Bytes},
+}
+
+var setOrder = []string{setPortsAny, setPortsAddr}
+
+// nftSet returns the library's description of one of zlmesh's sets.
+func nftSet(t *nftables.Table, name string) *nftables.Set {
+	key := typeAnyKey
+	if name == setPortsAddr {
+		key = typeAddrKey
+	}
+	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: key, DataType: typeTarget}
+}
+
+// render turns a Plan into the wanted table content.
+func render(rules []Rule) *state {
+	s := &state{
+		Exists: true,
+		Chains: wantChains,
+		Sets:   wantSets,
+		Rules:  make(map[string][]ruleSpec, len(wantChains)),
+		Elems:  map[string]map[elemKey]elemVal{setPortsAny: {}, setPortsAddr: {}},
+	}
+	s.Rules[chainPublish] = publishRules
+	s.Rules[chainPre] = preroutingRules
+	s.Rules[chainOutput] = outputRules
+	var post []ruleSpec
+	for _, r := range rules {
+		switch r.Kind {
+		case KindPublish:
+			set, k, v := portElem(r)
+			s.Elems[set][k] = v
+		case KindHairpin:
+			post = append(post, tagged(r.String(), hairpinExprs(r)))
+		case KindOverlaySNAT:
+			post = append(post, tagged(r.String(), overlaySNATExprs(r)))
+		case KindMasquerade:
+			post = append(post, tagged(r.String(), masqueradeExprs(r)))
+		}
+	}
+	s.Rules[chainPost] = post
+	return s
+}
+
+// portElem is the map element of one KindPublish rule.
+func portElem(r Rule) (set string, k elemKey, v elemVal) {
+	proto, _ := protoNumber(r.Proto)
+	a := r.Target.Addr().As4()
+	copy(v[0:4], a[:])
+	binary.BigEndian.PutUint16(v[4:6], r.Target.Port())
+	if !r.HostAddr.IsValid() {
+		k[0] = proto
+		binary.BigEndian.PutUint16(k[4:6], r.HostPort)
+		return setPortsAny, k, v
+	}
+	h := r.HostAddr.As4()
+	copy(k[0:4], h[:])
+	k[4] = proto
+	binary.BigEndian.PutUint16(k[8:10], r.HostPort)
+	return setPortsAddr, k, v
+}
+
+// keyLen is the length of the keys of set.
+func keyLen(set string) int {
+	if set == setPortsAddr {
+		return 12
+	}
+	return 8
+}
+
+// tagged names exprs by what and a hash of their netlink encoding, so a
+// change in how zlmesh renders a rule is noticed in tables it made before.
+func tagged(what string, exprs []expr.Any) ruleSpec {
+	h := sha256.New()
+	for _, e := range exprs {
+		b, err := expr.Marshal(byte(family), e)
+		if err != nil {
+			panic("natd: marshal " + what + ": " + err.Error()) // static expressions: a bug
+		}
+		h.Write(b)
+	}
+	return ruleSpec{Tag: commentPrefix + what + " #" + hex.EncodeToString(h.Sum(nil)[:6]), Exprs: exprs}
+}
+
+var (
+	publishRules = []ruleSpec{
+		tagged("publish on one address", append(ipv4Only(),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+			&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPortsAddr},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9},
+		)),
+		tagged("publish on all addresses", append(ipv4Only(),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPortsAny},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9},
+		)),
+	}
+	preroutingRules = []ruleSpec{
+		tagged("published ports from the network", append(ipv4Only(), append(localDaddr(),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
+	}
+	outputRules = []ruleSpec{
+		tagged("published ports from this host", append(append(ipv4Only(),
+			prefixMatch(16, netip.MustParsePrefix("127.0.0.0/8"), expr.CmpOpNeq)...), append(localDaddr(),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
+	}
+)
+
+func hairpinExprs(r Rule) []expr.Any {
+	return append(append(ipv4Only(), ctDNAT()...),
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.Iface)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.Iface)},
+		&expr.Masq{},
+	)
+}
+
+func overlaySNATExprs(r Rule) []expr.Any {
+	to := r.To.As4()
+	e := append(append(ipv4Only(), ctDNAT()...),
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.Iface)},
+	)
+	e = append(e, prefixMatch(12, r.Keep, expr.CmpOpNeq)...)
+	return append(e,
+		&expr.Immediate{Register: 1, Data: to[:]},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
+	)
+}
+
+func masqueradeExprs(r Rule) []expr.Any {
+	e := ipv4Only()
+	e = append(e, prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	e = append(e, prefixMatch(16, r.Except, expr.CmpOpNeq)...)
+	return append(e,
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(r.Iface)},
+		&expr.Masq{},
+	)
+}
+
+// ipv4Only matches IPv4 packets (in an inet table, before any ip header field).
+func ipv4Only() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}
+}
+
+// localDaddr matches packets to a local address of the host
+// (fib daddr type local).
+func localDaddr() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
+// ipsDstNAT is the conntrack status bit of a destination-NATed connection
+// (IPS_DST_NAT in linux/netfilter/nf_conntrack_common.h).
+const ipsDstNAT = 1 << 5
+
+// ctDNAT matches connections whose destination was translated
+// (ct status dnat).
+func ctDNAT() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// prefixMatch compares the IPv4 address at offset off of the network header
+// with p.
+func prefixMatch(off uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	var m [4]byte
+	binary.BigEndian.PutUint32(m[:], ^uint32(0)<<(32-p.Bits()))
+	a := p.Masked().Addr().As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m[:], Xor: make([]byte, 4)},
+		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+	}
+}
+
+// ifname is an interface name as the kernel compares it for an exact match:
+// NUL-padded to IFNAMSIZ.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// comment is the rule comment (libnftnl user data type 0) in ud, or "".
+// It tolerates malformed user data (the library's parser would panic).
+func comment(ud []byte) string {
+	for len(ud) >= 2 {
+		typ, n := ud[0], int(ud[1])
+		if len(ud) < 2+n {
+			return ""
+		}
+		if typ == 0 {
+			v := ud[2 : 2+n]
+			for len(v) > 0 && v[len(v)-1] == 0 {
+				v = v[:len(v)-1]
+			}
+			return string(v)
+		}
+		ud = ud[2+n:]
+	}
+	return ""
+}
+
+// commentData is the user data carrying comment c.
+func commentData(c string) []byte {
+	return append([]byte{0, byte(len(c) + 1)}, append([]byte(c), 0)...)
+}
