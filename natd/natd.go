@@ -29,30 +29,45 @@
 // After a destination NAT the reply must come back through this host, or
 // conntrack cannot undo the translation and the client receives an answer
 // from an address it never talked to. The source is rewritten exactly when
-// the reply would otherwise bypass this host:
+// the reply would otherwise bypass this host ("remote" is a container on
+// another host, reached through the overlay):
 //
-//	flow (→ published host port → target)          source seen by the target
-//	outside       → local container                  the client's own (kept)
-//	outside       → container on another host        this host's Overlay  (SNAT)
-//	remote container (via overlay) → local container its own (kept)
-//	remote container → container on another host     this host's Overlay  (SNAT)
-//	local container → container on another host      its own (kept: its node subnet is routed back to this host)
-//	local container → itself or a sibling, same bridge   the bridge's gateway (masquerade, hairpin)
-//	local container → container on another local bridge the target bridge's gateway (masquerade, see below)
-//	host process  → local container                  the host address it used (kept)
-//	host process  → container on another host        this host's Overlay  (SNAT, unless it already is)
+//	client → published port → target        source address the target sees
+//	outside → local container                the client's (kept)
+//	outside → remote                         Overlay (SNAT)
+//	remote → local container                 the client's (kept)
+//	remote → remote                          Overlay (SNAT)
+//	local container → remote                 the client's (kept: the node subnet routes back here)
+//	local container → itself or a sibling    the bridge's gateway (masquerade, hairpin)
+//	local container → other local bridge     that bridge's gateway (masquerade, see below)
+//	host process → local container           the host address it used (kept)
+//	host process → remote                    Overlay (SNAT; a no-op when it used Overlay)
+//
+// and without a published port:
+//
+//	local container → outside the cluster    the outgoing interface's address (masquerade, Config.Masquerade)
+//	local container → any cluster address    the container's (kept)
 //
 // Targets on other hosts are reached through the overlay; their host routes
 // replies for any address outside this node's subnet elsewhere (to its
 // underlay, masqueraded), so every client outside the node subnet is
 // SNATed to Overlay. A hairpin on one bridge would be answered directly
 // across the bridge, around this host's conntrack, so it is masqueraded.
-// nftables cannot compare the input with the output interface of a packet,
-// so natd masquerades every translated connection that enters from a bridge
-// and leaves through a bridge, including between two different bridges,
-// where it would not be strictly needed. Bridge hairpin mode is not needed:
-// the host routes the packet back out of the bridge; no frame is reflected
-// out of the port it came in on.
+// The hairpin rule matches a translated connection from a node-subnet
+// address that is not the host's own, leaving through a bridge: it cannot
+// look at the input interface, because where br_netfilter is active
+// (net.bridge.bridge-nf-call-iptables=1, as Docker and Kubernetes leave it)
+// such a connection is bridged rather than routed and its postrouting pass
+// has no input interface; and nftables cannot compare the input with the
+// output interface anyway. So a connection between two different local
+// bridges is masqueraded as well, where it would not be strictly needed.
+//
+// Bridge hairpin mode: with br_netfilter active, a container reaching
+// itself through a published port is bridged back out of the port it came
+// from, which the bridge only does when that port is in hairpin mode. The
+// bridge plumbing must therefore set hairpin mode on every container port;
+// without br_netfilter the host routes the packet and hairpin mode does not
+// matter. (The data-path test runs the hairpin flows both ways.)
 //
 // # Forwarding and firewalls
 //
@@ -197,10 +212,11 @@ type Sysctl struct {
 
 // Sysctls returns the kernel settings the NAT data path needs, in the order
 // ApplySysctls writes them. Deliberately absent: route_localnet (loopback
-// destinations are not published, see the package doc), bridge hairpin mode
-// (the host routes hairpin traffic, nothing is reflected on a bridge port)
-// and br_netfilter (hairpin replies are made to come back through the host
-// by masquerading instead).
+// destinations are not published, see the package doc) and
+// net.bridge.bridge-nf-call-iptables (natd works with it on or off and
+// leaves it alone; other software on the host depends on it). Not a sysctl
+// but needed: hairpin mode on every container's bridge port (see "Bridge
+// hairpin mode" in the package doc).
 func Sysctls() []Sysctl {
 	return []Sysctl{{
 		Name:  "net.ipv4.ip_forward",

@@ -18,9 +18,10 @@ const (
 	// destination-NATed to Target. Applies to packets from the network and
 	// to packets the host sends itself; never to loopback destinations.
 	KindPublish Kind = iota + 1
-	// KindHairpin: a destination-NATed connection that entered from an
-	// interface whose name starts with Iface and leaves through one is
-	// source-NATed to the address of the interface it leaves by.
+	// KindHairpin: a destination-NATed connection from an address inside
+	// Source that is not one of the host's own, leaving through an
+	// interface whose name starts with Iface (a bridge), is source-NATed to
+	// the address of that interface (masquerade).
 	KindHairpin
 	// KindOverlaySNAT: a destination-NATed connection that leaves through
 	// the interface named Iface, from a source outside Keep, is source-NATed
@@ -58,7 +59,7 @@ type Rule struct {
 	HostPort uint16         //
 	Target   netip.AddrPort //
 
-	// KindHairpin: Iface is an interface name prefix.
+	// KindHairpin: Iface is an interface name prefix, Source.
 	// KindOverlaySNAT: Iface, Keep, To.
 	// KindMasquerade: Iface, Source, Except.
 	Iface  string
@@ -78,7 +79,7 @@ func (r Rule) String() string {
 		}
 		return fmt.Sprintf("publish %s %s:%d dnat %s", r.Proto, host, r.HostPort, r.Target)
 	case KindHairpin:
-		return fmt.Sprintf("hairpin dnat iif %s* oif %s* masquerade", r.Iface, r.Iface)
+		return fmt.Sprintf("hairpin dnat saddr %s !local oif %s* masquerade", r.Source, r.Iface)
 	case KindOverlaySNAT:
 		return fmt.Sprintf("overlay dnat oif %s saddr != %s snat %s", r.Iface, r.Keep, r.To)
 	case KindMasquerade:
@@ -109,7 +110,7 @@ func Plan(cfg Config) ([]Rule, error) {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostAddr.Compare(b.HostAddr))
 	})
 	rules = append(rules,
-		Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix()},
+		Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: cfg.NodeSubnet},
 		Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), Keep: cfg.NodeSubnet, To: cfg.Overlay},
 	)
 	if cfg.Masquerade {

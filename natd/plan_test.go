@@ -23,7 +23,7 @@ func TestPlan(t *testing.T) {
 		"publish tcp 192.0.2.10:9090 dnat 10.200.5.7:80",
 		"publish tcp 192.0.2.11:9090 dnat 10.200.5.8:80",
 		"publish udp local:8080 dnat 10.200.3.34:80",
-		"hairpin dnat iif zlb-* oif zlb-* masquerade",
+		"hairpin dnat saddr 10.200.3.0/24 !local oif zlb-* masquerade",
 		"overlay dnat oif zl0 saddr != 10.200.3.0/24 snat 10.200.3.1",
 		"egress saddr 10.200.3.0/24 daddr != 10.200.0.0/16 oif != zl0 masquerade",
 	}

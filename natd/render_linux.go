@@ -27,7 +27,7 @@ import (
 //	chain output      { type nat hook output priority -100; policy accept;
 //		meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump publish }
 //	chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-//		meta nfproto ipv4 ct status dnat iifname "zlb-*" oifname "zlb-*" masquerade
+//		meta nfproto ipv4 ct status dnat ip saddr <node subnet> oifname "zlb-*" fib saddr type != local masquerade
 //		meta nfproto ipv4 ct status dnat oifname "zl0" ip saddr != <node subnet> snat ip to <overlay>
 //		meta nfproto ipv4 ip saddr <node subnet> ip daddr != <cluster> oifname != "zl0" masquerade  (Masquerade only)
 //	}
@@ -231,12 +231,17 @@ var (
 	}
 )
 
+// hairpinExprs match on addresses, not on the input interface: where
+// br_netfilter is active (bridge-nf-call-iptables=1) a connection translated
+// to a target on the client's own bridge is bridged, not routed, and its
+// postrouting pass has no input interface; the output is the bridge.
 func hairpinExprs(r Rule) []expr.Any {
-	return append(append(ipv4Only(), ctDNAT()...),
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.Iface)},
+	e := append(append(ipv4Only(), ctDNAT()...), prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	return append(e,
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.Iface)},
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 		&expr.Masq{},
 	)
 }
