@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/zlmesh/zlmesh/internal/nstest"
 )
 
@@ -158,6 +160,53 @@ func TestDataPath(t *testing.T) {
 		mustSet(t, tb, cfg)
 		if got, err := ask(tp.c1, "tcp", ap(outsideAddr, 7000), 2*time.Second); err != nil || got != hostPublic.String() {
 			t.Errorf("masquerade back on: %q, %v", got, err)
+		}
+	})
+
+	t.Run("foreign forward drop policy", func(t *testing.T) {
+		// Another table that drops forwarded packets by default wins over
+		// anything in zlmesh's table; the accepts the package doc tells
+		// operators to add there are enough.
+		c := nftConn(t, tp.host)
+		fw := c.AddTable(&nftables.Table{Name: "zlt-firewall", Family: nftables.TableFamilyIPv4})
+		drop := nftables.ChainPolicyDrop
+		fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: fw, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop})
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			c.DelTable(fw)
+			c.Flush()
+		}()
+		if got, err := ask(tp.outside, "tcp", ap(hostPublic, 8080), 500*time.Millisecond); err == nil {
+			t.Fatalf("forward policy drop elsewhere did not block; server saw %s", got)
+		}
+		for _, key := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
+			for _, name := range [][]byte{ifname("zl0"), []byte("zlb-")} {
+				c.AddRule(&nftables.Rule{Table: fw, Chain: fwd, Exprs: []expr.Any{
+					&expr.Meta{Key: key, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
+					&expr.Verdict{Kind: expr.VerdictAccept},
+				}})
+			}
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []struct {
+			from *nstest.NS
+			to   netip.AddrPort
+			sees netip.Addr
+		}{
+			{tp.outside, ap(hostPublic, 8080), outsideAddr},
+			{tp.outside, ap(hostPublic, 9090), overlayAddr},
+			{tp.c1, ap(outsideAddr, 7000), hostPublic},
+			{tp.c1, ap(hostPublic, 8080), gatewayAddr},
+		} {
+			if got, err := ask(f.from, "tcp", f.to, 2*time.Second); err != nil || got != f.sees.String() {
+				t.Errorf("tcp %s from %s with the accepts in place: %q, %v; want %s", f.to, f.from.Name, got, err, f.sees)
+			}
 		}
 	})
 
