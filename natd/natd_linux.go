@@ -118,11 +118,10 @@ func bigBuffers(c *netlink.Conn) error {
 }
 
 func (t *nftTable) Set(cfg Config) error {
-	rules, err := Plan(cfg)
-	if err != nil {
+	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	want := render(rules)
+	want := render(rulesOf(cfg), len(cfg.Ports))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -371,15 +370,11 @@ func (t *nftTable) readContent(s *state) error {
 			return fmt.Errorf("list elements of %s: %w", set.Name, err)
 		}
 		m := make(map[elemKey]elemVal, len(elems))
-		n := keyLen(set.Name)
 		for _, e := range elems {
-			var k elemKey
-			var v elemVal
-			if len(e.Key) != n || len(e.Val) != len(v) {
-				return fmt.Errorf("set %s: element %x : %x has the wrong size", set.Name, e.Key, e.Val)
+			k, v, ok := parseElem(set.Name, e.Key, e.Val)
+			if !ok {
+				return fmt.Errorf("set %s: element %x : %x is not one zlmesh writes", set.Name, e.Key, e.Val)
 			}
-			copy(k[:], e.Key)
-			copy(v[:], e.Val)
 			m[k] = v
 		}
 		s.Elems[set.Name] = m
@@ -427,15 +422,19 @@ func (t *nftTable) diff(have, want *state) ([]op, string) {
 	for _, name := range setOrder {
 		var del, add []nftables.SetElement
 		h, w := have.Elems[name], want.Elems[name]
-		n := keyLen(name)
-		for k, hv := range h {
-			if wv, ok := w[k]; !ok || wv != hv {
-				del = append(del, nftables.SetElement{Key: bytes.Clone(k[:n])})
+		same := 0
+		for k, wv := range w {
+			if hv, ok := h[k]; ok && hv == wv {
+				same++
+			} else {
+				add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(wv)})
 			}
 		}
-		for k, wv := range w {
-			if hv, ok := h[k]; !ok || hv != wv {
-				add = append(add, nftables.SetElement{Key: bytes.Clone(k[:n]), Val: bytes.Clone(wv[:])})
+		if same < len(h) { // some of have is not wanted as it is
+			for k, hv := range h {
+				if wv, ok := w[k]; !ok || wv != hv {
+					del = append(del, nftables.SetElement{Key: keyBytes(name, k)})
+				}
 			}
 		}
 		added += len(add)
@@ -462,7 +461,7 @@ func (t *nftTable) createOps(want *state) []op {
 		ops = append(ops, func(c *nftables.Conn) error { return c.AddSet(set, nil) })
 		var add []nftables.SetElement
 		for k, v := range want.Elems[name] {
-			add = append(add, nftables.SetElement{Key: bytes.Clone(k[:keyLen(name)]), Val: bytes.Clone(v[:])})
+			add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(v)})
 		}
 		for chunk := range slices.Chunk(add, elemChunk) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })

@@ -3,6 +3,7 @@ package natd
 import (
 	"cmp"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 )
@@ -102,19 +103,30 @@ func Plan(cfg Config) ([]Rule, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	rules := make([]Rule, 0, len(cfg.Ports)+3)
-	for _, p := range cfg.Ports {
-		rules = append(rules, Rule{Kind: KindPublish, Proto: p.Proto, HostAddr: p.HostAddr, HostPort: p.HostPort, Target: p.Target})
-	}
-	slices.SortFunc(rules, func(a, b Rule) int {
+	rules := slices.AppendSeq(make([]Rule, 0, len(cfg.Ports)+3), rulesOf(cfg))
+	slices.SortFunc(rules[:len(cfg.Ports)], func(a, b Rule) int {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostAddr.Compare(b.HostAddr))
 	})
-	rules = append(rules,
-		Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: cfg.NodeSubnet},
-		Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), Keep: cfg.NodeSubnet, To: cfg.Overlay},
-	)
-	if cfg.Masquerade {
-		rules = append(rules, Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: cfg.NodeSubnet, Except: cfg.Cluster})
-	}
 	return rules, nil
+}
+
+// rulesOf yields the rules of a valid cfg in Plan's order, except that the
+// KindPublish rules come in the order of cfg.Ports (backends that key them
+// need no order). It allocates nothing: a Set over thousands of ports
+// stays cheap.
+func rulesOf(cfg Config) iter.Seq[Rule] {
+	return func(yield func(Rule) bool) {
+		for _, p := range cfg.Ports {
+			if !yield(Rule{Kind: KindPublish, Proto: p.Proto, HostAddr: p.HostAddr, HostPort: p.HostPort, Target: p.Target}) {
+				return
+			}
+		}
+		if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: cfg.NodeSubnet}) ||
+			!yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), Keep: cfg.NodeSubnet, To: cfg.Overlay}) {
+			return
+		}
+		if cfg.Masquerade {
+			yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: cfg.NodeSubnet, Except: cfg.Cluster})
+		}
+	}
 }

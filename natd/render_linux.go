@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"iter"
 	"net/netip"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -80,11 +82,15 @@ type ruleSpec struct {
 	Exprs []expr.Any
 }
 
-// elemKey and elemVal are a map element's key (zero-padded to the longest
-// key) and value.
+// elemKey and elemVal are a port map element's key and value packed in
+// integers (cheap to hash and compare; the maps hold thousands):
+//
+//	ports_any key:  proto<<16 | port
+//	ports_addr key: addr<<24 | proto<<16 | port
+//	value:          addr<<16 | port
 type (
-	elemKey [12]byte
-	elemVal [8]byte
+	elemKey uint64
+	elemVal uint64
 )
 
 // state is the content of zlmesh's table: wanted (rendered from a Plan) or
@@ -134,30 +140,27 @@ func nftSet(t *nftables.Table, name string) *nftables.Set {
 	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: key, DataType: typeTarget}
 }
 
-// render turns a Plan into the wanted table content.
-func render(rules []Rule) *state {
+// render turns the rules of a Plan (in any order; nports of them
+// KindPublish, a size hint) into the wanted table content.
+func render(rules iter.Seq[Rule], nports int) *state {
 	s := &state{
 		Exists: true,
 		Chains: wantChains,
 		Sets:   wantSets,
 		Rules:  make(map[string][]ruleSpec, len(wantChains)),
-		Elems:  map[string]map[elemKey]elemVal{setPortsAny: {}, setPortsAddr: {}},
+		Elems:  map[string]map[elemKey]elemVal{setPortsAny: make(map[elemKey]elemVal, nports), setPortsAddr: {}},
 	}
 	s.Rules[chainPublish] = publishRules
 	s.Rules[chainPre] = preroutingRules
 	s.Rules[chainOutput] = outputRules
 	var post []ruleSpec
-	for _, r := range rules {
+	for r := range rules {
 		switch r.Kind {
 		case KindPublish:
 			set, k, v := portElem(r)
 			s.Elems[set][k] = v
-		case KindHairpin:
-			post = append(post, tagged(r.String(), hairpinExprs(r)))
-		case KindOverlaySNAT:
-			post = append(post, tagged(r.String(), overlaySNATExprs(r)))
-		case KindMasquerade:
-			post = append(post, tagged(r.String(), masqueradeExprs(r)))
+		case KindHairpin, KindOverlaySNAT, KindMasquerade:
+			post = append(post, postroutingRule(r))
 		}
 	}
 	s.Rules[chainPost] = post
@@ -167,28 +170,87 @@ func render(rules []Rule) *state {
 // portElem is the map element of one KindPublish rule.
 func portElem(r Rule) (set string, k elemKey, v elemVal) {
 	proto, _ := protoNumber(r.Proto)
-	a := r.Target.Addr().As4()
-	copy(v[0:4], a[:])
-	binary.BigEndian.PutUint16(v[4:6], r.Target.Port())
+	t := r.Target.Addr().As4()
+	v = elemVal(binary.BigEndian.Uint32(t[:]))<<16 | elemVal(r.Target.Port())
+	k = elemKey(proto)<<16 | elemKey(r.HostPort)
 	if !r.HostAddr.IsValid() {
-		k[0] = proto
-		binary.BigEndian.PutUint16(k[4:6], r.HostPort)
 		return setPortsAny, k, v
 	}
 	h := r.HostAddr.As4()
-	copy(k[0:4], h[:])
-	k[4] = proto
-	binary.BigEndian.PutUint16(k[8:10], r.HostPort)
-	return setPortsAddr, k, v
+	return setPortsAddr, elemKey(binary.BigEndian.Uint32(h[:]))<<24 | k, v
 }
 
-// keyLen is the length of the keys of set.
-func keyLen(set string) int {
+// keyBytes is k as the kernel holds it in set: each field in network
+// order, padded to 4 bytes (ipv4_addr . inet_proto . inet_service).
+func keyBytes(set string, k elemKey) []byte {
+	b := make([]byte, 0, 12)
 	if set == setPortsAddr {
-		return 12
+		b = binary.BigEndian.AppendUint32(b, uint32(k>>24))
 	}
-	return 8
+	b = append(b, byte(k>>16), 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(k)) // port
+	return append(b, 0, 0)
 }
+
+// valBytes is v as the kernel holds it (ipv4_addr . inet_service).
+func valBytes(v elemVal) []byte {
+	b := binary.BigEndian.AppendUint32(make([]byte, 0, 8), uint32(v>>16))
+	return append(binary.BigEndian.AppendUint16(b, uint16(v)), 0, 0)
+}
+
+// parseElem is the inverse of keyBytes and valBytes; ok is false for an
+// element zlmesh cannot have written.
+func parseElem(set string, key, val []byte) (k elemKey, v elemVal, ok bool) {
+	want := 8
+	if set == setPortsAddr {
+		want = 12
+	}
+	if len(key) != want || len(val) != 8 || val[6] != 0 || val[7] != 0 {
+		return 0, 0, false
+	}
+	if set == setPortsAddr {
+		k = elemKey(binary.BigEndian.Uint32(key))<<24 | elemKey(key[4])<<16 | elemKey(binary.BigEndian.Uint16(key[8:]))
+		if key[5]|key[6]|key[7]|key[10]|key[11] != 0 {
+			return 0, 0, false
+		}
+	} else {
+		k = elemKey(key[0])<<16 | elemKey(binary.BigEndian.Uint16(key[4:]))
+		if key[1]|key[2]|key[3]|key[6]|key[7] != 0 {
+			return 0, 0, false
+		}
+	}
+	return k, elemVal(binary.BigEndian.Uint32(val))<<16 | elemVal(binary.BigEndian.Uint16(val[4:])), true
+}
+
+// postroutingRule renders a source-NAT rule, remembering the last few (they
+// change only with the node's addresses, and rendering one costs a hash).
+func postroutingRule(r Rule) ruleSpec {
+	rendered.Lock()
+	defer rendered.Unlock()
+	if rs, ok := rendered.m[r]; ok {
+		return rs
+	}
+	var e []expr.Any
+	switch r.Kind {
+	case KindHairpin:
+		e = hairpinExprs(r)
+	case KindOverlaySNAT:
+		e = overlaySNATExprs(r)
+	case KindMasquerade:
+		e = masqueradeExprs(r)
+	}
+	if len(rendered.m) >= 64 {
+		clear(rendered.m)
+	}
+	rs := tagged(r.String(), e)
+	rendered.m[r] = rs
+	return rs
+}
+
+var rendered = struct {
+	sync.Mutex
+	m map[Rule]ruleSpec
+}{m: map[Rule]ruleSpec{}}
 
 // tagged names exprs by what and a hash of their netlink encoding, so a
 // change in how zlmesh renders a rule is noticed in tables it made before.

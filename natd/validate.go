@@ -1,6 +1,7 @@
 package natd
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -17,31 +18,40 @@ func (c Config) Validate() error {
 	if len(c.Ports) > MaxPorts {
 		return fmt.Errorf("%w: %d ports, at most %d", ErrInvalid, len(c.Ports), MaxPorts)
 	}
-	seen := make(map[portKey]int, len(c.Ports))
-	anyAddr := make(map[portKey]int) // proto/port published on all addresses
-	oneAddr := make(map[portKey]int) // proto/port published on some address
+	// Host ports by protocol and port: published on all addresses (any),
+	// on one address (first), and by protocol, port and address (one).
+	all := make(map[uint32]int, len(c.Ports))
+	first := make(map[uint32]int)
+	one := make(map[uint64]int)
 	for i, p := range c.Ports {
 		if err := c.validatePort(p); err != nil {
 			return fmt.Errorf("%w: ports[%d] %s: %w", ErrInvalid, i, p, err)
 		}
-		k := keyOf(p)
-		if j, dup := seen[k]; dup {
+		proto, _ := protoNumber(p.Proto)
+		pp := uint32(proto)<<16 | uint32(p.HostPort)
+		if !p.HostAddr.IsValid() {
+			if j, dup := all[pp]; dup {
+				return fmt.Errorf("%w: %w: ports[%d] %s: same host port as ports[%d]", ErrInvalid, ErrConflict, i, p, j)
+			}
+			if len(first) > 0 {
+				if j, ok := first[pp]; ok {
+					return fmt.Errorf("%w: %w: ports[%d] %s on all addresses overlaps ports[%d] %s", ErrInvalid, ErrConflict, i, p, j, c.Ports[j])
+				}
+			}
+			all[pp] = i
+			continue
+		}
+		if j, ok := all[pp]; ok {
+			return fmt.Errorf("%w: %w: ports[%d] %s overlaps ports[%d] %s on all addresses", ErrInvalid, ErrConflict, i, p, j, c.Ports[j])
+		}
+		a := p.HostAddr.As4()
+		k := uint64(pp)<<32 | uint64(binary.BigEndian.Uint32(a[:]))
+		if j, dup := one[k]; dup {
 			return fmt.Errorf("%w: %w: ports[%d] %s: same host port as ports[%d]", ErrInvalid, ErrConflict, i, p, j)
 		}
-		seen[k] = i
-		wild := portKey{proto: k.proto, port: k.port}
-		if !p.HostAddr.IsValid() {
-			if j, ok := oneAddr[wild]; ok {
-				return fmt.Errorf("%w: %w: ports[%d] %s on all addresses overlaps ports[%d] %s", ErrInvalid, ErrConflict, i, p, j, c.Ports[j])
-			}
-			anyAddr[wild] = i
-		} else {
-			if j, ok := anyAddr[wild]; ok {
-				return fmt.Errorf("%w: %w: ports[%d] %s overlaps ports[%d] %s on all addresses", ErrInvalid, ErrConflict, i, p, j, c.Ports[j])
-			}
-			if _, ok := oneAddr[wild]; !ok {
-				oneAddr[wild] = i
-			}
+		one[k] = i
+		if _, ok := first[pp]; !ok {
+			first[pp] = i
 		}
 	}
 	return nil
@@ -173,19 +183,6 @@ func (p Port) String() string {
 		host = p.HostAddr.String()
 	}
 	return fmt.Sprintf("%s %s:%d → %s", p.Proto, host, p.HostPort, p.Target)
-}
-
-// portKey identifies a published port: protocol, host port, host address
-// (zero for all addresses).
-type portKey struct {
-	proto uint8
-	port  uint16
-	addr  netip.Addr
-}
-
-func keyOf(p Port) portKey {
-	n, _ := protoNumber(p.Proto)
-	return portKey{proto: n, port: p.HostPort, addr: p.HostAddr}
 }
 
 // protoNumber maps a protocol name to its IP protocol number.
