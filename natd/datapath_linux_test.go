@@ -3,6 +3,7 @@
 package natd
 
 import (
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -160,6 +161,49 @@ func TestDataPath(t *testing.T) {
 		mustSet(t, tb, cfg)
 		if got, err := ask(tp.c1, "tcp", ap(outsideAddr, 7000), 2*time.Second); err != nil || got != hostPublic.String() {
 			t.Errorf("masquerade back on: %q, %v", got, err)
+		}
+	})
+
+	t.Run("udp retarget", func(t *testing.T) {
+		// A UDP client that keeps sending keeps its conntrack entry alive:
+		// after the port is sent elsewhere it must reach the new target,
+		// not the old one (natd forgets the stale entries).
+		serveID(t, tp.c1, 5300, "c1")
+		serveID(t, tp.c2, 5300, "c2")
+		to := func(target netip.Addr) Config {
+			c := cfg
+			c.Ports = append(slices.Clone(cfg.Ports), Port{Proto: "udp", HostPort: 6000, Target: ap(target, 5300)})
+			return c
+		}
+		mustSet(t, tb, to(c2Addr))
+		var conn net.Conn
+		if err := tp.outside.Do(func() (err error) {
+			conn, err = net.Dial("udp4", ap(hostPublic, 6000).String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		say := func() string {
+			conn.SetDeadline(time.Now().Add(time.Second))
+			conn.Write([]byte("hi"))
+			buf := make([]byte, 16)
+			n, err := conn.Read(buf)
+			if err != nil {
+				return err.Error()
+			}
+			return string(buf[:n])
+		}
+		if got := say(); got != "c2" {
+			t.Fatalf("first datagram answered by %q, want c2", got)
+		}
+		mustSet(t, tb, to(c1Addr))
+		if got := say(); got != "c1" {
+			t.Errorf("after retargeting, the same flow is answered by %q, want c1", got)
+		}
+		mustSet(t, tb, cfg)
+		if got := say(); got == "c1" || got == "c2" {
+			t.Errorf("after unpublishing, the flow is still answered by %s", got)
 		}
 	})
 

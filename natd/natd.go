@@ -192,9 +192,17 @@ type Table interface {
 	// is one set element added or removed, whatever the number of ports.
 	// Changes made to the table by others since the last call are noticed
 	// (the ruleset generation moved) and repaired.
+	//
+	// Established connections keep their translation (conntrack) when a
+	// port is removed or sent to another target; only new ones follow.
+	// For UDP, whose flows never end while the client keeps sending, Set
+	// deletes the conntrack entries of a removed or retargeted port after
+	// the batch is applied; that walks the conntrack table (shared by all
+	// namespaces; ~10 ms with 262144 buckets) and happens only then.
 	Set(cfg Config) error
-	// Purge deletes zlmesh's table, with every rule and published port. It
-	// succeeds when the table does not exist. A later Set recreates it.
+	// Purge deletes zlmesh's table, with every rule and published port (and
+	// the conntrack entries of its UDP ports, as Set). It succeeds when the
+	// table does not exist. A later Set recreates it.
 	Purge() error
 	// Close releases the netlink sockets and leaves the table in the kernel:
 	// published ports and masquerade keep working while zlmesh restarts.

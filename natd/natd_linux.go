@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
+	vnl "github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +50,16 @@ func New(opts Options) (Table, error) {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
 	t.gen = gc
+	if opts.NetNS != 0 {
+		t.ct, err = vnl.NewHandleAt(netns.NsHandle(opts.NetNS), unix.NETLINK_NETFILTER)
+	} else {
+		t.ct, err = vnl.NewHandle(unix.NETLINK_NETFILTER)
+	}
+	if err != nil {
+		t.conn.CloseLasting()
+		t.gen.Close()
+		return nil, fmt.Errorf("open conntrack netlink socket: %w", err)
+	}
 	have, _, err := t.currentLocked()
 	if err != nil {
 		t.Close()
@@ -69,6 +82,7 @@ type nftTable struct {
 	closed bool
 	conn   *nftables.Conn // lasting; its buffered messages are sent by flush
 	gen    *netlink.Conn  // for NFT_MSG_GETGEN
+	ct     *vnl.Handle    // for conntrack
 	// cache is the table's content at ruleset generation cacheGen; nil
 	// when unknown. Any commit by anyone moves the generation, so a cache
 	// whose generation is current is exact without reading the table.
@@ -150,6 +164,7 @@ func (t *nftTable) Close() error {
 	if gerr := t.gen.Close(); err == nil {
 		err = gerr
 	}
+	t.ct.Close()
 	return err
 }
 
@@ -162,7 +177,7 @@ func (t *nftTable) convergeLocked(want *state) error {
 		if err != nil {
 			return fmt.Errorf("read nftables table %s: %w", t.table.Name, err)
 		}
-		ops, sum := t.diff(have, want)
+		ops, stale, sum := t.diff(have, want)
 		if len(ops) == 0 {
 			return nil
 		}
@@ -174,6 +189,7 @@ func (t *nftTable) convergeLocked(want *state) error {
 			t.cache = nil
 			return fmt.Errorf("read nftables generation: %w", err)
 		}
+		t.forgetUDP(stale)
 		if after == nextGen(gen) {
 			// Ours was the only commit: the table now is what we wanted.
 			t.cache, t.cacheGen = want, after
@@ -390,14 +406,14 @@ type op func(*nftables.Conn) error
 // deleted and made again in the same batch (an atomic swap). Otherwise each
 // chain whose rule list differs is flushed and refilled (a few rules at
 // most), and the port maps get exactly the elements that changed.
-func (t *nftTable) diff(have, want *state) ([]op, string) {
+func (t *nftTable) diff(have, want *state) ([]op, []staleUDP, string) {
 	var ops []op
 	if !want.Exists {
 		if have.Exists {
 			ops = append(ops, func(c *nftables.Conn) error { c.DelTable(t.table); return nil })
-			return ops, "table deleted"
+			return ops, staleAll(have, want), "table deleted"
 		}
-		return nil, ""
+		return nil, nil, ""
 	}
 	if !have.Exists || have.Unreadable || !maps.Equal(have.Chains, want.Chains) || !maps.Equal(have.Sets, want.Sets) {
 		what := "table created"
@@ -406,7 +422,7 @@ func (t *nftTable) diff(have, want *state) ([]op, string) {
 			ops = append(ops, func(c *nftables.Conn) error { c.DelTable(t.table); return nil })
 		}
 		ops = append(ops, t.createOps(want)...)
-		return ops, fmt.Sprintf("%s, %d ports", what, want.ports())
+		return ops, staleAll(have, want), fmt.Sprintf("%s, %d ports", what, want.ports())
 	}
 	var rewritten []string
 	for _, name := range chainOrder {
@@ -419,6 +435,7 @@ func (t *nftTable) diff(have, want *state) ([]op, string) {
 		ops = append(ops, ruleOps(t.table, chain, want.Rules[name])...)
 	}
 	added, removed := 0, 0
+	var stale []staleUDP
 	for _, name := range setOrder {
 		var del, add []nftables.SetElement
 		h, w := have.Elems[name], want.Elems[name]
@@ -434,6 +451,7 @@ func (t *nftTable) diff(have, want *state) ([]op, string) {
 			for k, hv := range h {
 				if wv, ok := w[k]; !ok || wv != hv {
 					del = append(del, nftables.SetElement{Key: keyBytes(name, k)})
+					stale = appendUDP(stale, name, k, hv)
 				}
 			}
 		}
@@ -447,7 +465,91 @@ func (t *nftTable) diff(have, want *state) ([]op, string) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })
 		}
 	}
-	return ops, fmt.Sprintf("ports +%d -%d, chains rewritten %v", added, removed, rewritten)
+	return ops, stale, fmt.Sprintf("ports +%d -%d, chains rewritten %v", added, removed, rewritten)
+}
+
+// staleUDP is a published UDP port that was removed or sent elsewhere: the
+// conntrack entries it made still carry the old translation.
+type staleUDP struct {
+	hostAddr netip.Addr // zero: any
+	hostPort uint16
+	target   netip.AddrPort
+}
+
+func appendUDP(s []staleUDP, set string, k elemKey, v elemVal) []staleUDP {
+	if uint8(k>>16) != unix.IPPROTO_UDP {
+		return s
+	}
+	u := staleUDP{hostPort: uint16(k), target: netip.AddrPortFrom(addrOf(uint32(v>>16)), uint16(v))}
+	if set == setPortsAddr {
+		u.hostAddr = addrOf(uint32(k >> 24))
+	}
+	return append(s, u)
+}
+
+func addrOf(a uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], a)
+	return netip.AddrFrom4(b)
+}
+
+// staleAll is every UDP element of have that want does not hold as it is.
+func staleAll(have, want *state) []staleUDP {
+	var s []staleUDP
+	for name, h := range have.Elems {
+		for k, hv := range h {
+			if wv, ok := want.Elems[name][k]; !ok || wv != hv {
+				s = appendUDP(s, name, k, hv)
+			}
+		}
+	}
+	return s
+}
+
+// forgetUDP deletes the conntrack entries of stale UDP ports. A UDP "flow"
+// whose client keeps sending never times out, so without this a port
+// retargeted to a new container (or unpublished) would keep feeding the
+// old one. TCP connections are left alone: an established connection keeps
+// its target until it ends. It costs a walk of the conntrack table, only
+// when a UDP port went away; failures are logged, not returned (the rules
+// are already in place).
+func (t *nftTable) forgetUDP(stale []staleUDP) {
+	if len(stale) == 0 {
+		return
+	}
+	n, err := t.ct.ConntrackDeleteFilters(vnl.ConntrackTable, unix.AF_INET, udpFlows(stale))
+	if err != nil {
+		t.log.Warn("forget conntrack entries of unpublished udp ports", "ports", len(stale), "err", err)
+		return
+	}
+	if n > 0 {
+		t.log.Info("forgot conntrack entries of unpublished udp ports", "ports", len(stale), "entries", n)
+	}
+}
+
+// udpFlows matches conntrack entries made by any of its ports: UDP to the
+// host port (on the host address, if set), answered by the target.
+type udpFlows []staleUDP
+
+func (u udpFlows) MatchConntrackFlow(f *vnl.ConntrackFlow) bool {
+	if f.Forward.Protocol != unix.IPPROTO_UDP {
+		return false
+	}
+	for _, s := range u {
+		if f.Forward.DstPort != s.hostPort || f.Reverse.SrcPort != s.target.Port() {
+			continue
+		}
+		if rs, ok := netip.AddrFromSlice(f.Reverse.SrcIP); !ok || rs.Unmap() != s.target.Addr() {
+			continue
+		}
+		if s.hostAddr.IsValid() {
+			if d, ok := netip.AddrFromSlice(f.Forward.DstIP); !ok || d.Unmap() != s.hostAddr {
+				continue
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // elemChunk bounds the elements in one netlink message of a batch.

@@ -145,6 +145,30 @@ func addr(s string) *netlink.Addr {
 	return a
 }
 
+// serveID runs a UDP server in ns on port that answers every datagram
+// with id.
+func serveID(t testing.TB, ns *nstest.NS, port uint16, id string) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatalf("listen udp :%d in %s: %v", port, ns.Name, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(id), from)
+		}
+	}()
+}
+
 // serve runs a server in ns on proto port (all addresses) that answers
 // every connection or datagram with the peer's address as it sees it.
 func serve(t testing.TB, ns *nstest.NS, proto string, port uint16) {
