@@ -153,8 +153,9 @@ type Config struct {
 	// through it.
 	OverlayIf string
 	// BridgePrefix is the name prefix of the per-service bridges; "" means
-	// DefaultBridgePrefix. Translated connections from one of them to one of
-	// them are masqueraded (hairpin).
+	// DefaultBridgePrefix. A translated connection from a local container
+	// (inside NodeSubnet, not one of the host's addresses) that leaves
+	// through one of them is masqueraded (hairpin).
 	BridgePrefix string
 	// Masquerade turns egress masquerade on. The zero value (false) leaves
 	// egress traffic with the container's source address.
@@ -214,8 +215,8 @@ type Table interface {
 // Sysctl is one kernel setting the data path needs.
 type Sysctl struct {
 	Name  string // dotted, e.g. "net.ipv4.ip_forward"
-	Value string
-	Why   string
+	Value string // what ApplySysctls writes
+	Why   string // one line for logs and docs
 }
 
 // Sysctls returns the kernel settings the NAT data path needs, in the order

@@ -132,16 +132,15 @@ func bigBuffers(c *netlink.Conn) error {
 }
 
 func (t *nftTable) Set(cfg Config) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	want := render(rulesOf(cfg), len(cfg.Ports))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return ErrClosed
 	}
-	return t.convergeLocked(want)
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	return t.convergeLocked(render(rulesOf(cfg), len(cfg.Ports)))
 }
 
 func (t *nftTable) Purge() error {

@@ -34,6 +34,7 @@ const (
 	KindMasquerade
 )
 
+// String names k as logs and Rule.String do.
 func (k Kind) String() string {
 	switch k {
 	case KindPublish:
@@ -48,9 +49,11 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-// Rule is one abstract NAT rule, independent of how it is implemented
-// (nftables here; a userspace packet-path NAT could implement the same
-// list). Only the fields its Kind documents are set.
+// Rule is one abstract NAT rule, independent of how it is implemented:
+// natd_linux.go renders the list into nftables; the userspace mode of
+// DESIGN.md (NAT on the tun.Wrapper packet path) can implement the same
+// list with a connection table of its own. Only the fields its Kind
+// documents are set. Rule is comparable.
 type Rule struct {
 	Kind Kind
 
@@ -60,9 +63,9 @@ type Rule struct {
 	HostPort uint16         //
 	Target   netip.AddrPort //
 
-	// KindHairpin: Iface is an interface name prefix, Source.
-	// KindOverlaySNAT: Iface, Keep, To.
-	// KindMasquerade: Iface, Source, Except.
+	// KindHairpin: Iface (an interface name prefix) and Source.
+	// KindOverlaySNAT: Iface, Keep and To.
+	// KindMasquerade: Iface, Source and Except.
 	Iface  string
 	Source netip.Prefix
 	Except netip.Prefix
