@@ -60,7 +60,7 @@ func New(opts Options) (Table, error) {
 		t.gen.Close()
 		return nil, fmt.Errorf("open conntrack netlink socket: %w", err)
 	}
-	have, _, err := t.currentLocked()
+	have, _, _, err := t.currentLocked()
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("read nftables table %s: %w", t.table.Name, err)
@@ -172,7 +172,7 @@ func (t *nftTable) Close() error {
 // else committed a change around its own, to leave the table as wanted.
 func (t *nftTable) convergeLocked(want *state) error {
 	for attempt := 1; ; attempt++ {
-		have, gen, err := t.currentLocked()
+		have, gen, exact, err := t.currentLocked()
 		if err != nil {
 			return fmt.Errorf("read nftables table %s: %w", t.table.Name, err)
 		}
@@ -181,15 +181,20 @@ func (t *nftTable) convergeLocked(want *state) error {
 			return nil
 		}
 		if err := t.applyLocked(ops); err != nil {
+			if !exact && attempt < 3 {
+				// Built on a view the ruleset moved under; the kernel
+				// refused it whole. Read again.
+				continue
+			}
 			return fmt.Errorf("update nftables table %s (%s): %w", t.table.Name, sum, err)
 		}
+		t.forgetUDP(stale)
 		after, err := t.genID()
 		if err != nil {
 			t.cache = nil
 			return fmt.Errorf("read nftables generation: %w", err)
 		}
-		t.forgetUDP(stale)
-		if after == nextGen(gen) {
+		if exact && after == nextGen(gen) {
 			// Ours was the only commit: the table now is what we wanted.
 			t.cache, t.cacheGen = want, after
 			t.log.Info("nat table updated", "change", sum, "messages", len(ops))
@@ -199,6 +204,8 @@ func (t *nftTable) convergeLocked(want *state) error {
 		t.cache = nil
 		t.log.Info("nat table updated while others changed the ruleset; checking", "change", sum, "attempt", attempt)
 		if attempt == 3 {
+			// Our batches went in; the table is read back on the next Set.
+			t.log.Warn("ruleset kept changing while natd updated it; it will be checked again on the next Set")
 			return nil
 		}
 	}
@@ -245,31 +252,34 @@ func (t *nftTable) applyLocked(ops []op) error {
 }
 
 // currentLocked returns the table's content and the generation it belongs
-// to: the cache when the generation did not move, else a fresh read.
-func (t *nftTable) currentLocked() (*state, uint32, error) {
-	gen, err := t.genID()
+// to: the cache when the generation did not move, else a fresh read. exact
+// is false when the ruleset kept changing during every read (others commit
+// all the time): then s is the last read, not cached, and gen meaningless.
+func (t *nftTable) currentLocked() (s *state, gen uint32, exact bool, err error) {
+	gen, err = t.genID()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read nftables generation: %w", err)
+		return nil, 0, false, fmt.Errorf("read nftables generation: %w", err)
 	}
 	if t.cache != nil && t.cacheGen == gen {
-		return t.cache, gen, nil
+		return t.cache, gen, true, nil
 	}
-	for range 5 {
-		s, err := t.read()
+	t.cache = nil
+	for range 3 {
+		s, err = t.read()
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, false, err
 		}
 		again, err := t.genID()
 		if err != nil {
-			return nil, 0, fmt.Errorf("read nftables generation: %w", err)
+			return nil, 0, false, fmt.Errorf("read nftables generation: %w", err)
 		}
 		if again == gen {
 			t.cache, t.cacheGen = s, gen
-			return s, gen, nil
+			return s, gen, true, nil
 		}
 		gen = again // changed while we read: read again
 	}
-	return nil, 0, errors.New("the ruleset kept changing while it was read")
+	return s, 0, false, nil
 }
 
 // genID asks the kernel for the ruleset generation (NFT_MSG_GETGEN).

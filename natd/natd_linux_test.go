@@ -530,3 +530,60 @@ func TestConcurrentSets(t *testing.T) {
 		t.Errorf("table not converged after concurrent Sets")
 	}
 }
+
+// TestOthersCommitMeanwhile keeps another program committing to its own
+// table while natd publishes and unpublishes: natd must notice that the
+// generation moved (and re-read rather than trust its cache), and end with
+// exactly its table.
+func TestOthersCommitMeanwhile(t *testing.T) {
+	ns := nstest.New(t, "zlt-natd")
+	tb := openTable(t, ns, "")
+	refNS := nstest.New(t, "zlt-natd")
+	mustSet(t, openTable(t, refNS, ""), withPorts(10))
+	ref := sortedElems(t, dump(t, refNS, "zlmesh"))
+
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns.Handle)), nftables.AsLasting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseLasting()
+	other := &nftables.Table{Name: "zlt-busy", Family: nftables.TableFamilyIPv4}
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			// A real change every time (a no-op batch does not move the
+			// generation): the chain comes and goes.
+			c.AddTable(other)
+			if ch := (&nftables.Chain{Name: "c", Table: other}); n%2 == 0 {
+				c.AddChain(ch)
+			} else {
+				c.DelChain(ch)
+			}
+			if err := c.Flush(); err != nil {
+				t.Error(err)
+			}
+			n++
+		}
+	}()
+	for i := range 200 {
+		mustSet(t, tb, withPorts(i%20))
+	}
+	mustSet(t, tb, withPorts(10))
+	close(stop)
+	n := <-done
+	if got := sortedElems(t, dump(t, ns, "zlmesh")); got != ref {
+		t.Errorf("after %d foreign commits the table differs from a fresh one:\n got %s\nwant %s", n, got, ref)
+	}
+	if tb.stats.Reads < 2 {
+		t.Errorf("natd never re-read its table while %d foreign commits happened", n)
+	}
+	t.Logf("%d foreign commits; natd: %+v", n, tb.stats)
+}
