@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// New opens netlink sockets in the namespace opts name, reads zlmesh's table
+// New opens netlink sockets in the namespace opts.NetNS names, reads zlmesh's table
 // if it exists and adopts it: nothing is changed until the first Set, which
 // then removes what is stale and adds what is missing. It logs a warning for
 // every base chain of another nftables table that drops forwarded packets by
@@ -60,7 +60,7 @@ func New(opts Options) (Table, error) {
 		t.gen.Close()
 		return nil, fmt.Errorf("open conntrack netlink socket: %w", err)
 	}
-	have, _, _, err := t.currentLocked()
+	have, _, _, err := t.currentLocked() // t is not shared yet
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("read nftables table %s: %w", t.table.Name, err)
@@ -561,8 +561,11 @@ func (u udpFlows) MatchConntrackFlow(f *vnl.ConntrackFlow) bool {
 	return false
 }
 
-// elemChunk bounds the elements in one netlink message of a batch.
-const elemChunk = 2048
+// elemChunk bounds the elements in one netlink message of a batch. The
+// elements of a message sit in one nested attribute, whose length is 16
+// bits: at ~40 bytes an element, more than ~1600 would overflow it, and
+// the kernel would silently take only the first ones.
+const elemChunk = 1024
 
 func (t *nftTable) createOps(want *state) []op {
 	tbl := t.table

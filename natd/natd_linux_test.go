@@ -587,3 +587,32 @@ func TestOthersCommitMeanwhile(t *testing.T) {
 	}
 	t.Logf("%d foreign commits; natd: %+v", n, tb.stats)
 }
+
+// TestMaxPortsInOneBatch: the largest config is one batch, all of it
+// reaches the kernel (a nested attribute over 64 KiB would be cut short
+// without an error) and reads back whole.
+func TestMaxPortsInOneBatch(t *testing.T) {
+	ns := nstest.New(t, "zlt-natd")
+	tb := openTable(t, ns, "")
+	cfg := withPorts(MaxPorts)
+	for i := range cfg.Ports[:MaxPorts/2] { // both maps get thousands
+		cfg.Ports[i].HostAddr = netip.MustParseAddr("192.0.2.10")
+	}
+	mustSet(t, tb, cfg)
+	if n := strings.Count(listing(t, ns, "zlmesh"), " : 10.200.3.34 . "); n != MaxPorts {
+		t.Errorf("the kernel holds %d ports, want %d", n, MaxPorts)
+	}
+	if tb.stats.Batches != 1 {
+		t.Errorf("%d ports took %d batches", MaxPorts, tb.stats.Batches)
+	}
+	tb.mu.Lock()
+	tb.cache = nil
+	tb.mu.Unlock()
+	mustSet(t, tb, cfg)
+	if tb.stats.Batches != 1 || tb.cache.ports() != MaxPorts {
+		t.Errorf("read back %d ports, %d batches", tb.cache.ports(), tb.stats.Batches)
+	}
+	if err := tb.Set(withPorts(MaxPorts + 1)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Set with MaxPorts+1: %v", err)
+	}
+}
