@@ -419,6 +419,12 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 	if err := sys.raw.plugHostEnd(host.Attrs().Index, br.Attrs().Index, containerAliasPrefix+s.Container); err != nil {
 		return Attached{}, fmt.Errorf("enslave %s to %s and set it up: %w", vethName, brName, err)
 	}
+	// Hairpin: a container reaching itself through a published port (natd
+	// DNATs it back to its own address) must get the packet back out of its
+	// own bridge port, which the bridge only does with hairpin mode on.
+	if err := sys.nl.LinkSetHairpin(host, true); err != nil {
+		return Attached{}, fmt.Errorf("hairpin mode on %s: %w", vethName, err)
+	}
 
 	// 8. Forwarding.
 	if err := sys.step(ctx, stepForward); err != nil {
@@ -910,6 +916,12 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 			return Attached{}, fmt.Errorf("enslave %s to %s: %w", vethName, brName, err)
 		}
 		repairs = append(repairs, fmt.Sprintf("host veth %s was not a port of %s: enslaved", vethName, brName))
+	}
+	if pi, err := sys.nl.LinkGetProtinfo(host); err != nil || !pi.Hairpin {
+		if err := sys.nl.LinkSetHairpin(host, true); err != nil {
+			return Attached{}, fmt.Errorf("hairpin mode on %s: %w", vethName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s had hairpin mode off: set on", vethName))
 	}
 	if s.MTU > 0 && host.Attrs().MTU != s.MTU {
 		if err := sys.nl.LinkSetMTU(host, s.MTU); err != nil {

@@ -279,6 +279,9 @@ func TestAttach(t *testing.T) {
 		if err != nil || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != 1400 {
 			t.Errorf("host veth of %s: %v %+v", c, err, l)
 		}
+		if pi, err := e.host.NL.LinkGetProtinfo(l); err != nil || !pi.Hairpin {
+			t.Errorf("host veth of %s: hairpin mode off (%v); natd's self-hairpin needs it", c, err)
+		}
 	}
 
 	// Traffic: neighbours on one bridge and their gateway.
