@@ -257,6 +257,7 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 		return fmt.Errorf("detach %s: %w", container, err)
 	}
 	n.mesh.Store().Delete(serviceKind, n.serviceKey(container))
+	n.unpublishContainer(container)
 	n.events.publish(api.Event{Type: api.EventDetach, Service: at.Spec.Service, Container: container, Address: at.Spec.Address.Addr().String(), Node: n.cfg.Name, Message: reason})
 	n.log.Info("detached", "container", container, "service", at.Spec.Service, "reason", reason)
 	return nil
@@ -375,6 +376,7 @@ func (n *Node) routineSweep() {
 		case <-t.C:
 		}
 		n.sweepOnce()
+		n.reconcilePorts()
 	}
 }
 

@@ -69,6 +69,9 @@ type Config struct {
 	DeadGrace time.Duration
 	// Keepalive is WireGuard's persistent keepalive; default 25s.
 	Keepalive time.Duration
+	// NoMasquerade switches egress masquerade off: containers then reach
+	// outside the cluster with their own source address.
+	NoMasquerade bool
 	// DNSUpstreams are where the mesh DNS forwards names outside the zone;
 	// nil: the host's /etc/resolv.conf without loopback entries.
 	DNSUpstreams []string
@@ -88,6 +91,9 @@ type Config struct {
 	// Containers is the container plumbing; nil: package bridge on Linux,
 	// none elsewhere (attach then answers "unsupported").
 	Containers Containers
+	// NAT is the kernel NAT table; nil: natd's nftables table on Linux,
+	// none elsewhere (publish then answers "unsupported").
+	NAT NAT
 }
 
 // Plumbing is the OS side of the TUN: its address and the routes zlmesh owns.

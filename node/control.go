@@ -39,6 +39,23 @@ func (n *Node) controlHandler() http.Handler {
 		}},
 		"/v1/attachments": {http.MethodGet: func(*http.Request) (any, error) { return n.Attachments(), nil }},
 		"/v1/services":    {http.MethodGet: func(*http.Request) (any, error) { return n.Services(), nil }},
+		"/v1/ports":       {http.MethodGet: func(*http.Request) (any, error) { return n.Ports(), nil }},
+		"/v1/publish": {
+			http.MethodPost: func(r *http.Request) (any, error) {
+				var req api.PublishRequest
+				if err := decodeBody(r, &req); err != nil {
+					return nil, err
+				}
+				return n.Publish(req)
+			},
+			http.MethodDelete: func(r *http.Request) (any, error) {
+				var req api.UnpublishRequest
+				if err := decodeBody(r, &req); err != nil {
+					return nil, err
+				}
+				return nil, n.Unpublish(req)
+			},
+		},
 	}
 	mux := http.NewServeMux()
 	for path, methods := range routes {
@@ -126,7 +143,7 @@ func (n *Node) handleDown(r *http.Request) (any, error) {
 	go func() {
 		// Answer first; the server shuts down inside Leave.
 		time.Sleep(100 * time.Millisecond)
-		n.Leave(5 * time.Second)
+		n.Leave(5*time.Second, req.Purge)
 	}()
 	return map[string]string{"status": "leaving"}, nil
 }

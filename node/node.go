@@ -63,6 +63,8 @@ type Node struct {
 	containers Containers   // nil where container plumbing is unsupported
 	renumberMu sync.RWMutex // held for writing while the node changes subnet
 	metrics    *metrics
+	ports      *ports
+	nat        NAT // nil where kernel NAT is unsupported
 	wrap       *tun.Wrapper
 	dev        *device.Device
 	uapi       net.Listener
@@ -154,6 +156,20 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		n.adoptAttachments(ctx)
 	}
 
+	// Published ports and the NAT table: the kernel kept the rules while
+	// zlmesh was down; the first convergence after the claim adopts them.
+	if n.ports, err = loadPorts(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if n.nat = cfg.NAT; n.nat == nil {
+		if n.nat, err = defaultNAT(n.log); err != nil {
+			return nil, err
+		}
+	}
+	if n.nat != nil {
+		n.undo = append(n.undo, func() { n.nat.Close() })
+	}
+
 	// 3. Control socket.
 	if n.ctlLn, err = listenControl(cfg.Socket); err != nil {
 		return nil, err
@@ -226,6 +242,7 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err := n.applyClaim(claim); err != nil {
 		return nil, err
 	}
+	n.reconcilePorts()
 
 	// 8. Loops and the control socket.
 	n.startLoops()
@@ -322,7 +339,14 @@ func (n *Node) Close() error {
 
 // Leave leaves the cluster gracefully, then stops: its subnet claim is
 // released at once and peers drop it without waiting for failure detection.
-func (n *Node) Leave(timeout time.Duration) error {
+// purge also removes the NAT table (published ports and masquerade), which a
+// plain stop leaves in place.
+func (n *Node) Leave(timeout time.Duration, purge bool) error {
+	if purge && n.nat != nil {
+		if err := n.nat.Purge(); err != nil {
+			n.log.Error("purge NAT table", "err", err)
+		}
+	}
 	n.claimer.Release()
 	if err := n.mesh.Leave(timeout); err != nil {
 		n.log.Warn("leave", "err", err)

@@ -24,7 +24,8 @@ const resyncEvery = 5 * time.Second
 //   - RoutineMeshEvents: membership and record events → a kick for the
 //     peer loop;
 //   - RoutineSweep: containers whose namespace vanished → detached; this
-//     node's service records kept equal to its attachments.
+//     node's service and port records kept equal to its attachments and
+//     ports; the NAT table converged (port targets follow renumbering).
 func (n *Node) startLoops() {
 	n.goLoop("RoutinePeers", n.routinePeers)
 	n.goLoop("RoutineClaims", n.routineClaims)

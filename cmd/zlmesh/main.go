@@ -35,6 +35,10 @@ var commands = map[string]func(args []string) error{
 	"services":    runServices,
 	"events":      runEvents,
 
+	"publish":   runPublish,
+	"unpublish": runUnpublish,
+	"ports":     runPorts,
+
 	"testbed": runTestbed,
 }
 
@@ -69,6 +73,9 @@ commands:
   attachments  list this node's attached containers
   services   list every service endpoint in the cluster
   events     follow the node's events (peers, attach, detach, renumber)
+  publish    publish a host port to a container or service anywhere in the mesh
+  unpublish  remove a published port
+  ports      list every published port in the cluster
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
