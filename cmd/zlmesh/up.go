@@ -43,7 +43,7 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.IntVar(&cfg.MTU, "mtu", tun.DefaultMTU, "MTU of the TUN and of container interfaces")
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "control socket path")
 	fs.Var((*listFlag)(&cfg.DNSUpstreams), "dns-upstream", "`host:port` the mesh DNS forwards other names to (repeat; default: /etc/resolv.conf without loopback entries)")
-	fs.Func("masquerade", "masquerade container traffic leaving the cluster (true/false; default true)", func(v string) error {
+	fs.BoolFunc("masquerade", "masquerade container traffic leaving the cluster (default true; --masquerade=false switches it off)", func(v string) error {
 		on, err := strconv.ParseBool(v)
 		cfg.NoMasquerade = !on
 		return err
