@@ -278,6 +278,11 @@ func (s *Server) newEntry(resp *dns.Msg, key string) (*cacheEntry, error) {
 	if len(msg) > maxTCPSize {
 		return nil, fmt.Errorf("answer of %d bytes", len(msg))
 	}
+	// What we serve must parse: miekg/dns unpacks some records it cannot
+	// pack back (empty rdata), so check the round trip.
+	if err := new(dns.Msg).Unpack(msg); err != nil {
+		return nil, fmt.Errorf("repacked answer does not parse: %w", err)
+	}
 	name := key[:len(key)-5] // see cacheKey
 	if len(msg) < headerLen+len(name) || string(msg[headerLen:headerLen+len(name)]) != name {
 		return nil, fmt.Errorf("repacked question differs from %q", presentName([]byte(name)))
