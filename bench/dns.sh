@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# bench/dns.sh: dnsd against dnsmasq, measured in the same run.
+#
+# Makes two network namespaces joined by a veth pair (zlb-dns-<rand>-srv and
+# zlb-dns-<rand>-cli, on the benchmarking range 198.18.53.0/24), serves the
+# same 100 names (svc0.zl … svc99.zl) from dnsmasq (198.18.53.1) and from a
+# dnsd socket listener (bench/dnsbench, 198.18.53.3) in the server
+# namespace, and runs dnsperf in the client namespace against each:
+#
+#   1. throughput: DURATION seconds (default 10) as fast as it goes;
+#   2. latency: DURATION seconds at a fixed RATE (default 2000) queries/s,
+#      p50/p99 taken from dnsperf's per-query report (-v).
+#
+# Prints queries/s, latencies and the dnsd/dnsmasq ratios. Needs root,
+# iproute2, dnsmasq, dnsperf and Go. Everything it makes (namespaces, veths,
+# processes, a temp dir) is removed on exit, also on failure or ^C.
+#
+# The full-mesh variant will run the same measure() against the mesh DNS
+# address through the packet path: TARGETS below is the list to extend.
+#
+# Env: DURATION (s), RATE (q/s), CLIENTS (dnsperf -c), OUTSTANDING (-q),
+# GOMAXPROCS for dnsd (default: unset, all cores).
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+RATE=${RATE:-2000}
+CLIENTS=${CLIENTS:-4}
+OUTSTANDING=${OUTSTANDING:-200}
+NAMES=100
+
+[ "$(id -u)" = 0 ] || { echo "dns.sh: needs root (network namespaces)" >&2; exit 1; }
+for tool in ip dnsmasq dnsperf go; do
+	command -v "$tool" >/dev/null || { echo "dns.sh: $tool not installed" >&2; exit 1; }
+done
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+srv=zlb-dns-$id-srv
+cli=zlb-dns-$id-cli
+tmp=$(mktemp -d "/tmp/zlb-dns-$id.XXXX")
+pids=()
+
+cleanup() {
+	local pid
+	for pid in "${pids[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${pids[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	ip netns del "$srv" 2>/dev/null || true
+	ip netns del "$cli" 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_srv() { ip netns exec "$srv" "$@"; }
+in_cli() { ip netns exec "$cli" "$@"; }
+
+# --- network -----------------------------------------------------------
+ip netns add "$srv"
+ip netns add "$cli"
+ip link add "zlb${id}s" netns "$srv" type veth peer name "zlb${id}c" netns "$cli"
+in_srv ip link set lo up
+in_cli ip link set lo up
+in_srv ip addr add 198.18.53.1/24 dev "zlb${id}s"
+in_srv ip addr add 198.18.53.3/24 dev "zlb${id}s"
+in_cli ip addr add 198.18.53.2/24 dev "zlb${id}c"
+in_srv ip link set "zlb${id}s" up
+in_cli ip link set "zlb${id}c" up
+
+# --- names -------------------------------------------------------------
+for ((i = 0; i < NAMES; i++)); do
+	echo "10.200.$((i / 250)).$((i % 250 + 1)) svc$i.zl"
+	echo "svc$i.zl A" >>"$tmp/queries"
+done >"$tmp/hosts"
+
+# --- servers -----------------------------------------------------------
+(cd "$root" && go build -o "$tmp/dnsbench" ./bench/dnsbench)
+
+in_srv dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+	--addn-hosts="$tmp/hosts" --listen-address=198.18.53.1 --bind-interfaces \
+	--port=53 --user=root --group=root --pid-file="$tmp/dnsmasq.pid" \
+	--local-ttl=5 --local=/zl/ >"$tmp/dnsmasq.log" 2>&1 &
+pids+=($!)
+in_srv "$tmp/dnsbench" -listen 198.18.53.3:53 -names "$NAMES" >"$tmp/dnsbench.log" 2>&1 &
+pids+=($!)
+
+# Wait until both answer.
+for server in 198.18.53.1 198.18.53.3; do
+	ok=
+	for _ in $(seq 50); do
+		if in_cli dig +short +time=1 +tries=1 "@$server" svc7.zl A 2>/dev/null | grep -qx 10.200.0.8; then
+			ok=1
+			break
+		fi
+		sleep 0.1
+	done
+	[ -n "$ok" ] || {
+		echo "dns.sh: $server does not answer svc7.zl" >&2
+		cat "$tmp"/*.log >&2
+		exit 1
+	}
+done
+
+# --- measure -----------------------------------------------------------
+# qps SERVER: queries/s over DURATION seconds, flat out.
+qps() {
+	in_cli dnsperf -s "$1" -d "$tmp/queries" -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" \
+		>"$tmp/qps-$1.out" 2>&1
+	# A few queries still in flight when the time is up count as lost;
+	# more than 0.1% is worth a word.
+	awk '/Queries sent:/ {s = $3} /Queries lost:/ {l = $3}
+		END { if (s > 0 && l / s > 0.001) printf "dns.sh: %s lost %d of %d queries\n", srv, l, s > "/dev/stderr" }' \
+		srv="$1" "$tmp/qps-$1.out"
+	awk '/Queries per second:/ {printf "%.0f", $4}' "$tmp/qps-$1.out"
+}
+
+# latency SERVER: "p50 p99" in ms at RATE queries/s.
+latency() {
+	in_cli dnsperf -s "$1" -d "$tmp/queries" -l "$DURATION" -Q "$RATE" -v >"$tmp/lat-$1.out" 2>&1
+	# Verbose lines: "> NOERROR svc1.zl A 0.000123" (latency in seconds).
+	awk '$1 == ">" {print $NF}' "$tmp/lat-$1.out" | sort -g >"$tmp/lat-$1.sorted"
+	local n
+	n=$(wc -l <"$tmp/lat-$1.sorted")
+	[ "$n" -gt 0 ] || { echo "dns.sh: no latencies from $1" >&2; cat "$tmp/lat-$1.out" >&2; exit 1; }
+	awk -v n="$n" '
+		NR == int(n * 0.50 + 0.5) { p50 = $1 * 1000 }
+		NR == int(n * 0.99 + 0.5) { p99 = $1 * 1000 }
+		END { printf "%.3f %.3f", p50, p99 }' "$tmp/lat-$1.sorted"
+}
+
+TARGETS=("dnsmasq 198.18.53.1" "dnsd 198.18.53.3")
+declare -A QPS P50 P99
+for t in "${TARGETS[@]}"; do
+	read -r name addr <<<"$t"
+	QPS[$name]=$(qps "$addr")
+done
+for t in "${TARGETS[@]}"; do
+	read -r name addr <<<"$t"
+	read -r P50[$name] P99[$name] <<<"$(latency "$addr")"
+done
+
+echo "dns.sh: $NAMES names, ${DURATION}s per run, dnsperf -c $CLIENTS -q $OUTSTANDING; latency at $RATE q/s"
+printf '%-8s %12s %12s %12s\n' server "queries/s" "p50 ms" "p99 ms"
+for t in "${TARGETS[@]}"; do
+	read -r name _ <<<"$t"
+	printf '%-8s %12s %12s %12s\n' "$name" "${QPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+done
+awk -v a="${QPS[dnsd]}" -v b="${QPS[dnsmasq]}" -v c="${P99[dnsd]}" -v d="${P99[dnsmasq]}" \
+	'BEGIN { printf "ratio dnsd/dnsmasq: queries/s %.2fx, p99 %.2fx\n", a / b, (d > 0 ? c / d : 0) }'
