@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // Limits of the socket and packet-path servers.
@@ -88,10 +90,25 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn, l net.Listener) e
 	}
 }
 
+// udpBatch is how many datagrams one batched read or write moves.
+const udpBatch = 32
+
+// batchConn reads and writes datagrams in batches (recvmmsg, sendmmsg);
+// x/net's ipv4 and ipv6 PacketConns are ones.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
 // serveUDP reads queries from pc until ctx ends, answering zone questions
 // and cache hits inline and forwarding on goroutines counted by wg.
 func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn, sem chan struct{}, wg *sync.WaitGroup) error {
 	uc, _ := pc.(*net.UDPConn)
+	if uc != nil {
+		if bc := newBatchConn(uc); bc != nil {
+			return s.serveUDPBatch(ctx, uc, bc, sem, wg)
+		}
+	}
 	buf := make([]byte, maxTCPSize)
 	out := make([]byte, 0, ourUDPSize+optRRLen)
 	for {
@@ -145,6 +162,77 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn, sem chan struc
 		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Debug("dnsd: write udp answer", "to", ap, "err", err)
+		}
+	}
+}
+
+// serveUDPBatch is serveUDP reading and writing up to udpBatch datagrams
+// per system call.
+func (s *Server) serveUDPBatch(ctx context.Context, uc *net.UDPConn, bc batchConn, sem chan struct{}, wg *sync.WaitGroup) error {
+	rms := make([]ipv4.Message, udpBatch)
+	wms := make([]ipv4.Message, udpBatch)
+	outs := make([][]byte, udpBatch)
+	for i := range rms {
+		rms[i].Buffers = [][]byte{make([]byte, 4096)}
+		wms[i].Buffers = make([][]byte, 1)
+		outs[i] = make([]byte, 0, ourUDPSize+optRRLen)
+	}
+	for {
+		n, err := bc.ReadBatch(rms, 0)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("dnsd: read udp %s: %w", uc.LocalAddr(), err)
+		}
+		k := 0
+		for i := range n {
+			m := &rms[i]
+			if m.Flags&msgTrunc != 0 { // larger than any query we take
+				s.stats.dropped.Add(1)
+				continue
+			}
+			req := m.Buffers[0][:m.N]
+			resp, fwd, err := s.answer(outs[k][:0], req, false)
+			if err != nil {
+				continue
+			}
+			if fwd {
+				select {
+				case sem <- struct{}{}:
+				default:
+					s.stats.dropped.Add(1)
+					continue
+				}
+				req := append([]byte(nil), req...)
+				addr := m.Addr
+				wg.Go(func() {
+					defer func() { <-sem }()
+					uc.WriteTo(s.answerForward(ctx, nil, req, false), addr)
+				})
+				continue
+			}
+			outs[k] = resp
+			wms[k].Buffers[0] = resp
+			wms[k].Addr = m.Addr
+			k++
+		}
+		for off := 0; off < k; {
+			w, err := bc.WriteBatch(wms[off:k], 0)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Debug("dnsd: write udp answers", "err", err)
+				}
+				// Skip the datagram that failed; send the rest.
+				w = max(w, 1)
+			}
+			off += w
+		}
+		for i := range k {
+			wms[i].Addr = nil
 		}
 	}
 }
