@@ -19,7 +19,8 @@
 # address through the packet path: TARGETS below is the list to extend.
 #
 # Env: DURATION (s), RATE (q/s), CLIENTS (dnsperf -c), OUTSTANDING (-q),
-# GOMAXPROCS for dnsd (default: unset, all cores).
+# GOMAXPROCS for dnsd (default: unset, all cores), PROFILE (a file to get
+# dnsd's CPU profile of the whole run in).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -43,12 +44,21 @@ pids=()
 
 cleanup() {
 	local pid
-	for pid in "${pids[@]}"; do
+	for pid in "${pids[@]+"${pids[@]}"}"; do
 		kill "$pid" 2>/dev/null || true
 	done
-	for pid in "${pids[@]}"; do
+	for pid in "${pids[@]+"${pids[@]}"}"; do
 		wait "$pid" 2>/dev/null || true
 	done
+	# Anything still running in our namespaces (nothing, normally).
+	for ns in "$srv" "$cli"; do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do
+			kill -9 "$pid" 2>/dev/null || true
+		done
+	done
+	if [ -n "${PROFILE:-}" ] && [ -f "$tmp/cpu.pprof" ]; then
+		cp "$tmp/cpu.pprof" "$PROFILE"
+	fi
 	ip netns del "$srv" 2>/dev/null || true
 	ip netns del "$cli" 2>/dev/null || true
 	rm -rf "$tmp"
@@ -80,12 +90,16 @@ done >"$tmp/hosts"
 # --- servers -----------------------------------------------------------
 (cd "$root" && go build -o "$tmp/dnsbench" ./bench/dnsbench)
 
-in_srv dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+# Started with ip netns exec directly (it execs the command), never through
+# a shell function, so that $! is the server's own pid for cleanup.
+ip netns exec "$srv" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
 	--addn-hosts="$tmp/hosts" --listen-address=198.18.53.1 --bind-interfaces \
 	--port=53 --user=root --group=root --pid-file="$tmp/dnsmasq.pid" \
 	--local-ttl=5 --local=/zl/ >"$tmp/dnsmasq.log" 2>&1 &
 pids+=($!)
-in_srv "$tmp/dnsbench" -listen 198.18.53.3:53 -names "$NAMES" >"$tmp/dnsbench.log" 2>&1 &
+profile=()
+[ -z "${PROFILE:-}" ] || profile=(-cpuprofile "$tmp/cpu.pprof")
+ip netns exec "$srv" "$tmp/dnsbench" -listen 198.18.53.3:53 -names "$NAMES" "${profile[@]}" >"$tmp/dnsbench.log" 2>&1 &
 pids+=($!)
 
 # Wait until both answer.

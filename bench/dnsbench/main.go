@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/zlmesh/zlmesh/dnsd"
@@ -32,6 +33,7 @@ func main() {
 func run() error {
 	listen := flag.String("listen", "127.0.0.1:5353", "UDP and TCP address to serve on")
 	names := flag.Int("names", 100, "number of service names to serve")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *names < 1 || *names > 250*250 {
 		return fmt.Errorf("-names %d: want 1 to %d", *names, 250*250)
@@ -65,6 +67,17 @@ func run() error {
 	if err != nil {
 		pc.Close()
 		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
