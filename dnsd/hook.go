@@ -2,7 +2,6 @@ package dnsd
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -69,7 +68,9 @@ func (s *Server) hook(pp packetPath, addr netip.Addr) (remove func(), err error)
 		cancel: cancel,
 		sem:    make(chan struct{}, maxPendingForwards),
 	}
-	h.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
+	h.bufs.New = func() any {
+		return &hookBufs{answer: make([]byte, 0, ourUDPSize+optRRLen), packet: make([]byte, 0, 2048)}
+	}
 	ns, err := newNetstack(s, ctx, addr, pp.InjectInbound)
 	if err != nil {
 		cancel()
@@ -100,7 +101,7 @@ type hook struct {
 	cancel context.CancelFunc
 	sem    chan struct{} // pending forwarded UDP questions
 	wg     sync.WaitGroup
-	bufs   sync.Pool // *[]byte answer buffers
+	bufs   sync.Pool // *hookBufs
 }
 
 // outbound runs on every packet from the OS; it must stay cheap for
@@ -110,12 +111,12 @@ func (h *hook) outbound(p *tun.Packet) tun.Verdict {
 		return tun.Accept
 	}
 	switch p.Proto {
-	case protoUDP:
+	case tun.ProtoUDP:
 		if p.DstPort != 53 || p.Payload == nil {
 			return tun.Drop
 		}
 		return h.udp(p)
-	case protoTCP:
+	case tun.ProtoTCP:
 		h.ns.deliver(p.Version, p.Buf)
 		return tun.Consumed
 	}
@@ -124,17 +125,16 @@ func (h *hook) outbound(p *tun.Packet) tun.Verdict {
 
 // udp answers one DNS query over UDP.
 func (h *hook) udp(p *tun.Packet) tun.Verdict {
-	bp := h.bufs.Get().(*[]byte)
-	defer h.bufs.Put(bp)
-	hl := ipHeaderLen(p.Version) + udpHeaderLen
-	buf := (*bp)[:hl]
-	out, fwd, err := h.s.answer(buf, p.Payload, false)
+	b := h.bufs.Get().(*hookBufs)
+	defer h.bufs.Put(b)
+	out, fwd, err := h.s.answer(b.answer[:0], p.Payload, false)
 	if err != nil {
 		return tun.Drop
 	}
 	if !fwd {
-		*bp = out[:0]
-		h.inject(finishUDPReply(out, p))
+		b.answer = out
+		b.packet = tun.AppendUDPReply(b.packet[:0], p, out)
+		h.inject(b.packet)
 		return tun.Consumed
 	}
 	select {
@@ -148,104 +148,25 @@ func (h *hook) udp(p *tun.Packet) tun.Verdict {
 	q := tun.Packet{Version: p.Version, Proto: p.Proto, Src: p.Src, Dst: p.Dst, SrcPort: p.SrcPort, DstPort: p.DstPort}
 	h.wg.Go(func() {
 		defer func() { <-h.sem }()
-		out := h.s.answerForward(h.ctx, make([]byte, hl, hl+512), req, false)
+		out := h.s.answerForward(h.ctx, nil, req, false)
 		if h.ctx.Err() == nil {
-			h.inject(finishUDPReply(out, &q))
+			h.inject(tun.UDPReply(&q, out))
 		}
 	})
 	return tun.Consumed
 }
 
+// hookBufs are the buffers of one inline answer: the DNS message and the IP
+// packet around it.
+type hookBufs struct {
+	answer, packet []byte
+}
+
 func (h *hook) inject(pkt []byte) {
-	if pkt == nil {
+	if len(pkt) == 0 {
 		return
 	}
 	if err := h.pp.InjectInbound(pkt); err != nil {
 		h.s.log.Debug("dnsd: inject answer", "err", err)
 	}
-}
-
-const (
-	protoTCP      = 6
-	protoUDP      = 17
-	ipv4HeaderLen = 20
-	ipv6HeaderLen = 40
-	udpHeaderLen  = 8
-)
-
-func ipHeaderLen(version int) int {
-	if version == 6 {
-		return ipv6HeaderLen
-	}
-	return ipv4HeaderLen
-}
-
-// finishUDPReply fills the IP and UDP headers at the front of b (whose rest
-// is the DNS answer) so that b answers p: from p.Dst:p.DstPort to
-// p.Src:p.SrcPort, checksums computed (IPv4: DF, TTL 64; IPv6: hop limit
-// 64). It returns nil for a packet that would not fit an IP packet.
-func finishUDPReply(b []byte, p *tun.Packet) []byte {
-	hl := ipHeaderLen(p.Version)
-	udpLen := len(b) - hl
-	if udpLen > 0xFFFF || (p.Version == 4 && len(b) > 0xFFFF) {
-		return nil
-	}
-	ip, udp := b[:hl], b[hl:]
-	clear(ip)
-	if p.Version == 4 {
-		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(len(b)))
-		binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
-		ip[8] = 64
-		ip[9] = protoUDP
-		src, dst := p.Dst.As4(), p.Src.As4()
-		copy(ip[12:16], src[:])
-		copy(ip[16:20], dst[:])
-		binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip, 0)))
-	} else {
-		ip[0] = 0x60
-		binary.BigEndian.PutUint16(ip[4:], uint16(udpLen))
-		ip[6] = protoUDP
-		ip[7] = 64
-		src, dst := p.Dst.As16(), p.Src.As16()
-		copy(ip[8:24], src[:])
-		copy(ip[24:40], dst[:])
-	}
-	binary.BigEndian.PutUint16(udp[0:], p.DstPort)
-	binary.BigEndian.PutUint16(udp[2:], p.SrcPort)
-	binary.BigEndian.PutUint16(udp[4:], uint16(udpLen))
-	binary.BigEndian.PutUint16(udp[6:], 0)
-	// Pseudo-header: addresses, protocol, UDP length.
-	var acc uint64
-	if p.Version == 4 {
-		acc = sum(ip[12:20], 0)
-	} else {
-		acc = sum(ip[8:40], 0)
-	}
-	acc += protoUDP + uint64(udpLen)
-	cs := ^fold(sum(udp, acc))
-	if cs == 0 {
-		cs = 0xFFFF // 0 means "no checksum"
-	}
-	binary.BigEndian.PutUint16(udp[6:], cs)
-	return b
-}
-
-// sum adds b to acc as big-endian 16-bit words (Internet checksum).
-func sum(b []byte, acc uint64) uint64 {
-	for len(b) >= 2 {
-		acc += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint64(b[0]) << 8
-	}
-	return acc
-}
-
-func fold(acc uint64) uint16 {
-	for acc > 0xFFFF {
-		acc = acc>>16 + acc&0xFFFF
-	}
-	return uint16(acc)
 }

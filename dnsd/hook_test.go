@@ -2,7 +2,6 @@ package dnsd
 
 import (
 	"context"
-	"encoding/binary"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -61,44 +60,10 @@ func (f *fakePath) run(p *tun.Packet) (tun.Verdict, bool) {
 	return h(p), true
 }
 
-// decodePacket parses an IPv4 or IPv6 packet (no IPv6 extension headers)
-// the way the packet path does.
+// decodePacket parses b the way the packet path does.
 func decodePacket(b []byte) tun.Packet {
-	p := tun.Packet{Buf: b}
-	var t []byte
-	switch {
-	case len(b) >= 20 && b[0]>>4 == 4:
-		hl := int(b[0]&0xF) * 4
-		if hl < 20 || len(b) < hl {
-			return p
-		}
-		p.Version, p.Proto = 4, b[9]
-		p.Src = netip.AddrFrom4([4]byte(b[12:16]))
-		p.Dst = netip.AddrFrom4([4]byte(b[16:20]))
-		if binary.BigEndian.Uint16(b[6:])&0x3FFF != 0 { // fragment
-			return p
-		}
-		t = b[hl:]
-	case len(b) >= 40 && b[0]>>4 == 6:
-		p.Version, p.Proto = 6, b[6]
-		p.Src = netip.AddrFrom16([16]byte(b[8:24]))
-		p.Dst = netip.AddrFrom16([16]byte(b[24:40]))
-		t = b[40:]
-	default:
-		return p
-	}
-	switch p.Proto {
-	case protoUDP:
-		if len(t) >= 8 {
-			p.SrcPort, p.DstPort = binary.BigEndian.Uint16(t), binary.BigEndian.Uint16(t[2:])
-			p.Payload = t[8:]
-		}
-	case protoTCP:
-		if len(t) >= 20 && int(t[12]>>4)*4 <= len(t) {
-			p.SrcPort, p.DstPort = binary.BigEndian.Uint16(t), binary.BigEndian.Uint16(t[2:])
-			p.Payload = t[int(t[12]>>4)*4:]
-		}
-	}
+	var p tun.Packet
+	p.Decode(b)
 	return p
 }
 
@@ -341,40 +306,6 @@ func TestHookRejects(t *testing.T) {
 	}
 }
 
-func TestFinishUDPReply(t *testing.T) {
-	for _, tc := range []struct{ src, dst string }{
-		{"10.200.1.1", "10.200.255.53"},
-		{"fd5a:1::1", "fd5a:1:ffff::53"},
-	} {
-		t.Run(tc.src, func(t *testing.T) {
-			p := tun.Packet{Version: 4, Proto: protoUDP, Src: netip.MustParseAddr(tc.src), Dst: netip.MustParseAddr(tc.dst), SrcPort: 40000, DstPort: 53}
-			if p.Src.Is6() {
-				p.Version = 6
-			}
-			hl := ipHeaderLen(p.Version) + udpHeaderLen
-			payload := []byte("hello, odd length")
-			b := finishUDPReply(append(make([]byte, hl), payload...), &p)
-			r := decodePacket(b)
-			if r.Src != p.Dst || r.Dst != p.Src || r.SrcPort != 53 || r.DstPort != 40000 || string(r.Payload) != string(payload) {
-				t.Fatalf("reply %+v", r)
-			}
-			var acc uint64
-			if p.Version == 4 {
-				if c := fold(sum(b[:20], 0)); c != 0xFFFF {
-					t.Errorf("ipv4 header checksum does not verify: %#x", c)
-				}
-				acc = sum(b[12:20], 0)
-			} else {
-				acc = sum(b[8:40], 0)
-			}
-			udpLen := len(b) - ipHeaderLen(p.Version)
-			if c := fold(sum(b[ipHeaderLen(p.Version):], acc+protoUDP+uint64(udpLen))); c != 0xFFFF {
-				t.Errorf("udp checksum does not verify: %#x", c)
-			}
-		})
-	}
-}
-
 // FuzzHook feeds arbitrary packets to the hook, addressed to the DNS
 // address or not: no panic, other destinations always pass, and anything
 // injected is a well-formed answer from the DNS address.
@@ -395,8 +326,8 @@ func FuzzHook(f *testing.F) {
 	// A query from 10.200.1.1:4000 to the DNS address: the "reply" to a
 	// packet going the other way.
 	udpPkt := func(dport uint16, payload []byte) []byte {
-		p := tun.Packet{Version: 4, Proto: protoUDP, Src: DefaultAddr, Dst: netip.MustParseAddr("10.200.1.1"), SrcPort: dport, DstPort: 4000}
-		return finishUDPReply(append(make([]byte, 28), payload...), &p)
+		p := tun.Packet{Version: 4, Proto: tun.ProtoUDP, Src: DefaultAddr, Dst: netip.MustParseAddr("10.200.1.1"), SrcPort: dport, DstPort: 4000}
+		return tun.UDPReply(&p, payload)
 	}
 	f.Add(udpPkt(53, q))
 	f.Add(udpPkt(53, []byte{1, 2, 3}))
@@ -416,10 +347,10 @@ func FuzzHook(f *testing.F) {
 		defer mu.Unlock()
 		for _, pkt := range injected {
 			r := decodePacket(pkt)
-			if r.Src != DefaultAddr || r.Proto != protoUDP && r.Proto != protoTCP {
+			if r.Src != DefaultAddr || r.Proto != tun.ProtoUDP && r.Proto != tun.ProtoTCP {
 				continue // the TCP stack's answers come asynchronously
 			}
-			if r.Proto == protoUDP {
+			if r.Proto == tun.ProtoUDP {
 				m := new(dns.Msg)
 				if err := m.Unpack(r.Payload); err != nil || len(r.Payload) > 512 {
 					t.Fatalf("injected answer of %d bytes does not parse: %v", len(r.Payload), err)
