@@ -70,6 +70,15 @@ func (s *Server) answerForward(ctx context.Context, dst []byte, msg []byte, tcp 
 func (s *Server) resolve(ctx context.Context, r *request, key string) *cacheEntry {
 	s.flights.mu.Lock()
 	f := s.flights.m[key]
+	if f == nil {
+		// A flight that just ended stored its answer before leaving the
+		// map: look again, so that every question joins a flight or finds
+		// its answer, and upstreams are asked once.
+		if e := s.cache.get([]byte(key), s.now()); e != nil {
+			s.flights.mu.Unlock()
+			return e
+		}
+	}
 	leader := f == nil
 	if leader {
 		f = &flight{done: make(chan struct{})}

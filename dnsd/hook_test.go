@@ -153,8 +153,18 @@ func fullAddr(ap netip.AddrPort) tcpip.FullAddress {
 }
 
 // udpExchange sends q from the OS side over UDP to to and returns the
-// answer, or nil after a short timeout.
+// answer, or nil after a while (3s).
 func (o *osSide) udpExchange(t *testing.T, to netip.AddrPort, q *dns.Msg) *dns.Msg {
+	return o.udpExchangeWait(t, to, q, 3*time.Second)
+}
+
+// udpNoAnswer is udpExchange for a query that should get no answer: it
+// waits only 300ms.
+func (o *osSide) udpNoAnswer(t *testing.T, to netip.AddrPort, q *dns.Msg) *dns.Msg {
+	return o.udpExchangeWait(t, to, q, 300*time.Millisecond)
+}
+
+func (o *osSide) udpExchangeWait(t *testing.T, to netip.AddrPort, q *dns.Msg, wait time.Duration) *dns.Msg {
 	t.Helper()
 	raddr := fullAddr(to)
 	c, err := gonet.DialUDP(o.st, nil, &raddr, o.proto)
@@ -166,7 +176,7 @@ func (o *osSide) udpExchange(t *testing.T, to netip.AddrPort, q *dns.Msg) *dns.M
 	if _, err := c.Write(wire); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	c.SetReadDeadline(time.Now().Add(wait))
 	buf := make([]byte, 4096)
 	n, err := c.Read(buf)
 	if err != nil {
@@ -267,7 +277,7 @@ func TestHook(t *testing.T) {
 			})
 			t.Run("udp other port dropped", func(t *testing.T) {
 				before := o.dropped.Load()
-				if m := o.udpExchange(t, netip.AddrPortFrom(tc.dnsAddr, 54), query("big.zl.", dns.TypeA, 0, false)); m != nil {
+				if m := o.udpNoAnswer(t, netip.AddrPortFrom(tc.dnsAddr, 54), query("big.zl.", dns.TypeA, 0, false)); m != nil {
 					t.Fatalf("answer on port 54: %v", m)
 				}
 				if o.dropped.Load() == before {
@@ -276,7 +286,7 @@ func TestHook(t *testing.T) {
 			})
 			t.Run("other destinations pass", func(t *testing.T) {
 				before := o.passed.Load()
-				if m := o.udpExchange(t, netip.AddrPortFrom(tc.other, 53), query("big.zl.", dns.TypeA, 0, false)); m != nil {
+				if m := o.udpNoAnswer(t, netip.AddrPortFrom(tc.other, 53), query("big.zl.", dns.TypeA, 0, false)); m != nil {
 					t.Fatalf("answer from %s: %v", tc.other, m)
 				}
 				if o.passed.Load() != before+1 || o.lastAllow.Load().(netip.Addr) != tc.other {
@@ -286,7 +296,7 @@ func TestHook(t *testing.T) {
 			t.Run("remove", func(t *testing.T) {
 				remove()
 				remove()
-				if m := o.udpExchange(t, dns53, query("big-7.big.zl.", dns.TypeA, 0, false)); m != nil {
+				if m := o.udpNoAnswer(t, dns53, query("big-7.big.zl.", dns.TypeA, 0, false)); m != nil {
 					t.Fatalf("answer after remove: %v", m)
 				}
 			})
