@@ -113,16 +113,19 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Stats are the Server's counters since New. Every query is counted in
-// Queries and in at most one of the others.
+// Stats are the Server's counters since New, for metrics. Every answered
+// query counts in Queries and in at most one of Local, Forwarded, CacheHits,
+// ServFail and FormErr (refused zone transfers count in Queries only).
 type Stats struct {
-	Queries   uint64 // queries that got an answer or an error
-	Local     uint64 // answered from the zones (including NXDOMAIN)
+	Queries   uint64 // queries answered
+	Local     uint64 // answered from the zones (NXDOMAIN and NODATA included)
 	Forwarded uint64 // answered by an upstream exchange (cache misses)
 	CacheHits uint64 // answered from the cache
 	ServFail  uint64 // answered SERVFAIL (no upstream, all upstreams failed)
 	FormErr   uint64 // malformed queries answered FORMERR (or NOTIMP, BADVERS)
-	Dropped   uint64 // messages that got no answer (no header, not a query)
+	// Dropped counts messages that got no answer: no header, not a query,
+	// or more questions waiting on upstreams than a listener allows.
+	Dropped uint64
 }
 
 // Server answers DNS queries. It is safe for concurrent use: queries never
