@@ -15,8 +15,9 @@
 # iproute2, dnsmasq, dnsperf and Go. Everything it makes (namespaces, veths,
 # processes, a temp dir) is removed on exit, also on failure or ^C.
 #
-# The full-mesh variant will run the same measure() against the mesh DNS
-# address through the packet path: TARGETS below is the list to extend.
+# The measurements live in dns-measure.sh (dns_qps, dns_latency) so that
+# the full-mesh variant, through the packet path to the mesh DNS address,
+# can run the same ones.
 #
 # Env: DURATION (s), RATE (q/s), CLIENTS (dnsperf -c), OUTSTANDING (-q),
 # GOMAXPROCS for dnsd (default: unset, all cores), PROFILE (a file to get
@@ -120,41 +121,20 @@ for server in 198.18.53.1 198.18.53.3; do
 done
 
 # --- measure -----------------------------------------------------------
-# qps SERVER: queries/s over DURATION seconds, flat out.
-qps() {
-	in_cli dnsperf -s "$1" -d "$tmp/queries" -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" \
-		>"$tmp/qps-$1.out" 2>&1
-	# A few queries still in flight when the time is up count as lost;
-	# more than 0.1% is worth a word.
-	awk '/Queries sent:/ {s = $3} /Queries lost:/ {l = $3}
-		END { if (s > 0 && l / s > 0.001) printf "dns.sh: %s lost %d of %d queries\n", srv, l, s > "/dev/stderr" }' \
-		srv="$1" "$tmp/qps-$1.out"
-	awk '/Queries per second:/ {printf "%.0f", $4}' "$tmp/qps-$1.out"
-}
-
-# latency SERVER: "p50 p99" in ms at RATE queries/s.
-latency() {
-	in_cli dnsperf -s "$1" -d "$tmp/queries" -l "$DURATION" -Q "$RATE" -v >"$tmp/lat-$1.out" 2>&1
-	# Verbose lines: "> NOERROR svc1.zl A 0.000123" (latency in seconds).
-	awk '$1 == ">" {print $NF}' "$tmp/lat-$1.out" | sort -g >"$tmp/lat-$1.sorted"
-	local n
-	n=$(wc -l <"$tmp/lat-$1.sorted")
-	[ "$n" -gt 0 ] || { echo "dns.sh: no latencies from $1" >&2; cat "$tmp/lat-$1.out" >&2; exit 1; }
-	awk -v n="$n" '
-		NR == int(n * 0.50 + 0.5) { p50 = $1 * 1000 }
-		NR == int(n * 0.99 + 0.5) { p99 = $1 * 1000 }
-		END { printf "%.3f %.3f", p50, p99 }' "$tmp/lat-$1.sorted"
-}
+# shellcheck source=dns-measure.sh
+. "$here/dns-measure.sh"
+export DURATION RATE CLIENTS OUTSTANDING
 
 TARGETS=("dnsmasq 198.18.53.1" "dnsd 198.18.53.3")
 declare -A QPS P50 P99
 for t in "${TARGETS[@]}"; do
 	read -r name addr <<<"$t"
-	QPS[$name]=$(qps "$addr")
+	QPS[$name]=$(dns_qps "$cli" "$addr" "$tmp/queries" "$tmp")
 done
 for t in "${TARGETS[@]}"; do
 	read -r name addr <<<"$t"
-	read -r P50[$name] P99[$name] <<<"$(latency "$addr")"
+	lat=$(dns_latency "$cli" "$addr" "$tmp/queries" "$tmp")
+	read -r P50[$name] P99[$name] <<<"$lat"
 done
 
 echo "dns.sh: $NAMES names, ${DURATION}s per run, dnsperf -c $CLIENTS -q $OUTSTANDING; latency at $RATE q/s"
