@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+	"github.com/zlmesh/zlmesh/tun"
 )
 
 // benchServer has 100 services of 3 endpoints and an upstream for the
@@ -71,6 +72,54 @@ func BenchmarkQuery(b *testing.B) {
 				if err != nil || fwd || len(out) == 0 {
 					b.Fatal("not answered inline")
 				}
+			}
+		})
+	}
+}
+
+// nopPath is a packet path that discards injected packets.
+type nopPath struct{ hook tun.HookFunc }
+
+func (n *nopPath) AddHook(dir tun.Direction, order int, name string, fn tun.HookFunc) func() {
+	n.hook = fn
+	return func() {}
+}
+func (n *nopPath) InjectInbound(pkt []byte) error { return nil }
+
+// BenchmarkHook measures the hook on a packet to another address (the cost
+// every outbound packet pays) and on a DNS query it answers inline.
+func BenchmarkHook(b *testing.B) {
+	s := benchServer(b)
+	path := &nopPath{}
+	remove, err := s.hook(path, DefaultAddr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(remove)
+	wire, _ := query("svc42.zl.", dns.TypeA, 0, false).Pack()
+	// tun.UDPReply of a packet from X to Y builds one from Y to X.
+	packet := func(dst netip.Addr) tun.Packet {
+		from := tun.Packet{Version: 4, Proto: tun.ProtoUDP, Src: dst, Dst: netip.MustParseAddr("10.200.1.1"), SrcPort: 53, DstPort: 40000}
+		var p tun.Packet
+		p.Decode(tun.UDPReply(&from, wire))
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		dst  netip.Addr
+		want tun.Verdict
+	}{
+		{"other-address", netip.MustParseAddr("10.200.7.7"), tun.Accept},
+		{"dns-query", DefaultAddr, tun.Consumed},
+	} {
+		p := packet(tc.dst)
+		if v := path.hook(&p); v != tc.want {
+			b.Fatalf("%s: verdict %v, want %v", tc.name, v, tc.want)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				path.hook(&p)
 			}
 		})
 	}
