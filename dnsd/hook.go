@@ -83,6 +83,9 @@ func (s *Server) hook(pp packetPath, addr netip.Addr) (remove func(), err error)
 	return func() {
 		once.Do(func() {
 			rm()
+			h.mu.Lock()
+			h.closed = true
+			h.mu.Unlock()
 			cancel()
 			ns.close()
 			h.wg.Wait()
@@ -100,6 +103,8 @@ type hook struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	sem    chan struct{} // pending forwarded UDP questions
+	mu     sync.Mutex    // guards closed and wg.Add against remove's Wait
+	closed bool
 	wg     sync.WaitGroup
 	bufs   sync.Pool // *hookBufs
 }
@@ -143,16 +148,27 @@ func (h *hook) udp(p *tun.Packet) tun.Verdict {
 		h.s.stats.dropped.Add(1)
 		return tun.Drop
 	}
+	// The hook may still be called briefly after remove (see
+	// tun.Wrapper.AddHook); no goroutine may start once remove waits.
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		<-h.sem
+		return tun.Drop
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
 	req := append([]byte(nil), p.Payload...)
 	// The reply needs only the addressing of p; p itself is reused.
 	q := tun.Packet{Version: p.Version, Proto: p.Proto, Src: p.Src, Dst: p.Dst, SrcPort: p.SrcPort, DstPort: p.DstPort}
-	h.wg.Go(func() {
+	go func() {
+		defer h.wg.Done()
 		defer func() { <-h.sem }()
 		out := h.s.answerForward(h.ctx, nil, req, false)
 		if h.ctx.Err() == nil {
 			h.inject(tun.UDPReply(&q, out))
 		}
-	})
+	}()
 	return tun.Consumed
 }
 

@@ -369,3 +369,27 @@ func FuzzHook(f *testing.F) {
 		}
 	})
 }
+
+// TestHookCalledAfterRemove: the Wrapper may run a hook briefly after its
+// remove returned; that must neither panic nor start anything.
+func TestHookCalledAfterRemove(t *testing.T) {
+	up := startUpstream(t)
+	s := newTestServer(t, Config{Upstreams: []string{up.addr}})
+	path := &fakePath{inject: func([]byte) { t.Error("injected after remove") }}
+	remove, err := s.hook(path, DefaultAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := path.hook
+	remove()
+	q, _ := query("ext.example.", dns.TypeA, 0, false).Pack()
+	from := tun.Packet{Version: 4, Proto: tun.ProtoUDP, Src: DefaultAddr, Dst: netip.MustParseAddr("10.200.1.1"), SrcPort: 53, DstPort: 4000}
+	udp := decodePacket(tun.UDPReply(&from, q))
+	if v := fn(&udp); v != tun.Drop {
+		t.Errorf("forwarded query after remove: verdict %v, want drop", v)
+	}
+	syn := decodePacket([]byte{0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 200, 1, 1, 10, 200, 255, 53,
+		0x9c, 0x40, 0, 53, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0})
+	fn(&syn)
+	time.Sleep(50 * time.Millisecond) // anything injected late fails the test
+}
