@@ -75,6 +75,14 @@ type Config struct {
 	// DNSUpstreams are where the mesh DNS forwards names outside the zone;
 	// nil: the host's /etc/resolv.conf without loopback entries.
 	DNSUpstreams []string
+	// DNSZone is the mesh DNS zone; default "zl.".
+	DNSZone string
+	// DNSTTL is the TTL of mesh DNS answers; default 5s.
+	DNSTTL time.Duration
+	// DNSListen are extra socket listeners (ip:port, UDP and TCP) of the
+	// mesh DNS, e.g. 127.0.0.1:53 for the host itself; the mesh DNS
+	// address on the packet path is always served.
+	DNSListen []string
 	// Gossip holds memberlist's timers; zero fields keep LAN defaults.
 	Gossip mesh.Tuning
 	// Logger; nil logs to stderr at Info.
@@ -194,6 +202,11 @@ func (c *Config) Normalize() error {
 	for _, u := range c.DNSUpstreams {
 		if err := checkHostPort(u); err != nil {
 			return fmt.Errorf("--dns-upstream %q: %w", u, err)
+		}
+	}
+	for _, l := range c.DNSListen {
+		if _, err := netip.ParseAddrPort(l); err != nil {
+			return fmt.Errorf("--dns-listen %q: want ip:port", l)
 		}
 	}
 	if c.Logger == nil {

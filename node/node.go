@@ -11,7 +11,8 @@
 //  5. the wireguard-go device on the Wrapper, its UDP port and its UAPI
 //     socket (so `wg show` works);
 //  6. membership (mesh): gossip, the record store, re-join;
-//  7. the node-subnet claim, the TUN's overlay address, this node's meta;
+//  7. the node-subnet claim, the TUN's overlay address, this node's meta,
+//     the NAT table, the mesh DNS hooked into the packet path;
 //  8. the reconcile loops, then the control socket starts serving.
 //
 // The reconcile loops (reconcile.go) turn what the mesh says into kernel and
@@ -33,6 +34,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/dnsd"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/tun"
@@ -65,6 +67,8 @@ type Node struct {
 	metrics    *metrics
 	ports      *ports
 	nat        NAT // nil where kernel NAT is unsupported
+	dns        *dnsd.Server
+	lastDNS    *dnsd.Snapshot // owned by RoutineDNS after Start
 	wrap       *tun.Wrapper
 	dev        *device.Device
 	uapi       net.Listener
@@ -243,6 +247,9 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.reconcilePorts()
+	if err := n.startDNS(); err != nil {
+		return nil, err
+	}
 
 	// 8. Loops and the control socket.
 	n.startLoops()
@@ -310,9 +317,6 @@ func (n *Node) endpoint() netip.AddrPort {
 	}
 	return netip.AddrPortFrom(addr, uint16(n.cfg.ListenPort))
 }
-
-// searchDomain is the mesh DNS zone without its trailing dot.
-func (n *Node) searchDomain() string { return "zl" }
 
 // Done is closed when the node has stopped (Close, Leave, or `zlmesh down`).
 func (n *Node) Done() <-chan struct{} { return n.done }

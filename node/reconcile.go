@@ -23,6 +23,7 @@ const resyncEvery = 5 * time.Second
 //   - RoutineClaims: a lost subnet conflict → renumbering;
 //   - RoutineMeshEvents: membership and record events → a kick for the
 //     peer loop;
+//   - RoutineDNS: service records, members and ports → the mesh DNS;
 //   - RoutineSweep: containers whose namespace vanished → detached; this
 //     node's service and port records kept equal to its attachments and
 //     ports; the NAT table converged (port targets follow renumbering).
@@ -30,6 +31,7 @@ func (n *Node) startLoops() {
 	n.goLoop("RoutinePeers", n.routinePeers)
 	n.goLoop("RoutineClaims", n.routineClaims)
 	n.goLoop("RoutineMeshEvents", n.routineMeshEvents)
+	n.goLoop("RoutineDNS", n.routineDNS)
 	if n.containers != nil {
 		n.goLoop("RoutineSweep", n.routineSweep)
 	}

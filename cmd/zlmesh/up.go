@@ -43,6 +43,9 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.IntVar(&cfg.MTU, "mtu", tun.DefaultMTU, "MTU of the TUN and of container interfaces")
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "control socket path")
 	fs.Var((*listFlag)(&cfg.DNSUpstreams), "dns-upstream", "`host:port` the mesh DNS forwards other names to (repeat; default: /etc/resolv.conf without loopback entries)")
+	fs.StringVar(&cfg.DNSZone, "dns-zone", "zl.", "mesh DNS zone")
+	fs.DurationVar(&cfg.DNSTTL, "dns-ttl", 5*time.Second, "TTL of mesh DNS answers")
+	fs.Var((*listFlag)(&cfg.DNSListen), "dns-listen", "extra `ip:port` the mesh DNS also listens on (UDP and TCP; repeat), e.g. 127.0.0.1:53")
 	fs.BoolFunc("masquerade", "masquerade container traffic leaving the cluster (default true; --masquerade=false switches it off)", func(v string) error {
 		on, err := strconv.ParseBool(v)
 		cfg.NoMasquerade = !on
