@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -73,8 +74,8 @@ func WriteJSON(path string, v any) error {
 
 // ReadJSON reads path into v. It returns an error wrapping ErrNotExist when the
 // file is absent, and an error naming the file when it does not parse; unknown
-// fields are rejected so that a file from a newer or foreign program is not
-// half-read.
+// fields and data after the JSON value are rejected so that a file from a
+// newer or foreign program, or a torn hand edit, is not half-read.
 func ReadJSON(path string, v any) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -87,6 +88,9 @@ func ReadJSON(path string, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("state file %s does not parse: %w", path, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("state file %s does not parse: data after the JSON value", path)
 	}
 	return nil
 }

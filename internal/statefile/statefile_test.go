@@ -30,7 +30,7 @@ func TestRoundTripAndErrors(t *testing.T) {
 	if len(entries) != 1 {
 		t.Errorf("temp files left behind: %v", entries)
 	}
-	for name, body := range map[string]string{"garbage": "{not json", "unknown field": `{"B":1}`} {
+	for name, body := range map[string]string{"garbage": "{not json", "unknown field": `{"B":1}`, "trailing data": `{"A":1} {"A":2}`, "trailing garbage": `{"A":1} x`} {
 		os.WriteFile(path, []byte(body), 0o600)
 		err := ReadJSON(path, &got)
 		if err == nil || errors.Is(err, ErrNotExist) || !strings.Contains(err.Error(), path) {
