@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +48,15 @@ func claimsView(m *Mesh) map[string]netip.Prefix {
 
 func TestClaimsBurstJoin(t *testing.T) {
 	c := newCluster(t)
+	// memberlist's LAN probe and gossip timers for 30 nodes: the fast test
+	// timers overload a busy 2-core machine under -race (false failures).
+	lan := DefaultTuning()
+	c.tun.GossipInterval = lan.GossipInterval
+	c.tun.ProbeInterval = lan.ProbeInterval
+	c.tun.ProbeTimeout = lan.ProbeTimeout
+	c.tun.PushPullInterval = 2 * time.Second
+	c.tun.TCPTimeout = 3 * time.Second
+	c.tun.GossipToTheDeadTime = 10 * time.Second
 	// 31 claimable /26 subnets for 30 nodes: start positions collide often.
 	pool := mustPool(t, "10.200.0.0/21", 26, 28)
 	const n = 30
@@ -79,30 +89,36 @@ func TestClaimsBurstJoin(t *testing.T) {
 	}
 	wg.Wait()
 
-	eventually(t, 30*time.Second, "every node knows 30 distinct claims, the same everywhere", func() bool {
+	// problem describes what is not converged yet, "" when all is.
+	problem := func() string {
 		want := make(map[string]netip.Prefix)
-		used := make(map[netip.Prefix]bool)
+		used := make(map[netip.Prefix]string)
 		for i, cl := range claimers {
 			cur := cl.Current()
-			if used[cur.Subnet] {
-				return false
+			if o, dup := used[cur.Subnet]; dup {
+				return fmt.Sprintf("%s and %s both hold %s", o, names[i], cur.Subnet)
 			}
-			used[cur.Subnet] = true
+			used[cur.Subnet] = names[i]
 			want["pk-"+names[i]] = cur.Subnet
 		}
 		for _, name := range names {
 			view := claimsView(c.node(name))
-			if len(view) != n {
-				return false
-			}
 			for k, v := range want {
 				if view[k] != v {
-					return false
+					return fmt.Sprintf("%s sees %s at %s, want %s (alive: %d members)", name, k, view[k], v, len(strings.Split(aliveSet(c.node(name)), ",")))
 				}
 			}
 		}
-		return true
-	})
+		return ""
+	}
+	start := time.Now()
+	for p := problem(); p != ""; p = problem() {
+		if time.Since(start) > 60*time.Second {
+			t.Fatalf("not converged after 60s: %s", p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("converged %v after the claims were acquired", time.Since(start))
 	nChanges := 0
 	changes.Range(func(_, v any) bool {
 		ch := v.(ClaimChange)

@@ -15,6 +15,8 @@ import (
 // startLoopback starts a node on 127.0.0.1 with a free port.
 func startLoopback(t *testing.T, name string, key []byte, logs *logSink, seeds ...string) *Mesh {
 	t.Helper()
+	tun := fastTuning()
+	tun.GossipToTheDeadTime = time.Minute // keep dead and left members listed
 	m, err := Start(Config{
 		Name:       name,
 		BindAddr:   "127.0.0.1",
@@ -22,7 +24,7 @@ func startLoopback(t *testing.T, name string, key []byte, logs *logSink, seeds .
 		ClusterKey: key,
 		Join:       seeds,
 		Meta:       Meta{PublicKey: "pk-" + name, Endpoint: "127.0.0.1:51820", Version: "test"},
-		Tuning:     fastTuning(),
+		Tuning:     tun,
 		Logger:     logs.logger(),
 	})
 	if err != nil {

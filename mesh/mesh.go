@@ -311,7 +311,7 @@ func Start(cfg Config) (*Mesh, error) {
 	m.meta.encoded = encMeta
 	m.members.byName = make(map[string]*memberEntry)
 	m.events.init(tun.EventBuffer, log)
-	if err := m.book.init(cfg.KnownPeersFile, cfg.Join, cfg.Name); err != nil {
+	if err := m.book.init(cfg.KnownPeersFile, cfg.Join, cfg.Name, tun.RejoinMin, tun.RejoinMax); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	m.store = newStore(cfg.Name, tun.TombstoneTTL, time.Now, log)

@@ -31,15 +31,18 @@ const (
 	// persistSeenEvery: a peer's LastSeen is written again when it moved
 	// on by this much, so the file stays fresh without a write per tick.
 	persistSeenEvery = time.Hour
-	// maxJoinsInFlight bounds the concurrent re-join attempts of a node.
+	// maxJoinsInFlight bounds the concurrent re-join attempts of a node
+	// that is alone; a node with alive members makes one at a time (any
+	// success merges the partition for all).
 	maxJoinsInFlight = 4
 )
 
 // peerBook holds the re-join targets: remembered peers (by name) and seeds
 // (by address).
 type peerBook struct {
-	path string
-	self string
+	path       string
+	self       string
+	minB, maxB time.Duration // backoff bounds (Tuning.RejoinMin, RejoinMax)
 
 	mu    sync.Mutex
 	peers map[string]*target
@@ -58,8 +61,9 @@ type target struct {
 }
 
 // init loads the known peers file (absent is empty) and takes the seeds.
-func (b *peerBook) init(path string, seeds []string, self string) error {
+func (b *peerBook) init(path string, seeds []string, self string, minB, maxB time.Duration) error {
 	b.path, b.self = path, self
+	b.minB, b.maxB = minB, maxB
 	b.peers = make(map[string]*target)
 	for _, s := range seeds {
 		b.seeds = append(b.seeds, &target{KnownPeer: KnownPeer{Addr: s}})
@@ -144,10 +148,21 @@ func (b *peerBook) forget(cutoff time.Time) []string {
 	return gone
 }
 
-// due returns up to n targets to try now, marking them busy: remembered
-// peers that are not alive, and seeds when this node is alone. Targets at
-// an alive member's address, or at ours, are skipped.
-func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string, n int) []*target {
+// due returns the targets to try now, marking them busy: remembered peers
+// that are not alive, and seeds when this node is alone (no alive member).
+// Targets at an alive member's address, or at ours, are skipped.
+//
+// Pacing, so that a busy cluster does not flood itself with push/pulls:
+// alone, up to maxJoinsInFlight attempts run at once and a target is tried
+// as soon as it is due; with alive members, one attempt at a time, and a
+// peer that just went away is first tried after RejoinMin to 2×RejoinMin
+// (a false "dead" is refuted by memberlist itself meanwhile).
+func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) []*target {
+	alone := len(alive) == 0
+	limit := 1
+	if alone {
+		limit = maxJoinsInFlight
+	}
 	aliveAddr := make(map[string]bool, len(alive))
 	for _, a := range alive {
 		aliveAddr[a] = true
@@ -157,27 +172,29 @@ func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string, n
 	var cands []*target
 	busy := 0
 	consider := func(t *target) {
-		if t.busy {
+		switch {
+		case t.busy:
 			busy++
-			return
+		case t.Addr == ownAddr || aliveAddr[t.Addr]:
+		case t.next.IsZero() && !alone:
+			t.next = now.Add(b.minB + rand.N(b.minB))
+		case t.next.After(now):
+		default:
+			cands = append(cands, t)
 		}
-		if t.next.After(now) || t.Addr == ownAddr || aliveAddr[t.Addr] {
-			return
-		}
-		cands = append(cands, t)
 	}
 	for name, t := range b.peers {
 		if _, ok := alive[name]; !ok {
 			consider(t)
 		}
 	}
-	if len(alive) == 0 {
+	if alone {
 		for _, t := range b.seeds {
 			consider(t)
 		}
 	}
 	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
-	cands = cands[:min(len(cands), max(n-busy, 0))]
+	cands = cands[:min(len(cands), max(limit-busy, 0))]
 	for _, t := range cands {
 		t.busy = true
 	}
@@ -185,17 +202,17 @@ func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string, n
 }
 
 // result records the outcome of an attempt on t and schedules the next.
-func (b *peerBook) result(t *target, ok bool, now time.Time, minB, maxB time.Duration) {
+func (b *peerBook) result(t *target, ok bool, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	t.busy = false
 	if ok {
 		// Joined: if the peer does not show up alive, try again soon.
 		t.backoff = 0
-		t.next = now.Add(minB)
+		t.next = now.Add(b.minB)
 		return
 	}
-	t.backoff = min(max(t.backoff*2, minB), maxB)
+	t.backoff = min(max(t.backoff*2, b.minB), b.maxB)
 	jitter := time.Duration(rand.Int64N(int64(t.backoff)/2+1)) - t.backoff/4 // ±25%
 	t.next = now.Add(t.backoff + jitter)
 }
@@ -306,7 +323,7 @@ func (m *Mesh) routineMaintain() {
 		}
 		wasAlone = alone
 
-		for _, t := range m.book.due(now, alive, ownAddr, maxJoinsInFlight) {
+		for _, t := range m.book.due(now, alive, ownAddr) {
 			attempts.Add(1)
 			go func() {
 				defer attempts.Done()
@@ -351,5 +368,5 @@ func (m *Mesh) attempt(t *target) {
 			m.log.Debug("re-join failed", "peer", name, "err", err)
 		}
 	}
-	m.book.result(t, ok, time.Now(), m.tun.RejoinMin, m.tun.RejoinMax)
+	m.book.result(t, ok, time.Now())
 }

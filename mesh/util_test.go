@@ -15,6 +15,7 @@ import (
 
 // logLine is one captured log record.
 type logLine struct {
+	time  time.Time
 	level slog.Level
 	msg   string
 	attrs map[string]string
@@ -22,7 +23,7 @@ type logLine struct {
 
 func (l logLine) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s", l.level, l.msg)
+	fmt.Fprintf(&b, "%s %s %s", l.time.Format("15:04:05.000"), l.level, l.msg)
 	for k, v := range l.attrs {
 		fmt.Fprintf(&b, " %s=%q", k, v)
 	}
@@ -88,7 +89,7 @@ type sinkHandler struct {
 func (h *sinkHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *sinkHandler) Handle(_ context.Context, r slog.Record) error {
-	l := logLine{level: r.Level, msg: r.Message, attrs: make(map[string]string)}
+	l := logLine{time: r.Time, level: r.Level, msg: r.Message, attrs: make(map[string]string)}
 	for _, a := range h.attrs {
 		l.attrs[a.Key] = a.Value.String()
 	}
@@ -111,8 +112,8 @@ func (h *sinkHandler) WithGroup(string) slog.Handler { return h }
 // fastTuning returns short timers for tests.
 func fastTuning() Tuning {
 	return Tuning{
-		ProbeInterval:       100 * time.Millisecond,
-		ProbeTimeout:        50 * time.Millisecond,
+		ProbeInterval:       200 * time.Millisecond,
+		ProbeTimeout:        100 * time.Millisecond,
 		GossipInterval:      20 * time.Millisecond,
 		PushPullInterval:    500 * time.Millisecond,
 		SuspicionMult:       2,
@@ -158,9 +159,11 @@ func newCluster(t testing.TB) *cluster {
 	t.Cleanup(func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		var wg sync.WaitGroup
 		for _, m := range c.nodes {
-			m.Shutdown()
+			wg.Go(func() { m.Shutdown() })
 		}
+		wg.Wait()
 	})
 	return c
 }

@@ -38,6 +38,9 @@ type Network struct {
 	group   map[string]int  // node name → partition group (0 when absent)
 	cut     map[string]bool // node name → cut off from everyone
 	dropped atomic.Uint64
+	packets atomic.Uint64
+	bytes   atomic.Uint64
+	streams atomic.Uint64
 }
 
 // NewNetwork returns an empty network.
@@ -123,6 +126,17 @@ func (n *Network) Heal() {
 // receiver, or full queue).
 func (n *Network) Dropped() uint64 { return n.dropped.Load() }
 
+// Stats counts what the network carried: packets delivered and their bytes,
+// and streams opened.
+type Stats struct {
+	Packets, PacketBytes, Streams, Dropped uint64
+}
+
+// Stats returns the counters since the network was made.
+func (n *Network) Stats() Stats {
+	return Stats{Packets: n.packets.Load(), PacketBytes: n.bytes.Load(), Streams: n.streams.Load(), Dropped: n.dropped.Load()}
+}
+
 // route returns the transport at addr if from may reach it.
 func (n *Network) route(from *Transport, addr string) (*Transport, bool) {
 	ap, err := netip.ParseAddrPort(addr)
@@ -193,6 +207,8 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 	case <-to.done:
 		t.net.dropped.Add(1)
 	case to.packetCh <- p:
+		t.net.packets.Add(1)
+		t.net.bytes.Add(uint64(len(b)))
 	default:
 		t.net.dropped.Add(1)
 	}
@@ -230,6 +246,7 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 	}
 	select {
 	case to.streamCh <- theirs:
+		t.net.streams.Add(1)
 		return mine, nil
 	case <-to.done:
 	case <-t.done:
