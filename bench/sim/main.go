@@ -1,0 +1,419 @@
+// Command sim is zlmesh's in-process cluster simulation benchmark. For each
+// cluster size it starts every node at once (a burst join through one seed)
+// and measures, for zlmesh (mesh + node-subnet Claimer on the replicated
+// store) and, in the same run, for plain memberlist with LAN defaults (no
+// zlmesh store):
+//
+//	membership  time until every node sees every node alive
+//	claims      time until every node knows every node's final claim
+//	            (zlmesh only; no two nodes hold one subnet then)
+//	detect      time until every node has dropped a node killed silently
+//	conflicts   subnet conflicts resolved during the burst (zlmesh only)
+//
+// and prints a table with the ratios zlmesh / memberlist. Both run with the
+// same timers (memberlist.DefaultLANConfig), the same AES-GCM cluster key,
+// the same transport (meshtest's memory network by default, or real UDP/TCP
+// on 127.0.0.1 with -loopback), and the same join retry (1s, ±25%).
+//
+// Usage: go run ./bench/sim [-nodes 50,200] [-loopback] [-timeout 2m]
+package main
+
+import (
+	"context"
+	crand "crypto/rand"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/mesh"
+	"github.com/zlmesh/zlmesh/mesh/meshtest"
+)
+
+func main() {
+	sizes := flag.String("nodes", "50,200", "comma-separated cluster sizes")
+	loopback := flag.Bool("loopback", false, "use real UDP/TCP on 127.0.0.1 (random ports) instead of the memory network")
+	timeout := flag.Duration("timeout", 2*time.Minute, "give up waiting for one measure after this long")
+	flag.Parse()
+	if err := run(*sizes, *loopback, *timeout); err != nil {
+		fmt.Fprintln(os.Stderr, "sim:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one system's figures for one cluster size.
+type result struct {
+	membership, claims, detect time.Duration
+	conflicts                  int64
+	traffic                    meshtest.Stats // memory network only
+	err                        error
+}
+
+func run(sizesFlag string, loopback bool, timeout time.Duration) error {
+	var sizes []int
+	for f := range strings.SplitSeq(sizesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 3 {
+			return fmt.Errorf("bad -nodes entry %q: want a number >= 3", f)
+		}
+		sizes = append(sizes, n)
+	}
+	transport := "memory network (meshtest)"
+	if loopback {
+		transport = "UDP/TCP on 127.0.0.1"
+	}
+	fmt.Printf("zlmesh simulation: burst join through one seed, then one node killed silently\n")
+	fmt.Printf("transport: %s; timers: memberlist LAN defaults; AES-GCM cluster key; GOMAXPROCS=%d\n\n", transport, runtime.GOMAXPROCS(0))
+
+	type row struct {
+		n        int
+		zl, base result
+	}
+	var rows []row
+	for _, n := range sizes {
+		fmt.Fprintf(os.Stderr, "%d nodes: plain memberlist...\n", n)
+		base := runMemberlist(n, loopback, timeout)
+		fmt.Fprintf(os.Stderr, "%d nodes: zlmesh...\n", n)
+		zl := runZlmesh(n, loopback, timeout)
+		rows = append(rows, row{n, zl, base})
+	}
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "nodes\tmeasure\tzlmesh\tmemberlist\tratio\t")
+	for _, r := range rows {
+		for _, e := range []error{r.zl.err, r.base.err} {
+			if e != nil {
+				fmt.Fprintf(w, "%d\terror\t%v\t\t\t\n", r.n, e)
+			}
+		}
+		fmt.Fprintf(w, "%d\tmembership converged\t%s\t%s\t%s\t\n", r.n, secs(r.zl.membership), secs(r.base.membership), ratio(r.zl.membership, r.base.membership))
+		fmt.Fprintf(w, "%d\tevery claim known everywhere\t%s\t%s\t%s\t\n", r.n, secs(r.zl.claims), "(membership) "+secs(r.base.membership), ratio(r.zl.claims, r.base.membership))
+		fmt.Fprintf(w, "%d\tkilled node dropped everywhere\t%s\t%s\t%s\t\n", r.n, secs(r.zl.detect), secs(r.base.detect), ratio(r.zl.detect, r.base.detect))
+		fmt.Fprintf(w, "%d\tclaim conflicts resolved\t%d\t-\t-\t\n", r.n, r.zl.conflicts)
+		if !loopback {
+			fmt.Fprintf(w, "%d\tpackets / KiB sent (whole run)\t%d / %d\t%d / %d\t%s\t\n", r.n,
+				r.zl.traffic.Packets, r.zl.traffic.PacketBytes>>10, r.base.traffic.Packets, r.base.traffic.PacketBytes>>10,
+				ratio(time.Duration(r.zl.traffic.PacketBytes), time.Duration(r.base.traffic.PacketBytes)))
+		}
+	}
+	w.Flush()
+	fmt.Println("\nratio = zlmesh / memberlist; \"every claim known\" is compared with memberlist's membership convergence.")
+	for _, r := range rows {
+		if r.zl.err != nil || r.base.err != nil {
+			return fmt.Errorf("some measures failed")
+		}
+	}
+	return nil
+}
+
+func secs(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+func ratio(a, b time.Duration) string {
+	if a <= 0 || b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", float64(a)/float64(b))
+}
+
+// waitFor polls cond every step until it holds; it returns the time since
+// start, or an error after timeout.
+func waitFor(start time.Time, step, timeout time.Duration, what string, cond func() bool) (time.Duration, error) {
+	for !cond() {
+		if time.Since(start) > timeout {
+			return 0, fmt.Errorf("%s: not reached within %v", what, timeout)
+		}
+		time.Sleep(step)
+	}
+	return time.Since(start), nil
+}
+
+func clusterKey() []byte {
+	key := make([]byte, 32)
+	if _, err := crand.Read(key); err != nil {
+		panic(err)
+	}
+	return key
+}
+
+func nodeName(i int) string { return fmt.Sprintf("node-%03d", i) }
+
+// runZlmesh measures zlmesh: meshes with Claimers on a /16 of /24s.
+func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
+	key := clusterKey()
+	network := meshtest.NewNetwork()
+	pool, err := ipam.NewPool(netip.MustParsePrefix(ipam.DefaultCluster), ipam.DefaultNodeBits, ipam.DefaultSliceBits)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	tuning := mesh.DefaultTuning()
+	cfgFor := func(i int, seed string) mesh.Config {
+		cfg := mesh.Config{
+			Name:       nodeName(i),
+			ClusterKey: key,
+			Meta:       mesh.Meta{PublicKey: fmt.Sprintf("pk-%03d", i)},
+			Tuning:     tuning,
+		}
+		if seed != "" {
+			cfg.Join = []string{seed}
+		}
+		if loopback {
+			cfg.BindAddr, cfg.BindPort = "127.0.0.1", -1
+		} else {
+			cfg.Transport = network.NewTransport(cfg.Name)
+		}
+		return cfg
+	}
+
+	meshes := make([]*mesh.Mesh, n)
+	claimers := make([]*mesh.Claimer, n)
+	var conflicts atomic.Int64
+	defer func() {
+		var wg sync.WaitGroup
+		for i := range meshes {
+			wg.Go(func() {
+				if claimers[i] != nil {
+					claimers[i].Close()
+				}
+				if meshes[i] != nil {
+					meshes[i].Shutdown()
+				}
+			})
+		}
+		wg.Wait()
+	}()
+
+	start := time.Now()
+	seed, err := mesh.Start(cfgFor(0, ""))
+	if err != nil {
+		res.err = err
+		return res
+	}
+	meshes[0] = seed
+	seedAddr := seed.Addr().String()
+	var wg sync.WaitGroup
+	var startErr atomic.Value
+	for i := range n {
+		wg.Go(func() {
+			m := seed
+			if i > 0 {
+				var err error
+				if m, err = mesh.Start(cfgFor(i, seedAddr)); err != nil {
+					startErr.Store(err)
+					return
+				}
+				meshes[i] = m
+			}
+			cl := mesh.NewClaimer(m, pool, mesh.ClaimerConfig{Node: fmt.Sprintf("pk-%03d", i)})
+			if _, err := cl.Acquire(context.Background()); err != nil {
+				startErr.Store(err)
+				return
+			}
+			claimers[i] = cl
+			go func() {
+				for range cl.Changes() {
+					conflicts.Add(1)
+				}
+			}()
+		})
+	}
+	wg.Wait()
+	if e, ok := startErr.Load().(error); ok {
+		res.err = e
+		return res
+	}
+
+	// Membership and claims, polled together.
+	var memDone, claimsDone time.Duration
+	_, res.err = waitFor(start, 20*time.Millisecond, timeout, "zlmesh convergence", func() bool {
+		if memDone == 0 && allAlive(meshes, n) {
+			memDone = time.Since(start)
+		}
+		if claimsDone == 0 && claimsEverywhere(meshes, claimers) {
+			claimsDone = time.Since(start)
+		}
+		return memDone > 0 && claimsDone > 0
+	})
+	res.membership, res.claims, res.conflicts = memDone, claimsDone, conflicts.Load()
+	if res.err != nil {
+		return res
+	}
+
+	// Kill one node silently.
+	victim := n / 2
+	name := meshes[victim].LocalName()
+	claimers[victim].Close()
+	killed := time.Now()
+	meshes[victim].Shutdown()
+	res.detect, res.err = waitFor(killed, 20*time.Millisecond, timeout, "zlmesh detection", func() bool {
+		for i, m := range meshes {
+			if i != victim && m.Alive(name) {
+				return false
+			}
+		}
+		return true
+	})
+	res.traffic = network.Stats()
+	return res
+}
+
+// allAlive reports whether every mesh sees n members alive.
+func allAlive(meshes []*mesh.Mesh, n int) bool {
+	for _, m := range meshes {
+		alive := 0
+		for _, mem := range m.Members() {
+			if mem.State == mesh.StateAlive {
+				alive++
+			}
+		}
+		if alive != n {
+			return false
+		}
+	}
+	return true
+}
+
+// claimsEverywhere reports whether the current claims are pairwise distinct
+// and every node's store holds every node's latest claim record.
+func claimsEverywhere(meshes []*mesh.Mesh, claimers []*mesh.Claimer) bool {
+	type version struct {
+		key   string
+		clock uint64
+	}
+	var latest []version
+	used := make(map[netip.Prefix]bool)
+	for i, cl := range claimers {
+		cur := cl.Current()
+		if used[cur.Subnet] {
+			return false
+		}
+		used[cur.Subnet] = true
+		r, ok := meshes[i].Store().Get(mesh.KindClaim, cur.Node)
+		if !ok {
+			return false
+		}
+		latest = append(latest, version{cur.Node, r.Clock})
+	}
+	for _, m := range meshes {
+		for _, v := range latest {
+			if r, ok := m.Store().Get(mesh.KindClaim, v.key); !ok || r.Clock < v.clock {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// runMemberlist measures plain memberlist with LAN defaults.
+func runMemberlist(n int, loopback bool, timeout time.Duration) (res result) {
+	key := clusterKey()
+	network := meshtest.NewNetwork()
+	lists := make([]*memberlist.Memberlist, n)
+	defer func() {
+		var wg sync.WaitGroup
+		for _, l := range lists {
+			if l != nil {
+				wg.Go(func() { l.Shutdown() })
+			}
+		}
+		wg.Wait()
+	}()
+	create := func(i int) (*memberlist.Memberlist, error) {
+		c := memberlist.DefaultLANConfig()
+		c.Name = nodeName(i)
+		c.Keyring, _ = memberlist.NewKeyring(nil, key)
+		c.Logger = log.New(io.Discard, "", 0)
+		if loopback {
+			c.BindAddr, c.BindPort = "127.0.0.1", 0
+		} else {
+			c.Transport = network.NewTransport(c.Name)
+		}
+		return memberlist.Create(c)
+	}
+
+	start := time.Now()
+	seed, err := create(0)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	lists[0] = seed
+	seedAddr := seed.LocalNode().Address()
+	var wg sync.WaitGroup
+	var startErr atomic.Value
+	stop := make(chan struct{})
+	for i := 1; i < n; i++ {
+		wg.Go(func() {
+			l, err := create(i)
+			if err != nil {
+				startErr.Store(err)
+				return
+			}
+			lists[i] = l
+			// Retry like the mesh does: 1s ±25% until it worked.
+			for {
+				if _, err := l.Join([]string{seedAddr}); err == nil {
+					return
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(750*time.Millisecond + rand.N(500*time.Millisecond)):
+				}
+			}
+		})
+	}
+	res.membership, res.err = waitFor(start, 20*time.Millisecond, timeout, "memberlist convergence", func() bool {
+		for _, l := range lists {
+			if l == nil || l.NumMembers() != n {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	wg.Wait()
+	if e, ok := startErr.Load().(error); ok {
+		res.err = e
+	}
+	if res.err != nil {
+		return res
+	}
+
+	victim := n / 2
+	name := lists[victim].LocalNode().Name
+	killed := time.Now()
+	lists[victim].Shutdown()
+	res.detect, res.err = waitFor(killed, 20*time.Millisecond, timeout, "memberlist detection", func() bool {
+		for i, l := range lists {
+			if i == victim {
+				continue
+			}
+			for _, m := range l.Members() {
+				if m.Name == name {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	res.traffic = network.Stats()
+	return res
+}

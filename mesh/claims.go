@@ -1,0 +1,474 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/zlmesh/zlmesh/ipam"
+)
+
+// KindClaim is the store kind of node-subnet claims: key = the node's public
+// key, value = the JSON of its ipam.Claim, owner = the node's name. A node
+// has at most one claim.
+const KindClaim = "claim"
+
+// Claimer defaults.
+const (
+	DefaultClaimGrace    = 24 * time.Hour
+	DefaultClaimSyncWait = 5 * time.Second
+	maxRenewEvery        = time.Hour
+	// claimChangeBuffer is the size of the Changes channel.
+	claimChangeBuffer = 16
+)
+
+// ErrNoClaim is returned by Release before Acquire succeeded.
+var ErrNoClaim = errors.New("no node-subnet claim")
+
+// ClaimerConfig configures a Claimer.
+type ClaimerConfig struct {
+	// Node is this node's public key (base64), the claim's identity.
+	// Required.
+	Node string
+	// Name is this node's name, for logs and status; default the mesh's
+	// LocalName.
+	Name string
+	// Grace is how long a claim of a node that is not alive holds its
+	// subnet after its last renewal (default 24h). A claim deleted by
+	// Release frees the subnet at once.
+	Grace time.Duration
+	// RenewEvery is how often the claim's RenewedAt is refreshed (default
+	// Grace/8, at most 1h).
+	RenewEvery time.Duration
+	// Preferred is the subnet the operator asks for; used when the node
+	// has no claim to keep and it is free. Zero: none.
+	Preferred netip.Prefix
+	// Stored is the claim from the state dir, if any: kept when it is
+	// still this node's.
+	Stored *ipam.Claim
+	// SyncWait bounds how long Acquire waits for the first state exchange
+	// with a peer when the node has seeds or remembered peers (default
+	// 5s).
+	SyncWait time.Duration
+	// Logger; nil uses the mesh's.
+	Logger *slog.Logger
+}
+
+// ClaimChange tells that this node lost a conflict over its subnet and moved:
+// Old is the claim it had, New the one it has now, Winner the claim that
+// kept the subnet.
+type ClaimChange struct {
+	Old, New ipam.Claim
+	Winner   ipam.Claim
+}
+
+// Claimer runs the node-subnet claim protocol on a Mesh's store:
+//
+//  1. Acquire: wait briefly for a first sync when the node has peers; keep
+//     the stored claim unless another node holds the subnet with a claim
+//     that beats it; otherwise pick a free subnet (ipam.Pool.Pick with the
+//     held subnets as taken: held = alive, or not alive but renewed within
+//     Grace); publish it.
+//  2. routineClaims, on every claim or membership change and every
+//     RenewEvery: if this node loses a conflict (ipam.Conflicts among
+//     alive nodes: the older claim wins, ties by public key), pick a new
+//     free subnet, publish it, log both nodes and subnets and deliver a
+//     ClaimChange; keep our record in the store equal to our claim;
+//     renew RenewedAt; forget claims of nodes gone for twice the Grace.
+//  3. Release deletes the claim (a tombstone): its subnet is free at once.
+//
+// A claim's node is alive when a member whose Meta.PublicKey is the claim's
+// Node is alive, or when it is this node. Records merge last-writer-wins by
+// clock, so an older state of a claim never comes back.
+//
+// A Claimer is safe for concurrent use. Its goroutine stops on Release,
+// Close, or when the Mesh stops; Changes is closed then.
+type Claimer struct {
+	m    *Mesh
+	pool *ipam.Pool
+	cfg  ClaimerConfig
+	log  *slog.Logger
+
+	changes chan ClaimChange
+	stop    chan struct{}
+	done    chan struct{}
+
+	mu       sync.Mutex
+	current  ipam.Claim
+	acquired bool
+	running  bool
+	stopped  bool
+}
+
+// NewClaimer returns a Claimer for this node; Acquire starts it. The
+// defaults of cfg are applied here.
+func NewClaimer(m *Mesh, pool *ipam.Pool, cfg ClaimerConfig) *Claimer {
+	if cfg.Name == "" {
+		cfg.Name = m.LocalName()
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = DefaultClaimGrace
+	}
+	if cfg.RenewEvery <= 0 {
+		cfg.RenewEvery = min(cfg.Grace/8, maxRenewEvery)
+	}
+	if cfg.SyncWait <= 0 {
+		cfg.SyncWait = DefaultClaimSyncWait
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = m.log
+	}
+	return &Claimer{
+		m: m, pool: pool, cfg: cfg, log: log,
+		changes: make(chan ClaimChange, claimChangeBuffer),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Acquire gets this node a subnet (see Claimer), publishes the claim and
+// starts the background protocol. It may block up to SyncWait (or until
+// ctx ends, then it goes on without the sync). Called again, it returns the
+// current claim. Errors: no Node, ipam.ErrExhausted, ErrClosed.
+func (c *Claimer) Acquire(ctx context.Context) (ipam.Claim, error) {
+	if c.cfg.Node == "" {
+		return ipam.Claim{}, errors.New("mesh: acquire node subnet: ClaimerConfig.Node (public key) is empty")
+	}
+	c.mu.Lock()
+	if c.acquired {
+		defer c.mu.Unlock()
+		return c.current, nil
+	}
+	c.mu.Unlock()
+	if c.m.closed() {
+		return ipam.Claim{}, fmt.Errorf("mesh: acquire node subnet: %w", ErrClosed)
+	}
+	if c.m.HasPeers() {
+		wait, cancel := context.WithTimeout(ctx, c.cfg.SyncWait)
+		select {
+		case <-c.m.Synced():
+		case <-wait.Done():
+			c.log.Warn("no peer answered before claiming a node subnet; claiming from what this node knows", "waited", c.cfg.SyncWait)
+		}
+		cancel()
+	}
+
+	// Subscribe before deciding, so that no change after the decision is
+	// missed by the routine.
+	events, unsubscribe := c.m.Subscribe()
+	now := time.Now().UTC()
+	claims := c.claims()
+	alive := c.aliveFunc()
+	claim, kept, err := c.decide(claims, alive, now)
+	if err != nil {
+		unsubscribe()
+		return ipam.Claim{}, fmt.Errorf("mesh: acquire node subnet for %s: %w", c.cfg.Name, err)
+	}
+	c.mu.Lock()
+	c.current = claim
+	c.acquired, c.running = true, true
+	c.mu.Unlock()
+	c.publish(claim)
+	if kept {
+		c.log.Info("node subnet kept", "subnet", claim.Subnet, "claimed_at", claim.ClaimedAt)
+	} else {
+		c.log.Info("node subnet claimed", "subnet", claim.Subnet)
+	}
+	go c.routineClaims(events, unsubscribe)
+	return claim, nil
+}
+
+// decide returns the claim to hold: the stored one (or the cluster's copy
+// of ours) if it may be kept, else a new pick.
+func (c *Claimer) decide(claims []ipam.Claim, alive func(string) bool, now time.Time) (ipam.Claim, bool, error) {
+	var keep []ipam.Claim
+	if s := c.cfg.Stored; s != nil && s.Node == c.cfg.Node {
+		keep = append(keep, *s)
+	}
+	for _, cl := range claims {
+		if cl.Node == c.cfg.Node {
+			keep = append(keep, cl) // the cluster remembers our claim
+		}
+	}
+	for _, k := range keep {
+		if c.pool.CheckSubnet(k.Subnet) != nil {
+			continue
+		}
+		if !c.beatenOn(k, claims, alive, now) {
+			k.Name = c.cfg.Name
+			k.RenewedAt = now
+			return normClaim(k), true, nil
+		}
+		c.log.Warn("stored node subnet is held by another node, claiming a new one", "subnet", k.Subnet)
+	}
+	subnet, err := c.pick(claims, alive, now, c.cfg.Preferred)
+	if err != nil {
+		return ipam.Claim{}, false, err
+	}
+	return normClaim(ipam.Claim{Node: c.cfg.Node, Name: c.cfg.Name, Subnet: subnet, ClaimedAt: now, RenewedAt: now}), false, nil
+}
+
+// beatenOn reports whether another node holds k's subnet with a claim that
+// beats k.
+func (c *Claimer) beatenOn(k ipam.Claim, claims []ipam.Claim, alive func(string) bool, now time.Time) bool {
+	for _, o := range claims {
+		if o.Node == c.cfg.Node || o.Subnet != k.Subnet {
+			continue
+		}
+		holds := alive(o.Node) || now.Sub(o.RenewedAt) < c.cfg.Grace
+		if holds && o.Beats(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// pick chooses a subnet no other node holds.
+func (c *Claimer) pick(claims []ipam.Claim, alive func(string) bool, now time.Time, preferred netip.Prefix) (netip.Prefix, error) {
+	var others []ipam.Claim
+	for _, cl := range claims {
+		if cl.Node != c.cfg.Node {
+			others = append(others, cl)
+		}
+	}
+	held := ipam.Holders(others, alive, now, c.cfg.Grace)
+	return c.pool.Pick(func(s netip.Prefix) bool { _, ok := held[s]; return ok }, []byte(c.cfg.Node), preferred)
+}
+
+// routineClaims is the background protocol (see Claimer).
+func (c *Claimer) routineClaims(events <-chan Event, unsubscribe func()) {
+	defer close(c.done)
+	defer close(c.changes)
+	defer unsubscribe()
+	c.log.Debug("routine claims started")
+	defer c.log.Debug("routine claims stopped")
+
+	renew := time.NewTicker(c.cfg.RenewEvery)
+	defer renew.Stop()
+	// A periodic check catches what dropped events or passing grace
+	// periods would otherwise leave unnoticed.
+	recheck := time.NewTicker(min(c.cfg.RenewEvery, 10*time.Second))
+	defer recheck.Stop()
+	c.check()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return // the mesh stopped
+			}
+			if ev.Type == EventRecord && ev.Record.Kind != KindClaim {
+				continue
+			}
+			// Take whatever else is queued before checking once.
+			for drained := false; !drained; {
+				select {
+				case _, ok := <-events:
+					if !ok {
+						return
+					}
+				default:
+					drained = true
+				}
+			}
+			c.check()
+		case <-renew.C:
+			c.renew()
+		case <-recheck.C:
+			c.check()
+		}
+	}
+}
+
+// check resolves a lost conflict, keeps our record right, and forgets
+// claims long gone.
+func (c *Claimer) check() {
+	now := time.Now().UTC()
+	claims := c.claims()
+	alive := c.aliveFunc()
+	c.mu.Lock()
+	cur := c.current
+	c.mu.Unlock()
+
+	for _, cf := range ipam.Conflicts(claims, alive) {
+		if cf.Loser.Node != c.cfg.Node || cf.Subnet != cur.Subnet {
+			continue
+		}
+		subnet, err := c.pick(claims, alive, now, netip.Prefix{})
+		if err != nil {
+			c.log.Error("lost the node subnet but no other is free", "subnet", cur.Subnet, "winner", cf.Winner.Name, "err", err)
+			return
+		}
+		next := normClaim(ipam.Claim{Node: c.cfg.Node, Name: c.cfg.Name, Subnet: subnet, ClaimedAt: now, RenewedAt: now})
+		c.mu.Lock()
+		c.current = next
+		c.mu.Unlock()
+		c.publish(next)
+		c.log.Warn("node subnet conflict lost, moving to a new subnet",
+			"node", c.cfg.Name, "old_subnet", cur.Subnet, "new_subnet", next.Subnet,
+			"winner", cf.Winner.Name, "winner_node", cf.Winner.Node, "winner_claimed_at", cf.Winner.ClaimedAt,
+			"our_claimed_at", cur.ClaimedAt)
+		change := ClaimChange{Old: cur, New: next, Winner: cf.Winner}
+		select {
+		case c.changes <- change:
+		default:
+			// The receiver is claimChangeBuffer changes behind: drop the
+			// oldest, Current() is the truth.
+			select {
+			case <-c.changes:
+			default:
+			}
+			c.changes <- change
+		}
+		return // the next event (our own record) checks again
+	}
+
+	// Our record must be our claim (a stale copy from an earlier run may
+	// have won by clock).
+	if rec, ok := c.m.store.Get(KindClaim, c.cfg.Node); !ok || !sameClaim(decodeClaimOrZero(rec), cur) {
+		c.publish(cur)
+	}
+	// Forget claims whose node has been gone for twice the grace.
+	for _, cl := range claims {
+		if cl.Node != c.cfg.Node && !alive(cl.Node) && now.Sub(cl.RenewedAt) > 2*c.cfg.Grace {
+			if _, ok := c.m.store.Delete(KindClaim, cl.Node); ok {
+				c.log.Info("forgot the claim of a node gone for long", "node", cl.Name, "subnet", cl.Subnet, "renewed_at", cl.RenewedAt)
+			}
+		}
+	}
+}
+
+// renew refreshes RenewedAt.
+func (c *Claimer) renew() {
+	c.mu.Lock()
+	c.current.RenewedAt = time.Now().UTC()
+	cur := c.current
+	c.mu.Unlock()
+	c.publish(cur)
+}
+
+// publish writes our claim to the store.
+func (c *Claimer) publish(cl ipam.Claim) {
+	b, err := json.Marshal(cl)
+	if err != nil {
+		c.log.Error("encode claim", "err", err) // cannot happen for ipam.Claim
+		return
+	}
+	c.m.store.Put(KindClaim, c.cfg.Node, b)
+}
+
+// claims returns every claim in the store; records that do not decode, or
+// whose key is not their node, are skipped (logged).
+func (c *Claimer) claims() []ipam.Claim {
+	recs := c.m.store.List(KindClaim)
+	out := make([]ipam.Claim, 0, len(recs))
+	for _, r := range recs {
+		cl, err := decodeClaim(r)
+		if err != nil {
+			c.log.Warn("skip bad claim record", "key", r.Key, "owner", r.Owner, "err", err)
+			continue
+		}
+		out = append(out, cl)
+	}
+	return out
+}
+
+// aliveFunc returns the liveness of claims' nodes by public key.
+func (c *Claimer) aliveFunc() func(string) bool {
+	alive := map[string]bool{c.cfg.Node: true}
+	for _, mem := range c.m.Members() {
+		if mem.State == StateAlive && mem.Meta.PublicKey != "" {
+			alive[mem.Meta.PublicKey] = true
+		}
+	}
+	return func(node string) bool { return alive[node] }
+}
+
+// Current returns the claim this node holds (zero before Acquire).
+func (c *Claimer) Current() ipam.Claim {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.current
+}
+
+// Changes delivers a ClaimChange each time this node loses its subnet. It is
+// buffered (16); a receiver that far behind loses the oldest change. It is
+// closed when the Claimer stops.
+func (c *Claimer) Changes() <-chan ClaimChange { return c.changes }
+
+// Holders returns, for every held subnet, the claim holding it, as this
+// node sees the cluster now.
+func (c *Claimer) Holders() map[netip.Prefix]ipam.Claim {
+	return ipam.Holders(c.claims(), c.aliveFunc(), time.Now(), c.cfg.Grace)
+}
+
+// Release stops the Claimer and deletes this node's claim, so that its
+// subnet is free at once (a graceful leave: call it before Mesh.Leave).
+// ErrNoClaim before Acquire.
+func (c *Claimer) Release() error {
+	c.mu.Lock()
+	acquired := c.acquired
+	c.mu.Unlock()
+	if !acquired {
+		return fmt.Errorf("mesh: release node subnet: %w", ErrNoClaim)
+	}
+	c.Close()
+	if _, ok := c.m.store.Delete(KindClaim, c.cfg.Node); ok {
+		c.log.Info("node subnet released", "subnet", c.Current().Subnet)
+	}
+	return nil
+}
+
+// Close stops the Claimer's goroutine without releasing the claim (it holds
+// for Grace after its last renewal once the node is gone). Idempotent.
+func (c *Claimer) Close() {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	c.stopped = true
+	running := c.running
+	c.mu.Unlock()
+	close(c.stop)
+	if running {
+		<-c.done
+	}
+}
+
+// decodeClaim decodes a claim record and checks that it is its key's.
+func decodeClaim(r Record) (ipam.Claim, error) {
+	var cl ipam.Claim
+	if err := json.Unmarshal(r.Value, &cl); err != nil {
+		return ipam.Claim{}, fmt.Errorf("claim %s does not decode: %w", r.Key, err)
+	}
+	if cl.Node != r.Key {
+		return ipam.Claim{}, fmt.Errorf("claim under key %s is for node %s", r.Key, cl.Node)
+	}
+	return normClaim(cl), nil
+}
+
+func decodeClaimOrZero(r Record) ipam.Claim {
+	cl, _ := decodeClaim(r)
+	return cl
+}
+
+// normClaim puts the times in UTC without monotonic readings, as JSON
+// brings them back.
+func normClaim(c ipam.Claim) ipam.Claim {
+	c.ClaimedAt = c.ClaimedAt.UTC().Round(0)
+	c.RenewedAt = c.RenewedAt.UTC().Round(0)
+	return c
+}
+
+func sameClaim(a, b ipam.Claim) bool {
+	return a.Node == b.Node && a.Name == b.Name && a.Subnet == b.Subnet &&
+		a.ClaimedAt.Equal(b.ClaimedAt) && a.RenewedAt.Equal(b.RenewedAt)
+}
