@@ -98,11 +98,11 @@ type Node struct {
 
 // Start brings a node up (see the package comment for the order). On error
 // nothing it made is left behind. ctx bounds the start only.
-func Start(ctx context.Context, cfg Config) (n *Node, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.Normalize(); err != nil {
 		return nil, err
 	}
-	n = &Node{
+	n := &Node{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		events:    newEventHub(),
