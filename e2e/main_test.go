@@ -112,9 +112,11 @@ func exitText(err error) string {
 
 // fastGossip shortens memberlist's timers so failure detection takes a few
 // seconds in tests; the code path is the production one.
+// They stay loose enough that a loaded 2-core CI machine does not declare
+// live nodes dead.
 var fastGossip = []string{
-	"--gossip-probe-interval=200ms", "--gossip-probe-timeout=100ms",
-	"--gossip-suspicion-mult=2", "--gossip-interval=100ms",
+	"--gossip-probe-interval=500ms", "--gossip-probe-timeout=300ms",
+	"--gossip-suspicion-mult=3", "--gossip-interval=100ms",
 	"--gossip-push-pull-interval=2s", "--rejoin-max=2s",
 }
 
@@ -234,6 +236,39 @@ func pingMatrix(ctx context.Context, hosts []*testbed.Host) error {
 		return fmt.Errorf("ping failures: %s", strings.Join(fails, "; "))
 	}
 	return nil
+}
+
+// diagnose returns what a failed connectivity check needs: each host's
+// WireGuard state and routes.
+func diagnose(hosts []*testbed.Host) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	for _, h := range hosts {
+		wg, _ := h.Exec(ctx, "wg", "show", "zl0")
+		rt, _ := h.Exec(ctx, "ip", "route")
+		fmt.Fprintf(&b, "--- %s: wg show zl0\n%s--- %s: ip route\n%s", h.Name, wg, h.Name, rt)
+	}
+	return b.String()
+}
+
+// pingAll waits until every host pings every other over the overlay, and
+// fails with the hosts' WireGuard state when they do not.
+func pingAll(t *testing.T, hosts []*testbed.Host, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
+	defer cancel()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := pingMatrix(ctx, hosts)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v\n%s", timeout, err, diagnose(hosts))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // checkInvariants runs after every mesh test: no two live nodes share a

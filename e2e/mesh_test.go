@@ -23,7 +23,7 @@ func TestMeshJoinThroughSeed(t *testing.T) {
 	tb := cluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	eventually(t, 30*time.Second, func() error { return pingMatrix(ctx, tb.Hosts()) })
+	pingAll(t, tb.Hosts(), 30*time.Second)
 	if err := invariants(tb.Hosts()); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestMeshKillAndRestart(t *testing.T) {
 		t.Fatalf("restarted h4: key %s subnet %s, want %s %s", after.PublicKey, after.NodeSubnet, before.PublicKey, before.NodeSubnet)
 	}
 	waitWhole(t, tb, tb.Hosts(), 30*time.Second)
-	eventually(t, 30*time.Second, func() error { return pingMatrix(ctx, tb.Hosts()) })
+	pingAll(t, tb.Hosts(), 30*time.Second)
 }
 
 // A node started with a wrong cluster key does not join; the mesh is
