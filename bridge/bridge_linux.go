@@ -94,6 +94,11 @@ func newSystem(cfg Config) (_ *system, err error) {
 	if err := s.SetReceiveTimeout(&tv); err != nil {
 		return nil, err
 	}
+	// Strict checking makes the kernel honour the filters of dump requests
+	// (the link index of an address dump): a bridge's addresses are read
+	// without dumping every veth's. Kernels before 4.20 lack it; addrs
+	// filters again itself.
+	unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
 	return sys, nil
 }
 
@@ -508,7 +513,7 @@ func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netli
 			repairs = append(repairs, fmt.Sprintf("bridge %s had stp on: turned off", name))
 		}
 	}
-	fixed, err := exactAddress(sys.nl, br, gw)
+	fixed, err := exactAddress(sys, br, gw)
 	if err != nil {
 		return fail(fmt.Errorf("bridge %s: %w", name, err))
 	}
@@ -533,32 +538,31 @@ func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netli
 // secondaries unless promote_secondaries is set, and want would be one); then
 // want is added; then the other stale ones go, so the link is never without
 // an address longer than necessary. It returns one line per change.
-func exactAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) ([]string, error) {
-	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
+func exactAddress(sys *system, link netlink.Link, want netip.Prefix) ([]string, error) {
+	addrs, err := sys.raw.addrs(link.Attrs().Index, unix.AF_UNSPEC)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
 	var have bool
-	var near, far []netlink.Addr
-	for _, a := range addrs {
-		p := fromNLAddr(a)
+	var near, far []netip.Prefix
+	for _, p := range addrs {
 		switch {
 		case linkLocal(p):
 		case p == want:
 			have = true
 		case p.Addr().Is4() == want.Addr().Is4() && p.Masked().Overlaps(want.Masked()):
-			near = append(near, a)
+			near = append(near, p)
 		default:
-			far = append(far, a)
+			far = append(far, p)
 		}
 	}
 	var changes []string
-	del := func(list []netlink.Addr) error {
-		for _, a := range list {
-			if err := h.AddrDel(link, &a); err != nil && !gone(err) {
-				return fmt.Errorf("delete stale address %s: %w", fromNLAddr(a), err)
+	del := func(list []netip.Prefix) error {
+		for _, p := range list {
+			if err := sys.nl.AddrDel(link, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
+				return fmt.Errorf("delete stale address %s: %w", p, err)
 			}
-			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, fromNLAddr(a)))
+			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, p))
 		}
 		return nil
 	}
@@ -566,7 +570,7 @@ func exactAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) ([]st
 		return changes, err
 	}
 	if !have || len(near) > 0 {
-		if err := h.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := sys.nl.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return changes, fmt.Errorf("add address %s: %w", want, err)
 		}
 		changes = append(changes, fmt.Sprintf("%s lacked address %s: added", link.Attrs().Name, want))
@@ -773,7 +777,7 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 		}
 		return err
 	}
-	changed, err := exactAddress(sys.nl, br, newGW)
+	changed, err := exactAddress(sys, br, newGW)
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", brName, err)
 	}
@@ -789,7 +793,7 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 		}
 		return err
 	}
-	addrs, err := t.nl.AddrList(inner, family(newAddr))
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(newAddr)) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
 	}
@@ -949,7 +953,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		}
 		repairs = append(repairs, fmt.Sprintf("%s was down: set up", ifname))
 	}
-	addrs, err := t.nl.AddrList(inner, family(s.Address))
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(s.Address)) })
 	if err != nil {
 		return Attached{}, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
 	}
@@ -959,7 +963,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		}
 		repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, s.Address))
 	}
-	routes, err := t.nl.RouteList(inner, family(s.Address))
+	routes, err := retryDump(func() ([]netlink.Route, error) { return t.nl.RouteList(inner, family(s.Address)) })
 	if err != nil {
 		return Attached{}, fmt.Errorf("list routes of %s in netns %s: %w", ifname, t.path, err)
 	}
@@ -990,11 +994,11 @@ func (m *Manager) inventory() (Inventory, error) {
 		return Inventory{}, err
 	}
 	defer release()
-	links, err := sys.nl.LinkList()
+	links, err := retryDump(sys.nl.LinkList)
 	if err != nil {
 		return Inventory{}, fmt.Errorf("inventory: list links: %w", err)
 	}
-	addrs, err := sys.nl.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return sys.nl.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return Inventory{}, fmt.Errorf("inventory: list addresses: %w", err)
 	}

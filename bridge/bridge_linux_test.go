@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/zlmesh/zlmesh/internal/nstest"
+	"golang.org/x/sys/unix"
 )
 
 // env is a "host" namespace with a Manager working in it.
@@ -774,6 +775,121 @@ func TestCycles(t *testing.T) {
 	}
 	if got := snapshot(t, c.NL); got != beforeC {
 		t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
+	}
+}
+
+// TestAttachWhileAddressesChange attaches containers of one service from
+// several goroutines while addresses in the host namespace keep changing.
+// Every address dump the attach path makes can then come back interrupted
+// (NLM_F_DUMP_INTR); it must be read again, not fail the attach.
+func TestAttachWhileAddressesChange(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	churn := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "zlt-churn"}} // dummy links need a module this machine may lack
+	if err := e.host.NL.LinkAdd(churn); err != nil {
+		t.Fatal(err)
+	}
+	// Enough addresses that a dump of them takes several messages, so a
+	// change can land in between (as the link-local addresses of hundreds
+	// of veths do on a busy host).
+	for i := range 1500 {
+		a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 32))}
+		if err := e.host.NL.AddrAdd(churn, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32))}
+			e.host.NL.AddrAdd(churn, a)
+			e.host.NL.AddrDel(churn, a)
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	const n = 12
+	errs := make(chan error, n)
+	specs := make([]Spec, n)
+	for i := range n {
+		specs[i] = spec("web", fmt.Sprintf("chg%d", i), e.container(), fmt.Sprintf("10.200.1.%d/26", 2+i), "10.200.1.1/26")
+	}
+	for round := range 3 {
+		for _, s := range specs {
+			go func() { _, err := e.m.Attach(ctx, s); errs <- err }()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		for _, s := range specs {
+			go func() { errs <- e.m.Detach(ctx, s) }()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+}
+
+// The bridge's addresses are read from a dump the kernel filters by link:
+// exactly the bridge's, however many other links carry addresses.
+func TestBridgeAddrsFiltered(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a, err := e.m.Attach(ctx, spec("web", "flt", e.container(), "10.200.1.34/27", "10.200.1.33/27"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		d := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("zlt-d%d", i)}}
+		if err := e.host.NL.LinkAdd(d); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.host.NL.AddrAdd(d, &netlink.Addr{IPNet: prefixNet(netip.MustParsePrefix(fmt.Sprintf("198.18.0.%d/24", i+1)))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	br, err := e.host.NL.LinkByName(a.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []int{unix.AF_UNSPEC, unix.AF_INET} {
+		got, err := e.m.sys.raw.addrs(br.Attrs().Index, fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = slices.DeleteFunc(got, linkLocal)
+		if !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.200.1.33/27")}) {
+			t.Errorf("family %d: bridge addresses %v, want [10.200.1.33/27]", fam, got)
+		}
+	}
+}
+
+func TestRetryDump(t *testing.T) {
+	calls := 0
+	v, err := retryDump(func() (int, error) {
+		calls++
+		if calls < 3 {
+			return 0, netlink.ErrDumpInterrupted
+		}
+		return 7, nil
+	})
+	if v != 7 || err != nil || calls != 3 {
+		t.Fatalf("retryDump = %d, %v after %d calls; want 7, nil after 3", v, err, calls)
+	}
+	calls = 0
+	_, err = retryDump(func() (int, error) { calls++; return 0, netlink.ErrDumpInterrupted })
+	if !errors.Is(err, netlink.ErrDumpInterrupted) || calls != 11 {
+		t.Fatalf("always interrupted: %v after %d calls", err, calls)
 	}
 }
 
