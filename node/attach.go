@@ -316,17 +316,9 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 	if !ok {
 		return nil
 	}
-	// Plumbing, attachment, lease, in this order: a crash between two
-	// steps leaves a lease without an attachment at worst, which the next
-	// start releases (adoptAttachments), never an attachment whose address
-	// could be leased again.
-	if err := n.containers.Detach(ctx, at.Spec); err != nil {
+	if err := n.unplug(ctx, at); err != nil {
 		return fmt.Errorf("detach %s: %w", container, err)
 	}
-	if err := n.attach.remove(container); err != nil {
-		return fmt.Errorf("detach %s: %w", container, err)
-	}
-	n.releaseLease(container)
 	n.mesh.Store().Delete(serviceKind, n.serviceKey(container))
 	n.unpublishContainer(container)
 	n.events.publish(api.Event{Type: api.EventDetach, Service: at.Spec.Service, Container: container, Address: at.Spec.Address.Addr().String(), Node: n.cfg.Name, Message: reason})
@@ -582,17 +574,27 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	}
 }
 
-// forgetAttachment removes an attachment's plumbing, the attachment and its
-// lease, in Detach's order, logging what fails.
-func (n *Node) forgetAttachment(ctx context.Context, at attachment) {
+// unplug undoes an attachment: its plumbing, the attachment, its lease, in
+// this order. A crash between two steps leaves a lease without an
+// attachment at worst, which the next start releases (adoptAttachments),
+// never an attachment whose address could be leased again. It stops at the
+// first step that fails (the lease's release is only logged).
+func (n *Node) unplug(ctx context.Context, at attachment) error {
 	if err := n.containers.Detach(ctx, at.Spec); err != nil {
-		n.log.Warn("detach", "container", at.Spec.Container, "err", err)
+		return err
 	}
 	if err := n.attach.remove(at.Spec.Container); err != nil {
-		n.log.Error("forget attachment", "container", at.Spec.Container, "err", err)
-		return
+		return err
 	}
 	n.releaseLease(at.Spec.Container)
+	return nil
+}
+
+// forgetAttachment is unplug at start, logging what fails.
+func (n *Node) forgetAttachment(ctx context.Context, at attachment) {
+	if err := n.unplug(ctx, at); err != nil {
+		n.log.Error("forget attachment", "container", at.Spec.Container, "err", err)
+	}
 }
 
 // sameAttached compares what two attachments made, repairs aside.
