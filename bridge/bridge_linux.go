@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -49,10 +50,21 @@ type system struct {
 	// end in the host and move it with moveRename instead of creating it in
 	// place; see attachLocked.
 	movePeer bool
+	// The reaper (reap_linux.go): delVeth sends to reap; routineReap runs
+	// until stopReap is closed and closes reapDone.
+	reap     chan *reapRequest
+	stopReap chan struct{}
+	reapDone chan struct{}
+	// reapGroup picks the link group number of a batch (tests fix it).
+	reapGroup func() uint32
+	log       *slog.Logger
 }
 
 func newSystem(cfg Config) (_ *system, err error) {
-	sys := &system{host: netns.None()}
+	sys := &system{host: netns.None(), log: cfg.Logger, reapGroup: randomReapGroup}
+	if sys.log == nil {
+		sys.log = slog.New(slog.DiscardHandler)
+	}
 	defer func() {
 		if err != nil {
 			sys.closeAll()
@@ -99,10 +111,16 @@ func newSystem(cfg Config) (_ *system, err error) {
 	// without dumping every veth's. Kernels before 4.20 lack it; addrs
 	// filters again itself.
 	unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
+	sys.reap, sys.stopReap, sys.reapDone = make(chan *reapRequest), make(chan struct{}), make(chan struct{})
+	go sys.routineReap()
 	return sys, nil
 }
 
 func (sys *system) closeAll() {
+	if sys.stopReap != nil {
+		close(sys.stopReap)
+		<-sys.reapDone
+	}
 	if sys.nl != nil {
 		sys.nl.Close()
 	}
@@ -651,11 +669,15 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 	}
 	defer release()
 	brName, vethName := BridgeName(s.Service), VethName(s.Container)
-	unlock := sys.locks.lock(brName)
-	defer unlock()
-	if err := sys.delLinkByName(vethName); err != nil {
+	// The veth goes without the service's lock, batched with the other
+	// detaches under way (delVeth): deleting links costs the kernel RCU
+	// grace periods, which one batch pays once. Only the bridge's removal,
+	// which must not race an attach adding a port, takes the lock.
+	if err := sys.delVeth(vethName); err != nil {
 		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
 	}
+	unlock := sys.locks.lock(brName)
+	defer unlock()
 	removed, err := m.removeBridgeIfEmptyLocked(sys, brName)
 	if err != nil {
 		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
