@@ -438,8 +438,8 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 // 10-25 ms for a veth, about 80 ms more for the bridge), and the kernel
 // deletes one link at a time; so the veths of concurrent Detach calls (any
 // services) are deleted together, in one request by link group (numbers
-// 0x7a6cXXXX, used only after a link dump shows that no other link carries
-// the batch's number), paying the grace periods once. The veth is deleted
+// 0x7a6cXXXX, used while a link dump less than 2 s old showed no link
+// carrying the number), paying the grace periods once. The veth is deleted
 // without the service's lock; the bridge's removal holds it, so an Attach
 // to the same service waits for that.
 func (m *Manager) Detach(ctx context.Context, s Spec) error {

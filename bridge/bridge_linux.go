@@ -55,9 +55,47 @@ type system struct {
 	reap     chan *reapRequest
 	stopReap chan struct{}
 	reapDone chan struct{}
-	// reapGroup picks the link group number of a batch (tests fix it).
-	reapGroup func() uint32
-	log       *slog.Logger
+	// reapGroup picks a candidate link group number for batches (tests
+	// fix it); the reaper keeps the one in use and when a dump last showed
+	// it free (only routineReap touches these two).
+	reapGroup    func() uint32
+	reapInUse    uint32
+	reapVerified time.Time
+	log          *slog.Logger
+	// known remembers, per bridge, the containers this Manager attached or
+	// adopted and has not detached since: while one remains, Detach knows
+	// the bridge is not empty without listing its ports (a dump that grows
+	// with them). The kernel's list still decides every bridge removal.
+	known struct {
+		sync.Mutex
+		ports map[string]map[string]bool // bridge → containers
+	}
+}
+
+// notePort records that container is a port of bridge.
+func (sys *system) notePort(bridge, container string) {
+	sys.known.Lock()
+	defer sys.known.Unlock()
+	if sys.known.ports == nil {
+		sys.known.ports = map[string]map[string]bool{}
+	}
+	if sys.known.ports[bridge] == nil {
+		sys.known.ports[bridge] = map[string]bool{}
+	}
+	sys.known.ports[bridge][container] = true
+}
+
+// forgetPort forgets container as a port of bridge and returns how many
+// known ports the bridge has left.
+func (sys *system) forgetPort(bridge, container string) int {
+	sys.known.Lock()
+	defer sys.known.Unlock()
+	ports := sys.known.ports[bridge]
+	delete(ports, container)
+	if len(ports) == 0 {
+		delete(sys.known.ports, bridge)
+	}
+	return len(ports)
 }
 
 func newSystem(cfg Config) (_ *system, err error) {
@@ -301,6 +339,7 @@ func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
 	if err != nil {
 		return Attached{}, err
 	}
+	sys.notePort(a.Bridge, s.Container)
 	m.log.Info("attached", "container", s.Container, "service", s.Service, "bridge", a.Bridge,
 		"veth", a.HostVeth, "ifname", s.ifname(), "addr", s.Address, "gateway", s.Gateway,
 		"netns", t.path, "took", time.Since(start))
@@ -678,9 +717,11 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 	}
 	unlock := sys.locks.lock(brName)
 	defer unlock()
-	removed, err := m.removeBridgeIfEmptyLocked(sys, brName)
-	if err != nil {
-		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+	removed := false
+	if sys.forgetPort(brName, s.Container) == 0 {
+		if removed, err = m.removeBridgeIfEmptyLocked(sys, brName); err != nil {
+			return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+		}
 	}
 	m.log.Info("detached", "container", s.Container, "service", s.Service, "veth", vethName, "bridge", brName, "bridge_removed", removed)
 	return nil
@@ -885,6 +926,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		if err != nil {
 			return Attached{}, fmt.Errorf("adopt %s (%s): %w", s.Container, why, err)
 		}
+		sys.notePort(a.Bridge, s.Container)
 		a.Repairs = append(repairs, why+": attached afresh")
 		m.log.Warn("adopted", "container", s.Container, "service", s.Service, "repairs", a.Repairs)
 		return a, nil
@@ -1002,6 +1044,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		}
 	}
 	a := Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id, Repairs: repairs}
+	sys.notePort(brName, s.Container)
 	if len(repairs) > 0 {
 		m.log.Warn("adopted", "container", s.Container, "service", s.Service, "repairs", repairs)
 	} else {

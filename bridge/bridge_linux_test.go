@@ -1215,8 +1215,7 @@ func BenchmarkDetachParallel(b *testing.B) {
 
 // Concurrent detaches are deleted in batches by link group: every veth
 // goes, and so do the container ends; a batch never takes along a link it
-// did not make, even one that happens to carry the batch's group number
-// (then its veths are deleted one by one).
+// did not make: a group number some other link carries is not used.
 func TestReapBatch(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -1233,8 +1232,17 @@ func TestReapBatch(t *testing.T) {
 	}
 	before := snapshot(t, e.host.NL)
 	for _, taken := range []bool{false, true} {
-		const group = reapGroupBase | 0x4242
-		e.m.sys.reapGroup = func() uint32 { return group }
+		const group, other = reapGroupBase | 0x4242, reapGroupBase | 0x4343
+		// The first candidate is group; when it is taken, other.
+		calls := 0
+		e.m.sys.reapGroup = func() uint32 {
+			calls++
+			if calls == 1 {
+				return group
+			}
+			return other
+		}
+		e.m.sys.reapInUse, e.m.sys.reapVerified = 0, time.Time{}
 		if taken {
 			if err := e.host.NL.LinkSetGroup(foreign, group); err != nil {
 				t.Fatal(err)
@@ -1272,6 +1280,9 @@ func TestReapBatch(t *testing.T) {
 		if taken && f.Attrs().Group != group {
 			t.Errorf("the foreign link's group changed to %d", f.Attrs().Group)
 		}
+		if want := map[bool]uint32{false: group, true: other}[taken]; e.m.sys.reapInUse != want {
+			t.Errorf("taken=%v: batch used group %#x, want %#x", taken, e.m.sys.reapInUse, want)
+		}
 		if _, err := e.m.RemoveBridgeIfEmpty("zlb-web"); err != nil {
 			t.Fatal(err)
 		}
@@ -1279,5 +1290,61 @@ func TestReapBatch(t *testing.T) {
 	e.host.NL.LinkSetGroup(foreign, 0)
 	if got := snapshot(t, e.host.NL); got != before {
 		t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", before, got)
+	}
+}
+
+// The bridge goes with its last port, decided by the kernel's list of
+// ports: not while another container of the service is attached, nor while
+// a port this Manager did not make is on it; a Manager made after a restart
+// (which knows only what it adopted) removes it too.
+func TestBridgeRemovedWithLastPort(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a := spec("web", "lastA", e.container(), "10.200.1.34/27", "10.200.1.33/27")
+	b := spec("web", "lastB", e.container(), "10.200.1.35/27", "10.200.1.33/27")
+	bridgeThere := func() bool {
+		_, err := e.host.NL.LinkByName("zlb-web")
+		return err == nil
+	}
+	for _, s := range []Spec{a, b} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.m.Detach(ctx, a); err != nil || !bridgeThere() {
+		t.Fatalf("after detaching one of two: %v, bridge there %v", err, bridgeThere())
+	}
+	// A port someone else put on the bridge keeps it.
+	br, _ := e.host.NL.LinkByName("zlb-web")
+	other := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "zlt-oth0", MasterIndex: br.Attrs().Index}, PeerName: "zlt-oth1"}
+	if err := e.host.NL.LinkAdd(other); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Detach(ctx, b); err != nil || !bridgeThere() {
+		t.Fatalf("detach with a foreign port left: %v, bridge there %v", err, bridgeThere())
+	}
+	if err := e.host.NL.LinkDel(other); err != nil {
+		t.Fatal(err)
+	}
+	// Attached by one Manager, adopted by a new one (a restart), detached
+	// by the new one: the bridge goes.
+	if _, err := e.m.Attach(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	m2 := e.manager()
+	if _, err := m2.Adopt(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Detach(ctx, a); err != nil || bridgeThere() {
+		t.Fatalf("detach of the last port after a restart: %v, bridge there %v", err, bridgeThere())
+	}
+	// Detaching what another Manager attached (known to neither) still
+	// removes an empty bridge.
+	if _, err := e.m.Attach(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	m3 := e.manager()
+	if err := m3.Detach(ctx, b); err != nil || bridgeThere() {
+		t.Fatalf("detach by a Manager that never saw the container: %v, bridge there %v", err, bridgeThere())
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink/nl"
@@ -22,8 +21,8 @@ import (
 )
 
 // reapGroupBase is the top half of the link group numbers batches use
-// ("zl"); the bottom half is random per batch. A batch deletes by group only
-// after a link dump shows that exactly its own links carry the number.
+// ("zl"); the bottom half is random. A number is used only while a link dump
+// less than reapVerifyEvery old showed no link carrying it.
 const reapGroupBase = 0x7a6c0000
 
 // rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (linux/rtnetlink.h): leave
@@ -115,7 +114,14 @@ func (sys *system) reapBatch(batch []*reapRequest) {
 		batch[0].err = sys.delLinkByName(batch[0].name)
 		return
 	}
-	group := sys.reapGroup()
+	group, err := sys.batchGroup()
+	if err != nil {
+		sys.log.Warn("no free link group for a batch; deleting one by one", "err", err)
+		for _, r := range batch {
+			r.err = sys.delLinkByName(r.name)
+		}
+		return
+	}
 	var mine []*reapRequest
 	for _, r := range batch {
 		err := sys.raw.setGroup(r.name, group)
@@ -130,28 +136,48 @@ func (sys *system) reapBatch(batch []*reapRequest) {
 	if len(mine) == 0 {
 		return
 	}
-	holders, err := sys.raw.groupMembers(group)
-	names := make([]string, len(mine))
-	for i, r := range mine {
-		names[i] = r.name
+	if err := sys.raw.delGroup(group); err == nil || gone(err) {
+		return
 	}
-	slices.Sort(names)
-	slices.Sort(holders)
-	if err == nil && slices.Equal(holders, names) {
-		err = sys.raw.delGroup(group)
-		if err == nil || gone(err) {
-			return
-		}
-	}
-	// A link we did not make carries the number (or the check failed):
-	// put ours back in the default group and delete them one by one.
-	if err == nil {
-		sys.log.Warn("link group taken by another link; deleting one by one", "group", group, "links", holders)
-	}
+	// Put ours back in the default group and delete them one by one.
+	sys.reapVerified = time.Time{}
 	for _, r := range mine {
 		sys.raw.setGroup(r.name, 0)
 		r.err = sys.delLinkByName(r.name)
 	}
+}
+
+// reapVerifyEvery is how long a dump showing the batch group number free is
+// trusted: a link someone else puts into that group (a random number among
+// 65535 that no tool uses) within that time after the dump would go with the
+// next batch. Verifying before every batch would cost a dump of every link
+// in the host per batch.
+const reapVerifyEvery = 2 * time.Second
+
+// batchGroup returns the link group number for a batch: the one in use while
+// a dump showed it free less than reapVerifyEvery ago, else a candidate a
+// fresh dump shows free (up to three tries).
+func (sys *system) batchGroup() (uint32, error) {
+	if sys.reapInUse != 0 && time.Since(sys.reapVerified) < reapVerifyEvery {
+		return sys.reapInUse, nil
+	}
+	candidate := sys.reapInUse
+	for try := 0; try < 3; try++ {
+		if candidate == 0 || try > 0 {
+			candidate = sys.reapGroup()
+		}
+		holders, err := sys.raw.groupMembers(candidate)
+		if err != nil {
+			return 0, fmt.Errorf("list links of group %#x: %w", candidate, err)
+		}
+		if len(holders) == 0 {
+			sys.reapInUse, sys.reapVerified = candidate, time.Now()
+			return candidate, nil
+		}
+		sys.log.Warn("link group taken by other links; picking another", "group", candidate, "links", holders)
+	}
+	sys.reapInUse = 0
+	return 0, errors.New("three link group numbers in a row are taken")
 }
 
 // randomReapGroup returns a link group number for a batch: reapGroupBase
