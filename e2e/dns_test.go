@@ -418,16 +418,21 @@ func queriesStayLocal(t *testing.T, ctx context.Context, tb *testbed.Testbed, c 
 		}
 	}
 
-	// Positive control: 20 pings over the overlay are counted.
+	// Positive control: 20 answered pings over the overlay are counted (a
+	// loaded machine may lose one: it is tried again).
 	p0 := wg.read(t)
-	for range 20 {
-		if err := c.Ping(ctx, peer); err != nil {
-			t.Fatalf("ping %s: %v", peer, err)
+	ok, tries := 0, 0
+	for ; ok < 20 && tries < 60; tries++ {
+		if err := c.Ping(ctx, peer); err == nil {
+			ok++
 		}
 	}
 	p1 := wg.read(t)
+	if ok < 20 {
+		t.Fatalf("%d of %d pings to %s over the overlay answered", ok, tries, peer)
+	}
 	if p1.pkts-p0.pkts < 40 {
-		t.Errorf("20 pings to %s over the overlay: %d WireGuard packets counted, want at least 40 (is the counter blind?)", peer, p1.pkts-p0.pkts)
+		t.Errorf("20 answered pings to %s over the overlay: %d WireGuard packets counted, want at least 40 (is the counter blind?)", peer, p1.pkts-p0.pkts)
 	}
 }
 
