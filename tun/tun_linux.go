@@ -223,7 +223,14 @@ func setAddressAt(h *netlink.Handle, ifname string, addr netip.Prefix) error {
 			return fail("remove "+a.IPNet.String(), err)
 		}
 	}
-	if err := h.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(addr)}); err != nil {
+	// IPv6: no duplicate address detection. A TUN has no neighbours to
+	// collide with, and DAD would leave the address "tentative" (unusable
+	// for bind) for a second or more after every start.
+	want := &netlink.Addr{IPNet: prefixToIPNet(addr)}
+	if family == netlink.FAMILY_V6 {
+		want.Flags = unix.IFA_F_NODAD
+	}
+	if err := h.AddrReplace(link, want); err != nil {
 		return fail("add", err)
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
