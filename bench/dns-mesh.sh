@@ -24,7 +24,8 @@
 #   2. latency: DURATION seconds at RATE (default 2000) queries/s, p50/p99
 #      from dnsperf's per-query report, and the server's CPU time per query
 #      over that run (utime+stime of the zlmesh or dnsmasq process from
-#      /proc; zlmesh's includes the kernel's work on the TUN writes).
+#      /proc; zlmesh's includes the kernel's work on the TUN writes) and its
+#      context switches per query (all its threads).
 #
 # Prints both side by side with the mesh/dnsmasq ratios. Needs root; installs
 # what is missing (scripts/deps.sh). Everything (the testbed, dnsmasq, a temp
@@ -131,10 +132,12 @@ export DURATION RATE CLIENTS OUTSTANDING
 
 # cpu_ticks PID: utime+stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# switches PID: context switches of all its threads so far.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 hz=$(getconf CLK_TCK)
 best() { awk -v a="$1" -v b="$2" 'BEGIN {print (b > a ? b : a)}'; }
 
-declare -A ADDR PID QPS P50 P99 CPU
+declare -A ADDR PID QPS P50 P99 CPU CSW
 ADDR[dnsmasq]=$dnsm_addr ADDR[mesh]=$MESH_DNS
 PID[dnsmasq]=$dnsmasq_pid PID[mesh]=$zlmesh_pid
 QPS[dnsmasq]=0 QPS[mesh]=0
@@ -151,19 +154,20 @@ for ((r = 1; r <= REPS; r++)); do
 	done
 done
 for name in dnsmasq mesh; do
-	c0=$(cpu_ticks "${PID[$name]}")
+	c0=$(cpu_ticks "${PID[$name]}") s0=$(switches "${PID[$name]}")
 	lat=$(dns_latency "$client" "${ADDR[$name]}" "$tmp/queries" "$tmp")
-	c1=$(cpu_ticks "${PID[$name]}")
+	c1=$(cpu_ticks "${PID[$name]}") s1=$(switches "${PID[$name]}")
 	read -r P50[$name] P99[$name] <<<"$lat"
 	n=$(wc -l <"$tmp/lat-${ADDR[$name]}.out.sorted")
 	CPU[$name]=$(awk -v t=$((c1 - c0)) -v hz="$hz" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+	CSW[$name]=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN {printf "%.2f", s / n}')
 done
 
 echo "dns-mesh.sh: $NAMES names on $HOSTS hosts, from a container on h1; ${DURATION}s per run;"
 echo "  throughput: dnsperf -c $CLIENTS -q $OUTSTANDING, best of $REPS; latency and CPU: $RATE q/s"
-printf '%-8s %-15s %12s %10s %10s %14s\n' server address "queries/s" "p50 ms" "p99 ms" "CPU µs/query"
+printf '%-8s %-15s %12s %10s %10s %14s %15s\n' server address "queries/s" "p50 ms" "p99 ms" "CPU µs/query" "switches/query"
 for name in dnsmasq mesh; do
-	printf '%-8s %-15s %12s %10s %10s %14s\n' "$name" "${ADDR[$name]}" "${QPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}"
+	printf '%-8s %-15s %12s %10s %10s %14s %15s\n' "$name" "${ADDR[$name]}" "${QPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}" "${CSW[$name]}"
 done
 awk -v a="${QPS[mesh]}" -v b="${QPS[dnsmasq]}" -v c="${P99[mesh]}" -v d="${P99[dnsmasq]}" \
 	-v e="${CPU[mesh]}" -v f="${CPU[dnsmasq]}" \
