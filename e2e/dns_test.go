@@ -112,6 +112,19 @@ func TestDNS(t *testing.T) {
 		}
 	})
 
+	t.Run("the host itself asks the mesh DNS address", func(t *testing.T) {
+		// The host's own resolv.conf names the outside resolver; a program
+		// on the host that asks the mesh DNS address reaches it through zl0.
+		out, err := h2.Exec(ctx, "dig", "+short", "+time=2", "+tries=2", "@"+meshDNS, "web.zl")
+		if got := strings.Fields(string(out)); err != nil || !slices.Equal(sorted(got), allWeb) {
+			t.Errorf("dig @%s web.zl on h2: %v, want %v (%v)", meshDNS, got, allWeb, err)
+		}
+		out, err = h2.Exec(ctx, "dig", "+short", "+tcp", "+time=2", "+tries=2", "@"+meshDNS, "h1.node.zl")
+		if got := strings.TrimSpace(string(out)); err != nil || got != overlay["h1"] {
+			t.Errorf("dig +tcp @%s h1.node.zl on h2: %q, want %s (%v)", meshDNS, got, overlay["h1"], err)
+		}
+	})
+
 	t.Run("reverse names", func(t *testing.T) {
 		cases := []struct{ addr, want string }{
 			{web["h2"].addr, web["h2"].c.ID() + ".web.zl."},
