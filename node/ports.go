@@ -262,10 +262,10 @@ func (n *Node) Ports() []api.PortMapping {
 	return out
 }
 
-// endpoints returns the cluster's service endpoints from the record store:
+// serviceEndpoints returns the cluster's service endpoints from the record store:
 // every live record, alive owner or not (a target on a node that is down
 // comes back with it).
-func (n *Node) endpoints() []api.ServiceEndpoint {
+func (n *Node) serviceEndpoints() []api.ServiceEndpoint {
 	var out []api.ServiceEndpoint
 	for _, r := range n.mesh.Store().List(serviceKind) {
 		var ep api.ServiceEndpoint
@@ -283,7 +283,7 @@ func (n *Node) endpoints() []api.ServiceEndpoint {
 func (n *Node) resolveTarget(pm api.PortMapping) (netip.Addr, bool) {
 	var best netip.Addr
 	bestRank := 3
-	for _, ep := range n.endpoints() {
+	for _, ep := range n.serviceEndpoints() {
 		if pm.Container != "" && ep.Container != pm.Container || pm.Service != "" && ep.Service != pm.Service {
 			continue
 		}
