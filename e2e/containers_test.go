@@ -55,10 +55,10 @@ func addContainer(t *testing.T, tb *testbed.Testbed, h *testbed.Host, name strin
 	return c
 }
 
-// attach attaches c to service and checks the answer against the node's
+// mustAttach attaches c to service and checks the answer against the node's
 // status: an address in the node's subnet, the slice's gateway, the overlay
 // MTU, the mesh DNS and search domain.
-func attach(t *testing.T, c *testbed.Container, service string) api.Attachment {
+func mustAttach(t *testing.T, c *testbed.Container, service string) api.Attachment {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -527,8 +527,8 @@ func TestContainersAcrossHosts(t *testing.T) {
 	web1, web2 := addContainer(t, tb, h1, "web1"), addContainer(t, tb, h1, "web2")
 	web3, db1 := addContainer(t, tb, h2, "web3"), addContainer(t, tb, h3, "db1")
 	att := map[*testbed.Container]api.Attachment{
-		web1: attach(t, web1, "web"), web2: attach(t, web2, "web"),
-		web3: attach(t, web3, "web"), db1: attach(t, db1, "db"),
+		web1: mustAttach(t, web1, "web"), web2: mustAttach(t, web2, "web"),
+		web3: mustAttach(t, web3, "web"), db1: mustAttach(t, db1, "db"),
 	}
 	addrs := map[*testbed.Container]string{}
 	want := map[string]string{}
@@ -624,7 +624,7 @@ func TestAttachByPIDAndNetns(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	byPath := addContainer(t, tb, h2, "bypath")
-	pa := attach(t, byPath, "api")
+	pa := mustAttach(t, byPath, "api")
 
 	p, err := h1.StartProcess(ctx, "unshare", "--net", "sleep", "600")
 	if err != nil {
@@ -711,7 +711,7 @@ func TestContainersNamespaceDeleted(t *testing.T) {
 	defer cancel()
 	stay, gone := addContainer(t, tb, h1, "stay"), addContainer(t, tb, h1, "gone")
 	far := addContainer(t, tb, h2, "far")
-	sa, ga, fa := attach(t, stay, "web"), attach(t, gone, "web"), attach(t, far, "web")
+	sa, ga, fa := mustAttach(t, stay, "web"), mustAttach(t, gone, "web"), mustAttach(t, far, "web")
 	pingContainers(t, tb, map[*testbed.Container]string{stay: sa.Address, gone: ga.Address, far: fa.Address}, 30*time.Second)
 	waitServices(t, tb.Hosts(), map[string]string{stay.ID(): endpoint(sa), gone.ID(): endpoint(ga), far.ID(): endpoint(fa)}, 30*time.Second)
 	before, err := viewOf(ctx, h1, nil)
@@ -747,7 +747,7 @@ func TestContainersNamespaceDeleted(t *testing.T) {
 
 	// The address is free again: the next container gets it, and it works.
 	next := addContainer(t, tb, h1, "next")
-	na := attach(t, next, "web")
+	na := mustAttach(t, next, "web")
 	if na.Address != ga.Address {
 		t.Errorf("next container got %s, want the freed %s", na.Address, ga.Address)
 	}
@@ -771,12 +771,12 @@ func TestContainersKillRestart(t *testing.T) {
 	want := map[string]string{}
 	for i, svc := range []string{"web", "web", "web", "db", "db"} {
 		c := addContainer(t, tb, h1, fmt.Sprintf("c%d", i))
-		a := attach(t, c, svc)
+		a := mustAttach(t, c, svc)
 		local = append(local, c)
 		addrs[c], want[c.ID()] = a.Address, endpoint(a)
 	}
 	remote := addContainer(t, tb, h2, "remote")
-	ra := attach(t, remote, "web")
+	ra := mustAttach(t, remote, "web")
 	addrs[remote], want[remote.ID()] = ra.Address, endpoint(ra)
 	pingContainers(t, tb, addrs, 30*time.Second)
 	waitServices(t, tb.Hosts(), want, 30*time.Second)
@@ -906,7 +906,7 @@ func TestAttachDetachCycles(t *testing.T) {
 	residents := []*testbed.Container{addContainer(t, tb, h, "res0"), addContainer(t, tb, h, "res1")}
 	want := map[string]string{}
 	for i, c := range residents {
-		want[c.ID()] = endpoint(attach(t, c, fmt.Sprintf("cyc%d", i)))
+		want[c.ID()] = endpoint(mustAttach(t, c, fmt.Sprintf("cyc%d", i)))
 	}
 	const workers, cycles = 8, 1000
 	ws := make([]*testbed.Container, workers)
@@ -1001,7 +1001,7 @@ func TestAttachBadInput(t *testing.T) {
 	// A resident container, so a bad attach to its service meets a live
 	// bridge whose state must survive untouched.
 	res := addContainer(t, tb, h, "resident")
-	resA := attach(t, res, "web")
+	resA := mustAttach(t, res, "web")
 	fresh := addContainer(t, tb, h, "fresh")
 	// A container that already has an eth0 (a bridge named so: dummy links
 	// need a module the machine may lack).
@@ -1113,7 +1113,7 @@ func TestAttachBadInput(t *testing.T) {
 	var full []*testbed.Container
 	for i := range 4 {
 		c := addContainer(t, tb, h, fmt.Sprintf("f%d", i))
-		attach(t, c, "web")
+		mustAttach(t, c, "web")
 		full = append(full, c)
 	}
 	extra := addContainer(t, tb, h, "extra")
@@ -1211,7 +1211,7 @@ func TestContainersMetricsAndEvents(t *testing.T) {
 	var aa api.Attachment
 	var ev api.Event
 	for try := 0; ; try++ {
-		aa = attach(t, a, "web")
+		aa = mustAttach(t, a, "web")
 		var ok bool
 		if ev, ok = wait(api.EventAttach, a.ID(), 3*time.Second); ok {
 			break
@@ -1227,7 +1227,7 @@ func TestContainersMetricsAndEvents(t *testing.T) {
 		t.Errorf("attach event %+v, want service web, address %s, node h1, a time", ev, aa.Address)
 	}
 	b := addContainer(t, tb, h2, "mb")
-	ba := attach(t, b, "web")
+	ba := mustAttach(t, b, "web")
 	pingContainers(t, tb, map[*testbed.Container]string{a: aa.Address, b: ba.Address}, 30*time.Second)
 	// Some bytes through the tunnel, so the byte counters move visibly.
 	srv := tcpEcho(t, b, ba.Address, 7002)
