@@ -1288,3 +1288,126 @@ func TestContainersMetricsAndEvents(t *testing.T) {
 		t.Errorf("/metrics after the detach: attachments %v leases %v", m2["zlmesh_attachments"], m2["zlmesh_leases"])
 	}
 }
+
+// TestContainersRenumbered forces a subnet conflict with containers
+// attached on both sides (two new hosts, one on each side of a partition,
+// ask for the same subnet): after the heal the newer claim's node renumbers
+// and its containers move with it without being detached: an event says
+// which container moved from which address to which, each keeps its place
+// in its slice, its namespace holds exactly the new address with a default
+// route via the new gateway, the state on disk and /v1/services on every
+// host follow, and every container reaches every other at the new
+// addresses.
+func TestContainersRenumbered(t *testing.T) {
+	tb := cluster(t, 2, forgetFast...)
+	h1, h2 := tb.Host("h1"), tb.Host("h2")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	contested := "10.200.78.0/24"
+	for _, h := range tb.Hosts() {
+		if status(t, h).NodeSubnet == contested {
+			t.Skipf("a founding host already holds %s", contested)
+		}
+	}
+	a, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Partition([]*testbed.Host{h1, a}, []*testbed.Host{h2, b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx, "--node-subnet", contested); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, a)
+	time.Sleep(1100 * time.Millisecond) // claim times are compared: a's strictly older
+	if err := b.Start(ctx, "--node-subnet", contested, "--join", h2.GossipAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, b)
+	for _, h := range []*testbed.Host{a, b} {
+		if got := status(t, h).NodeSubnet; got != contested {
+			t.Fatalf("%s got %s, want %s: no conflict to test", h.Name, got, contested)
+		}
+	}
+	ca := addContainer(t, tb, a, "ca")
+	aa := mustAttach(t, ca, "web")
+	cb1, cb2 := addContainer(t, tb, b, "cb1"), addContainer(t, tb, b, "cb2")
+	ab1, ab2 := mustAttach(t, cb1, "web"), mustAttach(t, cb2, "db")
+	ch := addContainer(t, tb, h2, "ch")
+	ah := mustAttach(t, ch, "web")
+
+	events := watchEvents(t, ctx, b)
+	if err := tb.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	waitWhole(t, tb, tb.Hosts(), 90*time.Second)
+	var moved string
+	eventually(t, 30*time.Second, func() error {
+		if moved = status(t, b).NodeSubnet; moved == contested {
+			return fmt.Errorf("%s still holds %s", b.Name, contested)
+		}
+		return nil
+	})
+	newSub := mustPrefix(t, moved)
+	// Each container keeps its offset in the node subnet.
+	relocate := func(old string) string {
+		o := netip.MustParseAddr(old).As4()
+		n := newSub.Addr().As4()
+		n[3] = o[3]
+		return netip.AddrFrom4(n).String()
+	}
+	want := map[*testbed.Container]api.Attachment{cb1: ab1, cb2: ab2}
+	for c, old := range want {
+		old.Address, old.Gateway = relocate(old.Address), relocate(old.Gateway)
+		want[c] = old
+	}
+	eventually(t, 20*time.Second, func() error {
+		seen := map[string]api.Event{}
+		for _, ev := range events() {
+			if ev.Type == api.EventMove {
+				seen[ev.Container] = ev
+			}
+		}
+		for c, old := range map[*testbed.Container]api.Attachment{cb1: ab1, cb2: ab2} {
+			ev, ok := seen[c.ID()]
+			if !ok || ev.OldAddress != old.Address || ev.Address != want[c].Address || ev.Service != old.Service || ev.Node != b.Name {
+				return fmt.Errorf("no %s event for %s from %s to %s; got %+v", api.EventMove, c.ID(), old.Address, want[c].Address, ev)
+			}
+		}
+		return nil
+	})
+	eventually(t, 20*time.Second, func() error {
+		v, err := viewOf(ctx, b, []*testbed.Container{cb1, cb2})
+		if err != nil {
+			return err
+		}
+		if err := v.consistent(); err != nil {
+			return err
+		}
+		for c, w := range want {
+			if v.API[c.ID()] != w.Address || v.Leases[c.ID()] != w.Address {
+				return fmt.Errorf("%s: attachment %s, lease %s on disk; want %s", c.ID(), v.API[c.ID()], v.Leases[c.ID()], w.Address)
+			}
+			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 | default via %s dev eth0", w.Address, w.Prefix, w.Gateway); got != exp {
+				return fmt.Errorf("%s inside: %q, want %q", c.ID(), got, exp)
+			}
+		}
+		for _, addr := range v.Kernel.Addrs {
+			if strings.HasPrefix(addr, "10.200.78.") {
+				return fmt.Errorf("a bridge of %s kept an address of the old subnet: %v", b.Name, v.Kernel.Addrs)
+			}
+		}
+		return nil
+	})
+	waitServices(t, tb.Hosts(), map[string]string{
+		ca.ID(): endpoint(aa), ch.ID(): endpoint(ah), cb1.ID(): endpoint(want[cb1]), cb2.ID(): endpoint(want[cb2]),
+	}, 30*time.Second)
+	pingContainers(t, tb, map[*testbed.Container]string{
+		ca: aa.Address, ch: ah.Address, cb1: want[cb1].Address, cb2: want[cb2].Address,
+	}, 30*time.Second)
+}
