@@ -1411,3 +1411,136 @@ func TestContainersRenumbered(t *testing.T) {
 		ca: aa.Address, ch: ah.Address, cb1: want[cb1].Address, cb2: want[cb2].Address,
 	}, 30*time.Second)
 }
+
+// TestContainersKillDuringChurn kills zlmesh with -9 while 8 clients attach
+// and detach as fast as they can, so the kill lands between the steps of
+// some attach or detach (lease, plumbing, record). After the restart
+// everything converges: every attachment has its lease, its host veth as a
+// bridge port and its address inside the container; a container the node
+// does not list has no interface left; no stray link, address, lease or
+// record.
+func TestContainersKillDuringChurn(t *testing.T) {
+	tb := cluster(t, 1)
+	h := tb.Host("h1")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const workers = 8
+	ws := make([]*testbed.Container, workers)
+	for i := range ws {
+		ws[i] = addContainer(t, tb, h, fmt.Sprintf("k%d", i))
+	}
+	cl := h.Client()
+	var ops atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w, c := range ws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			svc := fmt.Sprintf("churn%d", w%3)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// Errors are expected once the daemon is killed.
+				if _, err := cl.Attach(ctx, api.AttachRequest{Service: svc, Container: c.ID(), Netns: c.Netns}); err != nil {
+					continue
+				}
+				ops.Add(1)
+				cl.Detach(ctx, c.ID())
+				ops.Add(1)
+			}
+		}()
+	}
+	// Kill once the churn is well under way.
+	eventually(t, 30*time.Second, func() error {
+		if n := ops.Load(); n < 150 {
+			return fmt.Errorf("only %d operations so far", n)
+		}
+		return nil
+	})
+	if err := h.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("killed after %d attach/detach operations", ops.Load())
+
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		v, err := viewOf(ctx, h, ws)
+		if err != nil {
+			return err
+		}
+		if err := v.consistent(); err != nil {
+			return err
+		}
+		for _, c := range ws {
+			inside := v.Containers[c.ID()]
+			addr, attached := v.API[c.ID()]
+			switch {
+			case attached && !strings.HasPrefix(inside, addr+"/") || attached && strings.Count(inside, "@") != 1:
+				return fmt.Errorf("%s is attached with %s but holds %q", c.ID(), addr, inside)
+			case !attached && inside != " | ":
+				return fmt.Errorf("%s is not attached but holds %q", c.ID(), inside)
+			}
+		}
+		want := map[string]string{}
+		for id, addr := range v.API {
+			want[id] = addr
+		}
+		got, err := services(ctx, h)
+		if err != nil {
+			return err
+		}
+		if len(got) != len(want) {
+			return fmt.Errorf("/v1/services %v, attachments %v", got, want)
+		}
+		for id, ep := range got {
+			if f := strings.Fields(ep); want[id] != f[1] {
+				return fmt.Errorf("/v1/services has %s at %q, attachments at %q", id, ep, want[id])
+			}
+		}
+		return nil
+	})
+	// What the restart found to clean up or repair, for the record.
+	if log, err := h.ReadLog(); err == nil {
+		restart := log[strings.LastIndex(log, "=== testbed:"):]
+		for _, line := range strings.Split(restart, "\n") {
+			for _, what := range []string{"stray", "releasing address", "afresh", "gone while", "repaired", "without its lease"} {
+				if strings.Contains(line, what) {
+					t.Logf("after the restart: %s", line)
+					break
+				}
+			}
+		}
+	}
+	// And it keeps working: detach what is left, attach everything again.
+	for _, c := range ws {
+		if err := cl.Detach(ctx, c.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addrs := map[*testbed.Container]string{}
+	for _, c := range ws {
+		addrs[c] = mustAttach(t, c, "again").Address
+	}
+	pingContainers(t, tb, addrs, 20*time.Second)
+	v, err := viewOf(ctx, h, ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.consistent(); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Kernel.Bridges) != 1 {
+		t.Errorf("bridges after re-attaching all to one service: %v", v.Kernel.Bridges)
+	}
+}
