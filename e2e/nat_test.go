@@ -473,6 +473,41 @@ func TestNATEgressAndPublishedPorts(t *testing.T) {
 		waitPorts(t, bin, hosts, published, 30*time.Second)
 	})
 
+	t.Run("service and host address", func(t *testing.T) {
+		before := mustNATTable(t, h1)
+		// A service (its one container is on h2) and a port on one
+		// host address only.
+		svc, err := h1.Client().Publish(ctx, api.PublishRequest{Service: "api", Protocol: "tcp", HostPort: 8082, ContainerPort: 80})
+		if err != nil || svc.Target != apiAt.Address+":80" {
+			t.Fatalf("publish service api: %+v, %v", svc, err)
+		}
+		one, err := h1.Client().Publish(ctx, api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 8083, ContainerPort: 80, HostAddress: h1.Underlay.String()})
+		if err != nil || one.HostAddress != h1.Underlay.String() {
+			t.Fatalf("publish on %s: %+v, %v", h1.Underlay, one, err)
+		}
+		w, a := servers["web/tcp"], servers["api/tcp"]
+		expectFrom(t, outsidePeer(tb), "tcp", pub(8082), a, overlay1)
+		expectFrom(t, outsidePeer(tb), "tcp", pub(8083), w, testbed.OutsideAddr.String())
+		// h1's overlay address is one of its addresses too: a port on
+		// all addresses answers there (over WireGuard, the client's
+		// address kept), a port on the underlay address does not.
+		expectFrom(t, ctrPeer(far), "tcp", overlay1+":8080", w, farAt.Address)
+		expectClosed(t, ctrPeer(far), "tcp", overlay1+":8083", w)
+		if err := h1.Client().Unpublish(ctx, api.UnpublishRequest{Protocol: "tcp", HostPort: 8082}); err != nil {
+			t.Fatal(err)
+		}
+		// Unpublishing needs the address it was published on.
+		err = h1.Client().Unpublish(ctx, api.UnpublishRequest{Protocol: "tcp", HostPort: 8083})
+		if code, _ := apiCode(err); code != api.CodeNotFound {
+			t.Errorf("unpublish 8083/tcp without its host address: %v, want %s", err, api.CodeNotFound)
+		}
+		if err := h1.Client().Unpublish(ctx, api.UnpublishRequest{Protocol: "tcp", HostPort: 8083, HostAddress: h1.Underlay.String()}); err != nil {
+			t.Fatal(err)
+		}
+		sameTable(t, h1, before, "publish and unpublish of a service and of a host address")
+		expectClosed(t, outsidePeer(tb), "tcp", pub(8083), w)
+	})
+
 	t.Run("refused", func(t *testing.T) {
 		before := mustNATTable(t, h1)
 		ports0, err := h1.Client().Ports(ctx)
