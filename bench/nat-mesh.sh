@@ -6,7 +6,12 @@
 #   outside → h1:8080 (published) → container on h1   vs  outside → the container routed directly, no NAT
 #   container on h1 → outside, masqueraded             vs  h1 itself → outside
 #                                                     and vs  the container → outside routed, no masquerade
-#                                                          (h1 restarted with --masquerade=false)
+#                                                          (h1 restarted with --masquerade=false, every rep)
+#
+# and the control path (bench/natpub through h1's control socket: node,
+# state file, record store, natd, kernel): one publish with no other port
+# against one with NPORTS (default 1000) present, and the time to publish
+# them one by one.
 #
 # The direct routes exist only for the baselines: the outside namespace
 # sends h1's node subnet to the switch, the switch to h1's underlay address.
@@ -22,6 +27,7 @@ zlmesh_install_deps
 
 SECS=${1:-10}
 REPS=${REPS:-2}
+NPORTS=${NPORTS:-1000}
 TMP=$(mktemp -d /tmp/zlt-natmesh-XXXXXX)
 P=ztnb$(od -An -N3 -tu1 /dev/urandom | awk '{for (i=1;i<=3;i++) printf "%c", 97+$i%26}')
 Z="$TMP/zlmesh"
@@ -36,6 +42,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 go build -o "$Z" ./cmd/zlmesh
+go build -o "$TMP/natpub" ./bench/natpub
 tb() { "$Z" testbed "$1" --prefix "$P" "${@:2}"; }
 in_() { local where=$1; shift; tb exec "$where" -- "$@"; }
 
@@ -61,25 +68,33 @@ run() {
 best() { awk -v a="$1" -v b="${2:-0}" 'BEGIN {print (b > a ? b : a)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "n/a"}'; }
 
-pub=0 direct=0 masq=0 host=0
+# masquerade on|off: restart h1's zlmesh with or without egress masquerade
+# (its table keeps the published port either way).
+masquerade() {
+	tb stop h1 >/dev/null
+	if [ "$1" = on ]; then
+		tb start h1 --wait 60s >/dev/null
+		return
+	fi
+	tb start h1 --wait 60s -- --masquerade=false >/dev/null
+	if in_ h1 nft list chain inet zlmesh postrouting | grep -q 'zlmesh egress'; then
+		echo "nat-mesh.sh: h1 still masquerades after a restart with --masquerade=false" >&2
+		exit 1
+	fi
+}
+pub=0 direct=0 masq=0 host=0 plain=0
 for _ in $(seq "$REPS"); do
 	pub=$(best "$pub" "$(run h1/web1 out 192.0.2.11 8080)")
 	direct=$(best "$direct" "$(run h1/web1 out "$WEB" 5201)")
 	masq=$(best "$masq" "$(run out h1/web1 198.51.100.2 5201)")
 	host=$(best "$host" "$(run out h1 198.51.100.2 5201)")
-done
-# The same container without masquerade: its source reaches the outside,
-# which routes the answers back through the baseline routes.
-tb stop h1 >/dev/null
-tb start h1 --wait 60s -- --masquerade=false >/dev/null
-if in_ h1 nft list chain inet zlmesh postrouting | grep -q 'zlmesh egress'; then
-	echo "nat-mesh.sh: h1 still masquerades after a restart with --masquerade=false" >&2
-	exit 1
-fi
-plain=0
-for _ in $(seq "$REPS"); do
+	# The same container without masquerade: its source reaches the
+	# outside, which routes the answers back through the baseline routes.
+	masquerade off
 	plain=$(best "$plain" "$(run out h1/web1 198.51.100.2 5201)")
+	masquerade on
 done
+"$TMP/natpub" -socket "/run/$P/h1/zlmesh.sock" -container "$P-h1-web1" -n "$NPORTS" >"$TMP/natpub.txt"
 
 echo
 echo "nat-mesh.sh: iperf3, one TCP stream, ${SECS}s per run, best of $REPS"
@@ -90,3 +105,6 @@ printf "host → outside:                         %6s Gbit/s   ratio masqueraded
 printf "container → outside, routed, no NAT:    %6s Gbit/s   ratio masqueraded/routed %s\n" "$plain" "$(ratio "$masq" "$plain")"
 echo "(every path crosses the testbed switch; the container paths also cross a veth and zlmesh's bridge:"
 echo " the last ratio isolates the masquerade. On a shared 2-core machine expect ±20 % between runs.)"
+echo
+echo "control path (bench/natpub through h1's control socket):"
+cat "$TMP/natpub.txt"
