@@ -739,7 +739,7 @@ func TestNATRestart(t *testing.T) {
 	tb, bin := natCluster(t, 2, nil)
 	h1, h2 := tb.Host("h1"), tb.Host("h2")
 	ctx := context.Background()
-	web, _ := attached(t, tb, h1, "web", "web")
+	web, webAt := attached(t, tb, h1, "web", "web")
 	apiC, _ := attached(t, tb, h2, "api", "api")
 	webTCP := startEcho(t, "web tcp", web.StartProcess, "tcp", "0.0.0.0:80")
 	startEcho(t, "web udp", web.StartProcess, "udp", "0.0.0.0:80")
@@ -782,6 +782,16 @@ func TestNATRestart(t *testing.T) {
 	}
 	pr.waitMore(t, 4) // zlmesh is not running: the kernel translates
 	sameTable(t, h1, table, "zlmesh killed")
+	// Someone turns hairpin mode off on web's bridge port while zlmesh is
+	// down: web no longer reaches itself through its published port
+	// (bridge-nf-call-iptables is on in the testbed hosts), until the
+	// restarted zlmesh adopts the attachment and repairs it.
+	if o, err := h1.Exec(step(), "ip", "link", "set", webAt.HostVeth, "type", "bridge_slave", "hairpin", "off"); err != nil {
+		t.Fatalf("hairpin off: %v: %s", err, o)
+	}
+	if _, err := natSend(step(), ctrPeer(web), "tcp", pub(8080)); err == nil {
+		t.Errorf("web reached itself through its published port without hairpin mode")
+	}
 	restarted := time.Now()
 	if err := h1.Start(step()); err != nil {
 		t.Fatal(err)
@@ -794,6 +804,7 @@ func TestNATRestart(t *testing.T) {
 	for time.Since(restarted) < portGrace+5*time.Second {
 		pr.waitMore(t, 1)
 	}
+	expectFrom(t, ctrPeer(web), "tcp", pub(8080), webTCP, webAt.Gateway)
 	ok, fails := pr.finish()
 	pr = nil
 	if len(fails) > 0 {
