@@ -97,8 +97,14 @@ func init() { msgLen.Store(20) }
 // come back. It returns the length.
 func natSend(ctx context.Context, p natPeer, proto, addr string) (int, error) {
 	n := int(msgLen.Add(1))
+	return n, natSendLen(ctx, p, proto, addr, n)
+}
+
+// natSendLen is natSend with a length of the caller's (below msgLen's start
+// when the servers' logs do not matter).
+func natSendLen(ctx context.Context, p natPeer, proto, addr string, n int) error {
 	_, err := p.exec(ctx, testbed.HelperArgv(proto+"-send", addr, strings.Repeat("z", n))...)
-	return n, err
+	return err
 }
 
 // reach sends from p to addr until an answer comes back (a few tries over a
@@ -689,7 +695,7 @@ func startProber(tb *testbed.Testbed, targets map[string]string) *prober {
 				default:
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err := natSend(ctx, outsidePeer(tb), proto, addr)
+				err := natSendLen(ctx, outsidePeer(tb), proto, addr, 8)
 				cancel()
 				pr.mu.Lock()
 				if err != nil {
