@@ -296,10 +296,10 @@ func (n *Node) Ports() []api.PortMapping {
 	return out
 }
 
-// endpoints returns the cluster's service endpoints from the record store:
+// serviceEndpoints returns the cluster's service endpoints from the record store:
 // every live record, alive owner or not (a target on a node that is down
 // comes back with it).
-func (n *Node) endpoints() []api.ServiceEndpoint {
+func (n *Node) serviceEndpoints() []api.ServiceEndpoint {
 	var out []api.ServiceEndpoint
 	for _, r := range n.mesh.Store().List(serviceKind) {
 		var ep api.ServiceEndpoint
@@ -376,7 +376,7 @@ func (x targetIndex) resolve(pm api.PortMapping) (netip.Addr, bool) {
 
 // targets indexes the current targets (see newTargetIndex).
 func (n *Node) targets() targetIndex {
-	return newTargetIndex(n.cfg.Name, n.attach.list(), n.endpoints(), n.mesh.Alive)
+	return newTargetIndex(n.cfg.Name, n.attach.list(), n.serviceEndpoints(), n.mesh.Alive)
 }
 
 // recordsSynced reports whether this node's record store holds the
