@@ -165,8 +165,8 @@ func expectClosed(t *testing.T, p natPeer, proto, addr string, servers ...*echoS
 	}
 }
 
-// attached makes container name on h and attaches it to service.
-func attached(t *testing.T, tb *testbed.Testbed, h *testbed.Host, name, service string) (*testbed.Container, api.Attachment) {
+// natAttach makes container name on h and attaches it to service.
+func natAttach(t *testing.T, tb *testbed.Testbed, h *testbed.Host, name, service string) (*testbed.Container, api.Attachment) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -354,10 +354,10 @@ func TestNATEgressAndPublishedPorts(t *testing.T) {
 	st1 := status(t, h1)
 	overlay1 := st1.OverlayIP
 
-	web, webAt := attached(t, tb, h1, "web", "web")  // the local target
-	cli, cliAt := attached(t, tb, h1, "cli", "cli")  // a local client on another bridge
-	apiC, apiAt := attached(t, tb, h2, "api", "api") // the remote target
-	far, farAt := attached(t, tb, h3, "far", "far")  // a client on a third host
+	web, webAt := natAttach(t, tb, h1, "web", "web")  // the local target
+	cli, cliAt := natAttach(t, tb, h1, "cli", "cli")  // a local client on another bridge
+	apiC, apiAt := natAttach(t, tb, h2, "api", "api") // the remote target
+	far, farAt := natAttach(t, tb, h3, "far", "far")  // a client on a third host
 
 	servers := map[string]*echoServer{}
 	for _, proto := range []string{"tcp", "udp"} {
@@ -745,8 +745,8 @@ func TestNATRestart(t *testing.T) {
 	tb, bin := natCluster(t, 2, nil)
 	h1, h2 := tb.Host("h1"), tb.Host("h2")
 	ctx := context.Background()
-	web, webAt := attached(t, tb, h1, "web", "web")
-	apiC, _ := attached(t, tb, h2, "api", "api")
+	web, webAt := natAttach(t, tb, h1, "web", "web")
+	apiC, _ := natAttach(t, tb, h2, "api", "api")
 	webTCP := startEcho(t, "web tcp", web.StartProcess, "tcp", "0.0.0.0:80")
 	startEcho(t, "web udp", web.StartProcess, "udp", "0.0.0.0:80")
 	apiTCP := startEcho(t, "api tcp", apiC.StartProcess, "tcp", "0.0.0.0:80")
