@@ -61,8 +61,10 @@ type ports struct {
 // NAT table to leave.
 var errLeaving = api.Errorf(api.CodeNotReady, "the node is leaving: its NAT table was purged")
 
-// purgeNAT deletes the NAT table for good: no later reconcile, publish or
-// unpublish of this node's life makes it again. Leave calls it.
+// purgeNAT deletes the NAT table for good and forgets this node's published
+// ports (state file and records), so the next start does not bring them
+// back: no later reconcile, publish or unpublish of this node's life makes
+// the table again. Leave calls it for `zlmesh down --purge`.
 func (n *Node) purgeNAT() error {
 	if n.nat == nil {
 		return nil
@@ -71,6 +73,14 @@ func (n *Node) purgeNAT() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.purged = true
+	for key := range p.byKey {
+		n.mesh.Store().Delete(portKind, key)
+	}
+	clear(p.byKey)
+	clear(p.missingSince)
+	if err := p.saveLocked(); err != nil {
+		return err
+	}
 	return n.nat.Purge()
 }
 

@@ -318,6 +318,14 @@ func TestPortsPurgeIsFinal(t *testing.T) {
 	if _, after := nat.last(); after != sets || nat.purges != 1 {
 		t.Errorf("after the purge the NAT table was set %d more times (purges %d)", after-sets, nat.purges)
 	}
+	// The purge forgets the ports: the next life of the node starts without.
+	again, err := loadPorts(n.cfg.StateDir)
+	if err != nil || len(again.byKey) != 0 {
+		t.Errorf("after the purge the state file still has ports: %v %v", again.byKey, err)
+	}
+	if recs := n.mesh.Store().List(portKind); len(recs) != 0 {
+		t.Errorf("after the purge the store still has port records: %v", recs)
+	}
 }
 
 func apiCode(err error) (string, int) {
