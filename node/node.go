@@ -350,8 +350,8 @@ func (n *Node) Close() error {
 // purge also removes the NAT table (published ports and masquerade), which a
 // plain stop leaves in place.
 func (n *Node) Leave(timeout time.Duration, purge bool) error {
-	if purge && n.nat != nil {
-		if err := n.nat.Purge(); err != nil {
+	if purge {
+		if err := n.purgeNAT(); err != nil {
 			n.log.Error("purge NAT table", "err", err)
 		}
 	}
