@@ -54,6 +54,20 @@ func (t *memberTable) aliveOthers(self string) map[string]string {
 	return out
 }
 
+// alivePublicKeys returns the Meta.PublicKey of every alive member that
+// has one.
+func (t *memberTable) alivePublicKeys() map[string]bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]bool, len(t.byName))
+	for _, e := range t.byName {
+		if e.m.State == StateAlive && e.m.Meta.PublicKey != "" {
+			out[e.m.Meta.PublicKey] = true
+		}
+	}
+	return out
+}
+
 // prune forgets members dead or left since before cutoff, as memberlist
 // does after GossipToTheDeadTime.
 func (t *memberTable) prune(cutoff time.Time) {
