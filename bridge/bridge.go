@@ -1,5 +1,524 @@
 // Package bridge is the Linux container plumbing: per-service bridges, veth
 // pairs moved into container network namespaces, addresses and routes inside
-// them, detach, the orphan check and adoption after a restart. Everything
-// goes through netlink; nothing runs `ip`.
+// them, detach, the orphan inventory and adoption after a restart. Everything
+// goes through netlink (and /proc/sys for the forwarding switches); nothing
+// runs `ip` or `sysctl`.
+//
+// The package does not allocate addresses (package ipam does), does not
+// persist anything (package node does) and knows nothing of the mesh: the
+// caller hands it a Spec with the addresses already chosen and records the
+// Attached it gets back.
+//
+// The objects it makes, all in the Manager's host namespace except the
+// container end of each veth:
+//
+//	zlb-<service>      one bridge per service, holding exactly the gateway
+//	zlv<hash(container)> the host end of a container's veth, a port of the bridge
+//	<Ifname> (eth0)    the container end, inside the container's namespace
+//
+// Interface aliases carry the full service name ("zlmesh service=<name>") and
+// container id ("zlmesh container=<id>"), so Inventory can map kernel objects
+// back to what they belong to even though the names are hashed.
+//
+// On platforms other than Linux every method returns ErrUnsupported.
 package bridge
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Errors callers branch on (with errors.Is); every error returned by this
+// package that has one of these meanings wraps it, together with the
+// operation and the object concerned.
+var (
+	// ErrUnsupported: not available on this platform.
+	ErrUnsupported = errors.New("container plumbing is not supported on this platform")
+	// ErrNoNamespace: the container's network namespace does not exist (a
+	// missing netns file, a dead PID) or the file given is not a network
+	// namespace.
+	ErrNoNamespace = errors.New("no such network namespace")
+	// ErrIfnameTaken: the interface name asked for inside the container is
+	// already used there by a link this package did not make for the
+	// container.
+	ErrIfnameTaken = errors.New("interface name already taken in the namespace")
+	// ErrInvalid: the request itself is wrong (a bad name, a missing or
+	// inconsistent field, a namespace that is the host's own).
+	ErrInvalid = errors.New("invalid request")
+	// ErrExists: an object the request needs to create exists already and is
+	// not what it should be (the container's host veth is already there, a
+	// link with the bridge's name is not a bridge or belongs to another
+	// service, the container already has a default route).
+	ErrExists = errors.New("already exists")
+	// ErrMismatch: Adopt found state it cannot repair without disturbing the
+	// container.
+	ErrMismatch = errors.New("existing state does not match")
+)
+
+// Name prefixes of every link this package makes in the host namespace.
+const (
+	BridgePrefix = "zlb-" // service bridges
+	VethPrefix   = "zlv"  // host ends of container veths
+	// PeerPrefix names the container end of a veth when it is created in the
+	// host and then moved (the alternative attach form, see Attach). A zlp
+	// link in the host is debris of a crash in that window; Inventory lists
+	// it and RemoveLink removes it.
+	PeerPrefix = "zlp"
+)
+
+// DefaultIfname is the interface name inside the container when Spec.Ifname
+// is empty.
+const DefaultIfname = "eth0"
+
+const ifnamsiz = 15 // the kernel's IFNAMSIZ-1: the longest interface name
+
+// BridgeName is the bridge of a service: "zlb-" followed by the service name
+// when it fits (names up to 11 bytes), else by its first 3 characters, '_'
+// and 7 base32 characters of its SHA-256. '_' never appears in a valid
+// service name, so the two forms never collide with each other; two long
+// names collide only on a 35-bit hash collision, and even then Attach
+// detects it (the bridge's alias names its service) and fails with ErrExists
+// instead of sharing a bridge. The result is at most 15 bytes, deterministic
+// and valid as an interface name for any input; callers validate the service
+// with ValidateService first.
+func BridgeName(service string) string {
+	const room = ifnamsiz - len(BridgePrefix) // 11
+	if len(service) <= room && ValidateService(service) == nil {
+		return BridgePrefix + service
+	}
+	head := []byte(service)
+	if len(head) > 3 {
+		head = head[:3]
+	}
+	for i, c := range head {
+		if !isLowerAlnum(c) && c != '-' {
+			head[i] = 'x'
+		}
+	}
+	h := hash32(service)
+	return BridgePrefix + string(head) + "_" + h[:room-len(head)-1]
+}
+
+// VethName is the host end of a container's veth: "zlv" followed by 12
+// base32 characters of the SHA-256 of the container id (60 bits), 15 bytes
+// in all. It is deterministic, so a restarted node finds the veths of the
+// containers it recorded.
+func VethName(container string) string {
+	return VethPrefix + hash32(container)[:ifnamsiz-len(VethPrefix)]
+}
+
+var lowerBase32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+func hash32(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return lowerBase32.EncodeToString(sum[:])
+}
+
+func isLowerAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
+
+// ValidateService checks a service name against the DNS label rules: 1 to 63
+// characters of [a-z0-9-], not starting or ending with '-'. The error wraps
+// ErrInvalid and names the problem.
+func ValidateService(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("service name is empty: %w", ErrInvalid)
+	case len(name) > 63:
+		return fmt.Errorf("service name %.20q... is %d characters, more than 63: %w", name, len(name), ErrInvalid)
+	case name[0] == '-' || name[len(name)-1] == '-':
+		return fmt.Errorf("service name %q starts or ends with '-': %w", name, ErrInvalid)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !isLowerAlnum(c) && c != '-' {
+			return fmt.Errorf("service name %q has %q at %d (only a-z, 0-9 and '-'): %w", name, c, i, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// ValidateContainer checks a container id: 1 to 128 characters of
+// [A-Za-z0-9_.-]. The error wraps ErrInvalid and names the problem.
+func ValidateContainer(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("container id is empty: %w", ErrInvalid)
+	case len(id) > 128:
+		return fmt.Errorf("container id %.20q... is %d characters, more than 128: %w", id, len(id), ErrInvalid)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !isLowerAlnum(c) && !(c >= 'A' && c <= 'Z') && c != '_' && c != '.' && c != '-' {
+			return fmt.Errorf("container id %q has %q at %d (only A-Z, a-z, 0-9, '_', '.' and '-'): %w", id, c, i, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// validateIfname checks an interface name the way the kernel does
+// (dev_valid_name): 1 to 15 bytes, not "." or "..", no '/', ':' or
+// whitespace.
+func validateIfname(name string) error {
+	if name == "" || len(name) > ifnamsiz || name == "." || name == ".." ||
+		strings.ContainsAny(name, "/: \t\n\r\v\f") {
+		return fmt.Errorf("interface name %q is not a valid interface name (1-15 bytes, no '/', ':' or spaces): %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+// Spec describes one container attachment. The same Spec (the one recorded
+// when the container was attached) is passed to every later call about that
+// container.
+type Spec struct {
+	// Service names the service; its bridge is BridgeName(Service).
+	Service string
+	// Container is the container id; its host veth is VethName(Container).
+	Container string
+	// Netns is the path of a file that refers to the container's network
+	// namespace (a bind mount such as /run/netns/x, or /proc/<pid>/ns/net).
+	// Exactly one of Netns and PID is set.
+	Netns string
+	// PID is a process whose network namespace is the container's (its
+	// /proc/<pid>/ns/net is used). Exactly one of Netns and PID is set.
+	PID int
+	// Ifname is the interface name inside the container; "" means
+	// DefaultIfname ("eth0").
+	Ifname string
+	// Address is the container's address with the prefix length of its
+	// service slice (e.g. 10.200.3.34/27).
+	Address netip.Prefix
+	// Gateway is the bridge's address with the same prefix length (the
+	// slice's first address, e.g. 10.200.3.33/27). It must be in the same
+	// subnet as Address and of the same family.
+	Gateway netip.Prefix
+	// MTU of both veth ends and the bridge; 0 leaves the kernel's default
+	// (1500).
+	MTU int
+}
+
+// ifname returns Ifname or the default.
+func (s Spec) ifname() string {
+	if s.Ifname == "" {
+		return DefaultIfname
+	}
+	return s.Ifname
+}
+
+// nsPath returns the file naming the container's network namespace.
+func (s Spec) nsPath() string {
+	if s.Netns != "" {
+		return s.Netns
+	}
+	return "/proc/" + strconv.Itoa(s.PID) + "/ns/net"
+}
+
+// validateNames checks the fields Detach needs.
+func (s Spec) validateNames() error {
+	if err := ValidateService(s.Service); err != nil {
+		return err
+	}
+	return ValidateContainer(s.Container)
+}
+
+// validateNamespace checks that exactly one of Netns and PID is set.
+func (s Spec) validateNamespace() error {
+	switch {
+	case s.Netns != "" && s.PID != 0:
+		return fmt.Errorf("spec for container %s sets both netns %q and pid %d (set exactly one): %w", s.Container, s.Netns, s.PID, ErrInvalid)
+	case s.Netns == "" && s.PID == 0:
+		return fmt.Errorf("spec for container %s sets neither a netns path nor a pid: %w", s.Container, ErrInvalid)
+	case s.PID < 0:
+		return fmt.Errorf("spec for container %s has negative pid %d: %w", s.Container, s.PID, ErrInvalid)
+	}
+	return nil
+}
+
+// validateAddrs checks that addr and gw are a usable container address and
+// gateway of one subnet.
+func validateAddrs(container string, addr, gw netip.Prefix) error {
+	switch {
+	case !addr.IsValid():
+		return fmt.Errorf("container %s: address is not set: %w", container, ErrInvalid)
+	case !gw.IsValid():
+		return fmt.Errorf("container %s: gateway is not set: %w", container, ErrInvalid)
+	case addr.Addr().Is4In6() || gw.Addr().Is4In6():
+		return fmt.Errorf("container %s: address %s or gateway %s is an IPv4-mapped IPv6 address: %w", container, addr, gw, ErrInvalid)
+	case addr.Addr().Is4() != gw.Addr().Is4():
+		return fmt.Errorf("container %s: address %s and gateway %s are of different families: %w", container, addr, gw, ErrInvalid)
+	case addr.Bits() != gw.Bits() || addr.Masked() != gw.Masked():
+		return fmt.Errorf("container %s: address %s and gateway %s are not in one subnet: %w", container, addr, gw, ErrInvalid)
+	case addr.Addr() == gw.Addr():
+		return fmt.Errorf("container %s: address %s is the gateway: %w", container, addr, ErrInvalid)
+	case addr.Addr().BitLen()-addr.Bits() >= 2 && // a /31 or /127 has neither
+		(addr.Addr() == addr.Masked().Addr() || (addr.Addr().Is4() && isBroadcast(addr))):
+		return fmt.Errorf("container %s: address %s is the subnet's network or broadcast address: %w", container, addr, ErrInvalid)
+	}
+	return nil
+}
+
+func isBroadcast(p netip.Prefix) bool {
+	b := p.Addr().As4()
+	for i := p.Bits(); i < 32; i++ {
+		if b[i/8]&(0x80>>(i%8)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// validate checks a Spec for Attach, Adopt and Readdress.
+func (s Spec) validate() error {
+	if err := s.validateNames(); err != nil {
+		return err
+	}
+	if err := s.validateNamespace(); err != nil {
+		return err
+	}
+	if err := validateIfname(s.ifname()); err != nil {
+		return fmt.Errorf("container %s: %w", s.Container, err)
+	}
+	if s.MTU < 0 || (s.MTU > 0 && s.MTU < 68) || s.MTU > 65535 {
+		return fmt.Errorf("container %s: mtu %d out of range (0, or 68 to 65535): %w", s.Container, s.MTU, ErrInvalid)
+	}
+	return validateAddrs(s.Container, s.Address, s.Gateway)
+}
+
+// NetnsID identifies a network namespace: the device and inode numbers of
+// its nsfs file, the same for every file (bind mount, /proc/<pid>/ns/net)
+// that refers to it and never shared by two namespaces alive at once. It
+// tells a namespace from a later one at the same path or behind a reused PID.
+// The zero value means unknown.
+type NetnsID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+// IsZero reports whether id is unknown.
+func (id NetnsID) IsZero() bool { return id == NetnsID{} }
+
+func (id NetnsID) String() string { return fmt.Sprintf("netns:[%d:%d]", id.Dev, id.Ino) }
+
+// Attached is what an attachment made; node records it beside the Spec.
+type Attached struct {
+	Bridge   string  `json:"bridge"`    // BridgeName(Service)
+	HostVeth string  `json:"host_veth"` // VethName(Container)
+	NetnsID  NetnsID `json:"netns_id"`  // the container's namespace, for Alive
+	// Repairs lists, after Adopt, what it found wrong and fixed (one short
+	// sentence each); empty when everything matched, and always empty after
+	// Attach.
+	Repairs []string `json:"repairs,omitempty"`
+}
+
+// Inventory is what this package's links look like in the host namespace:
+// all zlb-* bridges and all zlv*/zlp* veth ends, for garbage collection. It
+// is a snapshot; it may be stale as soon as it is returned.
+type Inventory struct {
+	Bridges []BridgeInfo
+	Veths   []VethInfo
+}
+
+// BridgeInfo is one zlb-* bridge.
+type BridgeInfo struct {
+	Name    string
+	Service string // from the bridge's alias; "" when it has none
+	Up      bool
+	Addrs   []netip.Prefix // every address, IPv6 link-local ones included
+	Ports   []string       // names of the links enslaved to it
+}
+
+// VethInfo is one zlv* (or stray zlp*) link.
+type VethInfo struct {
+	Name      string
+	Container string // from the link's alias; "" when it has none
+	Master    string // the bridge it is enslaved to, "" for none
+	Up        bool
+	// Stray is true for a zlp* temporary peer left in the host namespace by
+	// a crash during an attach; always debris.
+	Stray bool
+}
+
+// Config configures a Manager. The zero value is usable.
+type Config struct {
+	// Logger receives one line per attach, detach, readdress, adoption and
+	// removal; nil discards.
+	Logger *slog.Logger
+	// Forwarding makes the first attach of each address family switch IP
+	// forwarding on in the host namespace (net.ipv4.ip_forward, or
+	// net.ipv6.conf.all.forwarding for IPv6), through /proc/sys. Enabling
+	// IPv6 forwarding stops the host from accepting router advertisements on
+	// interfaces whose accept_ra is 1. False leaves forwarding to the
+	// operator.
+	Forwarding bool
+	// HostNetns is the path of a network namespace file the Manager treats
+	// as the host: bridges and host veths live there and the forwarding
+	// switches are set there. "" (production) means the namespace the
+	// calling thread is in when New runs. Tests and the testbed point it at
+	// a namespace of their own.
+	HostNetns string
+}
+
+// Manager does the plumbing in one host namespace. All methods are safe for
+// concurrent use; calls about one service are serialized (an attach holds
+// its bridge's lock from ensuring the bridge until its veth is a port), calls
+// about different services run in parallel. Methods block on netlink
+// round-trips only, each bounded by a socket timeout (10 s). A ctx is checked
+// between steps; a cancelled attach undoes what it did. After Close every
+// method fails.
+type Manager struct {
+	log *slog.Logger
+	cfg Config
+	sys *system // platform state
+}
+
+// New makes a Manager working in the caller's current network namespace, or
+// in cfg.HostNetns when set. It opens its netlink socket there; Close
+// releases it.
+func New(cfg Config) (*Manager, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{log: log, cfg: cfg}
+	sys, err := newSystem(cfg)
+	if err != nil {
+		return nil, err
+	}
+	m.sys = sys
+	return m, nil
+}
+
+// Close releases the Manager's sockets and namespace handle. The kernel
+// objects it made stay. Close is idempotent.
+func (m *Manager) Close() error { return m.close() }
+
+// Attach connects a container to its service's bridge, in this order, each
+// step undone (in reverse) if a later one fails, so that a failed Attach
+// leaves no veth, no bridge it created and no address:
+//
+//  1. validate s; open the container's namespace and keep it open (pinned)
+//     until Attach returns, so a racing container exit cannot swap it;
+//     ErrNoNamespace for a missing file, a dead PID or a file that is not a
+//     network namespace; ErrInvalid for the host's own namespace;
+//  2. check that Ifname is free inside it (ErrIfnameTaken);
+//  3. ensure the bridge: create it (an existing one is reused when it is a
+//     bridge of this service, else ErrExists), STP off, MTU, addresses made
+//     exactly the gateway (stale ones flushed), up;
+//  4. create the veth pair, MTU on both ends, in one request: the host end
+//     VethName(Container) (ErrExists when it is already there: Detach or
+//     Adopt it) and the container end created directly inside the pinned
+//     namespace under its final name Ifname (IFLA_NET_NS_FD and IFLA_IFNAME
+//     in the peer's attributes): it never exists in the host or under a
+//     temporary name, and a name clash there fails the whole request;
+//  5. (only in the alternative form kept for comparison: the peer is
+//     created in the host as zlp*, then moved and renamed in one
+//     RTM_NEWLINK carrying IFLA_NET_NS_FD + IFLA_IFNAME. It is not the
+//     default because moving a link between namespaces costs an RCU grace
+//     period under the rtnl lock, 15-25 ms, ten times the rest of Attach);
+//  6. inside the namespace: the address, lo up, Ifname up, the default
+//     route via the gateway (ErrExists when another default route exists);
+//  7. host side: enslave the host end to the bridge, up;
+//  8. the forwarding switches, once per family, if Config.Forwarding.
+//
+// Attach may block for a few milliseconds of netlink round-trips.
+func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
+	return m.attach(ctx, s)
+}
+
+// Detach disconnects a container: it deletes the host veth (the container
+// end goes with it) and then the service's bridge if that was its last port.
+// Only s.Service and s.Container are used. It is idempotent: a veth already
+// gone (detached before, or taken down with its namespace) is success.
+// Deleting a link waits for the kernel's RCU grace periods (measured here:
+// 10-25 ms for a veth, about 80 ms more for the bridge); the service's lock
+// is held meanwhile, so an Attach to the same service waits for it.
+func (m *Manager) Detach(ctx context.Context, s Spec) error {
+	return m.detach(ctx, s)
+}
+
+// Readdress moves a live attachment from s.Address and s.Gateway to newAddr
+// and newGateway without detaching it. In order:
+//
+//  1. the bridge: if it does not hold exactly newGateway, newGateway is added
+//     and every other address removed (an old address in newGateway's subnet
+//     is removed first, so the kernel never drops the new one with it as a
+//     secondary);
+//  2. the container: newAddr added, the default route replaced by one via
+//     newGateway, then every other address of the family on Ifname removed
+//     (when old and new share a subnet the old one goes first, and the route
+//     is put back after).
+//
+// To renumber a service, call Readdress for each of its attachments
+// back-to-back: the first call moves the bridge's gateway, the others find it
+// done at the cost of one address dump. Until its own call a container keeps
+// its address and its neighbours on the bridge but has no gateway. On error
+// the attachment may be half-moved; calling Readdress again with the same
+// arguments finishes the job (every step is idempotent).
+func (m *Manager) Readdress(ctx context.Context, s Spec, newAddr, newGateway netip.Prefix) error {
+	return m.readdress(ctx, s, newAddr, newGateway)
+}
+
+// Alive reports whether the container's namespace is still the one with id:
+// for a PID, whether the process exists and its /proc/<pid>/ns/net is id
+// (a reused PID gives another namespace); for a netns file, whether it
+// exists and is id (a recreated file gives another). A vanished process or
+// file is (false, nil); other errors (permission) are returned. A zero id is
+// ErrInvalid. Alive does not touch the Manager's sockets.
+func (m *Manager) Alive(s Spec, id NetnsID) (bool, error) {
+	return m.alive(s, id)
+}
+
+// Adopt takes over an attachment made before a restart (by this or an
+// earlier process): it checks the host side against s and repairs what is
+// wrong without disturbing a working container, listing each repair in
+// Attached.Repairs:
+//
+//   - the bridge: created if missing, exactly the gateway (stale addresses
+//     flushed), STP off, MTU, up;
+//   - the host veth: enslaved to the bridge, MTU, up;
+//   - the container end: up, the address present, the default route via the
+//     gateway;
+//   - a missing host veth (so no container end either) is attached afresh,
+//     and so is one whose peer is not Ifname in the namespace when Ifname is
+//     free there.
+//
+// A dead namespace is ErrNoNamespace (the caller forgets the attachment and
+// removes leftovers with RemoveLink and RemoveBridgeIfEmpty); an Ifname held
+// by a link that is not the veth's peer is ErrMismatch.
+func (m *Manager) Adopt(ctx context.Context, s Spec) (Attached, error) {
+	return m.adopt(ctx, s)
+}
+
+// Inventory lists the zlb-* bridges (addresses and ports) and zlv*/zlp*
+// veth ends in the host namespace, from two netlink dumps.
+func (m *Manager) Inventory() (Inventory, error) { return m.inventory() }
+
+// RemoveLink deletes the host link name. It is idempotent (a missing link is
+// success) and refuses (ErrInvalid) any name without one of this package's
+// prefixes (zlb-, zlv, zlp), so it cannot delete what zlmesh did not make.
+// Deleting a veth end deletes its peer, wherever that is. Removing a bridge
+// this way releases its ports; prefer RemoveBridgeIfEmpty.
+func (m *Manager) RemoveLink(name string) error { return m.removeLink(name) }
+
+// RemoveBridgeIfEmpty deletes the zlb-* bridge name if no link is enslaved
+// to it, and reports whether it did. A missing bridge is (false, nil); a
+// name without the zlb- prefix or a link that is not a bridge is ErrInvalid.
+func (m *Manager) RemoveBridgeIfEmpty(name string) (bool, error) {
+	return m.removeBridgeIfEmpty(name)
+}
+
+// ownedName reports whether name has one of this package's prefixes.
+func ownedName(name string) bool {
+	return strings.HasPrefix(name, BridgePrefix) || strings.HasPrefix(name, VethPrefix) || strings.HasPrefix(name, PeerPrefix)
+}
+
+// Aliases written on the links, so Inventory can name their owners.
+const (
+	serviceAliasPrefix   = "zlmesh service="
+	containerAliasPrefix = "zlmesh container="
+)

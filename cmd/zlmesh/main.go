@@ -23,6 +23,22 @@ func main() {
 // commands maps subcommand names to their entry points; each parses its own
 // flags from args and returns an error for main to print.
 var commands = map[string]func(args []string) error{
+	"up":     runUp,
+	"genkey": runGenkey,
+	"status": runStatus,
+	"peers":  runPeers,
+	"down":   runDown,
+
+	"attach":      runAttach,
+	"detach":      runDetach,
+	"attachments": runAttachments,
+	"services":    runServices,
+	"events":      runEvents,
+
+	"publish":   runPublish,
+	"unpublish": runUnpublish,
+	"ports":     runPorts,
+
 	"testbed": runTestbed,
 }
 
@@ -30,6 +46,10 @@ func run(args []string) error {
 	if len(args) == 0 {
 		usage()
 		return errors.New("missing subcommand")
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage()
+		return flag.ErrHelp
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -43,6 +63,22 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage: zlmesh <command> [flags]
 
 commands:
+  up         run the node (see zlmesh up -h)
+  genkey     print a new cluster key
+  status     show this node
+  peers      show the other nodes and their WireGuard state
+  down       leave the cluster gracefully and stop the node
+  attach     attach a container's network namespace to a service
+  detach     detach a container
+  attachments  list this node's attached containers
+  services   list every service endpoint in the cluster
+  events     follow the node's events (peers, attach, detach, renumber)
+  publish    publish a host port to a container or service anywhere in the mesh
+  unpublish  remove a published port
+  ports      list every published port in the cluster
   testbed    run the network-namespace testbed (up, status, down, demo)
+
+Client commands talk to the node's control socket (--socket, env
+ZLMESH_SOCKET, default /run/zlmesh/zlmesh.sock) and accept -o json.
 `)
 }

@@ -1,0 +1,1048 @@
+//go:build linux
+
+package bridge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// socketTimeout bounds every netlink round-trip.
+const socketTimeout = 10 * time.Second
+
+var errClosed = fmt.Errorf("bridge manager is closed: %w", ErrInvalid)
+
+// system is the Linux state of a Manager.
+type system struct {
+	life struct {
+		sync.RWMutex // read-held by every call, write-held by Close
+		closed       bool
+	}
+	host   netns.NsHandle  // the host namespace; netns.None() for the caller's
+	hostID NetnsID         // its identity, to refuse attaching into it
+	nl     *netlink.Handle // route socket in the host namespace
+	raw    rawSocket       // a second one for the requests nl has no call for
+	locks  keyedMutex      // one per bridge name
+	fwd    struct {
+		sync.Mutex
+		v4, v6 bool // forwarding switched on (or found on)
+	}
+	// hook, when set (tests only), runs before each named step of an
+	// attach; an error from it fails the step.
+	hook func(step string) error
+	// movePeer (tests and benchmarks only) makes attach create the container
+	// end in the host and move it with moveRename instead of creating it in
+	// place; see attachLocked.
+	movePeer bool
+}
+
+func newSystem(cfg Config) (_ *system, err error) {
+	sys := &system{host: netns.None()}
+	defer func() {
+		if err != nil {
+			sys.closeAll()
+		}
+	}()
+	if cfg.HostNetns != "" {
+		fd, id, err := openNetns(cfg.HostNetns)
+		if err != nil {
+			return nil, fmt.Errorf("host netns: %w", err)
+		}
+		sys.host, sys.hostID = netns.NsHandle(fd), id
+	} else {
+		cur, err := netns.Get()
+		if err != nil {
+			return nil, fmt.Errorf("current netns: %w", err)
+		}
+		sys.hostID, err = checkNetnsFd(int(cur), "current netns")
+		cur.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	sys.nl, err = netlink.NewHandleAt(sys.host, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket in host netns: %w", err)
+	}
+	if err := sys.nl.SetSocketTimeout(socketTimeout); err != nil {
+		return nil, fmt.Errorf("netlink socket timeout: %w", err)
+	}
+	s, err := nl.GetNetlinkSocketAt(sys.host, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("raw netlink socket in host netns: %w", err)
+	}
+	sys.raw.sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+	tv := unix.NsecToTimeval(socketTimeout.Nanoseconds())
+	if err := s.SetSendTimeout(&tv); err != nil {
+		return nil, err
+	}
+	if err := s.SetReceiveTimeout(&tv); err != nil {
+		return nil, err
+	}
+	return sys, nil
+}
+
+func (sys *system) closeAll() {
+	if sys.nl != nil {
+		sys.nl.Close()
+	}
+	sys.raw.close()
+	if sys.host.IsOpen() {
+		sys.host.Close()
+	}
+}
+
+func (m *Manager) close() error {
+	m.sys.life.Lock()
+	defer m.sys.life.Unlock()
+	if !m.sys.life.closed {
+		m.sys.life.closed = true
+		m.sys.closeAll()
+	}
+	return nil
+}
+
+// acquire read-holds the Manager open for one call; release with the
+// returned func.
+func (m *Manager) acquire() (*system, func(), error) {
+	m.sys.life.RLock()
+	if m.sys.life.closed {
+		m.sys.life.RUnlock()
+		return nil, nil, errClosed
+	}
+	return m.sys, m.sys.life.RUnlock, nil
+}
+
+// keyedMutex is a set of mutexes by name, each existing while in use.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*refMutex
+}
+
+type refMutex struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*refMutex{}
+	}
+	rm := k.m[key]
+	if rm == nil {
+		rm = &refMutex{}
+		k.m[key] = rm
+	}
+	rm.refs++
+	k.mu.Unlock()
+	rm.Lock()
+	return func() {
+		rm.Unlock()
+		k.mu.Lock()
+		if rm.refs--; rm.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// target is a container's namespace, pinned by an open fd for as long as
+// the call needs it, with a netlink socket inside it.
+type target struct {
+	path string
+	fd   int
+	id   NetnsID
+	nl   *netlink.Handle
+}
+
+// openTarget pins the namespace of s and opens a route socket inside it.
+// The host's own namespace is refused: attaching it would configure the host.
+func (sys *system) openTarget(s Spec) (*target, error) {
+	path := s.nsPath()
+	fd, id, err := openNetns(path)
+	if err != nil {
+		if s.PID != 0 && errors.Is(err, ErrNoNamespace) {
+			err = fmt.Errorf("process %d: %w", s.PID, err)
+		}
+		return nil, err
+	}
+	t := &target{path: path, fd: fd, id: id}
+	if id == sys.hostID {
+		t.close()
+		return nil, fmt.Errorf("netns %s is the host's own namespace: %w", path, ErrInvalid)
+	}
+	t.nl, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE)
+	if err == nil {
+		err = t.nl.SetSocketTimeout(socketTimeout)
+	}
+	if err != nil {
+		t.close()
+		return nil, fmt.Errorf("netlink socket in netns %s: %w", path, err)
+	}
+	return t, nil
+}
+
+func (t *target) close() {
+	if t.nl != nil {
+		t.nl.Close()
+	}
+	unix.Close(t.fd)
+}
+
+// undoList collects the undo of each step done so far.
+type undoList struct {
+	steps []undoStep
+}
+
+type undoStep struct {
+	what string
+	fn   func() error
+}
+
+func (u *undoList) push(what string, fn func() error) { u.steps = append(u.steps, undoStep{what, fn}) }
+
+// run undoes every step in reverse and returns what failed to undo.
+func (u *undoList) run() error {
+	var errs []error
+	for i := len(u.steps) - 1; i >= 0; i-- {
+		if err := u.steps[i].fn(); err != nil {
+			errs = append(errs, fmt.Errorf("undo %s: %w", u.steps[i].what, err))
+		}
+	}
+	u.steps = nil
+	return errors.Join(errs...)
+}
+
+// step is called before each attach step: it stops on a cancelled ctx and
+// lets tests inject a failure.
+func (sys *system) step(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("before %s: %w", name, err)
+	}
+	if sys.hook != nil {
+		if err := sys.hook(name); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Step names, in attach order (also the points where tests inject failures).
+const (
+	stepIfname   = "check-ifname"
+	stepBridge   = "ensure-bridge"
+	stepVeth     = "create-veth"
+	stepMove     = "move-peer"
+	stepInside   = "configure-container"
+	stepRoute    = "default-route"
+	stepHostSide = "configure-host-veth"
+	stepForward  = "forwarding"
+)
+
+var attachSteps = []string{stepIfname, stepBridge, stepVeth, stepMove, stepInside, stepRoute, stepHostSide, stepForward}
+
+func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
+	if err := s.validate(); err != nil {
+		return Attached{}, fmt.Errorf("attach: %w", err)
+	}
+	sys, release, err := m.acquire()
+	if err != nil {
+		return Attached{}, err
+	}
+	defer release()
+	t, err := sys.openTarget(s)
+	if err != nil {
+		return Attached{}, fmt.Errorf("attach %s: %w", s.Container, err)
+	}
+	defer t.close()
+	unlock := sys.locks.lock(BridgeName(s.Service))
+	defer unlock()
+	start := time.Now()
+	a, err := m.attachLocked(ctx, sys, s, t)
+	if err != nil {
+		return Attached{}, err
+	}
+	m.log.Info("attached", "container", s.Container, "service", s.Service, "bridge", a.Bridge,
+		"veth", a.HostVeth, "ifname", s.ifname(), "addr", s.Address, "gateway", s.Gateway,
+		"netns", t.path, "took", time.Since(start))
+	return a, nil
+}
+
+// attachLocked runs steps 2 to 8 of Attach (see its doc) with the
+// namespace pinned and the bridge's lock held.
+func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *target) (_ Attached, err error) {
+	ifname, brName, vethName := s.ifname(), BridgeName(s.Service), VethName(s.Container)
+	var undo undoList
+	defer func() {
+		if err != nil {
+			if uerr := undo.run(); uerr != nil {
+				m.log.Error("attach rollback incomplete", "container", s.Container, "err", uerr)
+				err = errors.Join(err, uerr)
+			}
+			err = fmt.Errorf("attach %s to %s: %w", s.Container, brName, err)
+		}
+	}()
+
+	// 2. Ifname must be free inside the namespace.
+	if err := sys.step(ctx, stepIfname); err != nil {
+		return Attached{}, err
+	}
+	if _, err := t.nl.LinkByName(ifname); err == nil {
+		return Attached{}, fmt.Errorf("%s already exists in netns %s: %w", ifname, t.path, ErrIfnameTaken)
+	} else if !gone(err) {
+		return Attached{}, fmt.Errorf("look up %s in netns %s: %w", ifname, t.path, err)
+	}
+
+	// 3. The service bridge.
+	if err := sys.step(ctx, stepBridge); err != nil {
+		return Attached{}, err
+	}
+	br, created, _, err := sys.ensureBridge(s.Service, s.Gateway, s.MTU)
+	if created {
+		undo.push("create bridge "+brName, func() error { return sys.delLink(br) })
+	}
+	if err != nil {
+		return Attached{}, err
+	}
+
+	// 4+5. The veth pair. By default the container end is created inside
+	// the namespace under its final name, in the same request as the host
+	// end (VETH_INFO_PEER carries IFLA_NET_NS_FD and IFLA_IFNAME): it never
+	// exists in the host or under another name, and no link ever changes
+	// namespace. Moving a link between namespaces costs the kernel an RCU
+	// grace period under the rtnl lock (15-25 ms here, most of an attach);
+	// creating it in place costs none. sys.movePeer selects the other form:
+	// peer created in the host under a temporary name, then moved and renamed
+	// in one request (moveRename).
+	if err := sys.step(ctx, stepVeth); err != nil {
+		return Attached{}, err
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name, la.MTU = vethName, s.MTU // the alias is set in step 7
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: ifname, PeerTxQLen: -1, PeerNamespace: netlink.NsFd(t.fd)}
+	tmp := ""
+	if sys.movePeer {
+		var rnd [4]byte
+		rand.Read(rnd[:])
+		tmp = PeerPrefix + hex.EncodeToString(rnd[:])
+		veth.PeerName, veth.PeerNamespace = tmp, nil
+	}
+	if err := sys.nl.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			if _, lerr := sys.nl.LinkByName(vethName); lerr == nil {
+				return Attached{}, fmt.Errorf("create veth %s: a link of that name exists (detach or adopt container %s first): %w", vethName, s.Container, ErrExists)
+			}
+			if tmp == "" {
+				return Attached{}, fmt.Errorf("create veth %s: %s appeared in netns %s meanwhile: %w", vethName, ifname, t.path, ErrIfnameTaken)
+			}
+		}
+		return Attached{}, fmt.Errorf("create veth %s with peer %s: %w", vethName, veth.PeerName, err)
+	}
+	host := netlink.Link(veth) // LinkAdd looked up its index
+	if veth.Index == 0 {
+		// Created but not found: delete by name, best effort.
+		undo.push("create veth "+vethName, func() error { return sys.delLinkByName(vethName) })
+		return Attached{}, fmt.Errorf("look up new veth %s: not found", vethName)
+	}
+	undo.push("create veth "+vethName, func() error { return sys.delLink(host) }) // takes the peer along, wherever it is
+	if tmp != "" {
+		if err := sys.step(ctx, stepMove); err != nil {
+			return Attached{}, err
+		}
+		peer, err := sys.nl.LinkByName(tmp)
+		if err != nil {
+			return Attached{}, fmt.Errorf("look up veth peer %s: %w", tmp, err)
+		}
+		if err := sys.raw.moveRename(peer.Attrs().Index, t.fd, ifname); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				err = fmt.Errorf("%s appeared in netns %s meanwhile: %w", ifname, t.path, ErrIfnameTaken)
+			}
+			return Attached{}, fmt.Errorf("move veth peer %s into netns %s as %s: %w", tmp, t.path, ifname, err)
+		}
+	}
+
+	// 6. Inside the namespace. Address and route go with the link if a
+	// later step fails; lo is put back down if we brought it up.
+	if err := sys.step(ctx, stepInside); err != nil {
+		return Attached{}, err
+	}
+	inner, err := t.nl.LinkByName(ifname)
+	if err != nil {
+		return Attached{}, fmt.Errorf("look up %s in netns %s: %w", ifname, t.path, err)
+	}
+	if err := t.nl.AddrAdd(inner, toNLAddr(s.Address)); err != nil {
+		return Attached{}, fmt.Errorf("add address %s to %s in netns %s: %w", s.Address, ifname, t.path, err)
+	}
+	lo, err := t.nl.LinkByName("lo")
+	if err != nil {
+		return Attached{}, fmt.Errorf("look up lo in netns %s: %w", t.path, err)
+	}
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := t.nl.LinkSetUp(lo); err != nil {
+			return Attached{}, fmt.Errorf("set lo up in netns %s: %w", t.path, err)
+		}
+		undo.push("set lo up", func() error { return t.nl.LinkSetDown(lo) })
+	}
+	if err := t.nl.LinkSetUp(inner); err != nil {
+		return Attached{}, fmt.Errorf("set %s up in netns %s: %w", ifname, t.path, err)
+	}
+	if err := sys.step(ctx, stepRoute); err != nil {
+		return Attached{}, err
+	}
+	if err := t.nl.RouteAdd(defaultRoute(inner.Attrs().Index, s.Gateway)); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			err = fmt.Errorf("the namespace has a default route already: %w", ErrExists)
+		}
+		return Attached{}, fmt.Errorf("add default route via %s in netns %s: %w", s.Gateway.Addr(), t.path, err)
+	}
+
+	// 7. Host side.
+	if err := sys.step(ctx, stepHostSide); err != nil {
+		return Attached{}, err
+	}
+	if err := sys.raw.plugHostEnd(host.Attrs().Index, br.Attrs().Index, containerAliasPrefix+s.Container); err != nil {
+		return Attached{}, fmt.Errorf("enslave %s to %s and set it up: %w", vethName, brName, err)
+	}
+	// Hairpin: a container reaching itself through a published port (natd
+	// DNATs it back to its own address) must get the packet back out of its
+	// own bridge port, which the bridge only does with hairpin mode on.
+	if err := sys.nl.LinkSetHairpin(host, true); err != nil {
+		return Attached{}, fmt.Errorf("hairpin mode on %s: %w", vethName, err)
+	}
+
+	// 8. Forwarding.
+	if err := sys.step(ctx, stepForward); err != nil {
+		return Attached{}, err
+	}
+	if m.cfg.Forwarding {
+		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
+			return Attached{}, err
+		}
+	}
+	return Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id}, nil
+}
+
+// ensureBridge makes the bridge of service exist as it should: a bridge with
+// the service's alias, STP off, the MTU (when mtu > 0), exactly the gateway
+// gw as address (IPv6 link-local ones aside), up. It returns the bridge,
+// whether it created it (the link is returned even on a later error so the
+// caller can delete it) and what it had to fix on an existing one. The caller
+// holds the bridge's lock.
+func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netlink.Link, bool, []string, error) {
+	name := BridgeName(service)
+	alias := serviceAliasPrefix + service
+	la := netlink.NewLinkAttrs()
+	la.Name, la.MTU, la.Alias = name, mtu, alias
+	created := true
+	if err := sys.nl.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return nil, false, nil, fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		created = false
+	}
+	br, err := sys.nl.LinkByName(name)
+	if err != nil {
+		if created {
+			err = errors.Join(err, sys.delLinkByName(name))
+		}
+		return nil, false, nil, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	var repairs []string
+	fail := func(err error) (netlink.Link, bool, []string, error) { return br, created, repairs, err }
+	if !created {
+		if br.Type() != "bridge" {
+			return nil, false, nil, fmt.Errorf("link %s exists and is a %s, not a bridge: %w", name, br.Type(), ErrExists)
+		}
+		switch a := br.Attrs().Alias; {
+		case a == alias:
+		case strings.HasPrefix(a, serviceAliasPrefix):
+			return nil, false, nil, fmt.Errorf("bridge %s belongs to service %q, not %q (name hash collision): %w",
+				name, strings.TrimPrefix(a, serviceAliasPrefix), service, ErrExists)
+		default:
+			if err := sys.nl.LinkSetAlias(br, alias); err != nil {
+				return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
+			}
+			repairs = append(repairs, fmt.Sprintf("bridge %s had alias %q: set %q", name, a, alias))
+		}
+		if mtu > 0 && br.Attrs().MTU != mtu {
+			if err := sys.nl.LinkSetMTU(br, mtu); err != nil {
+				return fail(fmt.Errorf("set mtu %d on bridge %s: %w", mtu, name, err))
+			}
+			repairs = append(repairs, fmt.Sprintf("bridge %s had mtu %d: set %d", name, br.Attrs().MTU, mtu))
+		}
+	} else if br.Attrs().Alias != alias {
+		// Kernels that ignore IFLA_IFALIAS on creation.
+		if err := sys.nl.LinkSetAlias(br, alias); err != nil {
+			return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
+		}
+	}
+	stp := uint32(1)
+	if !created {
+		if stp, err = sys.raw.stpState(br.Attrs().Index); err != nil {
+			return fail(fmt.Errorf("read stp state of bridge %s: %w", name, err))
+		}
+	}
+	if stp != 0 {
+		// A new bridge starts with STP off; say so anyway, it costs one
+		// request and does not depend on the kernel's default.
+		if err := sys.raw.setSTP(br.Attrs().Index, false); err != nil {
+			return fail(fmt.Errorf("turn stp off on bridge %s: %w", name, err))
+		}
+		if !created {
+			repairs = append(repairs, fmt.Sprintf("bridge %s had stp on: turned off", name))
+		}
+	}
+	fixed, err := exactAddress(sys.nl, br, gw)
+	if err != nil {
+		return fail(fmt.Errorf("bridge %s: %w", name, err))
+	}
+	if !created {
+		repairs = append(repairs, fixed...)
+	}
+	if br.Attrs().Flags&net.FlagUp == 0 {
+		if err := sys.nl.LinkSetUp(br); err != nil {
+			return fail(fmt.Errorf("set bridge %s up: %w", name, err))
+		}
+		if !created {
+			repairs = append(repairs, fmt.Sprintf("bridge %s was down: set up", name))
+		}
+	}
+	return br, created, repairs, nil
+}
+
+// exactAddress makes want the only address of link (IPv6 link-local ones
+// aside): the flush-before-add that keeps a bridge surviving from an earlier
+// life (or a renumbering) from carrying two gateways. Stale addresses in
+// want's subnet go first (deleting an IPv4 primary also deletes its
+// secondaries unless promote_secondaries is set, and want would be one); then
+// want is added; then the other stale ones go, so the link is never without
+// an address longer than necessary. It returns one line per change.
+func exactAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) ([]string, error) {
+	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var have bool
+	var near, far []netlink.Addr
+	for _, a := range addrs {
+		p := fromNLAddr(a)
+		switch {
+		case linkLocal(p):
+		case p == want:
+			have = true
+		case p.Addr().Is4() == want.Addr().Is4() && p.Masked().Overlaps(want.Masked()):
+			near = append(near, a)
+		default:
+			far = append(far, a)
+		}
+	}
+	var changes []string
+	del := func(list []netlink.Addr) error {
+		for _, a := range list {
+			if err := h.AddrDel(link, &a); err != nil && !gone(err) {
+				return fmt.Errorf("delete stale address %s: %w", fromNLAddr(a), err)
+			}
+			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, fromNLAddr(a)))
+		}
+		return nil
+	}
+	if err := del(near); err != nil {
+		return changes, err
+	}
+	if !have || len(near) > 0 {
+		if err := h.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return changes, fmt.Errorf("add address %s: %w", want, err)
+		}
+		changes = append(changes, fmt.Sprintf("%s lacked address %s: added", link.Attrs().Name, want))
+	}
+	return changes, del(far)
+}
+
+// delLink deletes link; gone is success.
+func (sys *system) delLink(l netlink.Link) error {
+	if err := sys.nl.LinkDel(l); err != nil && !gone(err) {
+		return fmt.Errorf("delete link %s: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// delLinkByName deletes the link name; gone is success.
+func (sys *system) delLinkByName(name string) error {
+	l, err := sys.nl.LinkByName(name)
+	if err != nil {
+		if gone(err) {
+			return nil
+		}
+		return fmt.Errorf("look up link %s: %w", name, err)
+	}
+	return sys.delLink(l)
+}
+
+// forwarding switches IP forwarding on in the host namespace, once per
+// family, through /proc/sys. It reads first and writes only when off:
+// writing net.ipv4.ip_forward resets every interface's forwarding flag,
+// which would undo an operator's per-interface choices.
+func (sys *system) forwarding(v6 bool) error {
+	sys.fwd.Lock()
+	defer sys.fwd.Unlock()
+	done, path := &sys.fwd.v4, "/proc/sys/net/ipv4/ip_forward"
+	if v6 {
+		done, path = &sys.fwd.v6, "/proc/sys/net/ipv6/conf/all/forwarding"
+	}
+	if *done {
+		return nil
+	}
+	err := inNetns(sys.host, func() error {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		var b [8]byte
+		n, err := f.Read(b[:])
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(b[:n])) == "1" {
+			return nil
+		}
+		if _, err := f.WriteAt([]byte("1\n"), 0); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("switch forwarding on (%s): %w", path, err)
+	}
+	*done = true
+	return nil
+}
+
+func (m *Manager) detach(ctx context.Context, s Spec) error {
+	if err := s.validateNames(); err != nil {
+		return fmt.Errorf("detach: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("detach %s: %w", s.Container, err)
+	}
+	sys, release, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	defer release()
+	brName, vethName := BridgeName(s.Service), VethName(s.Container)
+	unlock := sys.locks.lock(brName)
+	defer unlock()
+	if err := sys.delLinkByName(vethName); err != nil {
+		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+	}
+	removed, err := m.removeBridgeIfEmptyLocked(sys, brName)
+	if err != nil {
+		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+	}
+	m.log.Info("detached", "container", s.Container, "service", s.Service, "veth", vethName, "bridge", brName, "bridge_removed", removed)
+	return nil
+}
+
+func (m *Manager) removeBridgeIfEmpty(name string) (bool, error) {
+	if !strings.HasPrefix(name, BridgePrefix) {
+		return false, fmt.Errorf("remove bridge %q: not a zlmesh bridge name (%s*): %w", name, BridgePrefix, ErrInvalid)
+	}
+	sys, release, err := m.acquire()
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	unlock := sys.locks.lock(name)
+	defer unlock()
+	return m.removeBridgeIfEmptyLocked(sys, name)
+}
+
+func (m *Manager) removeBridgeIfEmptyLocked(sys *system, name string) (bool, error) {
+	br, err := sys.nl.LinkByName(name)
+	if err != nil {
+		if gone(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	if br.Type() != "bridge" {
+		return false, fmt.Errorf("remove bridge %s: link is a %s: %w", name, br.Type(), ErrInvalid)
+	}
+	ports, err := sys.raw.ports(br.Attrs().Index)
+	if err != nil {
+		return false, fmt.Errorf("list ports of bridge %s: %w", name, err)
+	}
+	if len(ports) > 0 {
+		return false, nil
+	}
+	if err := sys.delLink(br); err != nil {
+		return false, err
+	}
+	m.log.Info("bridge removed", "bridge", name)
+	return true, nil
+}
+
+func (m *Manager) removeLink(name string) error {
+	if !ownedName(name) {
+		return fmt.Errorf("remove link %q: not a zlmesh link name (%s*, %s*, %s*): %w", name, BridgePrefix, VethPrefix, PeerPrefix, ErrInvalid)
+	}
+	sys, release, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	defer release()
+	if strings.HasPrefix(name, BridgePrefix) {
+		unlock := sys.locks.lock(name)
+		defer unlock()
+	}
+	if err := sys.delLinkByName(name); err != nil {
+		return fmt.Errorf("remove link: %w", err)
+	}
+	m.log.Info("link removed", "link", name)
+	return nil
+}
+
+func (m *Manager) alive(s Spec, id NetnsID) (bool, error) {
+	if id.IsZero() {
+		return false, fmt.Errorf("alive %s: netns id is zero: %w", s.Container, ErrInvalid)
+	}
+	if err := s.validateNamespace(); err != nil {
+		return false, fmt.Errorf("alive: %w", err)
+	}
+	now, ok, err := statNetns(s.nsPath())
+	if err != nil {
+		return false, fmt.Errorf("alive %s: %w", s.Container, err)
+	}
+	return ok && now == id, nil
+}
+
+func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Prefix) (err error) {
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("readdress: %w", err)
+	}
+	if err := validateAddrs(s.Container, newAddr, newGW); err != nil {
+		return fmt.Errorf("readdress: %w", err)
+	}
+	if newAddr.Addr().Is4() != s.Address.Addr().Is4() {
+		return fmt.Errorf("readdress %s: from %s to %s changes the address family: %w", s.Container, s.Address, newAddr, ErrInvalid)
+	}
+	sys, release, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	defer release()
+	t, err := sys.openTarget(s)
+	if err != nil {
+		return fmt.Errorf("readdress %s: %w", s.Container, err)
+	}
+	defer t.close()
+	brName, ifname := BridgeName(s.Service), s.ifname()
+	unlock := sys.locks.lock(brName)
+	defer unlock()
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("readdress %s from %s to %s: %w", s.Container, s.Address, newAddr, err)
+		}
+	}()
+
+	// 1. The bridge's gateway.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	br, err := sys.nl.LinkByName(brName)
+	if err != nil {
+		if gone(err) {
+			err = fmt.Errorf("bridge %s is missing (adopt first): %w", brName, ErrMismatch)
+		}
+		return err
+	}
+	changed, err := exactAddress(sys.nl, br, newGW)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", brName, err)
+	}
+
+	// 2. The container.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	inner, err := t.nl.LinkByName(ifname)
+	if err != nil {
+		if gone(err) {
+			err = fmt.Errorf("%s is missing in netns %s (adopt first): %w", ifname, t.path, ErrMismatch)
+		}
+		return err
+	}
+	addrs, err := t.nl.AddrList(inner, family(newAddr))
+	if err != nil {
+		return fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
+	}
+	var have bool
+	var near, far []netlink.Addr
+	for _, a := range addrs {
+		switch p := fromNLAddr(a); {
+		case linkLocal(p):
+		case p == newAddr:
+			have = true
+		case p.Masked().Overlaps(newAddr.Masked()):
+			near = append(near, a)
+		default:
+			far = append(far, a)
+		}
+	}
+	del := func(list []netlink.Addr) error {
+		for _, a := range list {
+			if err := t.nl.AddrDel(inner, &a); err != nil && !gone(err) {
+				return fmt.Errorf("delete address %s of %s in netns %s: %w", fromNLAddr(a), ifname, t.path, err)
+			}
+		}
+		return nil
+	}
+	if err := del(near); err != nil {
+		return err
+	}
+	if !have || len(near) > 0 {
+		if err := t.nl.AddrAdd(inner, toNLAddr(newAddr)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add address %s to %s in netns %s: %w", newAddr, ifname, t.path, err)
+		}
+	}
+	if err := t.nl.RouteReplace(defaultRoute(inner.Attrs().Index, newGW)); err != nil {
+		return fmt.Errorf("replace default route via %s in netns %s: %w", newGW.Addr(), t.path, err)
+	}
+	if err := del(far); err != nil {
+		return err
+	}
+	m.log.Info("readdressed", "container", s.Container, "service", s.Service, "from", s.Address, "to", newAddr,
+		"gateway", newGW, "bridge_changed", len(changed) > 0)
+	return nil
+}
+
+func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
+	if err := s.validate(); err != nil {
+		return Attached{}, fmt.Errorf("adopt: %w", err)
+	}
+	sys, release, err := m.acquire()
+	if err != nil {
+		return Attached{}, err
+	}
+	defer release()
+	t, err := sys.openTarget(s)
+	if err != nil {
+		return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
+	}
+	defer t.close()
+	brName, vethName, ifname := BridgeName(s.Service), VethName(s.Container), s.ifname()
+	unlock := sys.locks.lock(brName)
+	defer unlock()
+
+	var repairs []string
+	afresh := false // attachLocked's errors name the operation already
+	attachAfresh := func(why string) (Attached, error) {
+		afresh = true
+		a, err := m.attachLocked(ctx, sys, s, t)
+		if err != nil {
+			return Attached{}, fmt.Errorf("adopt %s (%s): %w", s.Container, why, err)
+		}
+		a.Repairs = append(repairs, why+": attached afresh")
+		m.log.Warn("adopted", "container", s.Container, "service", s.Service, "repairs", a.Repairs)
+		return a, nil
+	}
+	defer func() {
+		if err != nil && !afresh {
+			err = fmt.Errorf("adopt %s on %s: %w", s.Container, brName, err)
+		}
+	}()
+
+	// The bridge.
+	br, created, fixed, err := sys.ensureBridge(s.Service, s.Gateway, s.MTU)
+	if err != nil {
+		return Attached{}, err
+	}
+	if created {
+		repairs = append(repairs, fmt.Sprintf("bridge %s was missing: created", brName))
+	}
+	repairs = append(repairs, fixed...)
+
+	// The host veth and its peer.
+	host, err := sys.nl.LinkByName(vethName)
+	if gone(err) {
+		return attachAfresh(fmt.Sprintf("host veth %s was missing", vethName))
+	}
+	if err != nil {
+		return Attached{}, fmt.Errorf("look up %s: %w", vethName, err)
+	}
+	if host.Type() != "veth" {
+		return Attached{}, fmt.Errorf("link %s is a %s, not a veth: %w", vethName, host.Type(), ErrMismatch)
+	}
+	inner, err := t.nl.LinkByName(ifname)
+	if gone(err) {
+		if err := sys.delLink(host); err != nil {
+			return Attached{}, err
+		}
+		return attachAfresh(fmt.Sprintf("host veth %s led to another namespace, %s was missing in %s", vethName, ifname, t.path))
+	}
+	if err != nil {
+		return Attached{}, fmt.Errorf("look up %s in netns %s: %w", ifname, t.path, err)
+	}
+	if inner.Type() != "veth" || inner.Attrs().ParentIndex != host.Attrs().Index || host.Attrs().ParentIndex != inner.Attrs().Index {
+		return Attached{}, fmt.Errorf("%s in netns %s is not the peer of host veth %s: %w", ifname, t.path, vethName, ErrMismatch)
+	}
+
+	// Host side.
+	if alias := containerAliasPrefix + s.Container; host.Attrs().Alias != alias {
+		if err := sys.nl.LinkSetAlias(host, alias); err != nil {
+			return Attached{}, fmt.Errorf("set alias of %s: %w", vethName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s had alias %q: set %q", vethName, host.Attrs().Alias, alias))
+	}
+	if host.Attrs().MasterIndex != br.Attrs().Index {
+		if err := sys.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
+			return Attached{}, fmt.Errorf("enslave %s to %s: %w", vethName, brName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s was not a port of %s: enslaved", vethName, brName))
+	}
+	if pi, err := sys.nl.LinkGetProtinfo(host); err != nil || !pi.Hairpin {
+		if err := sys.nl.LinkSetHairpin(host, true); err != nil {
+			return Attached{}, fmt.Errorf("hairpin mode on %s: %w", vethName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s had hairpin mode off: set on", vethName))
+	}
+	if s.MTU > 0 && host.Attrs().MTU != s.MTU {
+		if err := sys.nl.LinkSetMTU(host, s.MTU); err != nil {
+			return Attached{}, fmt.Errorf("set mtu of %s: %w", vethName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s had mtu %d: set %d", vethName, host.Attrs().MTU, s.MTU))
+	}
+	if host.Attrs().Flags&net.FlagUp == 0 {
+		if err := sys.nl.LinkSetUp(host); err != nil {
+			return Attached{}, fmt.Errorf("set %s up: %w", vethName, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s was down: set up", vethName))
+	}
+
+	// Container side: only what is missing.
+	if s.MTU > 0 && inner.Attrs().MTU != s.MTU {
+		if err := t.nl.LinkSetMTU(inner, s.MTU); err != nil {
+			return Attached{}, fmt.Errorf("set mtu of %s in netns %s: %w", ifname, t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("%s had mtu %d: set %d", ifname, inner.Attrs().MTU, s.MTU))
+	}
+	if inner.Attrs().Flags&net.FlagUp == 0 {
+		if err := t.nl.LinkSetUp(inner); err != nil {
+			return Attached{}, fmt.Errorf("set %s up in netns %s: %w", ifname, t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("%s was down: set up", ifname))
+	}
+	addrs, err := t.nl.AddrList(inner, family(s.Address))
+	if err != nil {
+		return Attached{}, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
+	}
+	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return fromNLAddr(a) == s.Address }) {
+		if err := t.nl.AddrAdd(inner, toNLAddr(s.Address)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return Attached{}, fmt.Errorf("add address %s to %s in netns %s: %w", s.Address, ifname, t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, s.Address))
+	}
+	routes, err := t.nl.RouteList(inner, family(s.Address))
+	if err != nil {
+		return Attached{}, fmt.Errorf("list routes of %s in netns %s: %w", ifname, t.path, err)
+	}
+	gw := net.IP(s.Gateway.Addr().AsSlice())
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool { return isDefault(r) && r.Gw.Equal(gw) }) {
+		if err := t.nl.RouteReplace(defaultRoute(inner.Attrs().Index, s.Gateway)); err != nil {
+			return Attached{}, fmt.Errorf("set default route via %s in netns %s: %w", s.Gateway.Addr(), t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("default route via %s was missing: set", s.Gateway.Addr()))
+	}
+	if m.cfg.Forwarding {
+		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
+			return Attached{}, err
+		}
+	}
+	a := Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id, Repairs: repairs}
+	if len(repairs) > 0 {
+		m.log.Warn("adopted", "container", s.Container, "service", s.Service, "repairs", repairs)
+	} else {
+		m.log.Info("adopted", "container", s.Container, "service", s.Service)
+	}
+	return a, nil
+}
+
+func (m *Manager) inventory() (Inventory, error) {
+	sys, release, err := m.acquire()
+	if err != nil {
+		return Inventory{}, err
+	}
+	defer release()
+	links, err := sys.nl.LinkList()
+	if err != nil {
+		return Inventory{}, fmt.Errorf("inventory: list links: %w", err)
+	}
+	addrs, err := sys.nl.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return Inventory{}, fmt.Errorf("inventory: list addresses: %w", err)
+	}
+	names := map[int]string{}
+	var inv Inventory
+	var brIndex []int // index of each entry of inv.Bridges
+	for _, l := range links {
+		a := l.Attrs()
+		names[a.Index] = a.Name
+		if strings.HasPrefix(a.Name, BridgePrefix) && l.Type() == "bridge" {
+			b := BridgeInfo{Name: a.Name, Up: a.Flags&net.FlagUp != 0}
+			if strings.HasPrefix(a.Alias, serviceAliasPrefix) {
+				b.Service = strings.TrimPrefix(a.Alias, serviceAliasPrefix)
+			}
+			inv.Bridges = append(inv.Bridges, b)
+			brIndex = append(brIndex, a.Index)
+		}
+	}
+	bridges := map[int]*BridgeInfo{} // pointers into the now complete slice
+	for i, idx := range brIndex {
+		bridges[idx] = &inv.Bridges[i]
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if b := bridges[a.MasterIndex]; b != nil && a.MasterIndex != 0 {
+			b.Ports = append(b.Ports, a.Name)
+		}
+		stray := strings.HasPrefix(a.Name, PeerPrefix)
+		if (strings.HasPrefix(a.Name, VethPrefix) || stray) && l.Type() == "veth" {
+			v := VethInfo{Name: a.Name, Up: a.Flags&net.FlagUp != 0, Stray: stray}
+			if strings.HasPrefix(a.Alias, containerAliasPrefix) {
+				v.Container = strings.TrimPrefix(a.Alias, containerAliasPrefix)
+			}
+			if a.MasterIndex != 0 {
+				v.Master = names[a.MasterIndex]
+			}
+			inv.Veths = append(inv.Veths, v)
+		}
+	}
+	for _, a := range addrs {
+		if b := bridges[a.LinkIndex]; b != nil {
+			b.Addrs = append(b.Addrs, fromNLAddr(a))
+		}
+	}
+	for i := range inv.Bridges {
+		slices.Sort(inv.Bridges[i].Ports)
+	}
+	slices.SortFunc(inv.Bridges, func(a, b BridgeInfo) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(inv.Veths, func(a, b VethInfo) int { return strings.Compare(a.Name, b.Name) })
+	return inv, nil
+}

@@ -1,0 +1,1045 @@
+//go:build linux
+
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/zlmesh/zlmesh/internal/nstest"
+)
+
+// env is a "host" namespace with a Manager working in it.
+type env struct {
+	t    testing.TB
+	host *nstest.NS
+	m    *Manager
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	host := nstest.New(t, "zlt-bridge")
+	e := &env{t: t, host: host}
+	e.m = e.manager()
+	return e
+}
+
+// manager makes a Manager over the env's host namespace, closed at cleanup.
+func (e *env) manager() *Manager {
+	e.t.Helper()
+	var log *slog.Logger
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	m, err := New(Config{HostNetns: e.host.Path, Forwarding: true, Logger: log})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func (e *env) container() *nstest.NS {
+	e.t.Helper()
+	return nstest.New(e.t, "zlt-bridge")
+}
+
+func spec(service, container string, ns *nstest.NS, addr, gw string) Spec {
+	return Spec{
+		Service: service, Container: container, Netns: ns.Path, MTU: 1400,
+		Address: netip.MustParsePrefix(addr), Gateway: netip.MustParsePrefix(gw),
+	}
+}
+
+// snapshot describes every link (name, kind, up, master) and address of a
+// namespace, for before/after comparisons.
+func snapshot(t testing.TB, h *netlink.Handle) string {
+	t.Helper()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	var lines []string
+	for _, l := range links {
+		a := l.Attrs()
+		lines = append(lines, fmt.Sprintf("link %s %s up=%v master=%s mtu=%d", a.Name, l.Type(), a.Flags&net.FlagUp != 0, names[a.MasterIndex], a.MTU))
+	}
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// IPv6 link-local addresses and their routes are the kernel's, come
+	// and go with carrier, asynchronously, and die with their links: left out.
+	for _, a := range addrs {
+		if p := fromNLAddr(a); !linkLocal(p) {
+			lines = append(lines, fmt.Sprintf("addr %s %s", names[a.LinkIndex], p))
+		}
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := h.RouteList(nil, fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			lines = append(lines, fmt.Sprintf("route %s dev %s via %s", r.Dst, names[r.LinkIndex], r.Gw))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// globalAddrs lists the addresses of link name in h, IPv6 link-local aside.
+func globalAddrs(t testing.TB, h *netlink.Handle, name string) []netip.Prefix {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if p := fromNLAddr(a); !linkLocal(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ping sends ICMP echo requests from a raw socket made inside ns to the
+// address of to and waits (up to 2 s) for a reply: real traffic through the
+// veths and the bridge, no ping binary needed.
+func ping(t testing.TB, ns *nstest.NS, to netip.Prefix) error {
+	t.Helper()
+	network, reqType, replyType := "ip4:icmp", byte(8), byte(0)
+	if to.Addr().Is6() {
+		network, reqType, replyType = "ip6:ipv6-icmp", 128, 129
+	}
+	var conn net.PacketConn
+	if err := ns.Do(func() (err error) {
+		conn, err = net.ListenPacket(network, "")
+		return err
+	}); err != nil {
+		return fmt.Errorf("icmp socket in %s: %w", ns.Name, err)
+	}
+	defer conn.Close()
+	id := uint16(os.Getpid()) ^ uint16(time.Now().UnixNano())
+	deadline := time.Now().Add(2 * time.Second)
+	conn.SetDeadline(deadline)
+	dst := &net.IPAddr{IP: to.Addr().AsSlice()}
+	buf := make([]byte, 1500)
+	for seq := uint16(1); time.Now().Before(deadline); seq++ {
+		msg := []byte{reqType, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'z', 'l', 'm', 's'}
+		if to.Addr().Is4() { // the kernel sums ICMPv6 itself
+			var sum uint32
+			for i := 0; i < len(msg); i += 2 {
+				sum += uint32(msg[i])<<8 | uint32(msg[i+1])
+			}
+			sum = (sum >> 16) + (sum & 0xffff)
+			sum += sum >> 16
+			msg[2], msg[3] = byte(^sum>>8), byte(^sum)
+		}
+		if _, err := conn.WriteTo(msg, dst); err != nil {
+			return fmt.Errorf("ping %s from %s: %w", to.Addr(), ns.Name, err)
+		}
+		conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				break // next request
+			}
+			if n >= 8 && buf[0] == replyType && uint16(buf[4])<<8|uint16(buf[5]) == id &&
+				from.(*net.IPAddr).IP.Equal(dst.IP) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("ping %s from %s: no echo reply in 2 s", to.Addr(), ns.Name)
+}
+
+func mustPing(t testing.TB, ns *nstest.NS, to netip.Prefix) {
+	t.Helper()
+	if err := ping(t, ns, to); err != nil {
+		t.Error(err)
+	}
+}
+
+// checkContainer verifies the container side of an attachment.
+func checkContainer(t *testing.T, ns *nstest.NS, s Spec) {
+	t.Helper()
+	l, err := ns.NL.LinkByName(s.ifname())
+	if err != nil {
+		t.Fatalf("%s in %s: %v", s.ifname(), ns.Name, err)
+	}
+	if l.Type() != "veth" || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != s.MTU {
+		t.Errorf("%s: type %s up %v mtu %d; want an up veth with mtu %d", s.ifname(), l.Type(), l.Attrs().Flags&net.FlagUp != 0, l.Attrs().MTU, s.MTU)
+	}
+	if got := globalAddrs(t, ns.NL, s.ifname()); !slices.Equal(got, []netip.Prefix{s.Address}) {
+		t.Errorf("%s addresses %v, want [%s]", s.ifname(), got, s.Address)
+	}
+	lo, err := ns.NL.LinkByName("lo")
+	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("lo not up: %v", err)
+	}
+	routes, err := ns.NL.RouteList(l, family(s.Address))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var def []string
+	for _, r := range routes {
+		if isDefault(r) {
+			def = append(def, r.Gw.String())
+		}
+	}
+	if !slices.Equal(def, []string{s.Gateway.Addr().String()}) {
+		t.Errorf("default routes via %v, want via %s", def, s.Gateway.Addr())
+	}
+}
+
+// checkBridge verifies a bridge: exactly the gateway, STP off, up, these ports.
+func checkBridge(t *testing.T, e *env, name string, gw netip.Prefix, ports ...string) {
+	t.Helper()
+	br, err := e.host.NL.LinkByName(name)
+	if err != nil {
+		t.Fatalf("bridge %s: %v", name, err)
+	}
+	if br.Type() != "bridge" || br.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("%s: type %s up %v", name, br.Type(), br.Attrs().Flags&net.FlagUp != 0)
+	}
+	if got := globalAddrs(t, e.host.NL, name); !slices.Equal(got, []netip.Prefix{gw}) {
+		t.Errorf("%s addresses %v, want exactly [%s]", name, got, gw)
+	}
+	if stp, err := e.m.sys.raw.stpState(br.Attrs().Index); err != nil || stp != 0 {
+		t.Errorf("%s stp state %d (%v), want 0", name, stp, err)
+	}
+	// And as iproute2 sees it.
+	out, err := exec.Command("ip", "-n", e.host.Name, "-d", "link", "show", name).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "stp_state 0") {
+		t.Errorf("ip -d link show %s: %v\n%s", name, err, out)
+	}
+	got, err := e.m.sys.raw.ports(br.Attrs().Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	slices.Sort(ports)
+	if !slices.Equal(got, ports) {
+		t.Errorf("%s ports %v, want %v", name, got, ports)
+	}
+}
+
+func TestAttach(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c1, c2, c3 := e.container(), e.container(), e.container()
+	s1 := spec("web", "c1", c1, "10.200.1.34/27", "10.200.1.33/27")
+	s2 := spec("web", "c2", c2, "10.200.1.35/27", "10.200.1.33/27")
+	s3 := spec("db", "c3", c3, "10.200.1.66/27", "10.200.1.65/27")
+	s3.Ifname = "zl-in"
+	var as []Attached
+	for _, s := range []Spec{s1, s2, s3} {
+		a, err := e.m.Attach(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Bridge != BridgeName(s.Service) || a.HostVeth != VethName(s.Container) || a.NetnsID.IsZero() || len(a.Repairs) != 0 {
+			t.Errorf("Attach(%s) = %+v", s.Container, a)
+		}
+		as = append(as, a)
+	}
+	checkContainer(t, c1, s1)
+	checkContainer(t, c2, s2)
+	checkContainer(t, c3, s3)
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("c1"), VethName("c2"))
+	checkBridge(t, e, "zlb-db", s3.Gateway, VethName("c3"))
+	for _, c := range []string{"c1", "c2", "c3"} {
+		l, err := e.host.NL.LinkByName(VethName(c))
+		if err != nil || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != 1400 {
+			t.Errorf("host veth of %s: %v %+v", c, err, l)
+		}
+		if pi, err := e.host.NL.LinkGetProtinfo(l); err != nil || !pi.Hairpin {
+			t.Errorf("host veth of %s: hairpin mode off (%v); natd's self-hairpin needs it", c, err)
+		}
+	}
+
+	// Traffic: neighbours on one bridge and their gateway.
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c2, s1.Address)
+	mustPing(t, c1, s1.Gateway)
+	mustPing(t, c3, s3.Gateway)
+	// Across services through the host's routing (forwarding is on).
+	mustPing(t, c1, s3.Address)
+	fwd := ""
+	if err := e.host.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+		fwd = strings.TrimSpace(string(b))
+		return err
+	}); err != nil || fwd != "1" {
+		t.Errorf("host ip_forward = %q (%v), want 1", fwd, err)
+	}
+
+	for i, s := range []Spec{s1, s2, s3} {
+		if ok, err := e.m.Alive(s, as[i].NetnsID); !ok || err != nil {
+			t.Errorf("Alive(%s) = %v, %v", s.Container, ok, err)
+		}
+	}
+	// A PID reused by another process: that process's namespace differs.
+	if ok, err := e.m.Alive(Spec{PID: os.Getpid()}, as[0].NetnsID); ok || err != nil {
+		t.Errorf("Alive(other process) = %v, %v; want false", ok, err)
+	}
+
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Inventory{
+		Bridges: []BridgeInfo{
+			{Name: "zlb-db", Service: "db", Up: true, Ports: []string{VethName("c3")}},
+			{Name: "zlb-web", Service: "web", Up: true, Ports: sorted(VethName("c1"), VethName("c2"))},
+		},
+	}
+	for _, c := range []string{"c1", "c2", "c3"} {
+		master := "zlb-web"
+		if c == "c3" {
+			master = "zlb-db"
+		}
+		want.Veths = append(want.Veths, VethInfo{Name: VethName(c), Container: c, Master: master, Up: true})
+	}
+	slices.SortFunc(want.Veths, func(a, b VethInfo) int { return strings.Compare(a.Name, b.Name) })
+	for i := range inv.Bridges {
+		var global []netip.Prefix
+		for _, p := range inv.Bridges[i].Addrs {
+			if !linkLocal(p) {
+				global = append(global, p)
+			}
+		}
+		wantAddr := []netip.Prefix{s3.Gateway}
+		if inv.Bridges[i].Name == "zlb-web" {
+			wantAddr = []netip.Prefix{s1.Gateway}
+		}
+		if !slices.Equal(global, wantAddr) {
+			t.Errorf("inventory %s addrs %v, want %v", inv.Bridges[i].Name, global, wantAddr)
+		}
+		inv.Bridges[i].Addrs = nil
+	}
+	if fmt.Sprint(inv) != fmt.Sprint(want) {
+		t.Errorf("inventory\n got %+v\nwant %+v", inv, want)
+	}
+
+	// Detach: the bridge stays while it has a member, goes with the last.
+	if err := e.m.Detach(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("c2"))
+	if _, err := c1.NL.LinkByName("eth0"); err == nil {
+		t.Error("eth0 still in c1 after detach")
+	}
+	if err := e.m.Detach(ctx, s1); err != nil {
+		t.Errorf("second Detach: %v", err)
+	}
+	for _, s := range []Spec{s2, s3} {
+		if err := e.m.Detach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inv, err = e.m.Inventory()
+	if err != nil || len(inv.Bridges)+len(inv.Veths) != 0 {
+		t.Errorf("inventory after detaching all: %+v, %v", inv, err)
+	}
+}
+
+func sorted(s ...string) []string { slices.Sort(s); return s }
+
+// startNetnsProcess starts `sleep 60` in a new network namespace of its own
+// (clone with CLONE_NEWNET, so it never runs in ours) and returns it; it is
+// killed at cleanup.
+func startNetnsProcess(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// waitGone waits (up to 10 s) until link name is gone from h: namespaces
+// are torn down asynchronously by the kernel.
+func waitGone(t *testing.T, h *netlink.Handle, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := h.LinkByName(name)
+		if gone(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still present 10 s after its namespace died (%v)", name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestAttachByPIDAndContainerExit(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	cmd := startNetnsProcess(t)
+	s := Spec{
+		Service: "web", Container: "pid-c", PID: cmd.Process.Pid,
+		Address: netip.MustParsePrefix("10.200.2.2/27"), Gateway: netip.MustParsePrefix("10.200.2.1/27"),
+	}
+	a, err := e.m.Attach(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPing(t, e.host, s.Address) // the host reaches the container through the bridge
+	if ok, err := e.m.Alive(s, a.NetnsID); !ok || err != nil {
+		t.Fatalf("Alive = %v, %v", ok, err)
+	}
+
+	// The container exits without a detach: its namespace dies, the veth
+	// with it, and Alive says so.
+	cmd.Process.Kill()
+	cmd.Wait()
+	if ok, err := e.m.Alive(s, a.NetnsID); ok || err != nil {
+		t.Errorf("Alive after exit = %v, %v; want false", ok, err)
+	}
+	waitGone(t, e.host.NL, a.HostVeth)
+	if err := e.m.Detach(ctx, s); err != nil {
+		t.Errorf("Detach after exit: %v", err)
+	}
+	if _, err := e.host.NL.LinkByName(a.Bridge); !gone(err) {
+		t.Errorf("bridge %s left after detaching its last member: %v", a.Bridge, err)
+	}
+}
+
+func TestNamespaceDeleted(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.container()
+	// Refer to the namespace through a symlink we control, so the test can
+	// make "the netns file" vanish and come back as another namespace.
+	link := filepath.Join(t.TempDir(), "netns")
+	if err := os.Symlink(c.Path, link); err != nil {
+		t.Fatal(err)
+	}
+	s := Spec{Service: "web", Container: "gone", Netns: link,
+		Address: netip.MustParsePrefix("10.200.3.2/24"), Gateway: netip.MustParsePrefix("10.200.3.1/24")}
+	a, err := e.m.Attach(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := e.m.Alive(s, a.NetnsID); !ok {
+		t.Fatal("Alive false right after attach")
+	}
+
+	// The file now names another namespace: a recreated netns.
+	other := e.container()
+	os.Remove(link)
+	if err := os.Symlink(other.Path, link); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := e.m.Alive(s, a.NetnsID); ok || err != nil {
+		t.Errorf("Alive with a recreated netns file = %v, %v; want false", ok, err)
+	}
+
+	// Delete the namespace itself (drop every reference the test holds).
+	c.NL.Close()
+	c.Handle.Close()
+	if err := exec.Command("ip", "netns", "delete", c.Name).Run(); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(link)
+	if ok, err := e.m.Alive(s, a.NetnsID); ok || err != nil {
+		t.Errorf("Alive with the netns file gone = %v, %v; want false", ok, err)
+	}
+	waitGone(t, e.host.NL, a.HostVeth)
+	if _, err := e.m.Attach(ctx, s); !errors.Is(err, ErrNoNamespace) {
+		t.Errorf("Attach into a deleted netns: %v, want ErrNoNamespace", err)
+	}
+	if err := e.m.Detach(ctx, s); err != nil {
+		t.Errorf("Detach: %v", err)
+	}
+	if _, err := e.host.NL.LinkByName(a.Bridge); !gone(err) {
+		t.Errorf("bridge %s left: %v", a.Bridge, err)
+	}
+}
+
+func TestAttachBadInput(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.container()
+	// A neighbour already on the bridge, so failures also meet an existing bridge.
+	nb := e.container()
+	if _, err := e.m.Attach(ctx, spec("web", "nb", nb, "10.200.1.40/27", "10.200.1.33/27")); err != nil {
+		t.Fatal(err)
+	}
+	// An ifname already present in the container.
+	busy := e.container()
+	if err := busy.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}); err != nil {
+		t.Fatal(err)
+	}
+	regular := filepath.Join(t.TempDir(), "not-a-netns")
+	if err := os.WriteFile(regular, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	// A link with a bridge's name that is not a bridge.
+	if err := e.host.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: BridgeName("squat")}, PeerName: "squat-peer"}); err != nil {
+		t.Fatal(err)
+	}
+	base := spec("web", "bad", c, "10.200.1.34/27", "10.200.1.33/27")
+	tests := []struct {
+		name string
+		edit func(*Spec)
+		want error
+	}{
+		{"missing netns file", func(s *Spec) { s.Netns = "/run/netns/zlt-bridge-does-not-exist" }, ErrNoNamespace},
+		{"regular file", func(s *Spec) { s.Netns = regular }, ErrNoNamespace},
+		{"directory", func(s *Spec) { s.Netns = t.TempDir() }, ErrNoNamespace},
+		{"mount namespace", func(s *Spec) { s.Netns = "/proc/self/ns/mnt" }, ErrNoNamespace},
+		{"dead pid", func(s *Spec) { s.Netns, s.PID = "", dead.Process.Pid }, ErrNoNamespace},
+		{"host's own netns", func(s *Spec) { s.Netns = e.host.Path }, ErrInvalid},
+		{"ifname taken", func(s *Spec) { s.Netns = busy.Path }, ErrIfnameTaken},
+		{"invalid service", func(s *Spec) { s.Service = "Web_1" }, ErrInvalid},
+		{"invalid container", func(s *Spec) { s.Container = "a/b" }, ErrInvalid},
+		{"both netns and pid", func(s *Spec) { s.PID = 1 }, ErrInvalid},
+		{"address outside the gateway's subnet", func(s *Spec) { s.Address = netip.MustParsePrefix("10.9.9.9/27") }, ErrInvalid},
+		{"host veth exists", func(s *Spec) { s.Container = "nb" }, ErrExists},
+		{"bridge name taken by a non-bridge", func(s *Spec) { s.Service = "squat" }, ErrExists},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			beforeHost, beforeC, beforeBusy := snapshot(t, e.host.NL), snapshot(t, c.NL), snapshot(t, busy.NL)
+			s := base
+			tt.edit(&s)
+			_, err := e.m.Attach(ctx, s)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Attach = %v, want %v", err, tt.want)
+			}
+			t.Logf("error: %v", err)
+			if got := snapshot(t, e.host.NL); got != beforeHost {
+				t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
+			}
+			if got := snapshot(t, c.NL); got != beforeC {
+				t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
+			}
+			if got := snapshot(t, busy.NL); got != beforeBusy {
+				t.Errorf("busy container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeBusy, got)
+			}
+		})
+	}
+	checkContainer(t, nb, spec("web", "nb", nb, "10.200.1.40/27", "10.200.1.33/27"))
+}
+
+// TestAttachRollback fails every step of an attach in turn, on a new bridge
+// and on an existing one, and checks that nothing is left in either
+// namespace.
+func TestAttachRollback(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.container()
+	nb := e.container()
+	injected := errors.New("injected failure")
+	for _, existing := range []bool{false, true} {
+		if existing {
+			if _, err := e.m.Attach(ctx, spec("web", "nb", nb, "10.200.1.40/27", "10.200.1.33/27")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, move := range []bool{false, true} {
+			for _, step := range attachSteps {
+				if step == stepMove && !move {
+					continue // the in-place form has no move step
+				}
+				t.Run(fmt.Sprintf("existing=%v/move=%v/%s", existing, move, step), func(t *testing.T) {
+					e.m.sys.movePeer = move
+					defer func() { e.m.sys.movePeer = false }()
+					beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
+					e.m.sys.hook = func(s string) error {
+						if s == step {
+							return injected
+						}
+						return nil
+					}
+					defer func() { e.m.sys.hook = nil }()
+					if _, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/27", "10.200.1.33/27")); !errors.Is(err, injected) {
+						t.Fatalf("Attach = %v, want the injected failure", err)
+					}
+					if got := snapshot(t, e.host.NL); got != beforeHost {
+						t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
+					}
+					if got := snapshot(t, c.NL); got != beforeC {
+						t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
+					}
+				})
+			}
+		}
+	}
+
+	// A real failure at step 6: the container has a default route already
+	// (through a link of its own that was there before).
+	t.Run("existing default route", func(t *testing.T) {
+		d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "other0"}, PeerName: "other1"}
+		if err := c.NL.LinkAdd(d); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.NL.LinkSetUp(d); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.NL.RouteAdd(&netlink.Route{LinkIndex: d.Attrs().Index, Dst: defaultRoute(0, netip.MustParsePrefix("10.0.0.1/8")).Dst}); err != nil {
+			t.Fatal(err)
+		}
+		beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
+		_, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/27", "10.200.1.33/27"))
+		if !errors.Is(err, ErrExists) {
+			t.Fatalf("Attach = %v, want ErrExists", err)
+		}
+		t.Logf("error: %v", err)
+		if got := snapshot(t, e.host.NL); got != beforeHost {
+			t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
+		}
+		if got := snapshot(t, c.NL); got != beforeC {
+			t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
+		}
+	})
+
+	// A cancelled context stops before the first step.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := e.m.Attach(cctx, spec("web", "c2", e.container(), "10.200.1.35/27", "10.200.1.33/27")); !errors.Is(err, context.Canceled) {
+		t.Errorf("Attach with a cancelled context = %v", err)
+	}
+}
+
+// TestAttachOverStaleBridge attaches to a bridge left by an earlier life
+// with a stale gateway of another prefix length in the same range (the
+// reference daemon's /28 + /26 bug), STP on and down: the attach leaves
+// exactly the new gateway, STP off, up.
+func TestAttachOverStaleBridge(t *testing.T) {
+	e := newEnv(t)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "zlb-web"}}
+	if err := e.host.NL.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.200.1.33/28", "10.77.0.1/24"} {
+		if err := e.host.NL.AddrAdd(br, toNLAddr(netip.MustParsePrefix(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.m.sys.raw.setSTP(br.Index, true); err != nil {
+		t.Fatal(err)
+	}
+	c1, c2 := e.container(), e.container()
+	s1 := spec("web", "st1", c1, "10.200.1.34/26", "10.200.1.33/26")
+	s2 := spec("web", "st2", c2, "10.200.1.35/26", "10.200.1.33/26")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("st1"), VethName("st2"))
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c2, s1.Gateway)
+}
+
+// TestAttachMovePeer runs the alternative form of attach (peer created in
+// the host, then moved and renamed in one request) end to end.
+func TestAttachMovePeer(t *testing.T) {
+	e := newEnv(t)
+	e.m.sys.movePeer = true
+	ctx := context.Background()
+	c1, c2 := e.container(), e.container()
+	s1 := spec("web", "m1", c1, "10.200.1.34/27", "10.200.1.33/27")
+	s2 := spec("web", "m2", c2, "10.200.1.35/27", "10.200.1.33/27")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkContainer(t, c1, s1)
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("m1"), VethName("m2"))
+	mustPing(t, c1, s2.Address)
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(inv.Veths, func(v VethInfo) bool { return v.Stray }) {
+		t.Errorf("a temporary peer was left in the host: %+v", inv.Veths)
+	}
+}
+
+// TestConcurrent attaches and detaches containers of two services at once:
+// per-bridge locking must keep each bridge consistent (created once, one
+// gateway, removed only when really empty).
+func TestConcurrent(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const n = 8
+	specs := make([]Spec, n)
+	cs := make([]*nstest.NS, n)
+	for i := range n {
+		cs[i] = e.container()
+		svc, gw, base := "web", "10.200.1.33/27", 34
+		if i%2 == 1 {
+			svc, gw, base = "db", "10.200.1.65/27", 66
+		}
+		specs[i] = spec(svc, fmt.Sprintf("cc%d", i), cs[i], fmt.Sprintf("10.200.1.%d/27", base+i), gw)
+	}
+	before := snapshot(t, e.host.NL)
+	for round := range 3 {
+		errs := make(chan error, n)
+		for _, s := range specs {
+			go func() { _, err := e.m.Attach(ctx, s); errs <- err }()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		var web, db []string
+		for i, s := range specs {
+			checkContainer(t, cs[i], s)
+			if s.Service == "web" {
+				web = append(web, VethName(s.Container))
+			} else {
+				db = append(db, VethName(s.Container))
+			}
+		}
+		checkBridge(t, e, "zlb-web", specs[0].Gateway, web...)
+		checkBridge(t, e, "zlb-db", specs[1].Gateway, db...)
+		mustPing(t, cs[0], specs[2].Address)
+		for _, s := range specs {
+			go func() { errs <- e.m.Detach(ctx, s) }()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if got := snapshot(t, e.host.NL); got != before {
+			t.Fatalf("round %d: host namespace changed:\nbefore:\n%s\nafter:\n%s", round, before, got)
+		}
+	}
+}
+
+// TestCycles attaches and detaches one container 200 times and checks that
+// the namespaces end exactly as they began.
+func TestCycles(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.container()
+	s := spec("web", "cyc", c, "10.200.1.34/27", "10.200.1.33/27")
+	beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
+	// lo is already up in nstest namespaces, so a full cycle restores all.
+	for i := range 200 {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+		if err := e.m.Detach(ctx, s); err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+	}
+	if got := snapshot(t, e.host.NL); got != beforeHost {
+		t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
+	}
+	if got := snapshot(t, c.NL); got != beforeC {
+		t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
+	}
+}
+
+func TestRemoveLinkAndBridge(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.container()
+	s := spec("web", "rm", c, "10.200.1.34/27", "10.200.1.33/27")
+	a, err := e.m.Attach(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"lo", "eth0", "zl0", "zlx-1"} {
+		if err := e.m.RemoveLink(name); !errors.Is(err, ErrInvalid) {
+			t.Errorf("RemoveLink(%q) = %v, want ErrInvalid", name, err)
+		}
+	}
+	if _, err := e.m.RemoveBridgeIfEmpty("lo"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("RemoveBridgeIfEmpty(lo) = %v, want ErrInvalid", err)
+	}
+	if removed, err := e.m.RemoveBridgeIfEmpty(a.Bridge); removed || err != nil {
+		t.Errorf("RemoveBridgeIfEmpty on a bridge with a port = %v, %v", removed, err)
+	}
+	// A stray temporary peer, as a crash between creation and move leaves.
+	stray := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "zlv-stray-test"}, PeerName: PeerPrefix + "deadbeef"}
+	if err := e.host.NL.LinkAdd(stray); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(inv.Veths, func(v VethInfo) bool { return v.Name == PeerPrefix+"deadbeef" && v.Stray }) {
+		t.Errorf("inventory misses the stray peer: %+v", inv.Veths)
+	}
+	for range 2 {
+		if err := e.m.RemoveLink(PeerPrefix + "deadbeef"); err != nil {
+			t.Errorf("RemoveLink(stray): %v", err)
+		}
+		if err := e.m.RemoveLink(a.HostVeth); err != nil {
+			t.Errorf("RemoveLink(%s): %v", a.HostVeth, err)
+		}
+	}
+	if _, err := e.host.NL.LinkByName("zlv-stray-test"); !gone(err) {
+		t.Errorf("the stray's host end survived: %v", err)
+	}
+	if _, err := c.NL.LinkByName("eth0"); !gone(err) {
+		t.Errorf("eth0 survived its host veth: %v", err)
+	}
+	for i, want := range []bool{true, false} {
+		if removed, err := e.m.RemoveBridgeIfEmpty(a.Bridge); removed != want || err != nil {
+			t.Errorf("RemoveBridgeIfEmpty #%d = %v, %v; want %v", i, removed, err, want)
+		}
+	}
+}
+
+func TestAdopt(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c1, c2, c3 := e.container(), e.container(), e.container()
+	s1 := spec("web", "a1", c1, "10.200.1.34/27", "10.200.1.33/27")
+	s2 := spec("web", "a2", c2, "10.200.1.35/27", "10.200.1.33/27")
+	s3 := spec("api", "a3", c3, "10.200.1.66/27", "10.200.1.65/27")
+	for _, s := range []Spec{s1, s2, s3} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A restart: the old Manager goes away, the links stay.
+	e.m.Close()
+	if _, err := e.m.Inventory(); err == nil {
+		t.Error("closed Manager still answers")
+	}
+	m2 := e.manager()
+	e.m = m2
+
+	// A clean attachment adopts with nothing to repair.
+	a, err := m2.Adopt(ctx, s3)
+	if err != nil || len(a.Repairs) != 0 || a.HostVeth != VethName("a3") || a.NetnsID.IsZero() {
+		t.Errorf("Adopt(clean) = %+v, %v", a, err)
+	}
+
+	// Damage: host veth down, a stale extra address on the bridge, STP on,
+	// the container's address gone (its default route goes with it).
+	br, _ := e.host.NL.LinkByName("zlb-web")
+	hv, _ := e.host.NL.LinkByName(VethName("a1"))
+	if err := e.host.NL.LinkSetDown(hv); err != nil {
+		t.Fatal(err)
+	}
+	stale := netip.MustParsePrefix("10.99.0.1/26")
+	if err := e.host.NL.AddrAdd(br, toNLAddr(stale)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.sys.raw.setSTP(br.Attrs().Index, true); err != nil {
+		t.Fatal(err)
+	}
+	in1, _ := c1.NL.LinkByName("eth0")
+	if err := c1.NL.AddrDel(in1, toNLAddr(s1.Address)); err != nil {
+		t.Fatal(err)
+	}
+	a, err = m2.Adopt(ctx, s1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("repairs: %q", a.Repairs)
+	for _, want := range []string{"was down", "stale address " + stale.String(), "stp on", "lacked address " + s1.Address.String(), "default route"} {
+		if !slices.ContainsFunc(a.Repairs, func(r string) bool { return strings.Contains(r, want) }) {
+			t.Errorf("repairs %q do not mention %q", a.Repairs, want)
+		}
+	}
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("a1"), VethName("a2"))
+	checkContainer(t, c1, s1)
+	mustPing(t, c1, s2.Address)
+
+	// A host veth deleted (its container end went with it): attached afresh.
+	if err := e.host.NL.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: VethName("a2")}}); err != nil {
+		t.Fatal(err)
+	}
+	a, err = m2.Adopt(ctx, s2)
+	if err != nil || !slices.ContainsFunc(a.Repairs, func(r string) bool { return strings.Contains(r, "attached afresh") }) {
+		t.Errorf("Adopt(missing veth) = %+v, %v", a, err)
+	}
+	checkContainer(t, c2, s2)
+	mustPing(t, c2, s1.Address)
+
+	// Unrepairable: the namespace's eth0 is not the veth's peer.
+	foreign := e.container()
+	if err := foreign.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}); err != nil {
+		t.Fatal(err)
+	}
+	s1f := s1
+	s1f.Netns = foreign.Path
+	beforeHost := snapshot(t, e.host.NL)
+	if _, err := m2.Adopt(ctx, s1f); !errors.Is(err, ErrMismatch) {
+		t.Errorf("Adopt(foreign eth0) = %v, want ErrMismatch", err)
+	}
+	if got := snapshot(t, e.host.NL); got != beforeHost {
+		t.Errorf("unrepairable Adopt changed the host:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
+	}
+	checkContainer(t, c1, s1) // undisturbed
+
+	// The veth of a3 leads to its old namespace while the spec names a new,
+	// empty one (the container was recreated): the stale pair goes, a fresh
+	// one is made.
+	moved := e.container()
+	s3m := s3
+	s3m.Netns = moved.Path
+	a, err = m2.Adopt(ctx, s3m)
+	if err != nil || !slices.ContainsFunc(a.Repairs, func(r string) bool { return strings.Contains(r, "another namespace") }) {
+		t.Errorf("Adopt(recreated namespace) = %+v, %v", a, err)
+	}
+	checkContainer(t, moved, s3m)
+	if _, err := c3.NL.LinkByName("eth0"); !gone(err) {
+		t.Errorf("the old namespace kept its eth0: %v", err)
+	}
+
+	// A dead namespace.
+	s1d := s1
+	s1d.Netns = "/run/netns/zlt-bridge-gone"
+	if _, err := m2.Adopt(ctx, s1d); !errors.Is(err, ErrNoNamespace) {
+		t.Errorf("Adopt(dead netns) = %v, want ErrNoNamespace", err)
+	}
+}
+
+func TestReaddress(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c1, c2 := e.container(), e.container()
+	s1 := spec("web", "r1", c1, "10.200.1.34/27", "10.200.1.33/27")
+	s2 := spec("web", "r2", c2, "10.200.1.35/27", "10.200.1.33/27")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The node renumbers the service into another subnet: both containers
+	// back-to-back.
+	gw := netip.MustParsePrefix("10.201.7.1/26")
+	n1, n2 := netip.MustParsePrefix("10.201.7.10/26"), netip.MustParsePrefix("10.201.7.11/26")
+	if err := e.m.Readdress(ctx, s1, n1, gw); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Readdress(ctx, s2, n2, gw); err != nil {
+		t.Fatal(err)
+	}
+	s1.Address, s1.Gateway, s2.Address, s2.Gateway = n1, gw, n2, gw
+	checkContainer(t, c1, s1)
+	checkContainer(t, c2, s2)
+	checkBridge(t, e, "zlb-web", gw, VethName("r1"), VethName("r2"))
+	mustPing(t, c1, n2)
+	mustPing(t, c2, gw)
+	// Idempotent.
+	if err := e.m.Readdress(ctx, s1, n1, gw); err != nil {
+		t.Fatal(err)
+	}
+	checkContainer(t, c1, s1)
+
+	// Within the same subnet (only the host part changes): the old address
+	// is an IPv4 primary whose deletion would take the new one along.
+	n1b := netip.MustParsePrefix("10.201.7.20/26")
+	if err := e.m.Readdress(ctx, s1, n1b, gw); err != nil {
+		t.Fatal(err)
+	}
+	s1.Address = n1b
+	checkContainer(t, c1, s1)
+	mustPing(t, c2, n1b)
+
+	for _, bad := range []struct{ a, g string }{{"10.201.7.20/26", "10.201.7.20/26"}, {"fd00::2/64", "fd00::1/64"}} {
+		if err := e.m.Readdress(ctx, s1, netip.MustParsePrefix(bad.a), netip.MustParsePrefix(bad.g)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Readdress(%s via %s) = %v, want ErrInvalid", bad.a, bad.g, err)
+		}
+	}
+}
+
+func TestIPv6(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c1, c2 := e.container(), e.container()
+	s1 := spec("v6", "six1", c1, "fd5a::2/64", "fd5a::1/64")
+	s2 := spec("v6", "six2", c2, "fd5a::3/64", "fd5a::1/64")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkContainer(t, c1, s1)
+	checkBridge(t, e, "zlb-v6", s1.Gateway, VethName("six1"), VethName("six2"))
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c2, s1.Gateway)
+}
+
+// BenchmarkAttachDetach measures one Attach plus one Detach through netlink.
+// "first" creates and removes the bridge each time (a service's first and
+// last container); "joining" attaches next to a resident container, so the
+// bridge already exists (the common case); "joining-move" is "joining" with
+// the container end created in the host and moved (sys.movePeer). ns/op is
+// Attach plus Detach; attach-p50-ns and attach-p99-ns are the Attach alone.
+func BenchmarkAttachDetach(b *testing.B) {
+	for _, mode := range []string{"first", "joining", "joining-move"} {
+		move := mode == "joining-move"
+		b.Run(mode, func(b *testing.B) {
+			e := newEnv(b)
+			ctx := context.Background()
+			c := e.container()
+			if mode != "first" {
+				if _, err := e.m.Attach(ctx, spec("web", "resident", e.container(), "10.200.1.40/27", "10.200.1.33/27")); err != nil {
+					b.Fatal(err)
+				}
+			}
+			e.m.sys.movePeer = move
+			s := spec("web", "bench", c, "10.200.1.34/27", "10.200.1.33/27")
+			var attach []time.Duration
+			b.ResetTimer()
+			for b.Loop() {
+				start := time.Now()
+				if _, err := e.m.Attach(ctx, s); err != nil {
+					b.Fatal(err)
+				}
+				attach = append(attach, time.Since(start))
+				if err := e.m.Detach(ctx, s); err != nil {
+					b.Fatal(err)
+				}
+			}
+			slices.Sort(attach)
+			b.ReportMetric(float64(attach[len(attach)/2].Nanoseconds()), "attach-p50-ns")
+			b.ReportMetric(float64(attach[len(attach)*99/100].Nanoseconds()), "attach-p99-ns")
+		})
+	}
+}

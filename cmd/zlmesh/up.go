@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/mesh"
+	"github.com/zlmesh/zlmesh/node"
+	"github.com/zlmesh/zlmesh/tun"
+)
+
+// DefaultClusterKeyFile is where `zlmesh up` looks for the cluster key when
+// --cluster-key-file is not given.
+const DefaultClusterKeyFile = "/etc/zlmesh/cluster.key"
+
+// upFlags registers every `zlmesh up` flag on fs, filling cfg; it returns the
+// cluster key file and log level, which need work before they are config.
+func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
+	fs.String("config", "", "config file: `key = value` lines with the same keys as these flags")
+	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster (default: the hostname)")
+	fs.Var((*listFlag)(&cfg.Join), "join", "seed `host:port` to join through (repeat or comma-separate; default: start a cluster, or re-join remembered peers)")
+	keyFile = fs.String("cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
+	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, subnet claim, attachments and known peers")
+	fs.IntVar(&cfg.ListenPort, "listen-port", node.DefaultListenPort, "WireGuard UDP port")
+	fs.IntVar(&cfg.GossipPort, "gossip-port", node.DefaultGossipPort, "gossip UDP and TCP port")
+	fs.Var(addrFlag{&cfg.AdvertiseAddr}, "advertise-addr", "underlay address peers reach this node at (default: picked from the interfaces)")
+	fs.Var(addrFlag{&cfg.BindAddr}, "bind-addr", "address gossip listens on (default: all)")
+	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "overlay address range, cut into node subnets (default "+ipam.DefaultCluster+")")
+	fs.IntVar(&cfg.NodePrefix, "node-prefix", ipam.DefaultNodeBits, "prefix length of each node's subnet")
+	fs.IntVar(&cfg.SlicePrefix, "slice-prefix", ipam.DefaultSliceBits, "prefix length of each service's slice of a node subnet")
+	fs.Var(prefixFlag{&cfg.NodeSubnet}, "node-subnet", "node subnet to ask for (default: a free one; a subnet in the state dir wins)")
+	fs.StringVar(&cfg.Interface, "interface", tun.DefaultName, "WireGuard TUN interface name (at most 15 bytes)")
+	fs.IntVar(&cfg.MTU, "mtu", tun.DefaultMTU, "MTU of the TUN and of container interfaces")
+	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "control socket path")
+	fs.Var((*listFlag)(&cfg.DNSUpstreams), "dns-upstream", "`host:port` the mesh DNS forwards other names to (repeat; default: /etc/resolv.conf without loopback entries)")
+	fs.StringVar(&cfg.DNSZone, "dns-zone", "zl.", "mesh DNS zone")
+	fs.DurationVar(&cfg.DNSTTL, "dns-ttl", 5*time.Second, "TTL of mesh DNS answers")
+	fs.Var((*listFlag)(&cfg.DNSListen), "dns-listen", "extra `ip:port` the mesh DNS also listens on (UDP and TCP; repeat), e.g. 127.0.0.1:53")
+	fs.BoolFunc("masquerade", "masquerade container traffic leaving the cluster (default true; --masquerade=false switches it off)", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		cfg.NoMasquerade = !on
+		return err
+	})
+	fs.DurationVar(&cfg.DeadGrace, "dead-grace", node.DefaultDeadGrace, "how long a dead node's subnet stays reserved for it")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", node.DefaultKeepalive, "WireGuard persistent keepalive")
+	fs.DurationVar(&cfg.Gossip.ProbeInterval, "gossip-probe-interval", 0, "failure detector probe interval (default: memberlist LAN, 1s)")
+	fs.DurationVar(&cfg.Gossip.ProbeTimeout, "gossip-probe-timeout", 0, "failure detector probe timeout (default: memberlist LAN, 500ms)")
+	fs.IntVar(&cfg.Gossip.SuspicionMult, "gossip-suspicion-mult", 0, "suspicion multiplier (default: memberlist LAN, 4)")
+	fs.DurationVar(&cfg.Gossip.GossipInterval, "gossip-interval", 0, "gossip interval (default: memberlist LAN, 200ms)")
+	fs.DurationVar(&cfg.Gossip.PushPullInterval, "gossip-push-pull-interval", 0, "full state sync interval (default: memberlist LAN, 30s)")
+	fs.DurationVar(&cfg.Gossip.DeadNodeReclaimTime, "gossip-dead-reclaim", 0, "how long gossip remembers a dead member (default: see mesh.DefaultTuning)")
+	fs.DurationVar(&cfg.Gossip.RejoinMax, "rejoin-max", 0, "longest wait between re-join attempts to a remembered peer (default 30s)")
+	logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
+	return keyFile, logLevel
+}
+
+func runUp(args []string) error {
+	var cfg node.Config
+	fs := newFlagSet("up", "up [flags]")
+	keyFile, logLevel := upFlags(fs, &cfg)
+	if path := findConfigArg(args); path != "" {
+		if err := applyConfigFile(fs, path); err != nil {
+			return err
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	key, err := mesh.LoadKeyFile(*keyFile)
+	if err != nil {
+		return fmt.Errorf("--cluster-key-file: %w", err)
+	}
+	cfg.ClusterKey = key
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	n, err := node.Start(startCtx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		// A signal stops the node without leaving: a restart comes back
+		// with the same subnet. `zlmesh down` leaves.
+		return n.Close()
+	case <-n.Done():
+		return nil
+	}
+}
+
+// findConfigArg returns the value of --config among args, if any.
+func findConfigArg(args []string) string {
+	for i, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		a = strings.TrimLeft(a, "-")
+		if v, ok := strings.CutPrefix(a, "config="); ok {
+			return v
+		}
+		if a == "config" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+func runGenkey(args []string) error {
+	fs := newFlagSet("genkey", "genkey > cluster.key")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	k, err := mesh.GenerateKey()
+	if err != nil {
+		return err
+	}
+	fmt.Println(mesh.EncodeKey(k))
+	return nil
+}

@@ -1,0 +1,72 @@
+package natd
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+func TestPlan(t *testing.T) {
+	cfg := validConfig()
+	// Out of order on purpose: Plan sorts.
+	cfg.Ports[0], cfg.Ports[3] = cfg.Ports[3], cfg.Ports[0]
+	rules, err := Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rules {
+		got = append(got, r.String())
+	}
+	want := []string{
+		"publish tcp local:8080 dnat 10.200.3.34:80",
+		"publish tcp 192.0.2.10:9090 dnat 10.200.5.7:80",
+		"publish tcp 192.0.2.11:9090 dnat 10.200.5.8:80",
+		"publish udp local:8080 dnat 10.200.3.34:80",
+		"hairpin dnat saddr 10.200.3.0/24 !local oif zlb-* masquerade",
+		"overlay dnat oif zl0 saddr != 10.200.3.0/24 snat 10.200.3.1",
+		"egress saddr 10.200.3.0/24 daddr != 10.200.0.0/16 oif != zl0 masquerade",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Plan:\n got %q\nwant %q", got, want)
+	}
+
+	t.Run("masquerade off", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.Masquerade = false
+		cfg.Ports = nil
+		rules, err := Plan(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds := []Kind{}
+		for _, r := range rules {
+			kinds = append(kinds, r.Kind)
+		}
+		if !slices.Equal(kinds, []Kind{KindHairpin, KindOverlaySNAT}) {
+			t.Errorf("kinds %v, want hairpin and overlay-snat only", kinds)
+		}
+	})
+	t.Run("invalid", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.Ports[0].Target = netip.MustParseAddrPort("8.8.8.8:53")
+		if rules, err := Plan(cfg); err == nil || rules != nil {
+			t.Errorf("Plan of an invalid config = %v, %v", rules, err)
+		}
+	})
+	t.Run("one port more is one rule more", func(t *testing.T) {
+		a, _ := Plan(validConfig())
+		cfg := validConfig()
+		cfg.Ports = append(cfg.Ports, Port{Proto: "udp", HostPort: 53, Target: netip.MustParseAddrPort("10.200.3.40:53")})
+		b, _ := Plan(cfg)
+		var extra []Rule
+		for _, r := range b {
+			if !slices.Contains(a, r) {
+				extra = append(extra, r)
+			}
+		}
+		if len(b) != len(a)+1 || len(extra) != 1 || extra[0].Kind != KindPublish {
+			t.Errorf("adding one port changed the plan by %v", extra)
+		}
+	})
+}

@@ -1,0 +1,411 @@
+//go:build linux
+
+package natd
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"iter"
+	"net/netip"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// The shape of zlmesh's table (family inet):
+//
+//	map ports_any  { type inet_proto . inet_service : ipv4_addr . inet_service }
+//	map ports_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+//	chain publish {
+//		meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @ports_addr
+//		meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports_any
+//	}
+//	chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
+//		meta nfproto ipv4 fib daddr type local jump publish }
+//	chain output      { type nat hook output priority -100; policy accept;
+//		meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump publish }
+//	chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//		meta nfproto ipv4 ct status dnat ip saddr <node subnet> oifname "zlb-*" fib saddr type != local masquerade
+//		meta nfproto ipv4 ct status dnat oifname "zl0" ip saddr != <node subnet> snat ip to <overlay>
+//		meta nfproto ipv4 ip saddr <node subnet> ip daddr != <cluster> oifname != "zl0" masquerade  (Masquerade only)
+//	}
+//
+// A published port is one element of ports_any (all local addresses) or
+// ports_addr (one address): publishing or unpublishing never touches a rule.
+// Every rule carries a comment "zlmesh <what> #<hash of its expressions>";
+// the comment is its identity when the table is compared with the wanted
+// state (rules cannot be edited in place in nftables, so a rule whose
+// comment matches is the rule zlmesh made).
+const (
+	family        = nftables.TableFamilyINet
+	chainPublish  = "publish"
+	chainPre      = "prerouting"
+	chainOutput   = "output"
+	chainPost     = "postrouting"
+	setPortsAny   = "ports_any"
+	setPortsAddr  = "ports_addr"
+	commentPrefix = "zlmesh "
+)
+
+var (
+	typeAnyKey  = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	typeAddrKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeTarget  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+)
+
+// chainSpec is what identifies a chain besides its name. A zero Type is a
+// regular chain.
+type chainSpec struct {
+	Type     nftables.ChainType
+	Hook     nftables.ChainHook
+	Priority nftables.ChainPriority
+	Policy   nftables.ChainPolicy
+}
+
+// setSpec is what identifies a set besides its name.
+type setSpec struct {
+	Flags    uint32 // NFT_SET_* flags that matter: map, interval, timeout, ...
+	KeyType  uint32
+	KeyLen   uint32
+	DataType uint32
+	DataLen  uint32
+}
+
+// ruleSpec is one rule: its comment, and (only for wanted rules) its
+// expressions.
+type ruleSpec struct {
+	Tag   string
+	Exprs []expr.Any
+}
+
+// elemKey and elemVal are a port map element's key and value packed in
+// integers (cheap to hash and compare; the maps hold thousands):
+//
+//	ports_any key:  proto<<16 | port
+//	ports_addr key: addr<<24 | proto<<16 | port
+//	value:          addr<<16 | port
+type (
+	elemKey uint64
+	elemVal uint64
+)
+
+// state is the content of zlmesh's table: wanted (rendered from a Plan) or
+// read from the kernel.
+type state struct {
+	Exists bool
+	// Unreadable: the table exists but could not be parsed; it is rebuilt.
+	Unreadable bool
+	Chains     map[string]chainSpec
+	Rules      map[string][]ruleSpec
+	Sets       map[string]setSpec
+	Elems      map[string]map[elemKey]elemVal
+}
+
+func (s *state) ports() int {
+	n := 0
+	for _, e := range s.Elems {
+		n += len(e)
+	}
+	return n
+}
+
+var wantChains = map[string]chainSpec{
+	chainPublish: {},
+	chainPre:     {Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookPrerouting, Priority: *nftables.ChainPriorityNATDest, Policy: nftables.ChainPolicyAccept},
+	chainOutput:  {Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookOutput, Priority: *nftables.ChainPriorityNATDest, Policy: nftables.ChainPolicyAccept},
+	chainPost:    {Type: nftables.ChainTypeNAT, Hook: *nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource, Policy: nftables.ChainPolicyAccept},
+}
+
+// chainOrder is the order chains are created in: the regular chain first,
+// so that the jumps to it can be added.
+var chainOrder = []string{chainPublish, chainPre, chainOutput, chainPost}
+
+var wantSets = map[string]setSpec{
+	setPortsAny:  {Flags: unix.NFT_SET_MAP, KeyType: typeAnyKey.GetNFTMagic(), KeyLen: typeAnyKey.Bytes, DataType: typeTarget.GetNFTMagic(), DataLen: typeTarget.Bytes},
+	setPortsAddr: {Flags: unix.NFT_SET_MAP, KeyType: typeAddrKey.GetNFTMagic(), KeyLen: typeAddrKey.Bytes, DataType: typeTarget.GetNFTMagic(), DataLen: typeTarget.Bytes},
+}
+
+var setOrder = []string{setPortsAny, setPortsAddr}
+
+// nftSet returns the library's description of one of zlmesh's sets.
+func nftSet(t *nftables.Table, name string) *nftables.Set {
+	key := typeAnyKey
+	if name == setPortsAddr {
+		key = typeAddrKey
+	}
+	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: key, DataType: typeTarget}
+}
+
+// render turns the rules of a Plan (in any order; nports of them
+// KindPublish, a size hint) into the wanted table content.
+func render(rules iter.Seq[Rule], nports int) *state {
+	s := &state{
+		Exists: true,
+		Chains: wantChains,
+		Sets:   wantSets,
+		Rules:  make(map[string][]ruleSpec, len(wantChains)),
+		Elems:  map[string]map[elemKey]elemVal{setPortsAny: make(map[elemKey]elemVal, nports), setPortsAddr: {}},
+	}
+	s.Rules[chainPublish] = publishRules
+	s.Rules[chainPre] = preroutingRules
+	s.Rules[chainOutput] = outputRules
+	var post []ruleSpec
+	for r := range rules {
+		switch r.Kind {
+		case KindPublish:
+			set, k, v := portElem(r)
+			s.Elems[set][k] = v
+		case KindHairpin, KindOverlaySNAT, KindMasquerade:
+			post = append(post, postroutingRule(r))
+		}
+	}
+	s.Rules[chainPost] = post
+	return s
+}
+
+// portElem is the map element of one KindPublish rule.
+func portElem(r Rule) (set string, k elemKey, v elemVal) {
+	proto, _ := protoNumber(r.Proto)
+	t := r.Target.Addr().As4()
+	v = elemVal(binary.BigEndian.Uint32(t[:]))<<16 | elemVal(r.Target.Port())
+	k = elemKey(proto)<<16 | elemKey(r.HostPort)
+	if !r.HostAddr.IsValid() {
+		return setPortsAny, k, v
+	}
+	h := r.HostAddr.As4()
+	return setPortsAddr, elemKey(binary.BigEndian.Uint32(h[:]))<<24 | k, v
+}
+
+// keyBytes is k as the kernel holds it in set: each field in network
+// order, padded to 4 bytes (ipv4_addr . inet_proto . inet_service).
+func keyBytes(set string, k elemKey) []byte {
+	b := make([]byte, 0, 12)
+	if set == setPortsAddr {
+		b = binary.BigEndian.AppendUint32(b, uint32(k>>24))
+	}
+	b = append(b, byte(k>>16), 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(k)) // port
+	return append(b, 0, 0)
+}
+
+// valBytes is v as the kernel holds it (ipv4_addr . inet_service).
+func valBytes(v elemVal) []byte {
+	b := binary.BigEndian.AppendUint32(make([]byte, 0, 8), uint32(v>>16))
+	return append(binary.BigEndian.AppendUint16(b, uint16(v)), 0, 0)
+}
+
+// parseElem is the inverse of keyBytes and valBytes; ok is false for an
+// element zlmesh cannot have written.
+func parseElem(set string, key, val []byte) (k elemKey, v elemVal, ok bool) {
+	want := 8
+	if set == setPortsAddr {
+		want = 12
+	}
+	if len(key) != want || len(val) != 8 || val[6] != 0 || val[7] != 0 {
+		return 0, 0, false
+	}
+	if set == setPortsAddr {
+		k = elemKey(binary.BigEndian.Uint32(key))<<24 | elemKey(key[4])<<16 | elemKey(binary.BigEndian.Uint16(key[8:]))
+		if key[5]|key[6]|key[7]|key[10]|key[11] != 0 {
+			return 0, 0, false
+		}
+	} else {
+		k = elemKey(key[0])<<16 | elemKey(binary.BigEndian.Uint16(key[4:]))
+		if key[1]|key[2]|key[3]|key[6]|key[7] != 0 {
+			return 0, 0, false
+		}
+	}
+	return k, elemVal(binary.BigEndian.Uint32(val))<<16 | elemVal(binary.BigEndian.Uint16(val[4:])), true
+}
+
+// postroutingRule renders a source-NAT rule, remembering the last few (they
+// change only with the node's addresses, and rendering one costs a hash).
+func postroutingRule(r Rule) ruleSpec {
+	rendered.Lock()
+	defer rendered.Unlock()
+	if rs, ok := rendered.m[r]; ok {
+		return rs
+	}
+	var e []expr.Any
+	switch r.Kind {
+	case KindHairpin:
+		e = hairpinExprs(r)
+	case KindOverlaySNAT:
+		e = overlaySNATExprs(r)
+	case KindMasquerade:
+		e = masqueradeExprs(r)
+	}
+	if len(rendered.m) >= 64 {
+		clear(rendered.m)
+	}
+	rs := tagged(r.String(), e)
+	rendered.m[r] = rs
+	return rs
+}
+
+var rendered = struct {
+	sync.Mutex
+	m map[Rule]ruleSpec
+}{m: map[Rule]ruleSpec{}}
+
+// tagged names exprs by what and a hash of their netlink encoding, so a
+// change in how zlmesh renders a rule is noticed in tables it made before.
+func tagged(what string, exprs []expr.Any) ruleSpec {
+	h := sha256.New()
+	for _, e := range exprs {
+		b, err := expr.Marshal(byte(family), e)
+		if err != nil {
+			panic("natd: marshal " + what + ": " + err.Error()) // static expressions: a bug
+		}
+		h.Write(b)
+	}
+	return ruleSpec{Tag: commentPrefix + what + " #" + hex.EncodeToString(h.Sum(nil)[:6]), Exprs: exprs}
+}
+
+var (
+	publishRules = []ruleSpec{
+		tagged("publish on one address", append(ipv4Only(),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+			&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPortsAddr},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9},
+		)),
+		tagged("publish on all addresses", append(ipv4Only(),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPortsAny},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9},
+		)),
+	}
+	preroutingRules = []ruleSpec{
+		tagged("published ports from the network", append(ipv4Only(), append(localDaddr(),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
+	}
+	outputRules = []ruleSpec{
+		tagged("published ports from this host", append(append(ipv4Only(),
+			prefixMatch(16, netip.MustParsePrefix("127.0.0.0/8"), expr.CmpOpNeq)...), append(localDaddr(),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
+	}
+)
+
+// hairpinExprs match on addresses, not on the input interface: where
+// br_netfilter is active (bridge-nf-call-iptables=1) a connection translated
+// to a target on the client's own bridge is bridged, not routed, and its
+// postrouting pass has no input interface; the output is the bridge.
+func hairpinExprs(r Rule) []expr.Any {
+	e := append(append(ipv4Only(), ctDNAT()...), prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	return append(e,
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.Iface)},
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		&expr.Masq{},
+	)
+}
+
+func overlaySNATExprs(r Rule) []expr.Any {
+	to := r.To.As4()
+	e := append(append(ipv4Only(), ctDNAT()...),
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.Iface)},
+	)
+	e = append(e, prefixMatch(12, r.Keep, expr.CmpOpNeq)...)
+	return append(e,
+		&expr.Immediate{Register: 1, Data: to[:]},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
+	)
+}
+
+func masqueradeExprs(r Rule) []expr.Any {
+	e := ipv4Only()
+	e = append(e, prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	e = append(e, prefixMatch(16, r.Except, expr.CmpOpNeq)...)
+	return append(e,
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(r.Iface)},
+		&expr.Masq{},
+	)
+}
+
+// ipv4Only matches IPv4 packets (in an inet table, before any ip header field).
+func ipv4Only() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}
+}
+
+// localDaddr matches packets to a local address of the host
+// (fib daddr type local).
+func localDaddr() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
+// ipsDstNAT is the conntrack status bit of a destination-NATed connection
+// (IPS_DST_NAT in linux/netfilter/nf_conntrack_common.h).
+const ipsDstNAT = 1 << 5
+
+// ctDNAT matches connections whose destination was translated
+// (ct status dnat).
+func ctDNAT() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// prefixMatch compares the IPv4 address at offset off of the network header
+// with p.
+func prefixMatch(off uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	var m [4]byte
+	binary.BigEndian.PutUint32(m[:], ^uint32(0)<<(32-p.Bits()))
+	a := p.Masked().Addr().As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m[:], Xor: make([]byte, 4)},
+		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+	}
+}
+
+// ifname is an interface name as the kernel compares it for an exact match:
+// NUL-padded to IFNAMSIZ.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// comment is the rule comment (libnftnl user data type 0) in ud, or "".
+// It tolerates malformed user data (the library's parser would panic).
+func comment(ud []byte) string {
+	for len(ud) >= 2 {
+		typ, n := ud[0], int(ud[1])
+		if len(ud) < 2+n {
+			return ""
+		}
+		if typ == 0 {
+			v := ud[2 : 2+n]
+			for len(v) > 0 && v[len(v)-1] == 0 {
+				v = v[:len(v)-1]
+			}
+			return string(v)
+		}
+		ud = ud[2+n:]
+	}
+	return ""
+}
+
+// commentData is the user data carrying comment c.
+func commentData(c string) []byte {
+	return append([]byte{0, byte(len(c) + 1)}, append([]byte(c), 0)...)
+}

@@ -1,0 +1,86 @@
+//go:build linux
+
+package natd
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+)
+
+func TestElemEncoding(t *testing.T) {
+	tests := []struct {
+		port     Port
+		set      string
+		key, val []byte
+	}{
+		{Port{Proto: "tcp", HostPort: 8080, Target: netip.MustParseAddrPort("10.200.3.34:80")},
+			setPortsAny, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}},
+		{Port{Proto: "udp", HostAddr: netip.MustParseAddr("192.0.2.10"), HostPort: 65535, Target: netip.MustParseAddrPort("10.200.255.254:65535")},
+			setPortsAddr, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0xff, 0xff, 0, 0}, []byte{10, 200, 255, 254, 0xff, 0xff, 0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.port.String(), func(t *testing.T) {
+			set, k, v := portElem(Rule{Kind: KindPublish, Proto: tt.port.Proto, HostAddr: tt.port.HostAddr, HostPort: tt.port.HostPort, Target: tt.port.Target})
+			if set != tt.set {
+				t.Fatalf("set %s, want %s", set, tt.set)
+			}
+			if kb, vb := keyBytes(set, k), valBytes(v); !bytes.Equal(kb, tt.key) || !bytes.Equal(vb, tt.val) {
+				t.Errorf("encoded %x : %x, want %x : %x", kb, vb, tt.key, tt.val)
+			}
+			k2, v2, ok := parseElem(set, tt.key, tt.val)
+			if !ok || k2 != k || v2 != v {
+				t.Errorf("parse %x : %x = %x, %x, %v; want %x, %x", tt.key, tt.val, k2, v2, ok, k, v)
+			}
+		})
+	}
+	for _, bad := range [][2][]byte{
+		{{6, 0, 0, 0, 0x1f, 0x90, 0}, {10, 200, 3, 34, 0, 80, 0, 0}},
+		{{6, 1, 0, 0, 0x1f, 0x90, 0, 0}, {10, 200, 3, 34, 0, 80, 0, 0}},
+		{{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, {10, 200, 3, 34, 0, 80, 0, 1}},
+	} {
+		if _, _, ok := parseElem(setPortsAny, bad[0], bad[1]); ok {
+			t.Errorf("parseElem accepted %x : %x", bad[0], bad[1])
+		}
+	}
+}
+
+// FuzzKernelData feeds arbitrary bytes to the parsers of what natd reads
+// back from the kernel (rule comments, port map elements): no panic, and
+// whatever parseElem accepts encodes back to the same bytes.
+func FuzzKernelData(f *testing.F) {
+	f.Add(commentData("zlmesh hairpin #0123456789ab"), []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}, false)
+	f.Add([]byte{0, 200, 'x'}, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0, 53, 0, 0}, []byte{10, 200, 5, 7, 0, 53, 0, 0}, true)
+	f.Add([]byte{3, 1, 0, 0, 2, 'a', 0}, []byte{}, []byte{1}, true)
+	f.Fuzz(func(t *testing.T, ud, key, val []byte, addrSet bool) {
+		_ = comment(ud)
+		set := setPortsAny
+		if addrSet {
+			set = setPortsAddr
+		}
+		k, v, ok := parseElem(set, key, val)
+		if !ok {
+			return
+		}
+		if kb, vb := keyBytes(set, k), valBytes(v); !bytes.Equal(kb, key) || !bytes.Equal(vb, val) {
+			t.Fatalf("%x : %x parsed and encoded back as %x : %x", key, val, kb, vb)
+		}
+	})
+}
+
+func TestComment(t *testing.T) {
+	for _, tt := range []struct {
+		ud   []byte
+		want string
+	}{
+		{commentData("zlmesh x #1"), "zlmesh x #1"},
+		{append([]byte{7, 2, 1, 2}, commentData("after another tlv")...), "after another tlv"},
+		{[]byte{0, 9, 'a'}, ""}, // length past the end
+		{[]byte{0}, ""},
+		{nil, ""},
+	} {
+		if got := comment(tt.ud); got != tt.want {
+			t.Errorf("comment(%x) = %q, want %q", tt.ud, got, tt.want)
+		}
+	}
+}

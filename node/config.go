@@ -1,0 +1,252 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/mesh"
+	"github.com/zlmesh/zlmesh/tun"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultStateDir   = "/var/lib/zlmesh"
+	DefaultListenPort = 51820
+	DefaultGossipPort = 7946
+	DefaultKeepalive  = 25 * time.Second
+	DefaultDeadGrace  = 24 * time.Hour
+)
+
+// Config is everything `zlmesh up` needs. The zero value of every field but
+// ClusterKey is usable: Normalize fills defaults.
+type Config struct {
+	// Name is the node's unique name in the cluster; default: the hostname.
+	Name string
+	// StateDir holds the private key, the subnet claim, attachments and
+	// known peers; default /var/lib/zlmesh. Created with mode 0700.
+	StateDir string
+	// Socket is the control socket path; default /run/zlmesh/zlmesh.sock.
+	Socket string
+	// Interface is the TUN's name (at most 15 bytes); default zl0.
+	Interface string
+	// MTU of the TUN and of container interfaces; default 1420.
+	MTU int
+	// ListenPort is WireGuard's UDP port; default 51820.
+	ListenPort int
+	// GossipPort is memberlist's UDP and TCP port; default 7946.
+	GossipPort int
+	// BindAddr is the address gossip listens on; default all (0.0.0.0).
+	BindAddr netip.Addr
+	// AdvertiseAddr is this node's underlay address as peers dial it for
+	// gossip and WireGuard; default: memberlist's pick from the bind
+	// address (the first private address).
+	AdvertiseAddr netip.Addr
+	// Join lists the seeds (host:port) to join through; empty starts a new
+	// cluster (or re-joins the peers remembered in StateDir).
+	Join []string
+	// ClusterKey seals gossip (16, 24 or 32 bytes). Required.
+	ClusterKey []byte
+	// ClusterCIDR is cut into node subnets; default 10.200.0.0/16.
+	ClusterCIDR netip.Prefix
+	// NodePrefix is the node subnet's prefix length; default 24.
+	NodePrefix int
+	// SlicePrefix is a service slice's prefix length; default 27.
+	SlicePrefix int
+	// NodeSubnet is the subnet this node would like; zero: pick a free one.
+	// A subnet already recorded in StateDir takes precedence.
+	NodeSubnet netip.Prefix
+	// DeadGrace is how long the subnet of a node declared dead stays
+	// reserved for it; default 24h.
+	DeadGrace time.Duration
+	// Keepalive is WireGuard's persistent keepalive; default 25s.
+	Keepalive time.Duration
+	// NoMasquerade switches egress masquerade off: containers then reach
+	// outside the cluster with their own source address.
+	NoMasquerade bool
+	// DNSUpstreams are where the mesh DNS forwards names outside the zone;
+	// nil: the host's /etc/resolv.conf without loopback entries.
+	DNSUpstreams []string
+	// DNSZone is the mesh DNS zone; default "zl.".
+	DNSZone string
+	// DNSTTL is the TTL of mesh DNS answers; default 5s.
+	DNSTTL time.Duration
+	// DNSListen are extra socket listeners (ip:port, UDP and TCP) of the
+	// mesh DNS, e.g. 127.0.0.1:53 for the host itself; the mesh DNS
+	// address on the packet path is always served.
+	DNSListen []string
+	// Gossip holds memberlist's timers; zero fields keep LAN defaults.
+	Gossip mesh.Tuning
+	// Logger; nil logs to stderr at Info.
+	Logger *slog.Logger
+
+	// NewTUN creates the packet device; nil: a kernel TUN (tun.Create).
+	// Tests pass a fake.
+	NewTUN func(name string, mtu int) (tun.Device, error)
+	// Bind is WireGuard's UDP transport; nil: conn.NewDefaultBind().
+	Bind conn.Bind
+	// Plumbing configures the OS side of the interface; nil: netlink on
+	// Linux (tun.SetAddress, tun.SetRoutes).
+	Plumbing Plumbing
+	// Containers is the container plumbing; nil: package bridge on Linux,
+	// none elsewhere (attach then answers "unsupported").
+	Containers Containers
+	// NAT is the kernel NAT table; nil: natd's nftables table on Linux,
+	// none elsewhere (publish then answers "unsupported").
+	NAT NAT
+}
+
+// Plumbing is the OS side of the TUN: its address and the routes zlmesh owns.
+// Both calls are declarative and idempotent.
+type Plumbing interface {
+	SetAddress(ifname string, addr netip.Prefix) error
+	SetRoutes(ifname string, routes []netip.Prefix) error
+}
+
+type kernelPlumbing struct{}
+
+func (kernelPlumbing) SetAddress(ifname string, addr netip.Prefix) error {
+	return tun.SetAddress(ifname, addr)
+}
+func (kernelPlumbing) SetRoutes(ifname string, routes []netip.Prefix) error {
+	return tun.SetRoutes(ifname, routes)
+}
+
+// Normalize fills defaults and checks the configuration. Every error is one
+// line naming the problem.
+func (c *Config) Normalize() error {
+	if c.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --name given and no hostname: %w", err)
+		}
+		c.Name = h
+	}
+	if err := checkName(c.Name); err != nil {
+		return err
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.Socket == "" {
+		c.Socket = api.DefaultSocket
+	}
+	if c.Interface == "" {
+		c.Interface = tun.DefaultName
+	}
+	if err := tun.ValidateName(c.Interface); err != nil {
+		return fmt.Errorf("--interface: %w", err)
+	}
+	if c.MTU == 0 {
+		c.MTU = tun.DefaultMTU
+	}
+	if c.MTU < 1280 || c.MTU > 65535 {
+		return fmt.Errorf("--mtu %d: must be between 1280 and 65535", c.MTU)
+	}
+	if c.ListenPort == 0 {
+		c.ListenPort = DefaultListenPort
+	}
+	if c.GossipPort == 0 {
+		c.GossipPort = DefaultGossipPort
+	}
+	for name, p := range map[string]int{"--listen-port": c.ListenPort, "--gossip-port": c.GossipPort} {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%s %d: must be between 1 and 65535", name, p)
+		}
+	}
+	if !c.BindAddr.IsValid() {
+		c.BindAddr = netip.IPv4Unspecified()
+	}
+	for _, j := range c.Join {
+		if err := checkHostPort(j); err != nil {
+			return fmt.Errorf("--join %q: %w", j, err)
+		}
+	}
+	if len(c.ClusterKey) == 0 {
+		return errors.New("no cluster key: make one with `zlmesh genkey > cluster.key` and pass --cluster-key-file")
+	}
+	switch len(c.ClusterKey) {
+	case 16, 24, 32:
+	default:
+		return fmt.Errorf("cluster key is %d bytes: must be 16, 24 or 32", len(c.ClusterKey))
+	}
+	if !c.ClusterCIDR.IsValid() {
+		c.ClusterCIDR = netip.MustParsePrefix(ipam.DefaultCluster)
+	}
+	if c.NodePrefix == 0 {
+		c.NodePrefix = ipam.DefaultNodeBits
+	}
+	if c.SlicePrefix == 0 {
+		c.SlicePrefix = ipam.DefaultSliceBits
+	}
+	if _, err := ipam.NewPool(c.ClusterCIDR, c.NodePrefix, c.SlicePrefix); err != nil {
+		return err
+	}
+	if c.DeadGrace == 0 {
+		c.DeadGrace = DefaultDeadGrace
+	}
+	if c.DeadGrace < 0 {
+		return fmt.Errorf("--dead-grace %v: must not be negative", c.DeadGrace)
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	for _, u := range c.DNSUpstreams {
+		if err := checkHostPort(u); err != nil {
+			return fmt.Errorf("--dns-upstream %q: %w", u, err)
+		}
+	}
+	for _, l := range c.DNSListen {
+		if _, err := netip.ParseAddrPort(l); err != nil {
+			return fmt.Errorf("--dns-listen %q: want ip:port", l)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if c.NewTUN == nil {
+		c.NewTUN = tun.Create
+	}
+	if c.Plumbing == nil {
+		c.Plumbing = kernelPlumbing{}
+	}
+	return nil
+}
+
+// checkName accepts DNS-label-like node names, since they become
+// <name>.node.<zone>.
+func checkName(name string) error {
+	if len(name) > 63 {
+		return fmt.Errorf("node name %q: longer than 63 characters", name)
+	}
+	for i, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' && i > 0 && i < len(name)-1
+		if !ok {
+			return fmt.Errorf("node name %q: only letters, digits and inner '-' are allowed (it becomes a DNS name)", name)
+		}
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("not host:port: %w", err)
+	}
+	if host == "" {
+		return errors.New("empty host")
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q: must be a number between 1 and 65535", port)
+	}
+	return nil
+}

@@ -1,0 +1,24 @@
+package node
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/zlmesh/zlmesh/bridge"
+	"github.com/zlmesh/zlmesh/natd"
+)
+
+// defaultContainers is the Linux container plumbing in the node's own
+// network namespace, switching IP forwarding on with the first attach.
+func defaultContainers(log *slog.Logger) (Containers, error) {
+	return bridge.New(bridge.Config{Logger: log.With("component", "bridge"), Forwarding: true})
+}
+
+// defaultNAT is natd's nftables table in the node's network namespace, with
+// the sysctls the data path needs.
+func defaultNAT(log *slog.Logger) (NAT, error) {
+	if err := natd.ApplySysctls(); err != nil {
+		return nil, fmt.Errorf("NAT sysctls: %w", err)
+	}
+	return natd.New(natd.Options{Logger: log.With("component", "natd")})
+}

@@ -1,0 +1,178 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/dnsd"
+	"github.com/zlmesh/zlmesh/mesh"
+)
+
+// dnsRefreshEvery bounds how stale the mesh DNS can be when an event was
+// missed; changes normally reach it at once through mesh events.
+const dnsRefreshEvery = 2 * time.Second
+
+// startDNS makes the mesh DNS server, hooks it into the packet path at the
+// mesh DNS address (queries to it never reach WireGuard) and starts the
+// optional socket listeners.
+func (n *Node) startDNS() error {
+	upstreams := n.cfg.DNSUpstreams
+	if upstreams == nil {
+		var err error
+		if upstreams, err = dnsd.ResolvConfUpstreams("/etc/resolv.conf"); err != nil {
+			n.log.Warn("no DNS upstreams from /etc/resolv.conf; names outside the mesh answer SERVFAIL", "err", err)
+		}
+	}
+	srv, err := dnsd.New(dnsd.Config{
+		Zone:      n.cfg.DNSZone,
+		TTL:       n.cfg.DNSTTL,
+		Addr:      n.pool.MeshDNS(),
+		Cluster:   n.pool.Cluster(),
+		Upstreams: upstreams,
+		Logger:    n.log.With("component", "dnsd"),
+	})
+	if err != nil {
+		return fmt.Errorf("mesh DNS: %w", err)
+	}
+	n.dns = srv
+	remove, err := srv.Hook(n.wrap, n.pool.MeshDNS())
+	if err != nil {
+		return fmt.Errorf("mesh DNS on the packet path: %w", err)
+	}
+	n.undo = append(n.undo, remove)
+	for _, addr := range n.cfg.DNSListen {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return fmt.Errorf("--dns-listen %s: %w", addr, err)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			pc.Close()
+			return fmt.Errorf("--dns-listen %s: %w", addr, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		n.undo = append(n.undo, cancel)
+		go srv.Serve(ctx, pc, l)
+	}
+	n.refreshDNS()
+	n.log.Info("mesh DNS", "address", n.pool.MeshDNS(), "zone", n.zone(), "upstreams", upstreams, "listen", n.cfg.DNSListen)
+	return nil
+}
+
+// zone is the mesh DNS zone with its trailing dot.
+func (n *Node) zone() string {
+	z := n.cfg.DNSZone
+	if z == "" {
+		z = dnsd.DefaultZone
+	}
+	if !strings.HasSuffix(z, ".") {
+		z += "."
+	}
+	return strings.ToLower(z)
+}
+
+// searchDomain is the mesh DNS zone without its trailing dot.
+func (n *Node) searchDomain() string { return strings.TrimSuffix(n.zone(), ".") }
+
+// routineDNS keeps the mesh DNS equal to the cluster's records: service
+// endpoints of alive nodes, alive nodes' overlay addresses, and published
+// ports as SRV records.
+func (n *Node) routineDNS() {
+	ch, cancel := n.mesh.Subscribe()
+	defer cancel()
+	t := time.NewTicker(dnsRefreshEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+			// Coalesce a burst of events into one rebuild.
+			time.Sleep(20 * time.Millisecond)
+			for len(ch) > 0 {
+				<-ch
+			}
+		case <-t.C:
+		}
+		n.refreshDNS()
+	}
+}
+
+// refreshDNS builds a snapshot from the store and membership and installs it
+// when it differs from the last one.
+func (n *Node) refreshDNS() {
+	snap := n.dnsSnapshot()
+	if n.lastDNS != nil && snapshotsEqual(*n.lastDNS, snap) {
+		return
+	}
+	if err := n.dns.SetSnapshot(snap); err != nil {
+		n.log.Warn("mesh DNS: records skipped", "err", err)
+	}
+	n.lastDNS = &snap
+}
+
+func (n *Node) dnsSnapshot() dnsd.Snapshot {
+	var snap dnsd.Snapshot
+	alive := map[string]bool{}
+	for _, m := range n.mesh.Members() {
+		if m.State != mesh.StateAlive && m.State != mesh.StateSuspect {
+			continue
+		}
+		alive[m.Name] = true
+		if a, err := netip.ParseAddr(m.Meta.OverlayIP); err == nil {
+			snap.Nodes = append(snap.Nodes, dnsd.NodeRecord{Name: m.Name, Addr: a})
+		}
+	}
+	serviceOf := map[string]string{} // container → service
+	addrOf := map[string]netip.Addr{}
+	for _, r := range n.mesh.Store().List(serviceKind) {
+		var ep api.ServiceEndpoint
+		if json.Unmarshal(r.Value, &ep) != nil || !alive[r.Owner] {
+			continue
+		}
+		a, err := netip.ParseAddr(ep.Address)
+		if err != nil {
+			continue
+		}
+		snap.Endpoints = append(snap.Endpoints, dnsd.Endpoint{Service: ep.Service, Container: ep.Container, Node: ep.Node, Addr: a})
+		serviceOf[ep.Container] = ep.Service
+		addrOf[ep.Container] = a
+	}
+	for _, r := range n.mesh.Store().List(portKind) {
+		var pm api.PortMapping
+		if json.Unmarshal(r.Value, &pm) != nil || !alive[r.Owner] {
+			continue
+		}
+		pr := dnsd.PortRecord{Proto: pm.Protocol, Port: uint16(pm.ContainerPort)}
+		if pm.Service != "" {
+			pr.Service = pm.Service
+		} else if svc, ok := serviceOf[pm.Container]; ok {
+			pr.Service, pr.Target = svc, addrOf[pm.Container]
+		} else {
+			continue
+		}
+		snap.Ports = append(snap.Ports, pr)
+	}
+	slices.SortFunc(snap.Nodes, func(a, b dnsd.NodeRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Endpoints, func(a, b dnsd.Endpoint) int {
+		return strings.Compare(a.Service+"/"+a.Container, b.Service+"/"+b.Container)
+	})
+	slices.SortFunc(snap.Ports, func(a, b dnsd.PortRecord) int {
+		return strings.Compare(fmt.Sprint(a), fmt.Sprint(b))
+	})
+	return snap
+}
+
+func snapshotsEqual(a, b dnsd.Snapshot) bool {
+	return slices.Equal(a.Nodes, b.Nodes) && slices.Equal(a.Endpoints, b.Endpoints) && slices.Equal(a.Ports, b.Ports)
+}

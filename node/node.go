@@ -1,0 +1,476 @@
+// Package node runs one zlmesh node: it is the only package that wires the
+// others together.
+//
+// Start brings a node up in this order, undoing every step already made if a
+// later one fails:
+//
+//  1. the state dir (locked, so one node owns it) and the private key;
+//  2. the address allocator over the state dir (ipam);
+//  3. the control socket (listening, not yet serving);
+//  4. the TUN, wrapped in the packet-path tun.Wrapper;
+//  5. the wireguard-go device on the Wrapper, its UDP port and its UAPI
+//     socket (so `wg show` works);
+//  6. membership (mesh): gossip, the record store, re-join;
+//  7. the node-subnet claim, the TUN's overlay address, this node's meta,
+//     the NAT table, the mesh DNS hooked into the packet path;
+//  8. the reconcile loops, then the control socket starts serving.
+//
+// The reconcile loops (reconcile.go) turn what the mesh says into kernel and
+// WireGuard state: members → WireGuard peers and routes; a lost subnet
+// conflict → renumbering.
+package node
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/dnsd"
+	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/mesh"
+	"github.com/zlmesh/zlmesh/tun"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Version is the software version gossiped in every node's meta.
+var Version = "0.1.0-dev"
+
+// Files in the state dir besides the private key.
+const (
+	ipamFile  = "ipam.json"  // the subnet claim, service slices, container leases
+	peersFile = "peers.json" // peers seen, for re-joining
+	lockFile  = "state.lock" // held while a node runs on this state dir
+)
+
+// Node is a running zlmesh node. Its methods are safe for concurrent use.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	key  wgtypes.Key
+	pool *ipam.Pool
+
+	alloc      *ipam.Allocator
+	attach     *attachments
+	containers Containers   // nil where container plumbing is unsupported
+	renumberMu sync.RWMutex // held for writing while the node changes subnet
+	metrics    *metrics
+	ports      *ports
+	nat        NAT // nil where kernel NAT is unsupported
+	dns        *dnsd.Server
+	lastDNS    *dnsd.Snapshot // owned by RoutineDNS after Start
+	wrap       *tun.Wrapper
+	dev        *device.Device
+	uapi       net.Listener
+	mesh       *mesh.Mesh
+	claimer    *mesh.Claimer
+	events     *eventHub
+
+	ctlLn  net.Listener
+	ctlSrv *http.Server
+
+	startedAt time.Time
+	kick      chan struct{} // wakes the reconcile loop; never blocks
+	stop      chan struct{} // closed to stop the loops
+	loops     sync.WaitGroup
+	done      chan struct{} // closed when the node has stopped
+	closeOnce sync.Once
+	closeErr  error
+	undo      []func() // teardown of what Start made, in making order
+
+	// mu guards the fields below.
+	mu            sync.Mutex
+	claim         ipam.Claim
+	peerEndpoints map[wgtypes.Key]netip.AddrPort // endpoint last set per peer
+	routes        []netip.Prefix
+	alive         map[string]bool // peer name → alive, for peer up/down events
+}
+
+// Start brings a node up (see the package comment for the order). On error
+// nothing it made is left behind. ctx bounds the start only.
+func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:           cfg,
+		log:           cfg.Logger,
+		events:        newEventHub(),
+		startedAt:     time.Now().UTC(),
+		kick:          make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
+		peerEndpoints: map[wgtypes.Key]netip.AddrPort{},
+		alive:         map[string]bool{},
+		metrics:       newMetrics(),
+	}
+	defer func() {
+		if err != nil {
+			n.teardown()
+		}
+	}()
+
+	// 1. State dir and key.
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	unlock, err := lockStateDir(filepath.Join(cfg.StateDir, lockFile))
+	if err != nil {
+		return nil, err
+	}
+	n.undo = append(n.undo, unlock)
+	key, created, err := loadOrCreateKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	n.key = key
+	n.log = n.log.With("node", cfg.Name)
+	n.log.Info("identity", "public_key", key.PublicKey().String(), "new", created)
+
+	// 2. Allocator.
+	if n.pool, err = ipam.NewPool(cfg.ClusterCIDR, cfg.NodePrefix, cfg.SlicePrefix); err != nil {
+		return nil, err
+	}
+	if n.alloc, err = ipam.NewAllocator(ipam.NewFileStore(filepath.Join(cfg.StateDir, ipamFile)), n.pool); err != nil {
+		return nil, err
+	}
+
+	// Attachments of the previous life: adopt the live ones, forget the
+	// rest, before anything else can attach.
+	if n.attach, err = loadAttachments(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if n.containers = cfg.Containers; n.containers == nil {
+		if n.containers, err = defaultContainers(n.log); err != nil {
+			return nil, err
+		}
+	}
+	if n.containers != nil {
+		n.undo = append(n.undo, func() { n.containers.Close() })
+		n.adoptAttachments(ctx)
+	}
+
+	// Published ports and the NAT table: the kernel kept the rules while
+	// zlmesh was down; the first convergence after the claim adopts them.
+	if n.ports, err = loadPorts(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if n.nat = cfg.NAT; n.nat == nil {
+		if n.nat, err = defaultNAT(n.log); err != nil {
+			return nil, err
+		}
+	}
+	if n.nat != nil {
+		n.undo = append(n.undo, func() { n.nat.Close() })
+	}
+
+	// 3. Control socket.
+	if n.ctlLn, err = listenControl(cfg.Socket); err != nil {
+		return nil, err
+	}
+	n.undo = append(n.undo, func() { n.ctlLn.Close(); os.Remove(cfg.Socket) })
+
+	// 4. TUN and the packet path.
+	rawTUN, err := cfg.NewTUN(cfg.Interface, cfg.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("create TUN %s: %w", cfg.Interface, err)
+	}
+	n.wrap = tun.NewWrapper(rawTUN)
+
+	// 5. WireGuard.
+	bind := cfg.Bind
+	if bind == nil {
+		bind = conn.NewDefaultBind()
+	}
+	n.dev = device.NewDevice(n.wrap, bind, wgLogger(n.log))
+	n.undo = append(n.undo, n.dev.Close) // closes the TUN too
+	if err := n.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(key[:]), cfg.ListenPort)); err != nil {
+		return nil, fmt.Errorf("configure WireGuard: %w", err)
+	}
+	if err := n.dev.Up(); err != nil {
+		return nil, fmt.Errorf("WireGuard listen port %d: %w", cfg.ListenPort, err)
+	}
+	if n.uapi, err = uapiListen(cfg.Interface, n.dev, n.log); err != nil {
+		return nil, fmt.Errorf("UAPI socket for %s: %w", cfg.Interface, err)
+	}
+	n.undo = append(n.undo, func() { n.uapi.Close() })
+
+	// 6. Membership.
+	mcfg := mesh.Config{
+		Name:           cfg.Name,
+		BindAddr:       cfg.BindAddr.String(),
+		BindPort:       cfg.GossipPort,
+		ClusterKey:     cfg.ClusterKey,
+		Join:           cfg.Join,
+		KnownPeersFile: filepath.Join(cfg.StateDir, peersFile),
+		Meta:           mesh.Meta{PublicKey: key.PublicKey().String(), Version: Version},
+		Tuning:         cfg.Gossip,
+		Logger:         n.log.With("component", "mesh"),
+	}
+	if cfg.AdvertiseAddr.IsValid() {
+		mcfg.AdvertiseAddr = cfg.AdvertiseAddr.String()
+		mcfg.AdvertisePort = cfg.GossipPort
+		mcfg.Meta.Endpoint = netip.AddrPortFrom(cfg.AdvertiseAddr, uint16(cfg.ListenPort)).String()
+	}
+	if n.mesh, err = mesh.Start(mcfg); err != nil {
+		return nil, fmt.Errorf("gossip on port %d: %w", cfg.GossipPort, err)
+	}
+	n.undo = append(n.undo, func() { n.mesh.Shutdown() })
+
+	// 7. Subnet claim and overlay address.
+	stored, hasStored := n.alloc.Claim()
+	ccfg := mesh.ClaimerConfig{
+		Node:      key.PublicKey().String(),
+		Name:      cfg.Name,
+		Grace:     cfg.DeadGrace,
+		Preferred: cfg.NodeSubnet,
+	}
+	if hasStored {
+		ccfg.Stored = &stored
+	}
+	n.claimer = mesh.NewClaimer(n.mesh, n.pool, ccfg)
+	claim, err := n.claimer.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("claim a node subnet: %w", err)
+	}
+	if err := n.applyClaim(claim); err != nil {
+		return nil, err
+	}
+	n.reconcilePorts()
+	if err := n.startDNS(); err != nil {
+		return nil, err
+	}
+
+	// 8. Loops and the control socket.
+	n.startLoops()
+	n.ctlSrv = &http.Server{Handler: n.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go n.ctlSrv.Serve(n.ctlLn)
+	n.log.Info("up", "subnet", claim.Subnet, "overlay", ipam.OverlayAddr(claim.Subnet),
+		"interface", cfg.Interface, "listen_port", cfg.ListenPort, "gossip_port", cfg.GossipPort, "socket", cfg.Socket)
+	return n, nil
+}
+
+// applyClaim makes claim this node's subnet: it records it in the state dir
+// (moving every lease when the subnet changed), sets the TUN's overlay
+// address and gossips the new meta. Attached containers move with it.
+func (n *Node) applyClaim(claim ipam.Claim) error {
+	n.renumberMu.Lock()
+	defer n.renumberMu.Unlock()
+	old, had := n.alloc.Claim()
+	if had && old.Subnet != claim.Subnet {
+		moves, err := n.alloc.Renumber(claim)
+		if err != nil {
+			return fmt.Errorf("renumber to %s: %w", claim.Subnet, err)
+		}
+		n.renumberContainers(moves)
+	} else if err := n.alloc.SetClaim(claim); err != nil {
+		return fmt.Errorf("record claim %s: %w", claim.Subnet, err)
+	}
+	overlay := ipam.OverlayAddr(claim.Subnet)
+	if err := n.cfg.Plumbing.SetAddress(n.cfg.Interface, netip.PrefixFrom(overlay, n.pool.Cluster().Bits())); err != nil {
+		return fmt.Errorf("address %s on %s: %w", overlay, n.cfg.Interface, err)
+	}
+	n.mu.Lock()
+	n.claim = claim
+	n.mu.Unlock()
+	return n.updateMeta()
+}
+
+// updateMeta gossips this node's current meta.
+func (n *Node) updateMeta() error {
+	n.mu.Lock()
+	claim := n.claim
+	n.mu.Unlock()
+	meta := mesh.Meta{
+		PublicKey:  n.key.PublicKey().String(),
+		Endpoint:   n.endpoint().String(),
+		NodeSubnet: claim.Subnet.String(),
+		OverlayIP:  ipam.OverlayAddr(claim.Subnet).String(),
+		Version:    Version,
+	}
+	if err := n.mesh.UpdateMeta(meta); err != nil {
+		return fmt.Errorf("gossip meta: %w", err)
+	}
+	return nil
+}
+
+// endpoint is this node's WireGuard endpoint as peers should dial it: the
+// advertised address, or the address gossip advertises, with the listen port.
+func (n *Node) endpoint() netip.AddrPort {
+	addr := n.cfg.AdvertiseAddr
+	if !addr.IsValid() {
+		for _, m := range n.mesh.Members() {
+			if m.Self {
+				addr = m.Addr.Addr()
+			}
+		}
+	}
+	return netip.AddrPortFrom(addr, uint16(n.cfg.ListenPort))
+}
+
+// Done is closed when the node has stopped (Close, Leave, or `zlmesh down`).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Close stops the node without leaving the cluster: peers see it die and hold
+// its subnet for the grace period; a restart with the same state dir comes
+// back with the same key and subnet. The TUN goes away with the process;
+// bridges, containers and NAT rules stay.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.log.Info("stopping")
+		close(n.stop)
+		if n.ctlSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			n.ctlSrv.Shutdown(ctx)
+			cancel()
+		}
+		n.loops.Wait()
+		n.teardown()
+		close(n.done)
+	})
+	return n.closeErr
+}
+
+// Leave leaves the cluster gracefully, then stops: its subnet claim is
+// released at once and peers drop it without waiting for failure detection.
+// purge also removes the NAT table (published ports and masquerade), which a
+// plain stop leaves in place.
+func (n *Node) Leave(timeout time.Duration, purge bool) error {
+	if purge && n.nat != nil {
+		if err := n.nat.Purge(); err != nil {
+			n.log.Error("purge NAT table", "err", err)
+		}
+	}
+	n.claimer.Release()
+	if err := n.mesh.Leave(timeout); err != nil {
+		n.log.Warn("leave", "err", err)
+	}
+	return n.Close()
+}
+
+// teardown undoes what Start made, newest first.
+func (n *Node) teardown() {
+	for i := len(n.undo) - 1; i >= 0; i-- {
+		n.undo[i]()
+	}
+	n.undo = nil
+}
+
+// Status reports the node's view of itself.
+func (n *Node) Status() api.Status {
+	n.mu.Lock()
+	claim := n.claim
+	n.mu.Unlock()
+	alive := 0
+	var gossip string
+	for _, m := range n.mesh.Members() {
+		if m.State == mesh.StateAlive {
+			alive++
+		}
+		if m.Self {
+			gossip = m.Addr.String()
+		}
+	}
+	return api.Status{
+		Name:         n.cfg.Name,
+		PublicKey:    n.key.PublicKey().String(),
+		OverlayIP:    ipam.OverlayAddr(claim.Subnet).String(),
+		NodeSubnet:   claim.Subnet.String(),
+		Endpoint:     n.endpoint().String(),
+		GossipAddr:   gossip,
+		ClusterCIDR:  n.pool.Cluster().String(),
+		Interface:    n.cfg.Interface,
+		MTU:          n.cfg.MTU,
+		Version:      Version,
+		MeshDNS:      n.pool.MeshDNS().String(),
+		SearchDomain: n.searchDomain(),
+		Members:      alive,
+		KnownPeers:   len(n.mesh.KnownPeers()),
+		Alone:        n.mesh.Alone(),
+		Attachments:  n.attach.len(),
+		StartedAt:    n.startedAt,
+	}
+}
+
+// Peers joins the mesh view with the WireGuard device's peer entries.
+func (n *Node) Peers() ([]api.Peer, error) {
+	text, err := n.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("read WireGuard peers: %w", err)
+	}
+	dev := parseUAPIPeers(text)
+	var out []api.Peer
+	for _, m := range n.mesh.Members() {
+		if m.Self {
+			continue
+		}
+		p := api.Peer{
+			Name:       m.Name,
+			PublicKey:  m.Meta.PublicKey,
+			Endpoint:   m.Meta.Endpoint,
+			NodeSubnet: m.Meta.NodeSubnet,
+			OverlayIP:  m.Meta.OverlayIP,
+			State:      string(m.State),
+			AllowedIPs: []string{},
+		}
+		if d, ok := dev[m.Meta.PublicKey]; ok {
+			if d.Endpoint != "" {
+				p.Endpoint = d.Endpoint
+			}
+			p.AllowedIPs = d.AllowedIPs
+			p.LastHandshake = d.LastHandshake
+			p.RxBytes, p.TxBytes = d.RxBytes, d.TxBytes
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// wgLogger routes wireguard-go's log lines into slog.
+func wgLogger(log *slog.Logger) *device.Logger {
+	l := log.With("component", "wireguard")
+	return &device.Logger{
+		Verbosef: func(format string, args ...any) {
+			if l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug(fmt.Sprintf(format, args...))
+			}
+		},
+		Errorf: func(format string, args ...any) { l.Error(fmt.Sprintf(format, args...)) },
+	}
+}
+
+// listenControl opens the control socket: its directory is made if missing
+// (0750), a stale socket file from a crashed node is replaced, a live one is
+// an error, and the socket is mode 0660.
+func listenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		c, derr := net.DialTimeout("unix", path, time.Second)
+		if derr == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: another zlmesh is listening there", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	return ln, nil
+}

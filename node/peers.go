@@ -1,0 +1,244 @@
+package node
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/mesh"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// wgPeer is one WireGuard peer as the mesh view wants it.
+type wgPeer struct {
+	Name       string
+	Key        wgtypes.Key
+	Endpoint   netip.AddrPort
+	Subnet     netip.Prefix
+	Overlay    netip.Addr
+	AllowedIPs []netip.Prefix // the node subnet and the overlay address, sorted
+}
+
+// desiredPeers turns the mesh view into WireGuard peers: every alive or
+// suspect member other than this node whose meta carries a key, an endpoint
+// and a subnet. A suspect member stays (suspicion is often a lost probe; the
+// failure detector decides). When two members carry one public key (a node
+// that came back under a new name), the alive one wins, then the lexically
+// first name.
+//
+// A prefix goes to at most one peer, since WireGuard routes each prefix to
+// one peer and assigning it to a second one silently takes it from the first:
+// a subnet goes only to the node that holds it by the claim rule (during a
+// conflict the loser gets nothing until it has renumbered, since its overlay
+// address is the winner's too), and an overlay address only when no other
+// peer's subnet or address covers it.
+func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Prefix]ipam.Claim) []wgPeer {
+	byKey := map[wgtypes.Key]mesh.Member{}
+	for _, m := range members {
+		if m.Self || (m.State != mesh.StateAlive && m.State != mesh.StateSuspect) {
+			continue
+		}
+		k, err := wgtypes.ParseKey(m.Meta.PublicKey)
+		if err != nil || k == self {
+			continue
+		}
+		if prev, ok := byKey[k]; ok {
+			if prev.State == mesh.StateAlive && m.State != mesh.StateAlive {
+				continue
+			}
+			if prev.State == m.State && prev.Name < m.Name {
+				continue
+			}
+		}
+		byKey[k] = m
+	}
+	var out []wgPeer
+	for k, m := range byKey {
+		ep, err := netip.ParseAddrPort(m.Meta.Endpoint)
+		if err != nil {
+			continue
+		}
+		subnet, serr := netip.ParsePrefix(m.Meta.NodeSubnet)
+		overlay, oerr := netip.ParseAddr(m.Meta.OverlayIP)
+		if serr != nil || oerr != nil {
+			continue
+		}
+		out = append(out, wgPeer{Name: m.Name, Key: k, Endpoint: ep, Subnet: subnet, Overlay: overlay})
+	}
+	slices.SortFunc(out, func(a, b wgPeer) int { return strings.Compare(a.Name, b.Name) })
+
+	// Subnets first, to their holders only (or, before any claim of the
+	// subnet is known, to the first peer announcing it).
+	var granted []netip.Prefix
+	covered := func(p netip.Prefix) bool {
+		for _, g := range granted {
+			if g.Overlaps(p) {
+				return true
+			}
+		}
+		return false
+	}
+	for i := range out {
+		p := &out[i]
+		h, held := holders[p.Subnet]
+		if (!held || h.Node == p.Key.String()) && !covered(p.Subnet) {
+			p.AllowedIPs = append(p.AllowedIPs, p.Subnet)
+			granted = append(granted, p.Subnet)
+		}
+	}
+	for i := range out {
+		p := &out[i]
+		own := netip.PrefixFrom(p.Overlay, p.Overlay.BitLen())
+		if len(p.AllowedIPs) == 1 && p.Subnet.Contains(p.Overlay) {
+			p.AllowedIPs = append(p.AllowedIPs, own)
+		} else if len(p.AllowedIPs) == 0 && !covered(own) {
+			p.AllowedIPs = append(p.AllowedIPs, own)
+			granted = append(granted, own)
+		}
+		slices.SortFunc(p.AllowedIPs, comparePrefix)
+	}
+	return out
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// uapiPeerDiff renders the WireGuard UAPI "set" text that takes the device,
+// as it reports itself (dev, from parseUAPIPeers), to want: removed peers,
+// new peers, peers whose AllowedIPs differ, and peers whose announced
+// endpoint changed since it was last set (endpoints holds those; a peer's
+// current endpoint may differ because WireGuard roams, and that is left
+// alone). Diffing against the device rather than a cache of what was sent
+// keeps the device right even when something else changed it. An unchanged
+// view sends nothing (an empty string), so an established session is never
+// disturbed.
+func uapiPeerDiff(dev map[string]*devPeer, want []wgPeer, endpoints map[wgtypes.Key]netip.AddrPort, keepalive time.Duration) string {
+	var b strings.Builder
+	wanted := map[string]bool{}
+	for _, p := range want {
+		wanted[p.Key.String()] = true
+	}
+	var gone []string
+	for k := range dev {
+		if !wanted[k] {
+			gone = append(gone, k)
+		}
+	}
+	slices.Sort(gone)
+	for _, k := range gone {
+		raw, _ := base64.StdEncoding.DecodeString(k)
+		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(raw))
+	}
+	for _, p := range want {
+		d, exists := dev[p.Key.String()]
+		last, known := endpoints[p.Key]
+		newEP := !exists || !known || last != p.Endpoint
+		sameIPs := exists && sameAllowedIPs(d.AllowedIPs, p.AllowedIPs)
+		if exists && sameIPs && !newEP {
+			continue
+		}
+		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(p.Key[:]))
+		if newEP {
+			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+		}
+		if !exists {
+			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(keepalive/time.Second))
+		}
+		if !sameIPs {
+			b.WriteString("replace_allowed_ips=true\n")
+			for _, a := range p.AllowedIPs {
+				fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+			}
+		}
+	}
+	return b.String()
+}
+
+// sameAllowedIPs compares the device's AllowedIPs (strings, any order) with
+// the wanted ones.
+func sameAllowedIPs(have []string, want []netip.Prefix) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for _, h := range have {
+		p, err := netip.ParsePrefix(h)
+		if err != nil || !slices.Contains(want, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// devPeer is a peer as the WireGuard device reports it (UAPI "get").
+type devPeer struct {
+	Endpoint      string
+	LastHandshake time.Time
+	RxBytes       int64
+	TxBytes       int64
+	AllowedIPs    []string
+}
+
+// parseUAPIPeers reads the peers out of a UAPI "get" answer, keyed by the
+// base64 public key.
+func parseUAPIPeers(text string) map[string]*devPeer {
+	out := map[string]*devPeer{}
+	var cur *devPeer
+	var sec, nsec int64
+	flush := func() {
+		if cur != nil && (sec != 0 || nsec != 0) {
+			cur.LastHandshake = time.Unix(sec, nsec).UTC()
+		}
+		sec, nsec = 0, 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			flush()
+			raw, err := hex.DecodeString(v)
+			if err != nil || len(raw) != 32 {
+				cur = nil
+				continue
+			}
+			cur = &devPeer{}
+			out[base64.StdEncoding.EncodeToString(raw)] = cur
+		case "endpoint":
+			if cur != nil {
+				cur.Endpoint = v
+			}
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			if cur != nil {
+				cur.RxBytes, _ = strconv.ParseInt(v, 10, 64)
+			}
+		case "tx_bytes":
+			if cur != nil {
+				cur.TxBytes, _ = strconv.ParseInt(v, 10, 64)
+			}
+		case "allowed_ip":
+			if cur != nil {
+				cur.AllowedIPs = append(cur.AllowedIPs, v)
+			}
+		}
+	}
+	flush()
+	return out
+}
