@@ -77,8 +77,9 @@ type ClaimChange struct {
 //     that beats it; otherwise pick a free subnet (ipam.Pool.Pick with the
 //     held subnets as taken: held = alive, or not alive but renewed within
 //     Grace); publish it.
-//  2. routineClaims, on every claim or membership change and every
-//     RenewEvery: if this node loses a conflict (ipam.Conflicts among
+//  2. routineClaims, on claim or membership changes (at most every
+//     250ms; decoded claims are cached from a store subscription) and
+//     every RenewEvery: if this node loses a conflict (ipam.Conflicts among
 //     alive nodes: the older claim wins, ties by public key), pick a new
 //     free subnet, publish it, log both nodes and subnets and deliver a
 //     ClaimChange; keep our record in the store equal to our claim;

@@ -8,7 +8,7 @@
 // routineGossip (sends queued records, see delegate.go) and routineSync
 // (the store sync, see sync.go). Leave and Shutdown stop all of them.
 //
-// Membership state comes from memberlist, with two corrections, because
+// Membership state comes from memberlist, with these additions, because
 // memberlist v0.7.0 does not tell the application a member's state
 // (Node.State is left zero in the event callbacks, hashicorp/memberlist#266):
 //
