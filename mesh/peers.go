@@ -173,10 +173,11 @@ func (b *peerBook) forget(cutoff time.Time) []string {
 // RejoinMin and RejoinMax: a false "dead" is refuted by memberlist itself
 // meanwhile, a restarted peer re-joins by itself, and the attempts of the
 // whole cluster at one lost peer spread over that window (any one success
-// heals a partition for everyone). A peer that is not a member at all
-// (known from its marker record only: memberlist's broadcast of it missed
-// this node) is first tried after RejoinMin to 2×RejoinMin.
-func (b *peerBook) due(now time.Time, alive map[string]string, member func(string) bool, ownAddr string) []*target {
+// heals a partition for everyone). The same holds for a peer known from its
+// marker record only (memberlist's broadcast of it missed this node, or has
+// not arrived yet: during a burst of joins most such peers appear by
+// themselves before their turn).
+func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) []*target {
 	alone := len(alive) == 0
 	limit := 1
 	if alone {
@@ -195,8 +196,6 @@ func (b *peerBook) due(now time.Time, alive map[string]string, member func(strin
 		case t.busy:
 			busy++
 		case t.Addr == ownAddr || aliveAddr[t.Addr]:
-		case t.next.IsZero() && !alone && !member(t.Name):
-			t.next = now.Add(b.minB + rand.N(b.minB+1))
 		case t.next.IsZero() && !alone:
 			t.next = now.Add(b.minB + rand.N(b.maxB-b.minB+1))
 		case t.next.After(now):
@@ -344,8 +343,7 @@ func (m *Mesh) routineMaintain() {
 		}
 		wasAlone = alone
 
-		member := func(name string) bool { _, ok := m.members.get(name); return ok }
-		for _, t := range m.book.due(now, alive, member, ownAddr) {
+		for _, t := range m.book.due(now, alive, ownAddr) {
 			attempts.Add(1)
 			go func() {
 				defer attempts.Done()
