@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"encoding/binary"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -16,14 +15,6 @@ const (
 	// its compound, encryption and label overhead, and our header). Larger
 	// records spread by anti-entropy only.
 	maxBroadcastSize = 1100
-	// maxGossipPacket bounds the messages routineGossip sends.
-	maxGossipPacket = 1200
-	// gossipNodes is how many members routineGossip sends to per round;
-	// memberlist's own gossip (3 members per round in the LAN preset)
-	// carries records too when it has room. One more packet per round
-	// while records are queued was the best tradeoff measured in bench/sim
-	// (3 overloaded the 200-node simulation).
-	gossipNodes = 1
 	// MaxStateSize bounds the store's push/pull state (memberlist refuses
 	// more than 20 MiB). Beyond it tombstones are left out first, then
 	// records, with an error logged. 200 nodes with a few records of a few
@@ -178,46 +169,6 @@ func (m *Mesh) takeBroadcasts(limit int) []byte {
 		b = append(b, r...)
 	}
 	return b
-}
-
-// routineGossip sends queued records in packets of their own, to
-// GossipNodes random alive members every GossipInterval, while any is
-// queued. memberlist also carries them in the room left in its own gossip
-// packets, but during a burst of joins its own messages fill that room for
-// many seconds.
-func (m *Mesh) routineGossip() {
-	defer m.wg.Done()
-	m.log.Debug("routine gossip started")
-	defer m.log.Debug("routine gossip stopped")
-	ticker := time.NewTicker(m.tun.GossipInterval)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-ticker.C:
-		}
-		if m.queue.NumQueued() == 0 {
-			continue
-		}
-		alive := m.members.aliveOthers(m.name)
-		names := make([]string, 0, len(alive))
-		for name := range alive {
-			names = append(names, name)
-		}
-		rand.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
-		for _, name := range names[:min(len(names), gossipNodes)] {
-			msg := m.takeBroadcasts(maxGossipPacket)
-			if msg == nil {
-				break
-			}
-			if to, ok := m.syncTarget(name); ok {
-				if err := m.ml.SendBestEffort(to, msg); err != nil {
-					m.log.Debug("gossip records", "to", name, "err", err)
-				}
-			}
-		}
-	}
 }
 
 // recordBroadcast is one record in the transmit queue (encoded bare, see
