@@ -14,10 +14,10 @@ import (
 	"github.com/zlmesh/zlmesh/testbed"
 )
 
-// forgetFast makes memberlist forget dead members after a few seconds, so a
-// partition can outlast it within a test; the re-join path is the production
-// one.
-var forgetFast = []string{"--gossip-dead-reclaim=4s"}
+// forgetFast makes memberlist forget dead members a few seconds after
+// declaring them dead (GossipToTheDeadTime), so a partition can outlast it
+// within a test; the re-join path is the production one.
+var forgetFast = []string{"--gossip-to-the-dead=4s", "--gossip-dead-reclaim=2s"}
 
 // A partition longer than memberlist's dead-member forget time heals by
 // itself: every host pings every other afterwards, with no command issued;
@@ -38,7 +38,24 @@ func TestPartitionHealsByItself(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(8 * time.Second) // past the forget time: memberlist no longer knows the other side
+	// Past the forget time: gossip no longer knows the other side at all,
+	// so only re-joining remembered peers can bring the two halves back.
+	eventually(t, 60*time.Second, func() error {
+		for i, h := range hs {
+			peers, err := h.Client().Peers(context.Background())
+			if err != nil {
+				return err
+			}
+			sameSide := 2 // h3, h4, h5 know each other
+			if i < 2 {
+				sameSide = 1 // h1 and h2 know each other
+			}
+			if len(peers) != sameSide {
+				return fmt.Errorf("%s still knows %s", h.Name, peerStates(peers))
+			}
+		}
+		return nil
+	})
 	if err := tb.Heal(); err != nil {
 		t.Fatal(err)
 	}

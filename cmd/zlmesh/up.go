@@ -58,7 +58,8 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.IntVar(&cfg.Gossip.SuspicionMult, "gossip-suspicion-mult", 0, "suspicion multiplier (default: memberlist LAN, 4)")
 	fs.DurationVar(&cfg.Gossip.GossipInterval, "gossip-interval", 0, "gossip interval (default: memberlist LAN, 200ms)")
 	fs.DurationVar(&cfg.Gossip.PushPullInterval, "gossip-push-pull-interval", 0, "full state sync interval (default: memberlist LAN, 30s)")
-	fs.DurationVar(&cfg.Gossip.DeadNodeReclaimTime, "gossip-dead-reclaim", 0, "how long gossip remembers a dead member (default: see mesh.DefaultTuning)")
+	fs.DurationVar(&cfg.Gossip.GossipToTheDeadTime, "gossip-to-the-dead", 0, "how long gossip keeps a dead member before forgetting it (default: memberlist LAN, 30s); re-joining remembered peers does not depend on it")
+	fs.DurationVar(&cfg.Gossip.DeadNodeReclaimTime, "gossip-dead-reclaim", 0, "how soon a dead member's name may come back from another address (default 5s)")
 	fs.DurationVar(&cfg.Gossip.RejoinMax, "rejoin-max", 0, "longest wait between re-join attempts to a remembered peer (default 30s)")
 	logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
 	return keyFile, logLevel
