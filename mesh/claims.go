@@ -240,7 +240,9 @@ func (c *Claimer) Acquire(ctx context.Context) (ipam.Claim, error) {
 }
 
 // decide returns the claim to hold: the stored one (or the cluster's copy
-// of ours) if it may be kept, else a new pick.
+// of ours) if it may be kept, else a new pick. A lapsed claim (older than
+// the grace) counts as made now, so a node back from a long outage never
+// takes its old subnet back from a node that legitimately claimed it.
 func (c *Claimer) decide(claims []ipam.Claim, alive func(string) bool, now time.Time) (ipam.Claim, bool, error) {
 	var keep []ipam.Claim
 	if s := c.cfg.Stored; s != nil && s.Node == c.cfg.Node {
@@ -254,6 +256,13 @@ func (c *Claimer) decide(claims []ipam.Claim, alive func(string) bool, now time.
 	for _, k := range keep {
 		if c.pool.CheckSubnet(k.Subnet) != nil {
 			continue
+		}
+		// A claim the cluster let go (not renewed within the grace: the
+		// node was away longer than that) is a new claim: it keeps the
+		// subnet only if nobody took it meanwhile, and it no longer beats
+		// a node that did, even one whose claim is not known here yet.
+		if now.Sub(k.RenewedAt) >= c.cfg.Grace {
+			k.ClaimedAt = now
 		}
 		if !c.beatenOn(k, claims, alive, now) {
 			k.Name = c.cfg.Name
