@@ -284,3 +284,43 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// A node declared dead keeps its subnet for the grace period: a newcomer
+// asking for it gets another one, and the dead node, restarted, comes back
+// with its own.
+func TestDeadNodeSubnetHeld(t *testing.T) {
+	tb := cluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	h3 := tb.Host("h3")
+	was := status(t, h3)
+	if err := h3.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		if st := status(t, tb.Host("h1")); st.Members != 2 {
+			return fmt.Errorf("h1 sees %d alive members, want 2", st.Members)
+		}
+		return nil
+	})
+	h4, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h4.Start(ctx, "--node-subnet", was.NodeSubnet); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, h4)
+	if got := status(t, h4).NodeSubnet; got == was.NodeSubnet {
+		t.Fatalf("a newcomer got dead h3's %s within the grace period", got)
+	}
+	if err := h3.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, h3)
+	if st := status(t, h3); st.NodeSubnet != was.NodeSubnet || st.PublicKey != was.PublicKey {
+		t.Errorf("h3 came back as %s %s, want %s %s", st.PublicKey, st.NodeSubnet, was.PublicKey, was.NodeSubnet)
+	}
+	waitWhole(t, tb, tb.Hosts(), 60*time.Second)
+	pingAll(t, tb.Hosts(), 30*time.Second)
+}
