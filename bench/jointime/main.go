@@ -3,6 +3,10 @@
 // other host has had an ICMP echo answered by the new host's overlay
 // address. It is run by bench/join.sh.
 //
+// With -wireguard-go, every round also measures a baseline on the same new
+// host: a standalone wireguard-go configured statically (static.go), the
+// floor under any join.
+//
 // For each mesh size N (-sizes, default 3,5,10) it builds a testbed (package
 // testbed, random prefix) of N-1 running hosts, waits until they all ping
 // each other over the overlay, then, -rounds times, adds a fresh host (a new
@@ -45,6 +49,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "joins measured per size")
 	timeout := flag.Duration("timeout", 30*time.Second, "give up on one join after this long")
 	args := flag.String("args", "", "extra `arguments` for every host's zlmesh up, space-separated")
+	wgBin := flag.String("wireguard-go", "", "standalone wireguard-go `binary` for the static baseline (empty: no baseline)")
 	flag.Parse()
 	if *binary == "" {
 		fmt.Fprintln(os.Stderr, "jointime: -binary is required")
@@ -60,7 +65,7 @@ func main() {
 		ns = append(ns, n)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, *binary, ns, *rounds, *timeout, strings.Fields(*args))
+	err := run(ctx, *binary, *wgBin, ns, *rounds, *timeout, strings.Fields(*args))
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jointime:", err)
@@ -73,6 +78,7 @@ type mesh struct {
 	n    int
 	tb   *testbed.Testbed
 	last *testbed.Host // the host of the previous round, left
+	wg   *static       // the baseline; nil without -wireguard-go
 }
 
 // result is one measured join.
@@ -82,7 +88,7 @@ type result struct {
 	all   time.Duration // last other host answered: the join time
 }
 
-func run(ctx context.Context, binary string, sizes []int, rounds int, timeout time.Duration, extra []string) error {
+func run(ctx context.Context, binary, wgBin string, sizes []int, rounds int, timeout time.Duration, extra []string) error {
 	var meshes []*mesh
 	defer func() {
 		for _, m := range meshes {
@@ -92,7 +98,7 @@ func run(ctx context.Context, binary string, sizes []int, rounds int, timeout ti
 		}
 	}()
 	for _, n := range sizes {
-		m, err := newMesh(ctx, binary, n, extra)
+		m, err := newMesh(ctx, binary, wgBin, n, extra)
 		if m != nil {
 			meshes = append(meshes, m)
 		}
@@ -101,30 +107,81 @@ func run(ctx context.Context, binary string, sizes []int, rounds int, timeout ti
 		}
 	}
 	res := make(map[int][]result)
+	base := make(map[int][]time.Duration)
 	for r := 1; r <= rounds; r++ {
 		for _, m := range meshes {
-			jr, err := m.join(ctx, timeout)
+			jr, b, err := m.round(ctx, r, timeout)
 			if err != nil {
 				return fmt.Errorf("N=%d round %d: %w", m.n, r, err)
 			}
-			fmt.Fprintf(os.Stderr, "N=%-2d round %d: join %v (socket ready %v, first answer %v)\n",
+			line := fmt.Sprintf("N=%-2d round %d: zlmesh join %v (socket ready %v, first answer %v)",
 				m.n, r, jr.all.Round(time.Millisecond), jr.ready.Round(time.Millisecond), jr.first.Round(time.Millisecond))
+			if m.wg != nil {
+				line += fmt.Sprintf("; static wireguard-go %v", b.Round(time.Millisecond))
+				base[m.n] = append(base[m.n], b)
+			}
+			fmt.Fprintln(os.Stderr, line)
 			res[m.n] = append(res[m.n], jr)
 		}
 	}
-	fmt.Printf("%-6s %6s %12s %12s %12s %12s\n", "hosts", "rounds", "join median", "join max", "ready med", "1st ans med")
+	fmt.Printf("%-6s %6s %12s %12s %12s %12s %14s %10s\n", "hosts", "rounds", "join median", "join max",
+		"ready med", "1st ans med", "static wg med", "zl/static")
 	for _, n := range sizes {
 		rs := res[n]
 		all := pick(rs, func(r result) time.Duration { return r.all })
-		fmt.Printf("%-6d %6d %12s %12s %12s %12s\n", n, len(rs),
+		b, ratio := "-", "-"
+		if len(base[n]) > 0 {
+			b = ms(median(base[n]))
+			ratio = fmt.Sprintf("%.1f", float64(median(all))/float64(median(base[n])))
+		}
+		fmt.Printf("%-6d %6d %12s %12s %12s %12s %14s %10s\n", n, len(rs),
 			ms(median(all)), ms(slices.Max(all)),
 			ms(median(pick(rs, func(r result) time.Duration { return r.ready }))),
-			ms(median(pick(rs, func(r result) time.Duration { return r.first }))))
+			ms(median(pick(rs, func(r result) time.Duration { return r.first }))), b, ratio)
 	}
 	return nil
 }
 
-func newMesh(ctx context.Context, binary string, n int, extra []string) (*mesh, error) {
+// round adds a fresh host and measures its zlmesh join and (with a
+// baseline) its static wireguard-go join, in an order that alternates
+// from round to round.
+func (m *mesh) round(ctx context.Context, r int, timeout time.Duration) (result, time.Duration, error) {
+	if err := m.leave(ctx); err != nil {
+		return result{}, 0, err
+	}
+	var others []*testbed.Host
+	for _, o := range m.tb.Hosts() {
+		if o.Running() {
+			others = append(others, o)
+		}
+	}
+	h, err := m.tb.AddHost(ctx)
+	if err != nil {
+		return result{}, 0, err
+	}
+	m.last = h
+	var (
+		jr result
+		b  time.Duration
+	)
+	steps := []func() error{
+		func() (err error) { jr, err = m.join(ctx, h, others, timeout); return err },
+	}
+	if m.wg != nil {
+		steps = append(steps, func() (err error) { b, err = m.wg.join(ctx, h, others, timeout); return err })
+		if r%2 == 0 {
+			steps[0], steps[1] = steps[1], steps[0]
+		}
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return jr, b, err
+		}
+	}
+	return jr, b, nil
+}
+
+func newMesh(ctx context.Context, binary, wgBin string, n int, extra []string) (*mesh, error) {
 	var sfx [3]byte
 	rand.Read(sfx[:])
 	tb, err := testbed.Up(ctx, testbed.Options{
@@ -159,6 +216,11 @@ func newMesh(ctx context.Context, binary string, n int, extra []string) (*mesh, 
 	defer cancel()
 	if err := pingAll(wctx, hosts); err != nil {
 		return m, fmt.Errorf("mesh of %d hosts never became whole: %w", n-1, err)
+	}
+	if wgBin != "" {
+		if m.wg, err = newStatic(ctx, tb, wgBin, hosts); err != nil {
+			return m, err
+		}
 	}
 	return m, nil
 }
@@ -203,39 +265,40 @@ func pingOnce(ctx context.Context, from, to *testbed.Host) error {
 	return from.Ping(ctx, st.OverlayIP)
 }
 
-// join adds a fresh host, starts it and measures until every other host
-// got an answer from its overlay address; then it makes the host leave.
-func (m *mesh) join(ctx context.Context, timeout time.Duration) (result, error) {
-	var r result
-	if m.last != nil {
-		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := m.last.Client().Down(dctx, api.DownRequest{})
-		cancel()
-		if err != nil {
-			return r, fmt.Errorf("down %s: %w", m.last, err)
-		}
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		for m.last.Running() && sctx.Err() == nil {
-			time.Sleep(20 * time.Millisecond)
-		}
-		cancel()
-		if err := m.last.Stop(ctx); err != nil {
-			return r, err
-		}
-		// Let the others drop it before the next one comes.
-		time.Sleep(time.Second)
+// leave makes the host of the previous round leave the mesh (`zlmesh
+// down`) and drops it from the baseline.
+func (m *mesh) leave(ctx context.Context) error {
+	if m.last == nil {
+		return nil
 	}
-	var others []*testbed.Host
-	for _, o := range m.tb.Hosts() {
-		if o.Running() {
-			others = append(others, o)
-		}
-	}
-	h, err := m.tb.AddHost(ctx)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := m.last.Client().Down(dctx, api.DownRequest{})
+	cancel()
 	if err != nil {
-		return r, err
+		return fmt.Errorf("down %s: %w", m.last, err)
 	}
-	m.last = h
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	for m.last.Running() && sctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := m.last.Stop(ctx); err != nil {
+		return err
+	}
+	if m.wg != nil {
+		if err := m.wg.leave(ctx, m.last); err != nil {
+			return err
+		}
+	}
+	// Let the others drop it before the next one comes.
+	time.Sleep(time.Second)
+	return nil
+}
+
+// join starts zlmesh on the fresh host h and measures until every one of
+// others got an answer from its overlay address.
+func (m *mesh) join(ctx context.Context, h *testbed.Host, others []*testbed.Host, timeout time.Duration) (result, error) {
+	var r result
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
@@ -266,22 +329,29 @@ func (m *mesh) join(ctx context.Context, timeout time.Duration) (result, error) 
 
 	// Every other host sends an echo every 10 ms (each waiting up to
 	// 500 ms for its answer) until one is answered.
+	got, err := pingAllUntil(ctx, others, overlay, begin)
+	if err != nil {
+		return r, fmt.Errorf("%w in %v; new host's log:\n%s", err, timeout, h.LogTail(30))
+	}
+	r.first, r.all = slices.Min(got), slices.Max(got)
+	return r, nil
+}
+
+// pingAllUntil has every one of others ping addr until it is answered, and
+// returns when the last one was (since begin).
+func pingAllUntil(ctx context.Context, others []*testbed.Host, addr string, begin time.Time) ([]time.Duration, error) {
 	got := make([]time.Duration, len(others))
 	var wg sync.WaitGroup
 	for i, o := range others {
-		wg.Go(func() {
-			got[i] = pingUntil(ctx, o, overlay, begin)
-		})
+		wg.Go(func() { got[i] = pingUntil(ctx, o, addr, begin) })
 	}
 	wg.Wait()
 	for i, d := range got {
 		if d < 0 {
-			return r, fmt.Errorf("%s never got an answer from %s (%s) in %v; new host's log:\n%s",
-				others[i], h, overlay, timeout, h.LogTail(30))
+			return got, fmt.Errorf("%s never got an answer from %s", others[i], addr)
 		}
 	}
-	r.first, r.all = slices.Min(got), slices.Max(got)
-	return r, nil
+	return got, nil
 }
 
 // pingUntil pings addr from h every 10 ms until one echo is answered, and
