@@ -246,13 +246,23 @@ func pingAll(ctx context.Context, hosts []*testbed.Host) error {
 					break
 				}
 				if ctx.Err() != nil {
-					return fmt.Errorf("%s → %s: %w", h, o, err)
+					return fmt.Errorf("%s → %s: %w\n%s\n%s", h, o, err, diagnose(h), diagnose(o))
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
 	}
 	return nil
+}
+
+// diagnose returns what a host's WireGuard and routes look like, and its
+// log's tail, for a failure message.
+func diagnose(h *testbed.Host) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	wg, _ := h.Exec(ctx, "wg", "show", "zl0")
+	routes, _ := h.Exec(ctx, "ip", "route")
+	return fmt.Sprintf("--- %s: wg show zl0\n%s--- %s: ip route\n%s--- %s: log\n%s", h, wg, h, routes, h, h.LogTail(40))
 }
 
 func pingOnce(ctx context.Context, from, to *testbed.Host) error {
