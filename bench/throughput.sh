@@ -22,7 +22,13 @@
 # x/crypto, x/net, x/sys versions (see wgpair.sh), to tell zlmesh's own
 # cost from its build's.
 #
-# Env: DURATION, ROUNDS, STREAMS (default "1 4"), PROFILE (a directory:
+# Then CONCURRENT runs (default 5) of zlmesh and wg at the same time, one
+# stream each: both see the same load at the same instant, so their ratio
+# does not drift with the machine's load between runs (on a shared machine
+# the sequential medians move by ±20% from one run of the script to the
+# next; with wgz, "wgz wg" pairs calibrate what 1.00 looks like).
+#
+# Env: DURATION, ROUNDS, STREAMS (default "1 4"), CONCURRENT, PROFILE (a directory:
 # CPU profiles of both zlmesh daemons, h1-P<streams>.pprof for the sender
 # and h2-… for the receiver, taken during the first zlmesh run of each
 # stream count through `zlmesh up --pprof-listen`), ZLMESH_ARGS (extra
@@ -34,6 +40,7 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 STREAMS=${STREAMS:-"1 4"}
+CONCURRENT=${CONCURRENT:-5}
 . "$(dirname "$0")/wgpair.sh"
 MODES=(zlmesh "${WG_INSTANCES[@]}" raw)
 
@@ -45,6 +52,8 @@ fi
 wgpair_up
 
 in_host h2 iperf3 -s >"$TMP/iperf3-server.log" 2>&1 &
+BG_PIDS+=($!)
+in_host h2 iperf3 -s -p 5202 >"$TMP/iperf3-server2.log" 2>&1 &
 BG_PIDS+=($!)
 sleep 0.5
 off_zl=$(offloads h1 zl0)
@@ -118,6 +127,32 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		done
 	done
 done
+
+# concurrent A B: both paths at once, one stream each, DURATION seconds:
+# under the same load at the same instant, so the ratio A/B is free of
+# the machine's load drifting between runs. Appends "A B gbitsA gbitsB"
+# to $TMP/concurrent.
+concurrent() {
+	local a b
+	in_host h1 iperf3 -c "$(addr_of "$1")" -t "$DURATION" -J >"$TMP/conc-a.json" &
+	a=$!
+	in_host h1 iperf3 -c "$(addr_of "$2")" -p 5202 -t "$DURATION" -J >"$TMP/conc-b.json" &
+	b=$!
+	wait "$a" "$b"
+	printf '%s\t%s\t%s\t%s\n' "$1" "$2" \
+		"$(jq '.end.sum_received.bits_per_second / 1e9 * 1000 | round / 1000' "$TMP/conc-a.json")" \
+		"$(jq '.end.sum_received.bits_per_second / 1e9 * 1000 | round / 1000' "$TMP/conc-b.json")" |
+		tee -a "$TMP/concurrent" >&2
+}
+PAIRS=("zlmesh wg")
+[ "${WGPAIR_ZLDEPS:-}" = 1 ] && PAIRS+=("wgz wg")
+for ((r = 1; r <= CONCURRENT; r++)); do
+	for pair in "${PAIRS[@]}"; do
+		read -r a b <<<"$pair"
+		# Alternate which one is first on the server's port 5201.
+		if ((r % 2)); then concurrent "$a" "$b"; else concurrent "$b" "$a"; fi
+	done
+done
 load_after=$(load_avg)
 
 col() { awk -F'\t' -v m="$1" -v n="$2" -v c="$3" '$1 == m && $2 == n {print $c}' "$TMP/results"; }
@@ -152,4 +187,18 @@ for n in $STREAMS; do
 	done
 done
 echo "  daemon CPU: both hosts' daemons together, % of one core; machine: busy share of all cores during the run"
+if ((CONCURRENT > 0)); then
+	echo
+	echo "concurrent: both paths at once, 1 stream each, ${DURATION}s, $CONCURRENT runs (ratio per run, then the median)"
+	printf '%-12s %10s %10s %10s %14s\n' pair "A Gbit/s" "B Gbit/s" "A/B" "A/B min-max"
+	for pair in "${PAIRS[@]}"; do
+		read -r a b <<<"$pair"
+		# Normalize each line to (A, B) whichever order it ran in.
+		awk -F'\t' -v a="$a" -v b="$b" '$1 == a && $2 == b {print $3, $4} $1 == b && $2 == a {print $4, $3}' \
+			"$TMP/concurrent" >"$TMP/pair"
+		printf '%-12s %10s %10s %10.2f %14s\n' "$a/$b" "$(cut -d' ' -f1 "$TMP/pair" | median)" \
+			"$(cut -d' ' -f2 "$TMP/pair" | median)" "$(awk '{print $1 / $2}' "$TMP/pair" | median)" \
+			"$(awk '{print $1 / $2}' "$TMP/pair" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')"
+	done
+fi
 echo "  target: zlmesh >= 0.95 x wg"
