@@ -4,8 +4,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -205,4 +207,105 @@ func TestUpBadInput(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// `zlmesh down` leaves gracefully: the node exits, the others see it "left"
+// and drop its WireGuard peer without waiting for failure detection, and its
+// subnet is free at once (a new node asking for it gets it).
+func TestMeshDownLeavesGracefully(t *testing.T) {
+	tb := cluster(t, 3, "--gossip-suspicion-mult=8") // failure detection would take long
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bin := testbed.BuildZlmesh(t)
+	h3 := tb.Host("h3")
+	gone := status(t, h3)
+	out, err := exec.CommandContext(ctx, bin, "down", "--socket", h3.Socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("zlmesh down: %v\n%s", err, out)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if h3.Running() {
+			return fmt.Errorf("h3 still running after zlmesh down")
+		}
+		return nil
+	})
+	eventually(t, 5*time.Second, func() error {
+		for _, h := range tb.Hosts()[:2] {
+			peers, err := h.Client().Peers(ctx)
+			if err != nil {
+				return err
+			}
+			for _, p := range peers {
+				if p.Name == "h3" && p.State != "left" {
+					return fmt.Errorf("%s sees h3 %s, want left", h.Name, p.State)
+				}
+			}
+			dev, err := readWG(ctx, h)
+			if err != nil {
+				return err
+			}
+			for _, p := range dev.Peers {
+				if p.PublicKey == gone.PublicKey {
+					return fmt.Errorf("%s still has h3 as a WireGuard peer", h.Name)
+				}
+			}
+		}
+		return nil
+	})
+	h4, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h4.Start(ctx, "--node-subnet", gone.NodeSubnet); err != nil {
+		t.Fatal(err)
+	}
+	if err := h4.WaitReady(ctx); err != nil {
+		t.Fatalf("%v\n%s", err, h4.LogTail(30))
+	}
+	if got := status(t, h4).NodeSubnet; got != gone.NodeSubnet {
+		t.Errorf("new node asking for the left node's %s got %s", gone.NodeSubnet, got)
+	}
+}
+
+// The client subcommands print the documented JSON fields.
+func TestCLIJSON(t *testing.T) {
+	tb := cluster(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bin := testbed.BuildZlmesh(t)
+	h1 := tb.Host("h1")
+	run := func(args ...string) []byte {
+		out, err := exec.CommandContext(ctx, bin, append(args, "--socket", h1.Socket, "-o", "json")...).Output()
+		if err != nil {
+			t.Fatalf("zlmesh %v: %v", args, err)
+		}
+		return out
+	}
+	var st map[string]any
+	if err := json.Unmarshal(run("status"), &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"name", "public_key", "overlay_ip", "node_subnet", "endpoint"} {
+		if v, ok := st[k].(string); !ok || v == "" {
+			t.Errorf("status -o json: %q is %v", k, st[k])
+		}
+	}
+	var peers []map[string]any
+	if err := json.Unmarshal(run("peers"), &peers); err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 1 {
+		t.Fatalf("peers -o json: %d peers, want 1", len(peers))
+	}
+	for _, k := range []string{"name", "public_key", "endpoint", "allowed_ips", "last_handshake", "state"} {
+		if _, ok := peers[0][k]; !ok {
+			t.Errorf("peers -o json: no %q in %v", k, peers[0])
+		}
+	}
+	// The table forms print without error too.
+	for _, sub := range []string{"status", "peers"} {
+		if out, err := exec.CommandContext(ctx, bin, sub, "--socket", h1.Socket).CombinedOutput(); err != nil || len(out) == 0 {
+			t.Errorf("zlmesh %s: %v\n%s", sub, err, out)
+		}
+	}
 }

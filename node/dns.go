@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -168,7 +169,8 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 		return strings.Compare(a.Service+"/"+a.Container, b.Service+"/"+b.Container)
 	})
 	slices.SortFunc(snap.Ports, func(a, b dnsd.PortRecord) int {
-		return strings.Compare(fmt.Sprint(a), fmt.Sprint(b))
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Proto, b.Proto),
+			cmp.Compare(a.Port, b.Port), a.Target.Compare(b.Target))
 	})
 	return snap
 }

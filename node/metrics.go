@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zlmesh/zlmesh/dnsd"
 	"github.com/zlmesh/zlmesh/mesh"
 )
 
@@ -55,9 +56,32 @@ func (m *metrics) writeAttach(w io.Writer) {
 	fmt.Fprintf(w, "zlmesh_attach_duration_seconds_count %d\n", m.attachTotal)
 }
 
+// writeDNS writes the mesh DNS counters (dnsd.Stats) in Prometheus text
+// format. Every answered query counts in zlmesh_dns_queries_total and in at
+// most one of the others but dropped.
+func writeDNS(w io.Writer, st dnsd.Stats) {
+	for _, c := range []struct {
+		name, help string
+		v          uint64
+	}{
+		{"queries", "Mesh DNS queries answered (packet path and listeners).", st.Queries},
+		{"local", "Mesh DNS queries answered from the mesh zone, negative answers included.", st.Local},
+		{"forwarded", "Mesh DNS queries answered by an upstream exchange (cache misses).", st.Forwarded},
+		{"cache_hits", "Mesh DNS queries answered from the forwarding cache.", st.CacheHits},
+		{"servfail", "Mesh DNS queries answered SERVFAIL (no upstream answered).", st.ServFail},
+		{"formerr", "Malformed mesh DNS queries (FORMERR, NOTIMP or BADVERS).", st.FormErr},
+		{"dropped", "Mesh DNS messages dropped unanswered.", st.Dropped},
+	} {
+		fmt.Fprintf(w, "# HELP zlmesh_dns_%s_total %s\n", c.name, c.help)
+		fmt.Fprintf(w, "# TYPE zlmesh_dns_%s_total counter\n", c.name)
+		fmt.Fprintf(w, "zlmesh_dns_%s_total %d\n", c.name, c.v)
+	}
+}
+
 // handleMetrics serves GET /metrics in the Prometheus text format: members
 // by state, WireGuard peers with their last handshake and bytes,
-// attachments, address leases, and the attach latency histogram.
+// attachments, address leases, the attach latency histogram and the mesh
+// DNS counters.
 func (n *Node) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.WriteHeader(http.StatusMethodNotAllowed)
@@ -102,4 +126,7 @@ func (n *Node) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "# TYPE zlmesh_leases gauge")
 	fmt.Fprintf(w, "zlmesh_leases %d\n", len(n.alloc.Leases()))
 	n.metrics.writeAttach(w)
+	if n.dns != nil {
+		writeDNS(w, n.dns.Stats())
+	}
 }

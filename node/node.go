@@ -89,11 +89,11 @@ type Node struct {
 	undo      []func() // teardown of what Start made, in making order
 
 	// mu guards the fields below.
-	mu      sync.Mutex
-	claim   ipam.Claim
-	applied map[wgtypes.Key]wgPeer
-	routes  []netip.Prefix
-	alive   map[string]bool // peer name → alive, for peer up/down events
+	mu            sync.Mutex
+	claim         ipam.Claim
+	peerEndpoints map[wgtypes.Key]netip.AddrPort // endpoint last set per peer
+	routes        []netip.Prefix
+	alive         map[string]bool // peer name → alive, for peer up/down events
 }
 
 // Start brings a node up (see the package comment for the order). On error
@@ -103,16 +103,16 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		events:    newEventHub(),
-		startedAt: time.Now().UTC(),
-		kick:      make(chan struct{}, 1),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
-		applied:   map[wgtypes.Key]wgPeer{},
-		alive:     map[string]bool{},
-		metrics:   newMetrics(),
+		cfg:           cfg,
+		log:           cfg.Logger,
+		events:        newEventHub(),
+		startedAt:     time.Now().UTC(),
+		kick:          make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
+		peerEndpoints: map[wgtypes.Key]netip.AddrPort{},
+		alive:         map[string]bool{},
+		metrics:       newMetrics(),
 	}
 	defer func() {
 		if err != nil {
@@ -346,8 +346,8 @@ func (n *Node) Close() error {
 // purge also removes the NAT table (published ports and masquerade), which a
 // plain stop leaves in place.
 func (n *Node) Leave(timeout time.Duration, purge bool) error {
-	if purge && n.nat != nil {
-		if err := n.nat.Purge(); err != nil {
+	if purge {
+		if err := n.purgeNAT(); err != nil {
 			n.log.Error("purge NAT table", "err", err)
 		}
 	}

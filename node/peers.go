@@ -26,18 +26,19 @@ type wgPeer struct {
 	AllowedIPs []netip.Prefix // the node subnet and the overlay address, sorted
 }
 
-func (p wgPeer) equal(o wgPeer) bool {
-	return p.Key == o.Key && p.Endpoint == o.Endpoint && slices.Equal(p.AllowedIPs, o.AllowedIPs)
-}
-
 // desiredPeers turns the mesh view into WireGuard peers: every alive or
 // suspect member other than this node whose meta carries a key, an endpoint
 // and a subnet. A suspect member stays (suspicion is often a lost probe; the
-// failure detector decides). A subnet goes only to the node that holds it by
-// the claim rule, so during a conflict two peers never fight over one
-// AllowedIPs entry; a peer that holds no subnet still gets its overlay
-// address. When two members carry one public key (a node that came back
-// under a new name), the alive one wins, then the lexically first name.
+// failure detector decides). When two members carry one public key (a node
+// that came back under a new name), the alive one wins, then the lexically
+// first name.
+//
+// A prefix goes to at most one peer, since WireGuard routes each prefix to
+// one peer and assigning it to a second one silently takes it from the first:
+// a subnet goes only to the node that holds it by the claim rule (during a
+// conflict the loser gets nothing until it has renumbered, since its overlay
+// address is the winner's too), and an overlay address only when no other
+// peer's subnet or address covers it.
 func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Prefix]ipam.Claim) []wgPeer {
 	byKey := map[wgtypes.Key]mesh.Member{}
 	for _, m := range members {
@@ -69,53 +70,114 @@ func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Pre
 		if serr != nil || oerr != nil {
 			continue
 		}
-		p := wgPeer{Name: m.Name, Key: k, Endpoint: ep, Subnet: subnet, Overlay: overlay}
-		if h, ok := holders[subnet]; !ok || h.Node == m.Meta.PublicKey {
-			p.AllowedIPs = append(p.AllowedIPs, subnet)
-		}
-		p.AllowedIPs = append(p.AllowedIPs, netip.PrefixFrom(overlay, overlay.BitLen()))
-		slices.SortFunc(p.AllowedIPs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-		out = append(out, p)
+		out = append(out, wgPeer{Name: m.Name, Key: k, Endpoint: ep, Subnet: subnet, Overlay: overlay})
 	}
 	slices.SortFunc(out, func(a, b wgPeer) int { return strings.Compare(a.Name, b.Name) })
+
+	// Subnets first, to their holders only (or, before any claim of the
+	// subnet is known, to the first peer announcing it).
+	var granted []netip.Prefix
+	covered := func(p netip.Prefix) bool {
+		for _, g := range granted {
+			if g.Overlaps(p) {
+				return true
+			}
+		}
+		return false
+	}
+	for i := range out {
+		p := &out[i]
+		h, held := holders[p.Subnet]
+		if (!held || h.Node == p.Key.String()) && !covered(p.Subnet) {
+			p.AllowedIPs = append(p.AllowedIPs, p.Subnet)
+			granted = append(granted, p.Subnet)
+		}
+	}
+	for i := range out {
+		p := &out[i]
+		own := netip.PrefixFrom(p.Overlay, p.Overlay.BitLen())
+		if len(p.AllowedIPs) == 1 && p.Subnet.Contains(p.Overlay) {
+			p.AllowedIPs = append(p.AllowedIPs, own)
+		} else if len(p.AllowedIPs) == 0 && !covered(own) {
+			p.AllowedIPs = append(p.AllowedIPs, own)
+			granted = append(granted, own)
+		}
+		slices.SortFunc(p.AllowedIPs, comparePrefix)
+	}
 	return out
 }
 
-// uapiPeerDiff renders the WireGuard UAPI "set" text that takes the device
-// from applied to want: removed peers, new peers and changed peers only, so
-// an unchanged view sends nothing (an empty string) and an established
-// session is never disturbed.
-func uapiPeerDiff(applied map[wgtypes.Key]wgPeer, want []wgPeer, keepalive time.Duration) string {
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// uapiPeerDiff renders the WireGuard UAPI "set" text that takes the device,
+// as it reports itself (dev, from parseUAPIPeers), to want: removed peers,
+// new peers, peers whose AllowedIPs differ, and peers whose announced
+// endpoint changed since it was last set (endpoints holds those; a peer's
+// current endpoint may differ because WireGuard roams, and that is left
+// alone). Diffing against the device rather than a cache of what was sent
+// keeps the device right even when something else changed it. An unchanged
+// view sends nothing (an empty string), so an established session is never
+// disturbed.
+func uapiPeerDiff(dev map[string]*devPeer, want []wgPeer, endpoints map[wgtypes.Key]netip.AddrPort, keepalive time.Duration) string {
 	var b strings.Builder
-	wanted := map[wgtypes.Key]bool{}
+	wanted := map[string]bool{}
 	for _, p := range want {
-		wanted[p.Key] = true
+		wanted[p.Key.String()] = true
 	}
-	keys := make([]wgtypes.Key, 0, len(applied))
-	for k := range applied {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b wgtypes.Key) int { return strings.Compare(a.String(), b.String()) })
-	for _, k := range keys {
+	var gone []string
+	for k := range dev {
 		if !wanted[k] {
-			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+			gone = append(gone, k)
 		}
 	}
+	slices.Sort(gone)
+	for _, k := range gone {
+		raw, _ := base64.StdEncoding.DecodeString(k)
+		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(raw))
+	}
 	for _, p := range want {
-		if old, ok := applied[p.Key]; ok && old.equal(p) {
+		d, exists := dev[p.Key.String()]
+		last, known := endpoints[p.Key]
+		newEP := !exists || !known || last != p.Endpoint
+		sameIPs := exists && sameAllowedIPs(d.AllowedIPs, p.AllowedIPs)
+		if exists && sameIPs && !newEP {
 			continue
 		}
 		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(p.Key[:]))
-		if old, ok := applied[p.Key]; !ok || old.Endpoint != p.Endpoint {
+		if newEP {
 			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 		}
-		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(keepalive/time.Second))
-		b.WriteString("replace_allowed_ips=true\n")
-		for _, a := range p.AllowedIPs {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+		if !exists {
+			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(keepalive/time.Second))
+		}
+		if !sameIPs {
+			b.WriteString("replace_allowed_ips=true\n")
+			for _, a := range p.AllowedIPs {
+				fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+			}
 		}
 	}
 	return b.String()
+}
+
+// sameAllowedIPs compares the device's AllowedIPs (strings, any order) with
+// the wanted ones.
+func sameAllowedIPs(have []string, want []netip.Prefix) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for _, h := range have {
+		p, err := netip.ParsePrefix(h)
+		if err != nil || !slices.Contains(want, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // devPeer is a peer as the WireGuard device reports it (UAPI "get").

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -57,17 +59,28 @@ func TestDesiredPeers(t *testing.T) {
 			},
 		},
 		{
-			name: "conflicting subnet goes to the holder only",
+			name: "conflicting subnet goes to the holder only; the loser, sharing its overlay address, gets nothing",
 			members: []mesh.Member{
 				member("a", a, mesh.StateAlive, "10.200.1.0/24"),
 				member("b", b, mesh.StateAlive, "10.200.1.0/24"),
 			},
 			holders: map[netip.Prefix]ipam.Claim{
-				netip.MustParsePrefix("10.200.1.0/24"): {Node: a.String()},
+				netip.MustParsePrefix("10.200.1.0/24"): {Node: b.String()},
+			},
+			want: map[string][]string{
+				"a": nil,
+				"b": {"10.200.1.0/24", "10.200.1.1/32"},
+			},
+		},
+		{
+			name: "two announce one subnet before any claim is known: one prefix, one peer",
+			members: []mesh.Member{
+				member("a", a, mesh.StateAlive, "10.200.1.0/24"),
+				member("b", b, mesh.StateAlive, "10.200.1.0/24"),
 			},
 			want: map[string][]string{
 				"a": {"10.200.1.0/24", "10.200.1.1/32"},
-				"b": {"10.200.1.1/32"},
+				"b": nil,
 			},
 		},
 		{
@@ -114,26 +127,38 @@ func TestUAPIPeerDiff(t *testing.T) {
 		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.200.2.0/24")}}
 	moved := pa
 	moved.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("10.200.7.0/24")}
-
+	roamed := pa
+	roamed.Endpoint = netip.MustParseAddrPort("192.0.2.99:51820")
+	onDevice := func(ps ...wgPeer) map[string]*devPeer {
+		m := map[string]*devPeer{}
+		for _, p := range ps {
+			d := &devPeer{Endpoint: "198.51.100.7:4444"} // roamed: never reset unless announced
+			for _, a := range p.AllowedIPs {
+				d.AllowedIPs = append(d.AllowedIPs, a.String())
+			}
+			m[p.Key.String()] = d
+		}
+		return m
+	}
+	set := map[wgtypes.Key]netip.AddrPort{a: pa.Endpoint, b: pb.Endpoint}
 	tests := []struct {
 		name     string
-		applied  []wgPeer
+		dev      map[string]*devPeer
 		want     []wgPeer
 		contains []string
+		absent   []string
 		empty    bool
 	}{
-		{name: "nothing changes, nothing is sent", applied: []wgPeer{pa, pb}, want: []wgPeer{pa, pb}, empty: true},
-		{name: "new peer", want: []wgPeer{pa}, contains: []string{"endpoint=192.0.2.11:51820", "replace_allowed_ips=true", "allowed_ip=10.200.1.0/24", "persistent_keepalive_interval=25"}},
-		{name: "removed peer", applied: []wgPeer{pa, pb}, want: []wgPeer{pa}, contains: []string{"remove=true"}},
-		{name: "renumbered peer keeps its endpoint", applied: []wgPeer{pa}, want: []wgPeer{moved}, contains: []string{"allowed_ip=10.200.7.0/24"}},
+		{name: "device matches, nothing is sent", dev: onDevice(pa, pb), want: []wgPeer{pa, pb}, empty: true},
+		{name: "new peer", dev: onDevice(), want: []wgPeer{pa}, contains: []string{"endpoint=192.0.2.11:51820", "replace_allowed_ips=true", "allowed_ip=10.200.1.0/24", "persistent_keepalive_interval=25"}},
+		{name: "peer gone", dev: onDevice(pa, pb), want: []wgPeer{pa}, contains: []string{hexKey(b) + "\nremove=true"}},
+		{name: "renumbered peer keeps its endpoint", dev: onDevice(pa), want: []wgPeer{moved}, contains: []string{"allowed_ip=10.200.7.0/24"}, absent: []string{"endpoint="}},
+		{name: "announced endpoint changed", dev: onDevice(pa), want: []wgPeer{roamed}, contains: []string{"endpoint=192.0.2.99:51820"}, absent: []string{"allowed_ip"}},
+		{name: "device lost an allowed IP (drift) is repaired", dev: onDevice(wgPeer{Key: a}), want: []wgPeer{pa}, contains: []string{"allowed_ip=10.200.1.0/24"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			applied := map[wgtypes.Key]wgPeer{}
-			for _, p := range tt.applied {
-				applied[p.Key] = p
-			}
-			got := uapiPeerDiff(applied, tt.want, 25*time.Second)
+			got := uapiPeerDiff(tt.dev, tt.want, set, 25*time.Second)
 			if tt.empty != (got == "") {
 				t.Fatalf("got %q, want empty=%v", got, tt.empty)
 			}
@@ -142,8 +167,10 @@ func TestUAPIPeerDiff(t *testing.T) {
 					t.Errorf("missing %q in\n%s", c, got)
 				}
 			}
-			if tt.name == "renumbered peer keeps its endpoint" && strings.Contains(got, "endpoint=") {
-				t.Errorf("endpoint re-set for an unchanged endpoint (would undo roaming):\n%s", got)
+			for _, c := range tt.absent {
+				if strings.Contains(got, c) {
+					t.Errorf("unexpected %q in\n%s", c, got)
+				}
 			}
 		})
 	}
@@ -173,4 +200,37 @@ func hexKey(k wgtypes.Key) string {
 		b.WriteByte(digits[c&15])
 	}
 	return b.String()
+}
+
+// Whatever the mesh says, no prefix goes to two peers (WireGuard would
+// silently move it from one to the other).
+func TestDesiredPeersNeverShareAPrefix(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	keys := make([]wgtypes.Key, 8)
+	for i := range keys {
+		keys[i] = mustKey(t)
+	}
+	for round := 0; round < 2000; round++ {
+		var members []mesh.Member
+		holders := map[netip.Prefix]ipam.Claim{}
+		for i, k := range keys {
+			subnet := fmt.Sprintf("10.200.%d.0/24", rng.IntN(4))
+			m := member(fmt.Sprintf("n%d", i), k, []mesh.MemberState{mesh.StateAlive, mesh.StateSuspect, mesh.StateDead}[rng.IntN(3)], subnet)
+			members = append(members, m)
+			if rng.IntN(2) == 0 {
+				holders[netip.MustParsePrefix(subnet)] = ipam.Claim{Node: k.String()}
+			}
+		}
+		var granted []netip.Prefix
+		for _, p := range desiredPeers(mustKey(t), members, holders) {
+			for _, a := range p.AllowedIPs {
+				for _, g := range granted {
+					if g.Overlaps(a) {
+						t.Fatalf("round %d: %s of %s overlaps %s given to another peer", round, a, p.Name, g)
+					}
+				}
+			}
+			granted = append(granted, p.AllowedIPs...)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -29,7 +30,13 @@ const portKind = "port"
 
 // portGrace is how long a port's container may be missing from the cluster's
 // service records before the port is removed with it (a container detached
-// on another node); a container detached here takes its ports at once.
+// on another node); a container detached here takes its ports at once. It
+// covers a container that is re-attached under the same id (restarted with
+// a new namespace, or moved to another node); while missing, the port
+// forwards nothing. The clock only runs while this node's record store is
+// synced with the cluster (see recordsSynced): a node restarted without a
+// peer to sync with cannot tell a vanished container from one it has not
+// heard of yet, and keeps its ports.
 const portGrace = 30 * time.Second
 
 // NAT is the kernel NAT the node drives: natd's Table.
@@ -44,6 +51,37 @@ type ports struct {
 	byKey        map[string]api.PortMapping
 	missingSince map[string]time.Time
 	lastErr      string
+	// purged is set when the NAT table was purged for `zlmesh down
+	// --purge`: from then on nothing may make it again (the sweep would,
+	// while the node is still leaving).
+	purged bool
+}
+
+// errLeaving refuses changes to published ports once the node purged its
+// NAT table to leave.
+var errLeaving = api.Errorf(api.CodeNotReady, "the node is leaving: its NAT table was purged")
+
+// purgeNAT deletes the NAT table for good and forgets this node's published
+// ports (state file and records), so the next start does not bring them
+// back: no later reconcile, publish or unpublish of this node's life makes
+// the table again. Leave calls it for `zlmesh down --purge`.
+func (n *Node) purgeNAT() error {
+	if n.nat == nil {
+		return nil
+	}
+	p := n.ports
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.purged = true
+	for key := range p.byKey {
+		n.mesh.Store().Delete(portKind, key)
+	}
+	clear(p.byKey)
+	clear(p.missingSince)
+	if err := p.saveLocked(); err != nil {
+		return err
+	}
+	return n.nat.Purge()
 }
 
 type portsState struct {
@@ -91,6 +129,9 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 	p := n.ports
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.purged {
+		return api.PortMapping{}, errLeaving
+	}
 	key := portKey(n.cfg.Name, pm.Protocol, pm.HostAddress, pm.HostPort)
 	for _, other := range p.byKey {
 		if other.Protocol == pm.Protocol && other.HostPort == pm.HostPort &&
@@ -98,7 +139,7 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 			return api.PortMapping{}, api.Errorf(api.CodeAlreadyExists, "host port %d/%s is already published on %s (to %s)", pm.HostPort, pm.Protocol, orAll(other.HostAddress), portTargetName(other))
 		}
 	}
-	target, ok := n.resolveTarget(pm)
+	target, ok := n.targets().resolve(pm)
 	if !ok {
 		what := "container " + pm.Container
 		if pm.Service != "" {
@@ -198,6 +239,9 @@ func (n *Node) Unpublish(req api.UnpublishRequest) error {
 	p := n.ports
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.purged {
+		return errLeaving
+	}
 	if _, ok := p.byKey[key]; !ok {
 		return api.Errorf(api.CodeNotFound, "host port %d/%s is not published on %s of this node", req.HostPort, proto, orAll(addr))
 	}
@@ -262,10 +306,10 @@ func (n *Node) Ports() []api.PortMapping {
 	return out
 }
 
-// endpoints returns the cluster's service endpoints from the record store:
+// serviceEndpoints returns the cluster's service endpoints from the record store:
 // every live record, alive owner or not (a target on a node that is down
 // comes back with it).
-func (n *Node) endpoints() []api.ServiceEndpoint {
+func (n *Node) serviceEndpoints() []api.ServiceEndpoint {
 	var out []api.ServiceEndpoint
 	for _, r := range n.mesh.Store().List(serviceKind) {
 		var ep api.ServiceEndpoint
@@ -276,39 +320,115 @@ func (n *Node) endpoints() []api.ServiceEndpoint {
 	return out
 }
 
-// resolveTarget finds the overlay address a port forwards to now: the
-// container's current address (it follows renumbering), or for a service
-// one of its endpoints, a local one first, then the lowest address of an
-// alive node.
-func (n *Node) resolveTarget(pm api.PortMapping) (netip.Addr, bool) {
-	var best netip.Addr
-	bestRank := 3
-	for _, ep := range n.endpoints() {
-		if pm.Container != "" && ep.Container != pm.Container || pm.Service != "" && ep.Service != pm.Service {
-			continue
-		}
+// targetIndex is where every container and service can be reached now,
+// built in one pass (a NAT pass resolves every port from one index, so its
+// cost grows with ports plus endpoints, not their product).
+type targetIndex struct {
+	container map[string]targetCand
+	service   map[string]targetCand
+}
+
+// targetCand is one candidate address; a lower rank is preferred: 0 for
+// this node's own attachments, 1 for a record of this node or an alive
+// one, 2 for a record of a node that is down (it may come back).
+type targetCand struct {
+	addr netip.Addr
+	rank int
+}
+
+// newTargetIndex indexes this node's own attachments (rank 0, known
+// without gossip: a restarted node resolves its local containers before
+// its record store has synced, and a renumbered one at their new address)
+// and the cluster's service endpoints (ranked by the node they are on).
+// It is pure.
+func newTargetIndex(self string, local []attachment, eps []api.ServiceEndpoint, alive func(node string) bool) targetIndex {
+	x := targetIndex{container: map[string]targetCand{}, service: map[string]targetCand{}}
+	for _, at := range local {
+		x.add(at.Spec.Container, at.Spec.Service, targetCand{at.Spec.Address.Addr(), 0})
+	}
+	for _, ep := range eps {
 		a, err := netip.ParseAddr(ep.Address)
 		if err != nil {
 			continue
 		}
-		rank := 2
-		switch {
-		case ep.Node == n.cfg.Name:
-			rank = 0
-		case n.mesh.Alive(ep.Node):
-			rank = 1
+		c := targetCand{a, 2}
+		if ep.Node == self || alive(ep.Node) {
+			c.rank = 1
 		}
-		if rank < bestRank || rank == bestRank && a.Less(best) {
-			best, bestRank = a, rank
-		}
+		x.add(ep.Container, ep.Service, c)
 	}
-	return best, best.IsValid()
+	return x
+}
+
+func (x targetIndex) add(container, service string, c targetCand) {
+	better := func(old targetCand, ok bool) bool {
+		return !ok || c.rank < old.rank || c.rank == old.rank && c.addr.Less(old.addr)
+	}
+	if old, ok := x.container[container]; better(old, ok) {
+		x.container[container] = c
+	}
+	if old, ok := x.service[service]; better(old, ok) {
+		x.service[service] = c
+	}
+}
+
+// resolve finds the overlay address a port forwards to now: the
+// container's current address (it follows renumbering), or for a service
+// one of its endpoints, a local one first, then the lowest address on an
+// alive node.
+func (x targetIndex) resolve(pm api.PortMapping) (netip.Addr, bool) {
+	c, ok := x.container[pm.Container]
+	if pm.Service != "" {
+		c, ok = x.service[pm.Service]
+	}
+	return c.addr, ok
+}
+
+// targets indexes the current targets (see newTargetIndex).
+func (n *Node) targets() targetIndex {
+	return newTargetIndex(n.cfg.Name, n.attach.list(), n.serviceEndpoints(), n.mesh.Alive)
+}
+
+// recordsSynced reports whether this node's record store holds the
+// cluster's records: after its first exchange with a peer, or at once when
+// it expects no peer (a cluster of one).
+func (n *Node) recordsSynced() bool {
+	select {
+	case <-n.mesh.Synced():
+		return true
+	default:
+		return !n.mesh.HasPeers()
+	}
+}
+
+// portTarget is where pm forwards now: its container's (or service's)
+// current address. A port that does not resolve keeps the target it last
+// had (pm.Target) until this node's record store has synced: after a
+// restart the kernel still holds it and nothing says it moved. ok is false
+// for a port that forwards nowhere now.
+func portTarget(pm api.PortMapping, targets targetIndex, synced bool) (netip.AddrPort, bool) {
+	if a, ok := targets.resolve(pm); ok {
+		return netip.AddrPortFrom(a, uint16(pm.ContainerPort)), true
+	}
+	if synced {
+		return netip.AddrPort{}, false
+	}
+	last, err := netip.ParseAddrPort(pm.Target)
+	return last, err == nil
 }
 
 // applyNATLocked converges the kernel NAT table to the node's config: egress
 // masquerade for its subnet, and every published port whose target resolves
 // now. The caller holds n.ports.mu.
 func (n *Node) applyNATLocked() error {
+	return n.applyNATWithLocked(n.targets())
+}
+
+// applyNATWithLocked is applyNATLocked with the targets already indexed.
+func (n *Node) applyNATWithLocked(targets targetIndex) error {
+	if n.ports.purged {
+		return errLeaving
+	}
 	n.mu.Lock()
 	claim := n.claim
 	n.mu.Unlock()
@@ -324,13 +444,14 @@ func (n *Node) applyNATLocked() error {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
+	synced := n.recordsSynced()
 	for _, k := range keys {
 		pm := n.ports.byKey[k]
-		target, ok := n.resolveTarget(pm)
+		target, ok := portTarget(pm, targets, synced)
 		if !ok {
 			continue
 		}
-		port := natd.Port{Proto: pm.Protocol, HostPort: uint16(pm.HostPort), Target: netip.AddrPortFrom(target, uint16(pm.ContainerPort))}
+		port := natd.Port{Proto: pm.Protocol, HostPort: uint16(pm.HostPort), Target: target}
 		if pm.HostAddress != "" {
 			port.HostAddr, _ = netip.ParseAddr(pm.HostAddress)
 		}
@@ -350,9 +471,14 @@ func (n *Node) reconcilePorts() {
 	p := n.ports
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.purged {
+		return
+	}
 	now := time.Now()
+	targets := n.targets()
+	synced := n.recordsSynced()
 	for key, pm := range p.byKey {
-		if _, ok := n.resolveTarget(pm); ok || pm.Service != "" {
+		if _, ok := targets.resolve(pm); ok || pm.Service != "" || !synced {
 			delete(p.missingSince, key)
 			continue
 		}
@@ -367,7 +493,23 @@ func (n *Node) reconcilePorts() {
 			}
 		}
 	}
-	if err := n.applyNATLocked(); err != nil {
+	// Remember where each port leads now (the state file keeps it for the
+	// next start, the record shows it).
+	moved := false
+	for k, pm := range p.byKey {
+		if target, ok := targets.resolve(pm); ok {
+			if t := netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String(); t != pm.Target {
+				pm.Target, moved = t, true
+				p.byKey[k] = pm
+			}
+		}
+	}
+	if moved {
+		if err := p.saveLocked(); err != nil {
+			n.log.Warn("save published ports", "err", err)
+		}
+	}
+	if err := n.applyNATWithLocked(targets); err != nil {
 		if msg := err.Error(); msg != p.lastErr {
 			n.log.Error("converge NAT table", "err", err)
 			p.lastErr = msg
@@ -375,13 +517,7 @@ func (n *Node) reconcilePorts() {
 	} else {
 		p.lastErr = ""
 	}
-	want := map[string]api.PortMapping{}
-	for k, pm := range p.byKey {
-		if target, ok := n.resolveTarget(pm); ok {
-			pm.Target = netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String()
-		}
-		want[k] = pm
-	}
+	want := maps.Clone(p.byKey)
 	st := n.mesh.Store()
 	for _, r := range st.List(portKind) {
 		if !strings.HasPrefix(r.Key, n.cfg.Name+"/") {

@@ -98,15 +98,19 @@ func (n *Node) reconcilePeers() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.peerEventsLocked(members)
-	if set := uapiPeerDiff(n.applied, want, n.cfg.Keepalive); set != "" {
+	text, err := n.dev.IpcGet()
+	if err != nil {
+		return fmt.Errorf("read WireGuard peers: %w", err)
+	}
+	if set := uapiPeerDiff(parseUAPIPeers(text), want, n.peerEndpoints, n.cfg.Keepalive); set != "" {
 		if err := n.dev.IpcSet(set); err != nil {
 			return fmt.Errorf("set WireGuard peers: %w", err)
 		}
-		applied := make(map[wgtypes.Key]wgPeer, len(want))
+		endpoints := make(map[wgtypes.Key]netip.AddrPort, len(want))
 		for _, p := range want {
-			applied[p.Key] = p
+			endpoints[p.Key] = p.Endpoint
 		}
-		n.applied = applied
+		n.peerEndpoints = endpoints
 		n.log.Debug("WireGuard peers set", "peers", len(want))
 	}
 	var routes []netip.Prefix

@@ -63,7 +63,7 @@ func create(name string, mtu int) (Device, error) {
 		file.Close()
 		return nil, fmt.Errorf("create tun %s: %w", name, err)
 	}
-	return &nativeTUN{Device: dev, nl: nl, index: link.Attrs().Index}, nil
+	return &nativeTUN{Device: dev, nl: nl, index: link.Attrs().Index, file: file}, nil
 }
 
 // explainSetIff turns the errno of TUNSETIFF into an error that says what
@@ -92,10 +92,40 @@ func explainSetIff(name string, err error) error {
 // goroutine asking; a netlink handle opened at creation stays bound to the
 // device's namespace and finds the link by index, so a rename does not
 // confuse it either.
+//
+// It also writes single packets (writeOne, for InjectInbound) straight to
+// the device file, past wireguard-go's Write: that Write serializes every
+// batch on one lock and runs its GRO bookkeeping (tables of flows, reset
+// after each call) even for a batch of one, which on the DNS answer path
+// costs more than the packet's own work in Go.
 type nativeTUN struct {
 	Device
 	nl    *netlink.Handle
 	index int
+	file  *os.File // the TUN, opened with IFF_VNET_HDR, non-blocking
+}
+
+// virtioNetHdrLen is the size of the virtio-net header that precedes each
+// packet on a TUN opened with IFF_VNET_HDR (struct virtio_net_hdr).
+const virtioNetHdrLen = 10
+
+// writeOne writes one whole IP packet, buf[offset:], with a zero virtio-net
+// header (no checksum offload, no segmentation: the packet's checksums must
+// be complete) in the offset bytes in front of it, which it overwrites;
+// offset must be at least virtioNetHdrLen. It is what wireguard-go's Write
+// does for a packet it does not coalesce, in one write(2), and is safe
+// concurrently with Write (the kernel takes each write as one packet).
+func (t *nativeTUN) writeOne(buf []byte, offset int) error {
+	if offset < virtioNetHdrLen {
+		return fmt.Errorf("write to tun: headroom %d, need %d", offset, virtioNetHdrLen)
+	}
+	b := buf[offset-virtioNetHdrLen:]
+	clear(b[:virtioNetHdrLen])
+	_, err := t.file.Write(b)
+	if errors.Is(err, unix.EBADFD) {
+		err = os.ErrClosed
+	}
+	return err
 }
 
 // MTU returns the interface's MTU as its namespace sees it.
@@ -193,7 +223,14 @@ func setAddressAt(h *netlink.Handle, ifname string, addr netip.Prefix) error {
 			return fail("remove "+a.IPNet.String(), err)
 		}
 	}
-	if err := h.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(addr)}); err != nil {
+	// IPv6: no duplicate address detection. A TUN has no neighbours to
+	// collide with, and DAD would leave the address "tentative" (unusable
+	// for bind) for a second or more after every start.
+	want := &netlink.Addr{IPNet: prefixToIPNet(addr)}
+	if family == netlink.FAMILY_V6 {
+		want.Flags = unix.IFA_F_NODAD
+	}
+	if err := h.AddrReplace(link, want); err != nil {
 		return fail("add", err)
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {

@@ -1,0 +1,269 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/testbed"
+)
+
+// forgetFast makes memberlist forget dead members after a few seconds, so a
+// partition can outlast it within a test; the re-join path is the production
+// one.
+var forgetFast = []string{"--gossip-dead-reclaim=4s"}
+
+// A partition longer than memberlist's dead-member forget time heals by
+// itself: every host pings every other afterwards, with no command issued;
+// meanwhile a host cut off alone says so in its status.
+func TestPartitionHealsByItself(t *testing.T) {
+	tb := cluster(t, 5, forgetFast...)
+	hs := tb.Hosts()
+	before := subnets(t, hs)
+	if err := tb.Partition(hs[:2], hs[2:]); err != nil {
+		t.Fatal(err)
+	}
+	// Each side drops the other (failure detection), then forgets it.
+	eventually(t, 60*time.Second, func() error {
+		for _, h := range hs[:2] {
+			if st := status(t, h); st.Members != 2 {
+				return fmt.Errorf("%s sees %d alive members, want 2", h.Name, st.Members)
+			}
+		}
+		return nil
+	})
+	time.Sleep(8 * time.Second) // past the forget time: memberlist no longer knows the other side
+	if err := tb.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	waitWhole(t, tb, hs, 60*time.Second)
+	pingAll(t, hs, 30*time.Second)
+	t.Logf("whole again %v after the heal", time.Since(healed).Round(time.Millisecond))
+	if after := subnets(t, hs); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("subnets changed across the partition: %v → %v", before, after)
+	}
+
+	// A host cut off alone knows it is alone.
+	h5 := hs[4]
+	if err := tb.Cut(h5); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, func() error {
+		if st := status(t, h5); !st.Alone {
+			return fmt.Errorf("cut-off h5: alone=%v members=%d known=%d", st.Alone, st.Members, st.KnownPeers)
+		}
+		return nil
+	})
+	if err := tb.Restore(h5); err != nil {
+		t.Fatal(err)
+	}
+	waitWhole(t, tb, hs, 60*time.Second)
+	if st := status(t, h5); st.Alone {
+		t.Errorf("h5 still says alone after the link came back")
+	}
+}
+
+// Two new hosts, one on each side of a partition, ask for the same subnet;
+// after the heal the older claim keeps it, the other renumbers, reports it in
+// an event, and every host reaches both.
+func TestPartitionSubnetConflict(t *testing.T) {
+	tb := cluster(t, 4, forgetFast...)
+	hs := tb.Hosts()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	want := "10.200.77.0/24"
+	for _, h := range hs {
+		if status(t, h).NodeSubnet == want {
+			t.Skipf("a founding host already holds %s", want)
+		}
+	}
+	a, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sideA, sideB := []*testbed.Host{hs[0], hs[1], a}, []*testbed.Host{hs[2], hs[3], b}
+	if err := tb.Partition(sideA, sideB); err != nil {
+		t.Fatal(err)
+	}
+	// a claims first (older claim), through the seed h1 on its side.
+	if err := a.Start(ctx, "--node-subnet", want); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, a)
+	time.Sleep(1100 * time.Millisecond) // claim times are compared; make a's strictly older
+	// b joins through h3 on the other side, where the subnet looks free.
+	if err := b.Start(ctx, "--node-subnet", want, "--join", hs[2].GossipAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, b)
+	if got := status(t, a).NodeSubnet; got != want {
+		t.Fatalf("%s got %s, want %s", a.Name, got, want)
+	}
+	if got := status(t, b).NodeSubnet; got != want {
+		t.Fatalf("%s got %s, want %s: the conflict did not happen", b.Name, got, want)
+	}
+	bKey := status(t, b).PublicKey
+
+	events := watchEvents(t, ctx, b)
+	if err := tb.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	all := tb.Hosts()
+	waitWhole(t, tb, all, 90*time.Second)
+	eventually(t, 30*time.Second, func() error {
+		if got := status(t, b).NodeSubnet; got == want {
+			return fmt.Errorf("%s still holds %s", b.Name, want)
+		}
+		return nil
+	})
+	if got := status(t, a).NodeSubnet; got != want {
+		t.Errorf("the older claim lost: %s now has %s", a.Name, got)
+	}
+	if status(t, b).PublicKey != bKey {
+		t.Errorf("%s changed identity while renumbering", b.Name)
+	}
+	eventually(t, 10*time.Second, func() error {
+		for _, ev := range events() {
+			if ev.Type == api.EventRenumber && ev.OldSubnet == want && ev.NewSubnet != "" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no renumber event from %s; got %+v", b.Name, events())
+	})
+	log, _ := b.ReadLog()
+	if !containsAll(log, want, a.Name) {
+		t.Errorf("%s's log does not name the winner and the subnet", b.Name)
+	}
+	pingAll(t, all, 30*time.Second)
+}
+
+// Restarting the seed alone, then every host one by one: the mesh stays or
+// becomes whole each time, with the same keys and subnets.
+func TestRestartSeedAndRolling(t *testing.T) {
+	tb := cluster(t, 4)
+	hs := tb.Hosts()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ids := identities(t, hs)
+	restart := func(h *testbed.Host) {
+		t.Helper()
+		if err := h.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, h)
+		waitWhole(t, tb, hs, 60*time.Second)
+		if got := identities(t, hs); fmt.Sprint(got) != fmt.Sprint(ids) {
+			t.Fatalf("after restarting %s: identities %v, want %v", h.Name, got, ids)
+		}
+	}
+	restart(hs[0])
+	pingAll(t, hs, 30*time.Second)
+	for _, h := range hs {
+		restart(h)
+	}
+	pingAll(t, hs, 30*time.Second)
+}
+
+// kill -9 every zlmesh at once, then start them again in reverse order: the
+// same keys, the same subnets, one whole mesh (the last hosts' seed is down
+// when they start; they find each other through the peers they remember).
+func TestKillAllRestartReverse(t *testing.T) {
+	tb := cluster(t, 4)
+	hs := tb.Hosts()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ids := identities(t, hs)
+	var wg sync.WaitGroup
+	for _, h := range hs {
+		wg.Add(1)
+		go func() { defer wg.Done(); h.Kill() }()
+	}
+	wg.Wait()
+	for i := len(hs) - 1; i >= 0; i-- {
+		if err := hs[i].Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, hs[i])
+	}
+	waitWhole(t, tb, hs, 60*time.Second)
+	if got := identities(t, hs); fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Fatalf("identities %v, want %v", got, ids)
+	}
+	pingAll(t, hs, 30*time.Second)
+}
+
+func waitReady(t *testing.T, h *testbed.Host) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := h.WaitReady(ctx); err != nil {
+		t.Fatalf("%s: %v\n%s", h.Name, err, h.LogTail(30))
+	}
+}
+
+// subnets maps host name → node subnet.
+func subnets(t *testing.T, hs []*testbed.Host) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, h := range hs {
+		out[h.Name] = status(t, h).NodeSubnet
+	}
+	return out
+}
+
+// identities maps host name → "public key subnet".
+func identities(t *testing.T, hs []*testbed.Host) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, h := range hs {
+		st := status(t, h)
+		out[h.Name] = st.PublicKey + " " + st.NodeSubnet
+	}
+	return out
+}
+
+// watchEvents follows a host's event stream until the test ends and returns
+// a function giving the events seen so far.
+func watchEvents(t *testing.T, ctx context.Context, h *testbed.Host) func() []api.Event {
+	var mu sync.Mutex
+	var evs []api.Event
+	ctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	ready := make(chan struct{})
+	go func() {
+		close(ready)
+		h.Client().Events(ctx, func(ev api.Event) error {
+			mu.Lock()
+			evs = append(evs, ev)
+			mu.Unlock()
+			return nil
+		})
+	}()
+	<-ready
+	time.Sleep(200 * time.Millisecond) // the stream is open before what the test does next
+	return func() []api.Event {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]api.Event(nil), evs...)
+	}
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, x := range subs {
+		if !strings.Contains(s, x) {
+			return false
+		}
+	}
+	return true
+}
