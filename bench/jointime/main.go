@@ -55,6 +55,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "jointime: -binary is required")
 		os.Exit(2)
 	}
+	if *rounds < 1 {
+		fmt.Fprintln(os.Stderr, "jointime: -rounds must be at least 1")
+		os.Exit(2)
+	}
 	var ns []int
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
