@@ -10,7 +10,7 @@
 #
 # iperf3, DURATION seconds (default 10), with 1 and 4 parallel streams, the
 # paths interleaved (zlmesh, wg, raw, zlmesh, wg, raw, …) for ROUNDS rounds
-# (default 3) so that the machine's load falls on all of them alike.
+# (default 5) so that the machine's load falls on all of them alike.
 # Reports the median Gbit/s, the CPU the WireGuard daemons of both hosts
 # used during the run (utime+stime from /proc/<pid>/stat, in % of one core),
 # the whole machine's busy share and load average (the machine is shared),
@@ -25,7 +25,7 @@
 # Then CONCURRENT runs (default 5) of zlmesh and wg at the same time, one
 # stream each: both see the same load at the same instant, so their ratio
 # does not drift with the machine's load between runs (on a shared machine
-# the sequential medians move by ±20% from one run of the script to the
+# the sequential medians move by ±25% from one run of the script to the
 # next; with wgz, "wgz wg" pairs calibrate what 1.00 looks like).
 #
 # Env: DURATION, ROUNDS, STREAMS (default "1 4"), CONCURRENT, PROFILE (a directory:
@@ -38,7 +38,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 STREAMS=${STREAMS:-"1 4"}
 CONCURRENT=${CONCURRENT:-5}
 . "$(dirname "$0")/wgpair.sh"
