@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -49,10 +50,59 @@ type system struct {
 	// end in the host and move it with moveRename instead of creating it in
 	// place; see attachLocked.
 	movePeer bool
+	// The reaper (reap_linux.go): delVeth sends to reap; routineReap runs
+	// until stopReap is closed and closes reapDone.
+	reap     chan *reapRequest
+	stopReap chan struct{}
+	reapDone chan struct{}
+	// reapGroup picks a candidate link group number for batches (tests
+	// fix it); the reaper keeps the one in use and when a dump last showed
+	// it free (only routineReap touches these two).
+	reapGroup    func() uint32
+	reapInUse    uint32
+	reapVerified time.Time
+	log          *slog.Logger
+	// known remembers, per bridge, the containers this Manager attached or
+	// adopted and has not detached since: while one remains, Detach knows
+	// the bridge is not empty without listing its ports (a dump that grows
+	// with them). The kernel's list still decides every bridge removal.
+	known struct {
+		sync.Mutex
+		ports map[string]map[string]bool // bridge → containers
+	}
+}
+
+// notePort records that container is a port of bridge.
+func (sys *system) notePort(bridge, container string) {
+	sys.known.Lock()
+	defer sys.known.Unlock()
+	if sys.known.ports == nil {
+		sys.known.ports = map[string]map[string]bool{}
+	}
+	if sys.known.ports[bridge] == nil {
+		sys.known.ports[bridge] = map[string]bool{}
+	}
+	sys.known.ports[bridge][container] = true
+}
+
+// forgetPort forgets container as a port of bridge and returns how many
+// known ports the bridge has left.
+func (sys *system) forgetPort(bridge, container string) int {
+	sys.known.Lock()
+	defer sys.known.Unlock()
+	ports := sys.known.ports[bridge]
+	delete(ports, container)
+	if len(ports) == 0 {
+		delete(sys.known.ports, bridge)
+	}
+	return len(ports)
 }
 
 func newSystem(cfg Config) (_ *system, err error) {
-	sys := &system{host: netns.None()}
+	sys := &system{host: netns.None(), log: cfg.Logger, reapGroup: randomReapGroup}
+	if sys.log == nil {
+		sys.log = slog.New(slog.DiscardHandler)
+	}
 	defer func() {
 		if err != nil {
 			sys.closeAll()
@@ -94,10 +144,21 @@ func newSystem(cfg Config) (_ *system, err error) {
 	if err := s.SetReceiveTimeout(&tv); err != nil {
 		return nil, err
 	}
+	// Strict checking makes the kernel honour the filters of dump requests
+	// (the link index of an address dump): a bridge's addresses are read
+	// without dumping every veth's. Kernels before 4.20 lack it; addrs
+	// filters again itself.
+	unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
+	sys.reap, sys.stopReap, sys.reapDone = make(chan *reapRequest), make(chan struct{}), make(chan struct{})
+	go sys.routineReap()
 	return sys, nil
 }
 
 func (sys *system) closeAll() {
+	if sys.stopReap != nil {
+		close(sys.stopReap)
+		<-sys.reapDone
+	}
 	if sys.nl != nil {
 		sys.nl.Close()
 	}
@@ -278,6 +339,7 @@ func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
 	if err != nil {
 		return Attached{}, err
 	}
+	sys.notePort(a.Bridge, s.Container)
 	m.log.Info("attached", "container", s.Container, "service", s.Service, "bridge", a.Bridge,
 		"veth", a.HostVeth, "ifname", s.ifname(), "addr", s.Address, "gateway", s.Gateway,
 		"netns", t.path, "took", time.Since(start))
@@ -508,7 +570,7 @@ func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netli
 			repairs = append(repairs, fmt.Sprintf("bridge %s had stp on: turned off", name))
 		}
 	}
-	fixed, err := exactAddress(sys.nl, br, gw)
+	fixed, err := exactAddress(sys, br, gw)
 	if err != nil {
 		return fail(fmt.Errorf("bridge %s: %w", name, err))
 	}
@@ -533,32 +595,31 @@ func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netli
 // secondaries unless promote_secondaries is set, and want would be one); then
 // want is added; then the other stale ones go, so the link is never without
 // an address longer than necessary. It returns one line per change.
-func exactAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) ([]string, error) {
-	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
+func exactAddress(sys *system, link netlink.Link, want netip.Prefix) ([]string, error) {
+	addrs, err := sys.raw.addrs(link.Attrs().Index, unix.AF_UNSPEC)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
 	var have bool
-	var near, far []netlink.Addr
-	for _, a := range addrs {
-		p := fromNLAddr(a)
+	var near, far []netip.Prefix
+	for _, p := range addrs {
 		switch {
 		case linkLocal(p):
 		case p == want:
 			have = true
 		case p.Addr().Is4() == want.Addr().Is4() && p.Masked().Overlaps(want.Masked()):
-			near = append(near, a)
+			near = append(near, p)
 		default:
-			far = append(far, a)
+			far = append(far, p)
 		}
 	}
 	var changes []string
-	del := func(list []netlink.Addr) error {
-		for _, a := range list {
-			if err := h.AddrDel(link, &a); err != nil && !gone(err) {
-				return fmt.Errorf("delete stale address %s: %w", fromNLAddr(a), err)
+	del := func(list []netip.Prefix) error {
+		for _, p := range list {
+			if err := sys.nl.AddrDel(link, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
+				return fmt.Errorf("delete stale address %s: %w", p, err)
 			}
-			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, fromNLAddr(a)))
+			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, p))
 		}
 		return nil
 	}
@@ -566,7 +627,7 @@ func exactAddress(h *netlink.Handle, link netlink.Link, want netip.Prefix) ([]st
 		return changes, err
 	}
 	if !have || len(near) > 0 {
-		if err := h.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := sys.nl.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return changes, fmt.Errorf("add address %s: %w", want, err)
 		}
 		changes = append(changes, fmt.Sprintf("%s lacked address %s: added", link.Attrs().Name, want))
@@ -647,14 +708,20 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 	}
 	defer release()
 	brName, vethName := BridgeName(s.Service), VethName(s.Container)
-	unlock := sys.locks.lock(brName)
-	defer unlock()
-	if err := sys.delLinkByName(vethName); err != nil {
+	// The veth goes without the service's lock, batched with the other
+	// detaches under way (delVeth): deleting links costs the kernel RCU
+	// grace periods, which one batch pays once. Only the bridge's removal,
+	// which must not race an attach adding a port, takes the lock.
+	if err := sys.delVeth(vethName); err != nil {
 		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
 	}
-	removed, err := m.removeBridgeIfEmptyLocked(sys, brName)
-	if err != nil {
-		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+	unlock := sys.locks.lock(brName)
+	defer unlock()
+	removed := false
+	if sys.forgetPort(brName, s.Container) == 0 {
+		if removed, err = m.removeBridgeIfEmptyLocked(sys, brName); err != nil {
+			return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+		}
 	}
 	m.log.Info("detached", "container", s.Container, "service", s.Service, "veth", vethName, "bridge", brName, "bridge_removed", removed)
 	return nil
@@ -773,7 +840,7 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 		}
 		return err
 	}
-	changed, err := exactAddress(sys.nl, br, newGW)
+	changed, err := exactAddress(sys, br, newGW)
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", brName, err)
 	}
@@ -789,7 +856,7 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 		}
 		return err
 	}
-	addrs, err := t.nl.AddrList(inner, family(newAddr))
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(newAddr)) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
 	}
@@ -859,6 +926,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		if err != nil {
 			return Attached{}, fmt.Errorf("adopt %s (%s): %w", s.Container, why, err)
 		}
+		sys.notePort(a.Bridge, s.Container)
 		a.Repairs = append(repairs, why+": attached afresh")
 		m.log.Warn("adopted", "container", s.Container, "service", s.Service, "repairs", a.Repairs)
 		return a, nil
@@ -949,7 +1017,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		}
 		repairs = append(repairs, fmt.Sprintf("%s was down: set up", ifname))
 	}
-	addrs, err := t.nl.AddrList(inner, family(s.Address))
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(s.Address)) })
 	if err != nil {
 		return Attached{}, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
 	}
@@ -959,7 +1027,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		}
 		repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, s.Address))
 	}
-	routes, err := t.nl.RouteList(inner, family(s.Address))
+	routes, err := retryDump(func() ([]netlink.Route, error) { return t.nl.RouteList(inner, family(s.Address)) })
 	if err != nil {
 		return Attached{}, fmt.Errorf("list routes of %s in netns %s: %w", ifname, t.path, err)
 	}
@@ -976,6 +1044,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		}
 	}
 	a := Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id, Repairs: repairs}
+	sys.notePort(brName, s.Container)
 	if len(repairs) > 0 {
 		m.log.Warn("adopted", "container", s.Container, "service", s.Service, "repairs", repairs)
 	} else {
@@ -990,11 +1059,11 @@ func (m *Manager) inventory() (Inventory, error) {
 		return Inventory{}, err
 	}
 	defer release()
-	links, err := sys.nl.LinkList()
+	links, err := retryDump(sys.nl.LinkList)
 	if err != nil {
 		return Inventory{}, fmt.Errorf("inventory: list links: %w", err)
 	}
-	addrs, err := sys.nl.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return sys.nl.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return Inventory{}, fmt.Errorf("inventory: list addresses: %w", err)
 	}

@@ -172,6 +172,64 @@ func (r *rawSocket) ports(index int) ([]string, error) {
 	}
 }
 
+// addrs lists the addresses of link index (family AF_UNSPEC for all), from
+// an address dump the kernel filters by the index (IFA index with strict
+// checking on the socket, see newSystem), so the cost does not grow with the
+// veths of the host. The filter is applied again here, for kernels that
+// ignore it. An interrupted dump (addresses changed meanwhile) is retried.
+func (r *rawSocket) addrs(index, family int) ([]netip.Prefix, error) {
+	return retryDump(func() ([]netip.Prefix, error) {
+		req := r.request(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+		msg := nl.NewIfAddrmsg(family)
+		msg.Index = uint32(index)
+		req.AddData(msg)
+		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
+		if err != nil {
+			return nil, err
+		}
+		var out []netip.Prefix
+		for _, m := range msgs {
+			if len(m) < unix.SizeofIfAddrmsg {
+				return nil, fmt.Errorf("short address message")
+			}
+			ifa := nl.DeserializeIfAddrmsg(m)
+			if int(ifa.Index) != index {
+				continue
+			}
+			attrs, err := nl.ParseRouteAttr(m[unix.SizeofIfAddrmsg:])
+			if err != nil {
+				return nil, fmt.Errorf("parse address message: %w", err)
+			}
+			raw := findAttr(attrs, unix.IFA_LOCAL) // the address itself on IPv4
+			if raw == nil {
+				raw = findAttr(attrs, unix.IFA_ADDRESS)
+			}
+			a, ok := netip.AddrFromSlice(raw)
+			if !ok {
+				continue
+			}
+			if ifa.Family == unix.AF_INET {
+				a = a.Unmap()
+			}
+			out = append(out, netip.PrefixFrom(a, int(ifa.Prefixlen)))
+		}
+		return out, nil
+	})
+}
+
+// retryDump runs a dump request again while the kernel reports it
+// interrupted (NLM_F_DUMP_INTR: the objects changed during the dump, so the
+// result may be inconsistent), up to 10 times.
+func retryDump[T any](dump func() (T, error)) (T, error) {
+	for try := 0; ; try++ {
+		v, err := dump()
+		if (errors.Is(err, netlink.ErrDumpInterrupted) || errors.Is(err, nl.ErrDumpInterrupted)) && try < 10 {
+			continue
+		}
+		return v, err
+	}
+}
+
 // gone reports whether err means the object is not there (which is success
 // for a delete).
 func gone(err error) bool {

@@ -14,10 +14,10 @@ import (
 	"github.com/zlmesh/zlmesh/testbed"
 )
 
-// forgetFast makes memberlist forget dead members after a few seconds, so a
-// partition can outlast it within a test; the re-join path is the production
-// one.
-var forgetFast = []string{"--gossip-dead-reclaim=4s"}
+// forgetFast makes memberlist forget dead members a few seconds after
+// declaring them dead (GossipToTheDeadTime), so a partition can outlast it
+// within a test; the re-join path is the production one.
+var forgetFast = []string{"--gossip-to-the-dead=4s", "--gossip-dead-reclaim=2s"}
 
 // A partition longer than memberlist's dead-member forget time heals by
 // itself: every host pings every other afterwards, with no command issued;
@@ -38,7 +38,24 @@ func TestPartitionHealsByItself(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(8 * time.Second) // past the forget time: memberlist no longer knows the other side
+	// Past the forget time: gossip no longer knows the other side at all,
+	// so only re-joining remembered peers can bring the two halves back.
+	eventually(t, 60*time.Second, func() error {
+		for i, h := range hs {
+			peers, err := h.Client().Peers(context.Background())
+			if err != nil {
+				return err
+			}
+			sameSide := 2 // h3, h4, h5 know each other
+			if i < 2 {
+				sameSide = 1 // h1 and h2 know each other
+			}
+			if len(peers) != sameSide {
+				return fmt.Errorf("%s still knows %s", h.Name, peerStates(peers))
+			}
+		}
+		return nil
+	})
 	if err := tb.Heal(); err != nil {
 		t.Fatal(err)
 	}
@@ -266,4 +283,44 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// A node declared dead keeps its subnet for the grace period: a newcomer
+// asking for it gets another one, and the dead node, restarted, comes back
+// with its own.
+func TestDeadNodeSubnetHeld(t *testing.T) {
+	tb := cluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	h3 := tb.Host("h3")
+	was := status(t, h3)
+	if err := h3.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		if st := status(t, tb.Host("h1")); st.Members != 2 {
+			return fmt.Errorf("h1 sees %d alive members, want 2", st.Members)
+		}
+		return nil
+	})
+	h4, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h4.Start(ctx, "--node-subnet", was.NodeSubnet); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, h4)
+	if got := status(t, h4).NodeSubnet; got == was.NodeSubnet {
+		t.Fatalf("a newcomer got dead h3's %s within the grace period", got)
+	}
+	if err := h3.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, h3)
+	if st := status(t, h3); st.NodeSubnet != was.NodeSubnet || st.PublicKey != was.PublicKey {
+		t.Errorf("h3 came back as %s %s, want %s %s", st.PublicKey, st.NodeSubnet, was.PublicKey, was.NodeSubnet)
+	}
+	waitWhole(t, tb, tb.Hosts(), 60*time.Second)
+	pingAll(t, tb.Hosts(), 30*time.Second)
 }

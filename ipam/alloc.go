@@ -11,7 +11,9 @@ import (
 
 // Allocator hands out service slices and container addresses inside this
 // node's subnet and keeps the node's own claim. Every change is saved to the
-// Store before the method returns; a failed save leaves memory unchanged.
+// Store before the method returns (a lease made or released through
+// LeaseStore.SaveLease when the Store is one, else Save); a failed save
+// leaves memory unchanged.
 // It is safe for concurrent use; Store calls happen with its lock held.
 type Allocator struct {
 	pool  *Pool
@@ -45,6 +47,9 @@ func NewAllocator(store Store, pool *Pool) (*Allocator, error) {
 	}
 	a := &Allocator{pool: pool, store: store}
 	if err := a.load(st); err != nil {
+		if where, ok := store.(fmt.Stringer); ok {
+			return nil, fmt.Errorf("load ipam state from %s: %w", where, err)
+		}
 		return nil, fmt.Errorf("load ipam state: %w", err)
 	}
 	return a, nil
@@ -139,6 +144,16 @@ func gateway(s netip.Prefix) netip.Prefix {
 // saveLocked writes the state through the store. The caller holds a.mu.
 func (a *Allocator) saveLocked() error { return a.store.Save(a.st) }
 
+// saveLeaseLocked records the change of container's lease (l, or gone when
+// !held): through SaveLease when the store is a LeaseStore, else Save. The
+// caller holds a.mu and has changed a.st already.
+func (a *Allocator) saveLeaseLocked(container string, l Lease, held bool) error {
+	if ls, ok := a.store.(LeaseStore); ok {
+		return ls.SaveLease(a.st, container, l, held)
+	}
+	return a.store.Save(a.st)
+}
+
 // Claim returns the node's claim, if it has one.
 func (a *Allocator) Claim() (Claim, bool) {
 	a.mu.Lock()
@@ -218,7 +233,7 @@ func (a *Allocator) Allocate(service, container string) (Lease, error) {
 	ss.used.set(off)
 	ss.n++
 	a.st.Leases[container] = l
-	if err := a.saveLocked(); err != nil {
+	if err := a.saveLeaseLocked(container, l, true); err != nil {
 		delete(a.st.Leases, container)
 		ss.n--
 		ss.used.clear(off)
@@ -254,7 +269,7 @@ func (a *Allocator) Release(container string) (Lease, bool, error) {
 		delete(a.slice, l.Service)
 		a.used.clear(ss.index)
 	}
-	if err := a.saveLocked(); err != nil {
+	if err := a.saveLeaseLocked(container, l, false); err != nil {
 		if lastLease {
 			a.used.set(ss.index)
 			a.slice[l.Service] = ss

@@ -104,3 +104,20 @@ type Store interface {
 	// Save replaces the stored state atomically.
 	Save(State) error
 }
+
+// LeaseStore is a Store that can record the change of one lease without
+// rewriting the whole state, so that making or releasing a lease costs the
+// same however many leases there are (NewFileStore's store is one). The
+// Allocator calls SaveLease instead of Save when it makes or releases a
+// lease; a new claim and renumbering still go through Save.
+//
+// SaveLease records atomically that container's lease is now l (held true:
+// made or changed; a new slice of its service is l.Addr.Masked()) or gone
+// (held false: released, and its service's slice with its last lease). st
+// is the whole state after the change, lent as with Save, for a store that
+// writes the whole state now and then. After a crash at any point, Load
+// returns the state before or the state after the change.
+type LeaseStore interface {
+	Store
+	SaveLease(st State, container string, l Lease, held bool) error
+}

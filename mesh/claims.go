@@ -25,6 +25,9 @@ const (
 	maxRenewEvery        = time.Hour
 	// claimChangeBuffer is the size of the Changes channel.
 	claimChangeBuffer = 16
+	// claimCheckGap is the least time between two checks triggered by
+	// changes: a burst of changes is looked at once.
+	claimCheckGap = 250 * time.Millisecond
 )
 
 // ErrNoClaim is returned by Release before Acquire succeeded.
@@ -74,8 +77,9 @@ type ClaimChange struct {
 //     that beats it; otherwise pick a free subnet (ipam.Pool.Pick with the
 //     held subnets as taken: held = alive, or not alive but renewed within
 //     Grace); publish it.
-//  2. routineClaims, on every claim or membership change and every
-//     RenewEvery: if this node loses a conflict (ipam.Conflicts among
+//  2. routineClaims, on claim or membership changes (at most every
+//     250ms; decoded claims are cached from a store subscription) and
+//     every RenewEvery: if this node loses a conflict (ipam.Conflicts among
 //     alive nodes: the older claim wins, ties by public key), pick a new
 //     free subnet, publish it, log both nodes and subnets and deliver a
 //     ClaimChange; keep our record in the store equal to our claim;
@@ -97,6 +101,13 @@ type Claimer struct {
 	changes chan ClaimChange
 	stop    chan struct{}
 	done    chan struct{}
+	kick    chan struct{} // a claim record changed (1-buffered)
+
+	// cache holds the decoded claim records (key → record and claim),
+	// kept by a store subscription from Acquire on, so that a check does
+	// not decode every claim again.
+	cacheMu sync.Mutex
+	cache   map[string]cachedClaim
 
 	mu       sync.Mutex
 	current  ipam.Claim
@@ -129,6 +140,42 @@ func NewClaimer(m *Mesh, pool *ipam.Pool, cfg ClaimerConfig) *Claimer {
 		changes: make(chan ClaimChange, claimChangeBuffer),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+	}
+}
+
+// cachedClaim is a claim record and, unless deleted or bad, its claim.
+type cachedClaim struct {
+	rec   Record
+	claim ipam.Claim
+	ok    bool
+}
+
+// onRecord keeps the cache (a store callback: quick, never blocks).
+func (c *Claimer) onRecord(r Record) {
+	if r.Kind != KindClaim {
+		return
+	}
+	cc := cachedClaim{rec: Record{Kind: r.Kind, Key: r.Key, Owner: r.Owner, Clock: r.Clock, Deleted: r.Deleted}}
+	if !r.Deleted {
+		cl, err := decodeClaim(r)
+		if err != nil {
+			c.log.Warn("skip bad claim record", "key", r.Key, "owner", r.Owner, "err", err)
+		} else {
+			cc.claim, cc.ok = cl, true
+		}
+	}
+	cc.rec.Value = r.Value // for the order only; not modified
+	c.cacheMu.Lock()
+	// Deliveries are in order, but the first fill (List) may have seen a
+	// newer version than a late delivery: keep the greater.
+	if old, ok := c.cache[r.Key]; !ok || compareRecords(cc.rec, old.rec) >= 0 {
+		c.cache[r.Key] = cc
+	}
+	c.cacheMu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -161,7 +208,15 @@ func (c *Claimer) Acquire(ctx context.Context) (ipam.Claim, error) {
 
 	// Subscribe before deciding, so that no change after the decision is
 	// missed by the routine.
-	events, unsubscribe := c.m.Subscribe()
+	c.cacheMu.Lock()
+	c.cache = make(map[string]cachedClaim)
+	c.cacheMu.Unlock()
+	unsubStore := c.m.store.Subscribe(c.onRecord)
+	for _, r := range c.m.store.List(KindClaim) {
+		c.onRecord(r)
+	}
+	events, unsubEvents := c.m.Subscribe()
+	unsubscribe := func() { unsubEvents(); unsubStore() }
 	now := time.Now().UTC()
 	claims := c.claims()
 	alive := c.aliveFunc()
@@ -185,7 +240,9 @@ func (c *Claimer) Acquire(ctx context.Context) (ipam.Claim, error) {
 }
 
 // decide returns the claim to hold: the stored one (or the cluster's copy
-// of ours) if it may be kept, else a new pick.
+// of ours) if it may be kept, else a new pick. A lapsed claim (older than
+// the grace) counts as made now, so a node back from a long outage never
+// takes its old subnet back from a node that legitimately claimed it.
 func (c *Claimer) decide(claims []ipam.Claim, alive func(string) bool, now time.Time) (ipam.Claim, bool, error) {
 	var keep []ipam.Claim
 	if s := c.cfg.Stored; s != nil && s.Node == c.cfg.Node {
@@ -199,6 +256,13 @@ func (c *Claimer) decide(claims []ipam.Claim, alive func(string) bool, now time.
 	for _, k := range keep {
 		if c.pool.CheckSubnet(k.Subnet) != nil {
 			continue
+		}
+		// A claim the cluster let go (not renewed within the grace: the
+		// node was away longer than that) is a new claim: it keeps the
+		// subnet only if nobody took it meanwhile, and it no longer beats
+		// a node that did, even one whose claim is not known here yet.
+		if now.Sub(k.RenewedAt) >= c.cfg.Grace {
+			k.ClaimedAt = now
 		}
 		if !c.beatenOn(k, claims, alive, now) {
 			k.Name = c.cfg.Name
@@ -255,7 +319,24 @@ func (c *Claimer) routineClaims(events <-chan Event, unsubscribe func()) {
 	// periods would otherwise leave unnoticed.
 	recheck := time.NewTicker(min(c.cfg.RenewEvery, 10*time.Second))
 	defer recheck.Stop()
-	c.check()
+	// Changes trigger a check at most every claimCheckGap.
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	defer debounce.Stop()
+	pending := false
+	var last time.Time
+	trigger := func() {
+		if !pending {
+			pending = true
+			debounce.Reset(max(time.Until(last.Add(claimCheckGap)), 0))
+		}
+	}
+	check := func() {
+		pending = false
+		last = time.Now()
+		c.check()
+	}
+	check()
 	for {
 		select {
 		case <-c.stop:
@@ -264,25 +345,17 @@ func (c *Claimer) routineClaims(events <-chan Event, unsubscribe func()) {
 			if !ok {
 				return // the mesh stopped
 			}
-			if ev.Type == EventRecord && ev.Record.Kind != KindClaim {
-				continue
+			if ev.Type != EventRecord {
+				trigger()
 			}
-			// Take whatever else is queued before checking once.
-			for drained := false; !drained; {
-				select {
-				case _, ok := <-events:
-					if !ok {
-						return
-					}
-				default:
-					drained = true
-				}
-			}
-			c.check()
+		case <-c.kick:
+			trigger()
+		case <-debounce.C:
+			check()
 		case <-renew.C:
 			c.renew()
 		case <-recheck.C:
-			c.check()
+			check()
 		}
 	}
 }
@@ -365,8 +438,20 @@ func (c *Claimer) publish(cl ipam.Claim) {
 }
 
 // claims returns every claim in the store; records that do not decode, or
-// whose key is not their node, are skipped (logged).
+// whose key is not their node, are skipped (logged when they arrive).
 func (c *Claimer) claims() []ipam.Claim {
+	c.cacheMu.Lock()
+	if c.cache != nil {
+		out := make([]ipam.Claim, 0, len(c.cache))
+		for _, cc := range c.cache {
+			if cc.ok {
+				out = append(out, cc.claim)
+			}
+		}
+		c.cacheMu.Unlock()
+		return out
+	}
+	c.cacheMu.Unlock()
 	recs := c.m.store.List(KindClaim)
 	out := make([]ipam.Claim, 0, len(recs))
 	for _, r := range recs {
@@ -382,12 +467,8 @@ func (c *Claimer) claims() []ipam.Claim {
 
 // aliveFunc returns the liveness of claims' nodes by public key.
 func (c *Claimer) aliveFunc() func(string) bool {
-	alive := map[string]bool{c.cfg.Node: true}
-	for _, mem := range c.m.Members() {
-		if mem.State == StateAlive && mem.Meta.PublicKey != "" {
-			alive[mem.Meta.PublicKey] = true
-		}
-	}
+	alive := c.m.members.alivePublicKeys()
+	alive[c.cfg.Node] = true
 	return func(node string) bool { return alive[node] }
 }
 

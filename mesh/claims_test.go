@@ -324,3 +324,35 @@ func TestClaimerErrors(t *testing.T) {
 		t.Error("Acquire after Shutdown succeeded")
 	}
 }
+
+// A node back after more than the grace finds its subnet taken: it claims
+// another one, and the node that took the subnet meanwhile keeps it, although
+// the returning node's stored claim is older.
+func TestClaimLapsedYieldsToNewHolder(t *testing.T) {
+	c := newCluster(t)
+	pool := mustPool(t, "10.200.0.0/16", 24, 27)
+	const grace = time.Hour
+	c.startAll("a", "b")
+	s := netip.MustParsePrefix("10.200.9.0/24")
+	lapsed := &ipam.Claim{Node: "pk-b", Subnet: s, ClaimedAt: time.Now().Add(-30 * 24 * time.Hour).UTC(), RenewedAt: time.Now().Add(-2 * grace).UTC()}
+	a := c.claimer(c.node("a"), pool, ClaimerConfig{Preferred: s, Grace: grace})
+	if a.Current().Subnet != s {
+		t.Fatalf("a has %s, want %s", a.Current().Subnet, s)
+	}
+	eventually(t, 5*time.Second, "b sees a's claim", func() bool { return claimsView(c.node("b"))["pk-a"] == s })
+	b := c.claimer(c.node("b"), pool, ClaimerConfig{Stored: lapsed, Grace: grace})
+	if b.Current().Subnet == s {
+		t.Fatalf("b took %s back from a with a lapsed claim", s)
+	}
+	time.Sleep(500 * time.Millisecond) // the claim loops run; no conflict may move a
+	if a.Current().Subnet != s {
+		t.Errorf("a lost %s to a lapsed claim", s)
+	}
+	// Nobody took it: a lapsed claim is kept, as a new claim.
+	c2 := newCluster(t)
+	c2.startAll("x")
+	x := c2.claimer(c2.node("x"), pool, ClaimerConfig{Stored: &ipam.Claim{Node: "pk-x", Subnet: s, ClaimedAt: lapsed.ClaimedAt, RenewedAt: lapsed.RenewedAt}, Grace: grace})
+	if got := x.Current(); got.Subnet != s || !got.ClaimedAt.After(lapsed.RenewedAt) {
+		t.Errorf("x with a lapsed claim on a free subnet got %+v, want %s claimed now", got, s)
+	}
+}

@@ -1,18 +1,20 @@
 package mesh
 
 import (
+	"encoding/binary"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
 
 // Sizes of what the store sends.
 const (
-	// maxBroadcastSize is the largest single-record message queued for
-	// broadcast: it must fit one gossip packet (memberlist's UDPBufferSize,
-	// 1400, less its compound, encryption and label overhead). Larger
-	// records spread by push/pull only.
-	maxBroadcastSize = 1200
+	// maxBroadcastSize is the largest encoded record queued for broadcast:
+	// it must fit one gossip packet (memberlist's UDPBufferSize, 1400, less
+	// its compound, encryption and label overhead, and our header). Larger
+	// records spread by anti-entropy only.
+	maxBroadcastSize = 1100
 	// MaxStateSize bounds the store's push/pull state (memberlist refuses
 	// more than 20 MiB). Beyond it tombstones are left out first, then
 	// records, with an error logged. 200 nodes with a few records of a few
@@ -36,8 +38,9 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return m.meta.encoded
 }
 
-// NotifyMsg takes a broadcast from a member. buf is memberlist's and is
-// not kept.
+// NotifyMsg takes a message from a member: a broadcast, a sync repair, or
+// a sync summary or digest (queued for routineSync). buf is memberlist's and
+// is not kept.
 func (d *delegate) NotifyMsg(buf []byte) {
 	m := (*Mesh)(d)
 	msg, err := decodeMessage(buf)
@@ -45,12 +48,27 @@ func (d *delegate) NotifyMsg(buf []byte) {
 		m.log.Warn("drop malformed gossip message", "from", msg.from, "bytes", len(buf), "err", err)
 		return
 	}
-	m.store.merge(msg.records, originGossip)
+	switch msg.typ {
+	case msgRecords:
+		m.store.merge(msg.records, originGossip)
+	case msgState:
+		m.store.merge(msg.records, originSync)
+	case msgSummary, msgDigest:
+		select {
+		case m.syncWork <- msg:
+		default:
+			m.log.Debug("store sync behind, dropped a message", "from", msg.from, "type", msg.typ)
+		}
+	}
 }
 
-// GetBroadcasts hands memberlist the queued record broadcasts.
+// GetBroadcasts hands memberlist the queued records that fit the room
+// left in its gossip packet, as one message.
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.queue.GetBroadcasts(overhead, limit)
+	if msg := (*Mesh)(d).takeBroadcasts(limit - overhead); msg != nil {
+		return [][]byte{msg}
+	}
+	return nil
 }
 
 // LocalState returns the whole store for push/pull.
@@ -91,7 +109,10 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 // member marker right, and publishes the change.
 func (m *Mesh) onChange(c change) {
 	r := c.rec
-	if c.origin != originSync {
+	// A live member marker is not urgent (it only overrides a stale
+	// tombstone of an earlier run): push/pull carries it, leaving the
+	// gossip packets' room to claims and other records.
+	if c.origin != originSync && !(r.Kind == kindMember && !r.Deleted) {
 		m.queueBroadcast(r)
 	}
 	if r.Kind == kindMember {
@@ -99,30 +120,60 @@ func (m *Mesh) onChange(c change) {
 		case r.Key == m.name && r.Deleted && !m.leaving.Load():
 			// A marker tombstone of a previous run of this node that wins
 			// over our marker (its clock ran ahead): say we are running.
-			m.store.Put(kindMember, m.name, nil)
+			m.store.Put(kindMember, m.name, []byte(m.Addr().String()))
 		case r.Key != m.name && r.Deleted:
 			m.markLeft(r.Key)
+		case r.Key != m.name && checkAddr(string(r.Value)) == nil:
+			m.book.hint(r.Key, string(r.Value), time.Now())
 		}
 	}
 	m.events.publish(Event{Type: EventRecord, Record: r})
 }
 
-// queueBroadcast queues r for gossip.
+// queueBroadcast queues r for gossip. The queue holds bare encoded
+// records; takeBroadcasts puts the ones that fit a packet in one message.
 func (m *Mesh) queueBroadcast(r Record) {
-	msg := encodeMessage(msgRecords, m.name, []Record{r})
-	if len(msg) > maxBroadcastSize {
-		m.log.Debug("record too large to broadcast, left to push/pull", "kind", r.Kind, "key", r.Key, "bytes", len(msg))
+	enc := appendRecord(nil, r)
+	if len(enc) > maxBroadcastSize {
+		m.log.Debug("record too large to broadcast, left to anti-entropy", "kind", r.Kind, "key", r.Key, "bytes", len(enc))
 		return
 	}
-	b := &recordBroadcast{name: r.Kind + "\x00" + r.Key, msg: msg}
+	b := &recordBroadcast{name: r.Kind + "\x00" + r.Key, msg: enc}
 	if r.Kind == kindMember && r.Key == m.name && r.Deleted {
 		b.done, b.once = m.leaveSent, &m.leaveSentOnce
 	}
 	m.queue.QueueBroadcast(b)
 }
 
-// recordBroadcast is one record's message in the transmit queue; a newer
-// version of the same record replaces it (NamedBroadcast).
+// takeBroadcasts returns a msgRecords message of at most limit bytes with
+// the queued records due for sending (each counts one transmission), or
+// nil when none is queued or fits.
+func (m *Mesh) takeBroadcasts(limit int) []byte {
+	header := 2 + binary.MaxVarintLen64 + len(m.name) + binary.MaxVarintLen64
+	if limit <= header || m.queue.NumQueued() == 0 {
+		return nil
+	}
+	recs := m.queue.GetBroadcasts(0, limit-header)
+	if len(recs) == 0 {
+		return nil
+	}
+	size := header
+	for _, r := range recs {
+		size += len(r)
+	}
+	b := make([]byte, 0, size)
+	b = append(b, wireVersion, msgRecords)
+	b = appendString(b, m.name)
+	b = binary.AppendUvarint(b, uint64(len(recs)))
+	for _, r := range recs {
+		b = append(b, r...)
+	}
+	return b
+}
+
+// recordBroadcast is one record in the transmit queue (encoded bare, see
+// takeBroadcasts); a newer version of the same record replaces it
+// (NamedBroadcast).
 type recordBroadcast struct {
 	name string
 	msg  []byte

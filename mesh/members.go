@@ -13,6 +13,10 @@ import (
 type memberTable struct {
 	mu     sync.Mutex
 	byName map[string]*memberEntry
+	alive  int // members in StateAlive
+	// aliveCache is name → address of the alive members, rebuilt on the
+	// first read after a change; readers must not modify it.
+	aliveCache map[string]string
 }
 
 type memberEntry struct {
@@ -41,14 +45,30 @@ func (t *memberTable) list() []Member {
 }
 
 // aliveOthers returns name → gossip address of the alive members other
-// than self.
+// than self. The map is shared: read it only.
 func (t *memberTable) aliveOthers(self string) map[string]string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make(map[string]string)
-	for name, e := range t.byName {
-		if name != self && e.m.State == StateAlive {
-			out[name] = e.m.Addr.String()
+	if t.aliveCache == nil {
+		t.aliveCache = make(map[string]string, t.alive)
+		for name, e := range t.byName {
+			if name != self && e.m.State == StateAlive {
+				t.aliveCache[name] = e.m.Addr.String()
+			}
+		}
+	}
+	return t.aliveCache
+}
+
+// alivePublicKeys returns the Meta.PublicKey of every alive member that
+// has one.
+func (t *memberTable) alivePublicKeys() map[string]bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]bool, len(t.byName))
+	for _, e := range t.byName {
+		if e.m.State == StateAlive && e.m.Meta.PublicKey != "" {
+			out[e.m.Meta.PublicKey] = true
 		}
 	}
 	return out
@@ -66,15 +86,18 @@ func (t *memberTable) prune(cutoff time.Time) {
 	}
 }
 
-// countAlive returns the number of alive members.
-func (t *memberTable) countAliveLocked() int {
-	n := 0
-	for _, e := range t.byName {
-		if e.m.State == StateAlive {
-			n++
-		}
+// setLocked records mem and keeps the alive count and cache.
+func (t *memberTable) setLocked(e *memberEntry, mem Member) {
+	if e.m.State == StateAlive {
+		t.alive--
 	}
-	return n
+	if mem.State == StateAlive {
+		t.alive++
+	}
+	if e.m.State != mem.State || e.m.Addr != mem.Addr || mem.State == StateAlive {
+		t.aliveCache = nil
+	}
+	e.m = mem
 }
 
 // memberEvent records a membership change reported by memberlist and
@@ -112,8 +135,8 @@ func (m *Mesh) memberEvent(n *memberlist.Node, typ EventType) {
 	if e.m.State != mem.State {
 		e.changed = now
 	}
-	e.m = mem
-	m.numLive.Store(int32(m.members.countAliveLocked()))
+	m.members.setLocked(e, mem)
+	m.numLive.Store(int32(m.members.alive))
 	m.members.mu.Unlock()
 
 	if !mem.Self {
@@ -134,8 +157,9 @@ func (m *Mesh) markLeft(name string) {
 		m.members.mu.Unlock()
 		return
 	}
-	e.m.State = StateLeft
 	mem := e.m
+	mem.State = StateLeft
+	m.members.setLocked(e, mem)
 	m.members.mu.Unlock()
 	m.events.publish(Event{Type: EventMemberLeft, Member: mem})
 }

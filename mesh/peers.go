@@ -112,6 +112,20 @@ func (b *peerBook) seen(name, addr string, now time.Time) {
 	t.backoff, t.next = 0, time.Time{}
 }
 
+// hint remembers a node named by its marker record, unless already known.
+func (b *peerBook) hint(name, addr string, seen time.Time) {
+	if name == b.self {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.peers[name]; ok {
+		return
+	}
+	b.peers[name] = &target{KnownPeer: KnownPeer{Name: name, Addr: addr, LastSeen: seen}}
+	b.dirty = true
+}
+
 // conflict remembers that name was announced from another address.
 func (b *peerBook) conflict(name, addr string) {
 	b.mu.Lock()
@@ -155,8 +169,14 @@ func (b *peerBook) forget(cutoff time.Time) []string {
 // Pacing, so that a busy cluster does not flood itself with push/pulls:
 // alone, up to maxJoinsInFlight attempts run at once and a target is tried
 // as soon as it is due; with alive members, one attempt at a time, and a
-// peer that just went away is first tried after RejoinMin to 2×RejoinMin
-// (a false "dead" is refuted by memberlist itself meanwhile).
+// peer that just went away is first tried after a random delay between
+// RejoinMin and RejoinMax: a false "dead" is refuted by memberlist itself
+// meanwhile, a restarted peer re-joins by itself, and the attempts of the
+// whole cluster at one lost peer spread over that window (any one success
+// heals a partition for everyone). The same holds for a peer known from its
+// marker record only (memberlist's broadcast of it missed this node, or has
+// not arrived yet: during a burst of joins most such peers appear by
+// themselves before their turn).
 func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) []*target {
 	alone := len(alive) == 0
 	limit := 1
@@ -177,7 +197,7 @@ func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) [
 			busy++
 		case t.Addr == ownAddr || aliveAddr[t.Addr]:
 		case t.next.IsZero() && !alone:
-			t.next = now.Add(b.minB + rand.N(b.minB))
+			t.next = now.Add(b.minB + rand.N(b.maxB-b.minB+1))
 		case t.next.After(now):
 		default:
 			cands = append(cands, t)

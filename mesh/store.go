@@ -3,6 +3,8 @@ package mesh
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strings"
@@ -66,10 +68,38 @@ const (
 // recordID identifies a record.
 type recordID struct{ kind, key string }
 
-// storeEntry is a stored version and when this node learned it.
+// storeEntry is a stored version, its recordHash, and when this node
+// learned it.
 type storeEntry struct {
 	rec     Record
+	hash    uint64
 	learned time.Time
+}
+
+// keyHash hashes a record's identity (FNV-1a 64: the same on every node).
+func keyHash(kind, key string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	return h.Sum64()
+}
+
+// recordHash hashes a whole version of a record (FNV-1a 64).
+func recordHash(r Record) uint64 {
+	h := fnv.New64a()
+	var buf [9]byte
+	for _, s := range []string{r.Kind, r.Key, r.Owner} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	binary.BigEndian.PutUint64(buf[:8], r.Clock)
+	if r.Deleted {
+		buf[8] = 1
+	}
+	h.Write(buf[:])
+	h.Write(r.Value)
+	return h.Sum64()
 }
 
 // origin tells where a change came from.
@@ -89,8 +119,12 @@ type change struct {
 
 // Store is the replicated record store of a Mesh: records (Kind, Key) →
 // Value with last-writer-wins merging under compareRecords' total order.
-// Every local change is broadcast to the cluster, and the whole store is
-// exchanged with a random member every Tuning.PushPullInterval.
+// Every local change is broadcast to the cluster, and passed on by every
+// node that learns it from a broadcast.
+//
+// Broadcasts reach nearly every node within a few gossip rounds; the store
+// sync (every Tuning.SyncInterval, see sync.go) repairs the few they miss,
+// and memberlist's push/pull exchanges the whole store as a last resort.
 //
 // Deletes leave a tombstone so that the delete wins over older versions
 // still travelling. A tombstone is kept for Tuning.TombstoneTTL after this
@@ -111,7 +145,9 @@ type Store struct {
 
 	mu      sync.Mutex
 	recs    map[recordID]*storeEntry
-	highest uint64 // highest clock written or seen
+	sum     uint64    // wrapping sum of the entries' hashes (summary)
+	changed time.Time // last change
+	highest uint64    // highest clock written or seen
 	// The change pipeline: changes are appended under mu in the order they
 	// happen and delivered by exactly one draining goroutine at a time,
 	// outside mu.
@@ -192,6 +228,18 @@ func (s *Store) Get(kind, key string) (Record, bool) {
 	return cloneRecord(e.rec), true
 }
 
+// Version returns the clock of the live record (kind, key) without copying
+// it: a cheap "has it changed" test.
+func (s *Store) Version(kind, key string) (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.recs[recordID{kind, key}]
+	if !ok || e.rec.Deleted {
+		return 0, false
+	}
+	return e.rec.Clock, true
+}
+
 // lookup returns the record (kind, key), tombstone or not.
 func (s *Store) lookup(kind, key string) (Record, bool) {
 	s.mu.Lock()
@@ -219,7 +267,8 @@ func (s *Store) List(kind string) []Record {
 
 // Merge takes a version of a record from elsewhere: it replaces the stored
 // version when it is greater in the store's order. It returns true when the
-// store changed. Merge is commutative, associative and idempotent. A record
+// store changed. A merged record is not broadcast; it spreads by
+// anti-entropy (store sync and push/pull). Merge is commutative, associative and idempotent. A record
 // without owner or clock, with oversized fields, or with a clock more than
 // a day ahead of this node's clock is refused (false, logged).
 func (s *Store) Merge(r Record) bool {
@@ -277,8 +326,60 @@ func (s *Store) mergeLocked(r Record, o origin) bool {
 
 // setLocked stores r and queues the change.
 func (s *Store) setLocked(r Record, o origin) {
-	s.recs[recordID{r.Kind, r.Key}] = &storeEntry{rec: r, learned: s.now()}
+	id := recordID{r.Kind, r.Key}
+	if old, ok := s.recs[id]; ok {
+		s.sum -= old.hash
+	}
+	e := &storeEntry{rec: r, hash: recordHash(r), learned: s.now()}
+	s.changed = e.learned
+	s.sum += e.hash
+	s.recs[id] = e
 	s.pending = append(s.pending, change{rec: r, origin: o})
+}
+
+// quietSince reports whether the store has not changed since t.
+func (s *Store) quietSince(t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed.Before(t)
+}
+
+// summary returns the store's fingerprint.
+func (s *Store) summary() summary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return summary{count: uint64(len(s.recs)), sum: s.sum}
+}
+
+// digest returns a digest entry per record.
+func (s *Store) digest() []digestEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]digestEntry, 0, len(s.recs))
+	for id, e := range s.recs {
+		out = append(out, digestEntry{key: keyHash(id.kind, id.key), clock: e.rec.Clock, hash: e.hash})
+	}
+	return out
+}
+
+// newerThan returns the records the holder of digest d lacks or has an
+// older version of (by clock; on equal clocks, any other version). The
+// records share their values with the store: read them only.
+func (s *Store) newerThan(d []digestEntry) []Record {
+	theirs := make(map[uint64]digestEntry, len(d))
+	for _, e := range d {
+		theirs[e.key] = e
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Record
+	for id, e := range s.recs {
+		t, ok := theirs[keyHash(id.kind, id.key)]
+		if !ok || e.rec.Clock > t.clock || (e.rec.Clock == t.clock && e.hash != t.hash) {
+			out = append(out, e.rec)
+		}
+	}
+	return out
 }
 
 // gc forgets tombstones learned more than the TTL ago and returns how many.
@@ -290,6 +391,7 @@ func (s *Store) gc() int {
 	for id, e := range s.recs {
 		if e.rec.Deleted && now.Sub(e.learned) > s.ttl {
 			delete(s.recs, id)
+			s.sum -= e.hash
 			n++
 		}
 	}

@@ -9,13 +9,18 @@ import (
 // The gossip wire format of the store (user messages and push/pull user
 // state), version 1:
 //
-//	message = version:u8 (=1) type:u8 from:string count:uvarint record*count
+//	message = version:u8 (=1) type:u8 from:string body
+//	body of type 1 and 2 = count:uvarint record*count
 //	record  = kind:string key:string owner:string clock:uvarint flags:u8 value:bytes
-//	string, bytes = length:uvarint data
+//	body of type 3 = count:uvarint sum:u64
+//	body of type 4 = count:uvarint (keyhash:u64 clock:uvarint hash:u64)*count
+//	string, bytes = length:uvarint data; u64 = 8 bytes big endian
 //	flags   = bit 0: deleted; other bits must be zero
 //
-// type 1 is a broadcast (one record, usually), type 2 the whole store for
-// anti-entropy. from is the name of the node that encoded the message (not
+// type 1 is a broadcast (one record, usually), passed on by receivers;
+// type 2 records from anti-entropy (push/pull state, or a sync repair),
+// not passed on; type 3 a store summary and type 4 a store digest (see
+// sync.go). from is the name of the node that encoded the message (not
 // necessarily the records' owner). memberlist compresses and encrypts what
 // it sends, so the encoding itself stays simple.
 const (
@@ -23,13 +28,16 @@ const (
 
 	msgRecords = 1
 	msgState   = 2
+	msgSummary = 3
+	msgDigest  = 4
 
 	flagDeleted = 1 << 0
 
 	// minRecordSize is the smallest encoded record (empty strings, one-byte
 	// clock): it bounds the record count a message of a given size can
-	// claim.
+	// claim. minDigestSize is the same for a digest entry.
 	minRecordSize = 6
+	minDigestSize = 17
 )
 
 // errMalformed is wrapped by every decodeMessage error.
@@ -39,7 +47,44 @@ var errMalformed = errors.New("malformed mesh message")
 type message struct {
 	typ     byte
 	from    string
-	records []Record
+	records []Record      // msgRecords, msgState
+	summary summary       // msgSummary
+	digest  []digestEntry // msgDigest
+}
+
+// summary is an order-independent fingerprint of a store: its record count
+// and the wrapping sum of the records' hashes.
+type summary struct {
+	count, sum uint64
+}
+
+// digestEntry is one record of a digest: the hash of its (kind, key), its
+// clock, and the hash of the whole version (recordHash).
+type digestEntry struct {
+	key, clock, hash uint64
+}
+
+// encodeSummary encodes a summary message.
+func encodeSummary(from string, s summary) []byte {
+	b := make([]byte, 0, 3+len(from)+2*binary.MaxVarintLen64+8)
+	b = append(b, wireVersion, msgSummary)
+	b = appendString(b, from)
+	b = binary.AppendUvarint(b, s.count)
+	return binary.BigEndian.AppendUint64(b, s.sum)
+}
+
+// encodeDigest encodes a digest message.
+func encodeDigest(from string, d []digestEntry) []byte {
+	b := make([]byte, 0, 3+len(from)+binary.MaxVarintLen64+len(d)*(16+binary.MaxVarintLen64))
+	b = append(b, wireVersion, msgDigest)
+	b = appendString(b, from)
+	b = binary.AppendUvarint(b, uint64(len(d)))
+	for _, e := range d {
+		b = binary.BigEndian.AppendUint64(b, e.key)
+		b = binary.AppendUvarint(b, e.clock)
+		b = binary.BigEndian.AppendUint64(b, e.hash)
+	}
+	return b
 }
 
 // encodeMessage encodes records as a message of type typ sent by from.
@@ -101,12 +146,26 @@ func decodeMessage(b []byte) (message, error) {
 	if d.err != nil {
 		return m, fmt.Errorf("%w: header: %v", errMalformed, d.err)
 	}
-	if m.typ != msgRecords && m.typ != msgState {
+	if m.typ < msgRecords || m.typ > msgDigest {
 		return m, fmt.Errorf("%w: unknown type %d", errMalformed, m.typ)
 	}
 	count := d.uvarint()
 	if d.err != nil {
-		return m, fmt.Errorf("%w: record count: %v", errMalformed, d.err)
+		return m, fmt.Errorf("%w: count: %v", errMalformed, d.err)
+	}
+	switch m.typ {
+	case msgSummary:
+		m.summary = summary{count: count, sum: d.u64()}
+		return m, d.finish()
+	case msgDigest:
+		if count > uint64(len(d.b)/minDigestSize) {
+			return m, fmt.Errorf("%w: %d digest entries claimed in %d bytes", errMalformed, count, len(d.b))
+		}
+		m.digest = make([]digestEntry, 0, count)
+		for range count {
+			m.digest = append(m.digest, digestEntry{key: d.u64(), clock: d.uvarint(), hash: d.u64()})
+		}
+		return m, d.finish()
 	}
 	if count > uint64(len(d.b)/minRecordSize) {
 		return m, fmt.Errorf("%w: %d records claimed in %d bytes", errMalformed, count, len(d.b))
@@ -129,10 +188,32 @@ func decodeMessage(b []byte) (message, error) {
 		r.Deleted = flags&flagDeleted != 0
 		m.records = append(m.records, r)
 	}
-	if len(d.b) != 0 {
-		return m, fmt.Errorf("%w: %d trailing bytes", errMalformed, len(d.b))
+	return m, d.finish()
+}
+
+// finish reports the first error, or trailing bytes, wrapped in
+// errMalformed.
+func (d *decoder) finish() error {
+	if d.err != nil {
+		return fmt.Errorf("%w: %v", errMalformed, d.err)
 	}
-	return m, nil
+	if len(d.b) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", errMalformed, len(d.b))
+	}
+	return nil
+}
+
+func (d *decoder) u64() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) < 8 {
+		d.err = errors.New("truncated")
+		return 0
+	}
+	v := binary.BigEndian.Uint64(d.b)
+	d.b = d.b[8:]
+	return v
 }
 
 // decoder reads from b and remembers the first error; after an error every

@@ -35,6 +35,28 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 }
 
+func TestWireSummaryDigest(t *testing.T) {
+	m, err := decodeMessage(encodeSummary("a", summary{count: 3, sum: 1<<63 + 5}))
+	if err != nil || m.typ != msgSummary || m.from != "a" || m.summary != (summary{3, 1<<63 + 5}) {
+		t.Errorf("summary decoded %+v, %v", m, err)
+	}
+	d := []digestEntry{{key: 1, clock: 2, hash: 3}, {key: ^uint64(0), clock: 1 << 40, hash: 0}}
+	m, err = decodeMessage(encodeDigest("b", d))
+	if err != nil || m.typ != msgDigest || m.from != "b" || !reflect.DeepEqual(m.digest, d) {
+		t.Errorf("digest decoded %+v, %v", m, err)
+	}
+	for _, bad := range [][]byte{
+		encodeSummary("a", summary{})[:5],
+		append(encodeSummary("a", summary{}), 0),
+		encodeDigest("b", d)[:10],
+		{1, msgDigest, 0, 0xff, 0xff, 0x03},
+	} {
+		if _, err := decodeMessage(bad); !errors.Is(err, errMalformed) {
+			t.Errorf("decode(%x) = %v", bad, err)
+		}
+	}
+}
+
 func TestDecodeMessageErrors(t *testing.T) {
 	good := encodeMessage(msgRecords, "a", []Record{{Kind: "k", Key: "x", Value: []byte("v"), Owner: "a", Clock: 7}})
 	tests := []struct {
@@ -75,6 +97,8 @@ func FuzzDecodeMessage(f *testing.F) {
 		{Kind: "claim", Key: "pk", Value: []byte(`{}`), Owner: "b", Clock: 1767322800000},
 		{Kind: "claim", Key: "pk2", Owner: "c", Clock: 2, Deleted: true},
 	}))
+	f.Add(encodeSummary("c", summary{count: 2, sum: 99}))
+	f.Add(encodeDigest("d", []digestEntry{{1, 2, 3}}))
 	f.Add([]byte{})
 	f.Add([]byte{1, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -90,11 +114,20 @@ func FuzzDecodeMessage(f *testing.F) {
 			return
 		}
 		// What decodes re-encodes to something that decodes the same.
-		again, err := decodeMessage(encodeMessage(m.typ, m.from, m.records))
+		var re []byte
+		switch m.typ {
+		case msgSummary:
+			re = encodeSummary(m.from, m.summary)
+		case msgDigest:
+			re = encodeDigest(m.from, m.digest)
+		default:
+			re = encodeMessage(m.typ, m.from, m.records)
+		}
+		again, err := decodeMessage(re)
 		if err != nil {
 			t.Fatalf("re-encoded message does not decode: %v", err)
 		}
-		if again.typ != m.typ || again.from != m.from || !reflect.DeepEqual(again.records, m.records) {
+		if !reflect.DeepEqual(again, m) {
 			t.Fatalf("round trip changed %+v into %+v", m, again)
 		}
 		// And the store takes or refuses every record without panicking.

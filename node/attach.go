@@ -14,6 +14,7 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/bridge"
+	"github.com/zlmesh/zlmesh/internal/journal"
 	"github.com/zlmesh/zlmesh/internal/statefile"
 	"github.com/zlmesh/zlmesh/ipam"
 )
@@ -32,9 +33,12 @@ type Containers interface {
 	Close() error
 }
 
-// attachFile is the node's record of its attachments, in the state dir. The
-// kernel objects outlive the process; this file is how a restarted node
-// knows which of them are its own.
+// attachFile is the node's record of its attachments, in the state dir:
+// a snapshot beside a journal of changes (attachFile+".log", see
+// internal/journal), so that recording an attach or a detach is one
+// appended, synced record whatever the number of containers. The kernel
+// objects outlive the process; this file is how a restarted node knows which
+// of them are its own.
 const attachFile = "attachments.json"
 
 // serviceKind is the record-store kind of service endpoints; the key is
@@ -52,40 +56,101 @@ type attachment struct {
 	CreatedAt time.Time       `json:"created_at"`
 }
 
+// attachState is the snapshot's content.
 type attachState struct {
 	Attachments map[string]attachment `json:"attachments"`
 }
 
+// attachRecord is one journal record: an attachment recorded or changed
+// (Put), or a container's attachment forgotten (Del).
+type attachRecord struct {
+	Put *attachment `json:"put,omitempty"`
+	Del string      `json:"del,omitempty"`
+}
+
+// minCompact is the least number of journal records before the journal is
+// folded into a new snapshot; past it, the fold waits for as many records as
+// there are attachments, so its cost spread over the records stays constant.
+const minCompact = 256
+
 // attachments is the node's set of attached containers. Attach and detach of
 // one container exclude each other through busy; different containers run
-// their plumbing in parallel, and only the bookkeeping takes mu.
+// their plumbing in parallel, and only the bookkeeping takes mu (held while
+// a change is synced to disk, so the journal's order is memory's order).
 type attachments struct {
 	path string
 
 	mu   sync.Mutex
+	log  *journal.Log
 	byID map[string]attachment
 	busy map[string]bool // containers with an attach or detach under way
 }
 
 func loadAttachments(stateDir string) (*attachments, error) {
 	a := &attachments{path: filepath.Join(stateDir, attachFile), byID: map[string]attachment{}, busy: map[string]bool{}}
+	log, snap, recs, err := journal.Open(a.path)
+	if err != nil {
+		return nil, fmt.Errorf("load attachments: %w", err)
+	}
 	var st attachState
-	err := statefile.ReadJSON(a.path, &st)
-	switch {
-	case errors.Is(err, statefile.ErrNotExist):
-	case err != nil:
-		return nil, err
-	default:
-		for id, at := range st.Attachments {
-			a.byID[id] = at
+	if snap != nil {
+		if err := statefile.Decode(a.path, snap, &st); err != nil {
+			log.Close()
+			return nil, fmt.Errorf("load attachments: %w", err)
 		}
 	}
+	for id, at := range st.Attachments {
+		a.byID[id] = at
+	}
+	for i, raw := range recs {
+		var r attachRecord
+		err := statefile.Decode(a.path+".log", raw, &r)
+		if err == nil && (r.Put == nil) == (r.Del == "") {
+			err = errors.New("want exactly one of put and del")
+		}
+		if err == nil && r.Put != nil && r.Put.Spec.Container == "" {
+			err = errors.New("attachment without a container id")
+		}
+		if err != nil {
+			log.Close()
+			return nil, fmt.Errorf("load attachments: record %d of %s.log: %w", i+1, a.path, err)
+		}
+		if r.Put != nil {
+			a.byID[r.Put.Spec.Container] = *r.Put
+		} else {
+			delete(a.byID, r.Del)
+		}
+	}
+	a.log = log
 	return a, nil
 }
 
-// saveLocked writes the attachments atomically; the caller holds mu.
-func (a *attachments) saveLocked() error {
-	return statefile.WriteJSON(a.path, attachState{Attachments: a.byID})
+// close closes the journal; the files stay.
+func (a *attachments) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.log.Close()
+}
+
+// recordLocked appends r to the journal and folds the journal into a new
+// snapshot when it has grown long; the caller holds mu and has already
+// changed byID.
+func (a *attachments) recordLocked(r attachRecord) error {
+	rec, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := a.log.Append(rec); err != nil {
+		return err
+	}
+	if a.log.Records() >= max(minCompact, len(a.byID)) {
+		// The change is durable already; a failed fold only leaves the
+		// journal longer, and the next change tries again.
+		if snap, err := json.MarshalIndent(attachState{Attachments: a.byID}, "", "  "); err == nil {
+			a.log.Rewrite(append(snap, '\n'))
+		}
+	}
+	return nil
 }
 
 // claim marks container busy; false when an attach or detach of it is
@@ -113,23 +178,25 @@ func (a *attachments) get(container string) (attachment, bool) {
 	return at, ok
 }
 
-// put records at and saves; on a failed save memory is unchanged.
+// put records at durably; on error memory is unchanged.
 func (a *attachments) put(at attachment) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	old, had := a.byID[at.Spec.Container]
-	a.byID[at.Spec.Container] = at
-	if err := a.saveLocked(); err != nil {
+	id := at.Spec.Container
+	old, had := a.byID[id]
+	a.byID[id] = at
+	if err := a.recordLocked(attachRecord{Put: &at}); err != nil {
 		if had {
-			a.byID[at.Spec.Container] = old
+			a.byID[id] = old
 		} else {
-			delete(a.byID, at.Spec.Container)
+			delete(a.byID, id)
 		}
-		return err
+		return fmt.Errorf("record attachment of %s: %w", id, err)
 	}
 	return nil
 }
 
+// remove forgets container durably; on error memory is unchanged.
 func (a *attachments) remove(container string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -138,9 +205,9 @@ func (a *attachments) remove(container string) error {
 		return nil
 	}
 	delete(a.byID, container)
-	if err := a.saveLocked(); err != nil {
+	if err := a.recordLocked(attachRecord{Del: container}); err != nil {
 		a.byID[container] = old
-		return err
+		return fmt.Errorf("forget attachment of %s: %w", container, err)
 	}
 	return nil
 }
@@ -209,7 +276,7 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 	at := attachment{Spec: spec, Attached: made, CreatedAt: time.Now().UTC()}
 	if err := n.attach.put(at); err != nil {
 		n.undoAttach(spec)
-		return api.Attachment{}, fmt.Errorf("record attachment of %s: %w", req.Container, err)
+		return api.Attachment{}, err
 	}
 	n.putServiceRecord(at)
 	n.metrics.observeAttach(time.Since(start))
@@ -249,11 +316,7 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 	if !ok {
 		return nil
 	}
-	if err := n.containers.Detach(ctx, at.Spec); err != nil {
-		return fmt.Errorf("detach %s: %w", container, err)
-	}
-	n.releaseLease(container)
-	if err := n.attach.remove(container); err != nil {
+	if err := n.unplug(ctx, at); err != nil {
 		return fmt.Errorf("detach %s: %w", container, err)
 	}
 	n.mesh.Store().Delete(serviceKind, n.serviceKey(container))
@@ -426,39 +489,58 @@ func (n *Node) syncServiceRecords() {
 }
 
 // adoptAttachments runs once at start: it takes over the attachments of the
-// node's previous life that are still alive (repairing the host side),
-// forgets the ones whose container is gone, releases leases with no
-// attachment (a crash between allocation and record), and removes zlmesh
-// links that belong to no attachment.
+// node's previous life that are still alive (repairing the host side, and
+// moving a container to its lease's address if a renumbering was cut short),
+// forgets the ones whose container is gone or whose lease is missing,
+// releases leases with no attachment (a crash between allocation and
+// record), and removes zlmesh links that belong to no attachment.
 func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
 	for _, at := range n.attach.list() {
+		id := at.Spec.Container
+		lease, leased := n.alloc.Lease(id)
+		if !leased || lease.Service != at.Spec.Service {
+			// Not reachable through Attach and Detach (a detach forgets
+			// the attachment before it releases the lease), but an
+			// attachment whose address is not leased must not stay: the
+			// address could go to another container.
+			n.log.Error("attachment without its lease; detaching", "container", id, "service", at.Spec.Service, "address", at.Spec.Address)
+			n.forgetAttachment(ctx, at)
+			continue
+		}
 		alive, err := n.containers.Alive(at.Spec, at.Attached.NetnsID)
 		if err == nil && alive {
-			made, aerr := n.containers.Adopt(ctx, at.Spec)
+			spec := at.Spec
+			if lease.Addr != spec.Address || lease.Gateway != spec.Gateway {
+				// Renumbered (the lease moved) but the container not yet.
+				if err := n.containers.Readdress(ctx, spec, lease.Addr, lease.Gateway); err != nil {
+					n.log.Warn("adopt: move container to its lease's address", "container", id, "from", spec.Address, "to", lease.Addr, "err", err)
+				}
+				spec.Address, spec.Gateway = lease.Addr, lease.Gateway
+			}
+			made, aerr := n.containers.Adopt(ctx, spec)
 			if aerr == nil {
-				at.Attached.Repairs = nil
 				for _, r := range made.Repairs {
-					n.log.Info("adopt: repaired", "container", at.Spec.Container, "repair", r)
+					n.log.Info("adopt: repaired", "container", id, "repair", r)
 				}
 				made.Repairs = nil
-				at.Attached = made
-				n.attach.put(at)
+				if spec != at.Spec || !sameAttached(made, at.Attached) {
+					at.Spec, at.Attached = spec, made
+					if err := n.attach.put(at); err != nil {
+						n.log.Error("adopt: record attachment", "container", id, "err", err)
+					}
+				}
 				continue
 			}
 			if !errors.Is(aerr, bridge.ErrNoNamespace) {
-				n.log.Error("adopt attachment; keeping it", "container", at.Spec.Container, "err", aerr)
+				n.log.Error("adopt attachment; keeping it", "container", id, "err", aerr)
 				continue
 			}
 		}
-		n.log.Info("container gone while zlmesh was down; detaching", "container", at.Spec.Container, "service", at.Spec.Service)
-		if err := n.containers.Detach(ctx, at.Spec); err != nil {
-			n.log.Warn("detach gone container", "container", at.Spec.Container, "err", err)
-		}
-		n.releaseLease(at.Spec.Container)
-		n.attach.remove(at.Spec.Container)
+		n.log.Info("container gone while zlmesh was down; detaching", "container", id, "service", at.Spec.Service)
+		n.forgetAttachment(ctx, at)
 	}
 	owned := map[string]bool{}
 	services := map[string]bool{}
@@ -490,6 +572,34 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// unplug undoes an attachment: its plumbing, the attachment, its lease, in
+// this order. A crash between two steps leaves a lease without an
+// attachment at worst, which the next start releases (adoptAttachments),
+// never an attachment whose address could be leased again. It stops at the
+// first step that fails (the lease's release is only logged).
+func (n *Node) unplug(ctx context.Context, at attachment) error {
+	if err := n.containers.Detach(ctx, at.Spec); err != nil {
+		return err
+	}
+	if err := n.attach.remove(at.Spec.Container); err != nil {
+		return err
+	}
+	n.releaseLease(at.Spec.Container)
+	return nil
+}
+
+// forgetAttachment is unplug at start, logging what fails.
+func (n *Node) forgetAttachment(ctx context.Context, at attachment) {
+	if err := n.unplug(ctx, at); err != nil {
+		n.log.Error("forget attachment", "container", at.Spec.Container, "err", err)
+	}
+}
+
+// sameAttached compares what two attachments made, repairs aside.
+func sameAttached(a, b bridge.Attached) bool {
+	return a.Bridge == b.Bridge && a.HostVeth == b.HostVeth && a.NetnsID == b.NetnsID
 }
 
 // renumberContainers moves every attachment to its new address after the

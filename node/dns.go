@@ -20,6 +20,9 @@ import (
 // missed; changes normally reach it at once through mesh events.
 const dnsRefreshEvery = 2 * time.Second
 
+// dnsCoalesce is how long the DNS loop gathers events before rebuilding.
+const dnsCoalesce = 200 * time.Millisecond
+
 // startDNS makes the mesh DNS server, hooks it into the packet path at the
 // mesh DNS address (queries to it never reach WireGuard) and starts the
 // optional socket listeners.
@@ -98,8 +101,11 @@ func (n *Node) routineDNS() {
 			if !ok {
 				return
 			}
-			// Coalesce a burst of events into one rebuild.
-			time.Sleep(20 * time.Millisecond)
+			// Coalesce a burst of events (a runtime attaching many
+			// containers) into one rebuild of the zone: freshness within
+			// a fraction of a second is plenty, and rebuilding per event
+			// costs the attach path CPU.
+			time.Sleep(dnsCoalesce)
 			for len(ch) > 0 {
 				<-ch
 			}

@@ -24,6 +24,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,7 +49,7 @@ var Version = "0.1.0-dev"
 
 // Files in the state dir besides the private key.
 const (
-	ipamFile  = "ipam.json"  // the subnet claim, service slices, container leases
+	ipamFile  = "ipam.json"  // the subnet claim, service slices, container leases (and its journal ipam.json.log)
 	peersFile = "peers.json" // peers seen, for re-joining
 	lockFile  = "state.lock" // held while a node runs on this state dir
 )
@@ -141,7 +142,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.pool, err = ipam.NewPool(cfg.ClusterCIDR, cfg.NodePrefix, cfg.SlicePrefix); err != nil {
 		return nil, err
 	}
-	if n.alloc, err = ipam.NewAllocator(ipam.NewFileStore(filepath.Join(cfg.StateDir, ipamFile)), n.pool); err != nil {
+	store := ipam.NewFileStore(filepath.Join(cfg.StateDir, ipamFile))
+	n.undo = append(n.undo, func() { store.(io.Closer).Close() })
+	if n.alloc, err = ipam.NewAllocator(store, n.pool); err != nil {
 		return nil, err
 	}
 
@@ -150,6 +153,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.attach, err = loadAttachments(cfg.StateDir); err != nil {
 		return nil, err
 	}
+	n.undo = append(n.undo, n.attach.close)
 	if n.containers = cfg.Containers; n.containers == nil {
 		if n.containers, err = defaultContainers(n.log); err != nil {
 			return nil, err

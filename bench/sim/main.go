@@ -16,6 +16,8 @@
 // on 127.0.0.1 with -loopback), and the same join retry (1s, ±25%).
 //
 // Usage: go run ./bench/sim [-nodes 50,200] [-loopback] [-timeout 2m]
+// [-only zlmesh|memberlist] [-cpuprofile file]; SIM_DEBUG=1 prints progress
+// (alive members seen, claims missing, traffic) every 5s and each conflict.
 package main
 
 import (
@@ -29,6 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,12 +45,27 @@ import (
 	"github.com/zlmesh/zlmesh/mesh/meshtest"
 )
 
+// only restricts the run to one system ("" runs both).
+var only string
+
 func main() {
 	sizes := flag.String("nodes", "50,200", "comma-separated cluster sizes")
 	loopback := flag.Bool("loopback", false, "use real UDP/TCP on 127.0.0.1 (random ports) instead of the memory network")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up waiting for one measure after this long")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&only, "only", "", `run only "zlmesh" or "memberlist"`)
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sim:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*sizes, *loopback, *timeout); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "sim:", err)
 		os.Exit(1)
 	}
@@ -84,9 +102,15 @@ func run(sizesFlag string, loopback bool, timeout time.Duration) error {
 	var rows []row
 	for _, n := range sizes {
 		fmt.Fprintf(os.Stderr, "%d nodes: plain memberlist...\n", n)
-		base := runMemberlist(n, loopback, timeout)
+		var base result
+		if only != "zlmesh" {
+			base = runMemberlist(n, loopback, timeout)
+		}
 		fmt.Fprintf(os.Stderr, "%d nodes: zlmesh...\n", n)
-		zl := runZlmesh(n, loopback, timeout)
+		var zl result
+		if only != "memberlist" {
+			zl = runZlmesh(n, loopback, timeout)
+		}
 		rows = append(rows, row{n, zl, base})
 	}
 
@@ -230,6 +254,9 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 			go func() {
 				for range cl.Changes() {
 					conflicts.Add(1)
+					if os.Getenv("SIM_DEBUG") != "" {
+						fmt.Fprintf(os.Stderr, "  %v conflict on %s\n", time.Since(start).Round(time.Millisecond), m.LocalName())
+					}
 				}
 			}()
 		})
@@ -242,12 +269,21 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 
 	// Membership and claims, polled together.
 	var memDone, claimsDone time.Duration
-	_, res.err = waitFor(start, 20*time.Millisecond, timeout, "zlmesh convergence", func() bool {
+	lastDbg := time.Now()
+	_, res.err = waitFor(start, 50*time.Millisecond, timeout, "zlmesh convergence", func() bool {
 		if memDone == 0 && allAlive(meshes, n) {
 			memDone = time.Since(start)
 		}
 		if claimsDone == 0 && claimsEverywhere(meshes, claimers) {
 			claimsDone = time.Since(start)
+		}
+		if os.Getenv("SIM_DEBUG") != "" && time.Since(lastDbg) > 5*time.Second {
+			lastDbg = time.Now()
+			lo, hi := n, 0
+			for _, m := range meshes {
+				lo, hi = min(lo, m.NumAlive()), max(hi, m.NumAlive())
+			}
+			fmt.Fprintf(os.Stderr, "  %v alive seen: min %d max %d, missing claims %d, %+v\n", time.Since(start).Round(time.Second), lo, hi, debugMissing(meshes, claimers), network.Stats())
 		}
 		return memDone > 0 && claimsDone > 0
 	})
@@ -262,7 +298,7 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 	claimers[victim].Close()
 	killed := time.Now()
 	meshes[victim].Shutdown()
-	res.detect, res.err = waitFor(killed, 20*time.Millisecond, timeout, "zlmesh detection", func() bool {
+	res.detect, res.err = waitFor(killed, 50*time.Millisecond, timeout, "zlmesh detection", func() bool {
 		for i, m := range meshes {
 			if i != victim && m.Alive(name) {
 				return false
@@ -277,13 +313,7 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 // allAlive reports whether every mesh sees n members alive.
 func allAlive(meshes []*mesh.Mesh, n int) bool {
 	for _, m := range meshes {
-		alive := 0
-		for _, mem := range m.Members() {
-			if mem.State == mesh.StateAlive {
-				alive++
-			}
-		}
-		if alive != n {
+		if m.NumAlive() != n {
 			return false
 		}
 	}
@@ -305,15 +335,15 @@ func claimsEverywhere(meshes []*mesh.Mesh, claimers []*mesh.Claimer) bool {
 			return false
 		}
 		used[cur.Subnet] = true
-		r, ok := meshes[i].Store().Get(mesh.KindClaim, cur.Node)
+		clock, ok := meshes[i].Store().Version(mesh.KindClaim, cur.Node)
 		if !ok {
 			return false
 		}
-		latest = append(latest, version{cur.Node, r.Clock})
+		latest = append(latest, version{cur.Node, clock})
 	}
 	for _, m := range meshes {
 		for _, v := range latest {
-			if r, ok := m.Store().Get(mesh.KindClaim, v.key); !ok || r.Clock < v.clock {
+			if clock, ok := m.Store().Version(mesh.KindClaim, v.key); !ok || clock < v.clock {
 				return false
 			}
 		}
@@ -380,7 +410,18 @@ func runMemberlist(n int, loopback bool, timeout time.Duration) (res result) {
 			}
 		})
 	}
-	res.membership, res.err = waitFor(start, 20*time.Millisecond, timeout, "memberlist convergence", func() bool {
+	lastDbg := time.Now()
+	res.membership, res.err = waitFor(start, 50*time.Millisecond, timeout, "memberlist convergence", func() bool {
+		if os.Getenv("SIM_DEBUG") != "" && time.Since(lastDbg) > 5*time.Second {
+			lastDbg = time.Now()
+			lo, hi := n, 0
+			for _, l := range lists {
+				if l != nil {
+					lo, hi = min(lo, l.NumMembers()), max(hi, l.NumMembers())
+				}
+			}
+			fmt.Fprintf(os.Stderr, "  %v members seen: min %d max %d, %+v\n", time.Since(start).Round(time.Second), lo, hi, network.Stats())
+		}
 		for _, l := range lists {
 			if l == nil || l.NumMembers() != n {
 				return false
@@ -401,7 +442,7 @@ func runMemberlist(n int, loopback bool, timeout time.Duration) (res result) {
 	name := lists[victim].LocalNode().Name
 	killed := time.Now()
 	lists[victim].Shutdown()
-	res.detect, res.err = waitFor(killed, 20*time.Millisecond, timeout, "memberlist detection", func() bool {
+	res.detect, res.err = waitFor(killed, 50*time.Millisecond, timeout, "memberlist detection", func() bool {
 		for i, l := range lists {
 			if i == victim {
 				continue
@@ -416,4 +457,18 @@ func runMemberlist(n int, loopback bool, timeout time.Duration) (res result) {
 	})
 	res.traffic = network.Stats()
 	return res
+}
+
+func debugMissing(meshes []*mesh.Mesh, claimers []*mesh.Claimer) int {
+	missing := 0
+	for i, cl := range claimers {
+		cur := cl.Current()
+		want, _ := meshes[i].Store().Version(mesh.KindClaim, cur.Node)
+		for _, m := range meshes {
+			if clock, ok := m.Store().Version(mesh.KindClaim, cur.Node); !ok || clock < want {
+				missing++
+			}
+		}
+	}
+	return missing
 }

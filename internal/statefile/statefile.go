@@ -84,6 +84,13 @@ func ReadJSON(path string, v any) error {
 		}
 		return fmt.Errorf("read %s: %w", path, err)
 	}
+	return Decode(path, data, v)
+}
+
+// Decode parses data, the content of the state file path, into v with the
+// rules of ReadJSON: unknown fields and data after the JSON value are
+// errors, and every error names the file.
+func Decode(path string, data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
