@@ -28,7 +28,7 @@ load_before=$(load_avg)
 load_after=$(load_avg)
 echo
 echo "join.sh: a new host joins a mesh of N-1; $ROUNDS interleaved rounds per size"
-echo "  zlmesh $(cd "$root" && git describe --always --dirty 2>/dev/null || echo ?); wireguard-go $WG_VERSION; $GO_VERSION"
+echo "  zlmesh $ZLMESH_REV; wireguard-go $WG_VERSION; $GO_VERSION"
 echo "  load average before $load_before, after $load_after ($(nproc) cores)"
 sed 's/^/  /' "$TMP/out"
 echo "  join: until the last other host got an answer; ready: the new node's control socket answers"

@@ -4,7 +4,7 @@
 # version beside it (bench/wgpair.sh: same namespaces, MTU, offloads, each
 # daemon in a session of its own) and over the raw underlay.
 #
-# COUNT echo requests (default 200) every INTERVAL seconds (default 0.01)
+# COUNT echo requests (default 500) every INTERVAL seconds (default 0.01)
 # from h1 to h2, ROUNDS rounds (default 5) with the paths interleaved and
 # the order rotated each round. Reports p50, p90, p99 and max of all the
 # RTTs of a path pooled, the median of the per-round p50s, and the ratios
@@ -15,7 +15,7 @@
 # removed on exit, also on failure or ^C.
 set -euo pipefail
 
-COUNT=${COUNT:-200}
+COUNT=${COUNT:-500}
 INTERVAL=${INTERVAL:-0.01}
 ROUNDS=${ROUNDS:-5}
 MODES=(zlmesh wg raw)
@@ -58,7 +58,7 @@ round_p50s() {
 
 echo
 echo "latency.sh: ping h1 → h2, $ROUNDS interleaved rounds of $COUNT echoes every ${INTERVAL}s"
-echo "  zlmesh $(cd "$root" && git describe --always --dirty 2>/dev/null || echo ?); wireguard-go $WG_VERSION; $GO_VERSION"
+echo "  zlmesh $ZLMESH_REV; wireguard-go $WG_VERSION; $GO_VERSION"
 echo "  load average before $load_before, after $load_after ($(nproc) cores)"
 printf '%-8s %8s %9s %9s %9s %9s %13s %18s\n' path replies "p50 ms" "p90 ms" "p99 ms" "max ms" "round p50s" "zlmesh/wg"
 declare -A P50 P99

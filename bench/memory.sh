@@ -50,7 +50,7 @@ mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 echo
 echo "memory.sh: idle daemons in a 3-host mesh, ${SETTLE}s after every host pinged every other one; medians of $SAMPLES samples"
-echo "  zlmesh $(cd "$root" && git describe --always --dirty 2>/dev/null || echo ?); wireguard-go $WG_VERSION; $GO_VERSION"
+echo "  zlmesh $ZLMESH_REV; wireguard-go $WG_VERSION; $GO_VERSION"
 echo "  load average $(load_avg) ($(nproc) cores)"
 printf '%-5s %12s %10s %10s %8s   %12s %10s %10s %8s   %9s\n' host "zlmesh MB" anon file threads "wg-go MB" anon file threads "zl/wg"
 for h in h1 h2 h3; do

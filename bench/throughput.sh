@@ -159,7 +159,7 @@ col() { awk -F'\t' -v m="$1" -v n="$2" -v c="$3" '$1 == m && $2 == n {print $c}'
 
 echo
 echo "throughput.sh: iperf3 h1 → h2, ${DURATION}s per run, $ROUNDS interleaved rounds, medians"
-echo "  zlmesh $(cd "$root" && git describe --always --dirty 2>/dev/null || echo ?); wireguard-go $WG_VERSION; $GO_VERSION; MTU 1420 on both overlays"
+echo "  zlmesh $ZLMESH_REV; wireguard-go $WG_VERSION; $GO_VERSION; MTU 1420 on both overlays"
 echo "  load average before $load_before, after $load_after ($(nproc) cores)"
 echo "  TUN offloads zl0:   $off_zl"
 echo "  TUN offloads zlwg0: $off_wg"

@@ -87,6 +87,7 @@ wgpair_build() {
 	local ver
 	ver=$(cd "$root" && go list -m -f '{{.Version}}' golang.zx2c4.com/wireguard)
 	(cd "$root" && go build -o "$TMP/zlmesh" ./cmd/zlmesh)
+	ZLMESH_REV=$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown)
 	(cd "$TMP" && GOBIN="$TMP/gobin" GOFLAGS= go install "golang.zx2c4.com/wireguard@$ver")
 	mv "$TMP/gobin/wireguard" "$TMP/wireguard-go"
 	if [ "${WGPAIR_ZLDEPS:-}" = 1 ]; then
