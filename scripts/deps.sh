@@ -9,6 +9,7 @@ ZLMESH_PACKAGES=(
   nftables              # nft, to observe zlmesh's NAT table and make testbed partitions
   wireguard-tools       # wg show against zlmesh's UAPI socket
   iperf3                # throughput benchmarks
+  ethtool               # the throughput benchmark shows both overlays' TUN offloads
   dnsutils              # dig
   dnsmasq-base          # the testbed's outside resolver, and the DNS benchmark's baseline
   dnsperf               # DNS benchmark

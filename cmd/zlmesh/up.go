@@ -23,6 +23,9 @@ import (
 // --cluster-key-file is not given.
 const DefaultClusterKeyFile = "/etc/zlmesh/cluster.key"
 
+// pprofListen is `zlmesh up --pprof-listen` (see servePprof).
+var pprofListen string
+
 // upFlags registers every `zlmesh up` flag on fs, filling cfg; it returns the
 // cluster key file and log level, which need work before they are config.
 func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
@@ -62,6 +65,7 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.DurationVar(&cfg.Gossip.DeadNodeReclaimTime, "gossip-dead-reclaim", 0, "how soon a dead member's name may come back from another address (default 5s)")
 	fs.DurationVar(&cfg.Gossip.RejoinMax, "rejoin-max", 0, "longest wait between re-join attempts to a remembered peer (default 30s)")
 	logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&pprofListen, "pprof-listen", "", "debugging: serve Go profiles (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060 (no authentication: loopback only)")
 	return keyFile, logLevel
 }
 
@@ -90,6 +94,11 @@ func runUp(args []string) error {
 		return fmt.Errorf("--cluster-key-file: %w", err)
 	}
 	cfg.ClusterKey = key
+	if pprofListen != "" {
+		if err := servePprof(pprofListen, cfg.Logger); err != nil {
+			return err
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
