@@ -10,6 +10,7 @@ ZLMESH_PACKAGES=(
   wireguard-tools       # wg show against zlmesh's UAPI socket
   iperf3                # throughput benchmarks
   ethtool               # the throughput benchmark shows both overlays' TUN offloads
+  jq                    # the mesh-core benchmarks read `ip -j` and iperf3 JSON
   dnsutils              # dig
   dnsmasq-base          # the testbed's outside resolver, and the DNS benchmark's baseline
   dnsperf               # DNS benchmark
