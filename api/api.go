@@ -179,6 +179,14 @@ type PortMapping struct {
 	Target string `json:"target"`
 }
 
+// TargetName names what a port forwards to: "service S" or "container C".
+func (p PortMapping) TargetName() string {
+	if p.Service != "" {
+		return "service " + p.Service
+	}
+	return "container " + p.Container
+}
+
 // Event types on the /v1/events stream.
 const (
 	EventPeerUp   = "peer_up"

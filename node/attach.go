@@ -409,14 +409,7 @@ func (n *Node) Attachments() []api.Attachment {
 
 // Services lists every service endpoint in the cluster whose node is alive.
 func (n *Node) Services() []api.ServiceEndpoint {
-	out := []api.ServiceEndpoint{}
-	for _, r := range n.mesh.Store().List(serviceKind) {
-		var ep api.ServiceEndpoint
-		if json.Unmarshal(r.Value, &ep) != nil || !n.mesh.Alive(r.Owner) {
-			continue
-		}
-		out = append(out, ep)
-	}
+	out := append([]api.ServiceEndpoint{}, records[api.ServiceEndpoint](n, serviceKind, n.mesh.Alive)...)
 	slices.SortFunc(out, func(a, b api.ServiceEndpoint) int {
 		if c := strings.Compare(a.Service, b.Service); c != 0 {
 			return c

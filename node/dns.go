@@ -3,7 +3,6 @@ package node
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -142,11 +141,8 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 	}
 	serviceOf := map[string]string{} // container → service
 	addrOf := map[string]netip.Addr{}
-	for _, r := range n.mesh.Store().List(serviceKind) {
-		var ep api.ServiceEndpoint
-		if json.Unmarshal(r.Value, &ep) != nil || !alive[r.Owner] {
-			continue
-		}
+	isAlive := func(owner string) bool { return alive[owner] }
+	for _, ep := range records[api.ServiceEndpoint](n, serviceKind, isAlive) {
 		a, err := netip.ParseAddr(ep.Address)
 		if err != nil {
 			continue
@@ -155,11 +151,7 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 		serviceOf[ep.Container] = ep.Service
 		addrOf[ep.Container] = a
 	}
-	for _, r := range n.mesh.Store().List(portKind) {
-		var pm api.PortMapping
-		if json.Unmarshal(r.Value, &pm) != nil || !alive[r.Owner] {
-			continue
-		}
+	for _, pm := range records[api.PortMapping](n, portKind, isAlive) {
 		pr := dnsd.PortRecord{Proto: pm.Protocol, Port: uint16(pm.ContainerPort)}
 		if pm.Service != "" {
 			pr.Service = pm.Service

@@ -136,7 +136,7 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 	for _, other := range p.byKey {
 		if other.Protocol == pm.Protocol && other.HostPort == pm.HostPort &&
 			(other.HostAddress == "" || pm.HostAddress == "" || other.HostAddress == pm.HostAddress) {
-			return api.PortMapping{}, api.Errorf(api.CodeAlreadyExists, "host port %d/%s is already published on %s (to %s)", pm.HostPort, pm.Protocol, orAll(other.HostAddress), portTargetName(other))
+			return api.PortMapping{}, api.Errorf(api.CodeAlreadyExists, "host port %d/%s is already published on %s (to %s)", pm.HostPort, pm.Protocol, orAll(other.HostAddress), other.TargetName())
 		}
 	}
 	target, ok := n.targets().resolve(pm)
@@ -170,13 +170,6 @@ func orAll(addr string) string {
 		return "all addresses"
 	}
 	return addr
-}
-
-func portTargetName(pm api.PortMapping) string {
-	if pm.Service != "" {
-		return "service " + pm.Service
-	}
-	return "container " + pm.Container
 }
 
 func (n *Node) validatePublish(req api.PublishRequest) (api.PortMapping, error) {
@@ -292,14 +285,7 @@ func (n *Node) putPortRecord(key string, pm api.PortMapping) {
 
 // Ports lists the published ports of every alive node.
 func (n *Node) Ports() []api.PortMapping {
-	out := []api.PortMapping{}
-	for _, r := range n.mesh.Store().List(portKind) {
-		var pm api.PortMapping
-		if json.Unmarshal(r.Value, &pm) != nil || !n.mesh.Alive(r.Owner) {
-			continue
-		}
-		out = append(out, pm)
-	}
+	out := append([]api.PortMapping{}, records[api.PortMapping](n, portKind, n.mesh.Alive)...)
 	slices.SortFunc(out, func(a, b api.PortMapping) int {
 		return strings.Compare(portKey(a.Node, a.Protocol, a.HostAddress, a.HostPort), portKey(b.Node, b.Protocol, b.HostAddress, b.HostPort))
 	})
@@ -310,14 +296,7 @@ func (n *Node) Ports() []api.PortMapping {
 // every live record, alive owner or not (a target on a node that is down
 // comes back with it).
 func (n *Node) serviceEndpoints() []api.ServiceEndpoint {
-	var out []api.ServiceEndpoint
-	for _, r := range n.mesh.Store().List(serviceKind) {
-		var ep api.ServiceEndpoint
-		if json.Unmarshal(r.Value, &ep) == nil {
-			out = append(out, ep)
-		}
-	}
-	return out
+	return records[api.ServiceEndpoint](n, serviceKind, nil)
 }
 
 // targetIndex is where every container and service can be reached now,

@@ -56,7 +56,7 @@ func runPublish(args []string) error {
 		return err
 	}
 	return cf.out.print(pm, func(w io.Writer) {
-		fmt.Fprintf(w, "published %s:%d/%s -> %s (%s)\n", orAll(pm.HostAddress), pm.HostPort, pm.Protocol, pm.Target, target(pm))
+		fmt.Fprintf(w, "published %s:%d/%s -> %s (%s)\n", orAll(pm.HostAddress), pm.HostPort, pm.Protocol, pm.Target, pm.TargetName())
 	})
 }
 
@@ -97,7 +97,7 @@ func runPorts(args []string) error {
 	return cf.out.print(list, func(w io.Writer) {
 		fmt.Fprintln(w, "NODE\tHOST PORT\tPROTO\tHOST ADDRESS\tTARGET\tTO")
 		for _, p := range list {
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", p.Node, p.HostPort, p.Protocol, orAll(p.HostAddress), p.Target, target(p))
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", p.Node, p.HostPort, p.Protocol, orAll(p.HostAddress), p.Target, p.TargetName())
 		}
 	})
 }
@@ -107,11 +107,4 @@ func orAll(a string) string {
 		return "*"
 	}
 	return a
-}
-
-func target(p api.PortMapping) string {
-	if p.Service != "" {
-		return "service " + p.Service
-	}
-	return "container " + p.Container
 }
