@@ -5,7 +5,9 @@
 // later one fails:
 //
 //  1. the state dir (locked, so one node owns it) and the private key;
-//  2. the address allocator over the state dir (ipam);
+//  2. the address allocator over the state dir (ipam); the attachments of
+//     the previous life (live ones adopted, the rest cleaned up); the
+//     published ports and the NAT table (kept in the kernel meanwhile);
 //  3. the control socket (listening, not yet serving);
 //  4. the TUN, wrapped in the packet-path tun.Wrapper;
 //  5. the wireguard-go device on the Wrapper, its UDP port and its UAPI
@@ -17,7 +19,9 @@
 //
 // The reconcile loops (reconcile.go) turn what the mesh says into kernel and
 // WireGuard state: members → WireGuard peers and routes; a lost subnet
-// conflict → renumbering.
+// conflict → renumbering of the node and its containers; records → the mesh
+// DNS (dns.go); vanished namespaces → detach (attach.go); published ports →
+// the NAT table (ports.go).
 package node
 
 import (
