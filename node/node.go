@@ -97,6 +97,7 @@ type Node struct {
 	mu            sync.Mutex
 	claim         ipam.Claim
 	peerEndpoints map[wgtypes.Key]netip.AddrPort // endpoint last set per peer
+	peerAdded     map[wgtypes.Key]time.Time      // when each peer was added, for keepaliveRoles
 	routes        []netip.Prefix
 	alive         map[string]bool // peer name → alive, for peer up/down events
 }
@@ -116,6 +117,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		stop:          make(chan struct{}),
 		done:          make(chan struct{}),
 		peerEndpoints: map[wgtypes.Key]netip.AddrPort{},
+		peerAdded:     map[wgtypes.Key]time.Time{},
 		alive:         map[string]bool{},
 		metrics:       newMetrics(),
 	}

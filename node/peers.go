@@ -2,6 +2,7 @@ package node
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -24,6 +25,9 @@ type wgPeer struct {
 	Subnet     netip.Prefix
 	Overlay    netip.Addr
 	AllowedIPs []netip.Prefix // the node subnet and the overlay address, sorted
+	// Keepalive is the persistent keepalive to set, in seconds; see
+	// keepaliveRoles.
+	Keepalive int
 }
 
 // desiredPeers turns the mesh view into WireGuard peers: every alive or
@@ -114,16 +118,52 @@ func comparePrefix(a, b netip.Prefix) int {
 	return a.Bits() - b.Bits()
 }
 
+// handshakeSettle is how long the node with the higher public key waits,
+// after adding a peer, before turning its persistent keepalive on.
+const handshakeSettle = 2 * time.Second
+
+// keepaliveRoles sets each peer's Keepalive so that two nodes adding each
+// other at the same moment do not both start a handshake. Turning a peer's
+// persistent keepalive on sends a keepalive at once, which starts a
+// handshake; when both sides do that simultaneously, each answers the
+// other's initiation, which throws away its own, and both are left with a
+// half-made session until WireGuard retries 5 s later. So only the node
+// with the lower public key turns keepalive on when it adds a peer; the
+// other adds the peer with keepalive off (it answers the handshake, and its
+// own traffic still starts one on demand) and turns it on handshakeSettle
+// later. added holds when each peer was added; peers no longer wanted are
+// dropped from it.
+func keepaliveRoles(self wgtypes.Key, want []wgPeer, dev map[string]*devPeer, added map[wgtypes.Key]time.Time, now time.Time, keepalive time.Duration) {
+	pub := self.PublicKey()
+	wanted := map[wgtypes.Key]bool{}
+	for i := range want {
+		p := &want[i]
+		wanted[p.Key] = true
+		if _, ok := dev[p.Key.String()]; !ok {
+			added[p.Key] = now
+		}
+		if bytes.Compare(pub[:], p.Key[:]) < 0 || now.Sub(added[p.Key]) >= handshakeSettle {
+			p.Keepalive = int(keepalive / time.Second)
+		}
+	}
+	for k := range added {
+		if !wanted[k] {
+			delete(added, k)
+		}
+	}
+}
+
 // uapiPeerDiff renders the WireGuard UAPI "set" text that takes the device,
 // as it reports itself (dev, from parseUAPIPeers), to want: removed peers,
 // new peers, peers whose AllowedIPs differ, and peers whose announced
 // endpoint changed since it was last set (endpoints holds those; a peer's
 // current endpoint may differ because WireGuard roams, and that is left
-// alone). Diffing against the device rather than a cache of what was sent
+// alone), and peers whose persistent keepalive differs from Keepalive.
+// Diffing against the device rather than a cache of what was sent
 // keeps the device right even when something else changed it. An unchanged
 // view sends nothing (an empty string), so an established session is never
 // disturbed.
-func uapiPeerDiff(dev map[string]*devPeer, want []wgPeer, endpoints map[wgtypes.Key]netip.AddrPort, keepalive time.Duration) string {
+func uapiPeerDiff(dev map[string]*devPeer, want []wgPeer, endpoints map[wgtypes.Key]netip.AddrPort) string {
 	var b strings.Builder
 	wanted := map[string]bool{}
 	for _, p := range want {
@@ -145,15 +185,16 @@ func uapiPeerDiff(dev map[string]*devPeer, want []wgPeer, endpoints map[wgtypes.
 		last, known := endpoints[p.Key]
 		newEP := !exists || !known || last != p.Endpoint
 		sameIPs := exists && sameAllowedIPs(d.AllowedIPs, p.AllowedIPs)
-		if exists && sameIPs && !newEP {
+		sameKA := exists && d.Keepalive == p.Keepalive
+		if exists && sameIPs && !newEP && sameKA {
 			continue
 		}
 		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(p.Key[:]))
 		if newEP {
 			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 		}
-		if !exists {
-			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(keepalive/time.Second))
+		if !sameKA {
+			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", p.Keepalive)
 		}
 		if !sameIPs {
 			b.WriteString("replace_allowed_ips=true\n")
@@ -187,6 +228,7 @@ type devPeer struct {
 	RxBytes       int64
 	TxBytes       int64
 	AllowedIPs    []string
+	Keepalive     int // persistent keepalive, seconds
 }
 
 // parseUAPIPeers reads the peers out of a UAPI "get" answer, keyed by the
@@ -232,6 +274,10 @@ func parseUAPIPeers(text string) map[string]*devPeer {
 		case "tx_bytes":
 			if cur != nil {
 				cur.TxBytes, _ = strconv.ParseInt(v, 10, 64)
+			}
+		case "persistent_keepalive_interval":
+			if cur != nil {
+				cur.Keepalive, _ = strconv.Atoi(v)
 			}
 		case "allowed_ip":
 			if cur != nil {

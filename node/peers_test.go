@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -122,9 +123,11 @@ func TestDesiredPeers(t *testing.T) {
 func TestUAPIPeerDiff(t *testing.T) {
 	a, b := mustKey(t), mustKey(t)
 	pa := wgPeer{Name: "a", Key: a, Endpoint: netip.MustParseAddrPort("192.0.2.11:51820"),
-		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.200.1.0/24")}}
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.200.1.0/24")}, Keepalive: 25}
 	pb := wgPeer{Name: "b", Key: b, Endpoint: netip.MustParseAddrPort("192.0.2.12:51820"),
-		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.200.2.0/24")}}
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.200.2.0/24")}, Keepalive: 25}
+	quiet := pa
+	quiet.Keepalive = 0
 	moved := pa
 	moved.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("10.200.7.0/24")}
 	roamed := pa
@@ -132,7 +135,7 @@ func TestUAPIPeerDiff(t *testing.T) {
 	onDevice := func(ps ...wgPeer) map[string]*devPeer {
 		m := map[string]*devPeer{}
 		for _, p := range ps {
-			d := &devPeer{Endpoint: "198.51.100.7:4444"} // roamed: never reset unless announced
+			d := &devPeer{Endpoint: "198.51.100.7:4444", Keepalive: p.Keepalive} // roamed: never reset unless announced
 			for _, a := range p.AllowedIPs {
 				d.AllowedIPs = append(d.AllowedIPs, a.String())
 			}
@@ -154,11 +157,13 @@ func TestUAPIPeerDiff(t *testing.T) {
 		{name: "peer gone", dev: onDevice(pa, pb), want: []wgPeer{pa}, contains: []string{hexKey(b) + "\nremove=true"}},
 		{name: "renumbered peer keeps its endpoint", dev: onDevice(pa), want: []wgPeer{moved}, contains: []string{"allowed_ip=10.200.7.0/24"}, absent: []string{"endpoint="}},
 		{name: "announced endpoint changed", dev: onDevice(pa), want: []wgPeer{roamed}, contains: []string{"endpoint=192.0.2.99:51820"}, absent: []string{"allowed_ip"}},
-		{name: "device lost an allowed IP (drift) is repaired", dev: onDevice(wgPeer{Key: a}), want: []wgPeer{pa}, contains: []string{"allowed_ip=10.200.1.0/24"}},
+		{name: "device lost an allowed IP (drift) is repaired", dev: onDevice(wgPeer{Key: a, Keepalive: 25}), want: []wgPeer{pa}, contains: []string{"allowed_ip=10.200.1.0/24"}},
+		{name: "new peer with keepalive off (the other side starts the handshake)", dev: onDevice(), want: []wgPeer{quiet}, contains: []string{"persistent_keepalive_interval=0", "allowed_ip=10.200.1.0/24"}},
+		{name: "keepalive turned on later", dev: onDevice(quiet), want: []wgPeer{pa}, contains: []string{"persistent_keepalive_interval=25"}, absent: []string{"allowed_ip", "endpoint="}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := uapiPeerDiff(tt.dev, tt.want, set, 25*time.Second)
+			got := uapiPeerDiff(tt.dev, tt.want, set)
 			if tt.empty != (got == "") {
 				t.Fatalf("got %q, want empty=%v", got, tt.empty)
 			}
@@ -232,5 +237,48 @@ func TestDesiredPeersNeverShareAPrefix(t *testing.T) {
 			}
 			granted = append(granted, p.AllowedIPs...)
 		}
+	}
+}
+
+// Two nodes adding each other at once must not both start a handshake: the
+// one with the lower public key turns keepalive on at once, the other only
+// after handshakeSettle.
+func TestKeepaliveRoles(t *testing.T) {
+	k1, _ := wgtypes.GeneratePrivateKey()
+	k2, _ := wgtypes.GeneratePrivateKey()
+	lo, hi := k1, k2
+	if p1, p2 := k1.PublicKey(), k2.PublicKey(); bytes.Compare(p1[:], p2[:]) > 0 {
+		lo, hi = k2, k1
+	}
+	now := time.Now()
+	added := map[wgtypes.Key]time.Time{}
+	// lo adds hi: keepalive at once.
+	w := []wgPeer{{Key: hi.PublicKey()}}
+	keepaliveRoles(lo, w, map[string]*devPeer{}, added, now, 25*time.Second)
+	if w[0].Keepalive != 25 {
+		t.Errorf("lower key adding a peer: keepalive %d, want 25", w[0].Keepalive)
+	}
+	// hi adds lo: keepalive off, then on after the settle time.
+	added = map[wgtypes.Key]time.Time{}
+	w = []wgPeer{{Key: lo.PublicKey()}}
+	keepaliveRoles(hi, w, map[string]*devPeer{}, added, now, 25*time.Second)
+	if w[0].Keepalive != 0 {
+		t.Errorf("higher key adding a peer: keepalive %d, want 0", w[0].Keepalive)
+	}
+	dev := map[string]*devPeer{lo.PublicKey().String(): {}}
+	w = []wgPeer{{Key: lo.PublicKey()}}
+	keepaliveRoles(hi, w, dev, added, now.Add(handshakeSettle/2), 25*time.Second)
+	if w[0].Keepalive != 0 {
+		t.Errorf("before the settle time: keepalive %d, want 0", w[0].Keepalive)
+	}
+	w = []wgPeer{{Key: lo.PublicKey()}}
+	keepaliveRoles(hi, w, dev, added, now.Add(handshakeSettle), 25*time.Second)
+	if w[0].Keepalive != 25 {
+		t.Errorf("after the settle time: keepalive %d, want 25", w[0].Keepalive)
+	}
+	// A peer no longer wanted is forgotten.
+	keepaliveRoles(hi, nil, dev, added, now, 25*time.Second)
+	if len(added) != 0 {
+		t.Errorf("added still holds %v", added)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
@@ -93,7 +94,7 @@ func (n *Node) routinePeers() {
 // view, and reports peers coming and going. Only differences are applied.
 func (n *Node) reconcilePeers() error {
 	members := n.mesh.Members()
-	want := desiredPeers(n.key, members, n.claimer.Holders())
+	want := desiredPeers(n.key.PublicKey(), members, n.claimer.Holders())
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -102,7 +103,9 @@ func (n *Node) reconcilePeers() error {
 	if err != nil {
 		return fmt.Errorf("read WireGuard peers: %w", err)
 	}
-	if set := uapiPeerDiff(parseUAPIPeers(text), want, n.peerEndpoints, n.cfg.Keepalive); set != "" {
+	dev := parseUAPIPeers(text)
+	keepaliveRoles(n.key, want, dev, n.peerAdded, time.Now(), n.cfg.Keepalive)
+	if set := uapiPeerDiff(dev, want, n.peerEndpoints); set != "" {
 		if err := n.dev.IpcSet(set); err != nil {
 			return fmt.Errorf("set WireGuard peers: %w", err)
 		}
@@ -111,7 +114,7 @@ func (n *Node) reconcilePeers() error {
 			endpoints[p.Key] = p.Endpoint
 		}
 		n.peerEndpoints = endpoints
-		n.log.Debug("WireGuard peers set", "peers", len(want))
+		n.log.Debug("WireGuard peers set", "peers", len(want), "uapi", strings.ReplaceAll(set, "\n", " "))
 	}
 	var routes []netip.Prefix
 	for _, p := range want {
