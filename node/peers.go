@@ -119,8 +119,12 @@ func comparePrefix(a, b netip.Prefix) int {
 }
 
 // handshakeSettle is how long the node with the higher public key waits,
-// after adding a peer, before turning its persistent keepalive on.
-const handshakeSettle = 2 * time.Second
+// after adding a peer, before turning its persistent keepalive on: far
+// longer than a handshake round trip, so it never collides with the other
+// side's initiation, and short, since that initiation is lost when it
+// arrives before this node added the peer (WireGuard retries it only 5 s
+// later).
+const handshakeSettle = 300 * time.Millisecond
 
 // keepaliveRoles sets each peer's Keepalive so that two nodes adding each
 // other at the same moment do not both start a handshake. Turning a peer's
@@ -132,8 +136,9 @@ const handshakeSettle = 2 * time.Second
 // other adds the peer with keepalive off (it answers the handshake, and its
 // own traffic still starts one on demand) and turns it on handshakeSettle
 // later. added holds when each peer was added; peers no longer wanted are
-// dropped from it.
-func keepaliveRoles(self wgtypes.Key, want []wgPeer, dev map[string]*devPeer, added map[wgtypes.Key]time.Time, now time.Time, keepalive time.Duration) {
+// dropped from it. It reports whether a peer is still waiting, so the caller
+// comes back after handshakeSettle.
+func keepaliveRoles(self wgtypes.Key, want []wgPeer, dev map[string]*devPeer, added map[wgtypes.Key]time.Time, now time.Time, keepalive time.Duration) (waiting bool) {
 	pub := self.PublicKey()
 	wanted := map[wgtypes.Key]bool{}
 	for i := range want {
@@ -144,6 +149,8 @@ func keepaliveRoles(self wgtypes.Key, want []wgPeer, dev map[string]*devPeer, ad
 		}
 		if bytes.Compare(pub[:], p.Key[:]) < 0 || now.Sub(added[p.Key]) >= handshakeSettle {
 			p.Keepalive = int(keepalive / time.Second)
+		} else {
+			waiting = true
 		}
 	}
 	for k := range added {
@@ -151,6 +158,7 @@ func keepaliveRoles(self wgtypes.Key, want []wgPeer, dev map[string]*devPeer, ad
 			delete(added, k)
 		}
 	}
+	return waiting
 }
 
 // uapiPeerDiff renders the WireGuard UAPI "set" text that takes the device,

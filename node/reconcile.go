@@ -104,7 +104,9 @@ func (n *Node) reconcilePeers() error {
 		return fmt.Errorf("read WireGuard peers: %w", err)
 	}
 	dev := parseUAPIPeers(text)
-	keepaliveRoles(n.key, want, dev, n.peerAdded, time.Now(), n.cfg.Keepalive)
+	if keepaliveRoles(n.key, want, dev, n.peerAdded, time.Now(), n.cfg.Keepalive) {
+		time.AfterFunc(handshakeSettle, n.kickPeers)
+	}
 	if set := uapiPeerDiff(dev, want, n.peerEndpoints); set != "" {
 		if err := n.dev.IpcSet(set); err != nil {
 			return fmt.Errorf("set WireGuard peers: %w", err)
