@@ -12,7 +12,7 @@
 //
 //	GET    /v1/status        Status
 //	GET    /v1/peers         []Peer
-//	POST   /v1/down          DownRequest → 202, the node leaves and exits
+//	POST   /v1/down          DownRequest → 200, then the node leaves and exits
 //	POST   /v1/attach        AttachRequest → Attachment
 //	POST   /v1/detach        DetachRequest → 204 (also when not attached)
 //	GET    /v1/attachments   []Attachment (this node)
@@ -198,6 +198,8 @@ const (
 	EventConflict = "subnet_conflict" // two nodes claimed one subnet
 	EventPublish  = "publish"
 	EventUnpub    = "unpublish"
+	// EventDropped tells a slow reader how many events it lost.
+	EventDropped = "events_dropped"
 )
 
 // Event is one line of the /v1/events stream. Only the fields that matter for

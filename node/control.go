@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -155,7 +156,7 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeMethodNotAllow, "%s not allowed on %s", r.Method, r.URL.Path))
 		return
 	}
-	ch, cancel := n.events.subscribe()
+	ch, lost, cancel := n.events.subscribe()
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
@@ -171,6 +172,9 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 		case <-n.stop:
 			return
 		case ev := <-ch:
+			if d := lost(); d > 0 {
+				enc.Encode(api.Event{Time: ev.Time, Type: api.EventDropped, Message: fmt.Sprintf("%d events lost: this reader was too slow", d)})
+			}
 			if err := enc.Encode(ev); err != nil {
 				return
 			}

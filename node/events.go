@@ -8,8 +8,9 @@ import (
 )
 
 // eventHub fans node events out to the /v1/events streams. Publishing never
-// blocks: a subscriber whose buffer is full loses the event and its stream
-// carries a "dropped" note with the next event it does get.
+// blocks: a subscriber whose buffer is full loses the event, and its stream
+// carries an api.EventDropped event counting the losses before the next
+// event it does get.
 type eventHub struct {
 	mu   sync.Mutex
 	subs map[*eventSub]struct{}
@@ -40,14 +41,22 @@ func (h *eventHub) publish(ev api.Event) {
 	}
 }
 
-// subscribe returns a channel of events and a cancel function that must be
-// called when the reader is done.
-func (h *eventHub) subscribe() (<-chan api.Event, func()) {
+// subscribe returns a channel of events, a function that returns (and
+// resets) how many events the subscriber lost since it was last called, and
+// a cancel function that must be called when the reader is done.
+func (h *eventHub) subscribe() (<-chan api.Event, func() int, func()) {
 	s := &eventSub{ch: make(chan api.Event, eventBuffer)}
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
-	return s.ch, func() {
+	lost := func() int {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		n := s.dropped
+		s.dropped = 0
+		return n
+	}
+	return s.ch, lost, func() {
 		h.mu.Lock()
 		delete(h.subs, s)
 		h.mu.Unlock()
