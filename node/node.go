@@ -175,6 +175,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.ports, err = loadPorts(cfg.StateDir); err != nil {
 		return nil, err
 	}
+	n.undo = append(n.undo, n.ports.close)
 	if n.nat = cfg.NAT; n.nat == nil {
 		if n.nat, err = defaultNAT(n.log); err != nil {
 			return nil, err

@@ -14,13 +14,17 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/bridge"
+	"github.com/zlmesh/zlmesh/internal/journal"
 	"github.com/zlmesh/zlmesh/internal/statefile"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/natd"
 )
 
 // portsFile keeps the ports this node publishes, so they survive a restart
-// of the whole cluster (the replicated store alone would lose them).
+// of the whole cluster (the replicated store alone would lose them). It is a
+// snapshot plus a journal of changes (internal/journal, like the
+// attachments): a publish costs one synced append, not a rewrite of every
+// port.
 const portsFile = "ports.json"
 
 // portKind is the record-store kind of published ports; the key is
@@ -48,6 +52,7 @@ type ports struct {
 	path string
 
 	mu           sync.Mutex
+	log          *journal.Log
 	byKey        map[string]api.PortMapping
 	missingSince map[string]time.Time
 	lastErr      string
@@ -78,8 +83,8 @@ func (n *Node) purgeNAT() error {
 	}
 	clear(p.byKey)
 	clear(p.missingSince)
-	if err := p.saveLocked(); err != nil {
-		return err
+	if err := p.snapshotLocked(); err != nil {
+		return fmt.Errorf("forget published ports: %w", err)
 	}
 	return n.nat.Purge()
 }
@@ -88,24 +93,82 @@ type portsState struct {
 	Ports map[string]api.PortMapping `json:"ports"`
 }
 
+// portRecord is one journal record: a port published or its target changed
+// (Put under Key), or a port removed (Del).
+type portRecord struct {
+	Key string           `json:"key"`
+	Put *api.PortMapping `json:"put,omitempty"`
+	Del bool             `json:"del,omitempty"`
+}
+
 func loadPorts(stateDir string) (*ports, error) {
 	p := &ports{path: filepath.Join(stateDir, portsFile), byKey: map[string]api.PortMapping{}, missingSince: map[string]time.Time{}}
+	log, snap, recs, err := journal.Open(p.path)
+	if err != nil {
+		return nil, fmt.Errorf("load published ports: %w", err)
+	}
 	var st portsState
-	err := statefile.ReadJSON(p.path, &st)
-	switch {
-	case errors.Is(err, statefile.ErrNotExist):
-	case err != nil:
-		return nil, err
-	default:
-		for k, v := range st.Ports {
-			p.byKey[k] = v
+	if snap != nil {
+		if err := statefile.Decode(p.path, snap, &st); err != nil {
+			log.Close()
+			return nil, fmt.Errorf("load published ports: %w", err)
 		}
 	}
+	maps.Copy(p.byKey, st.Ports)
+	for i, raw := range recs {
+		var r portRecord
+		err := statefile.Decode(p.path+".log", raw, &r)
+		if err == nil && (r.Key == "" || (r.Put == nil) == !r.Del) {
+			err = errors.New("want a key and exactly one of put and del")
+		}
+		if err != nil {
+			log.Close()
+			return nil, fmt.Errorf("load published ports: record %d of %s.log: %w", i+1, p.path, err)
+		}
+		if r.Put != nil {
+			p.byKey[r.Key] = *r.Put
+		} else {
+			delete(p.byKey, r.Key)
+		}
+	}
+	p.log = log
 	return p, nil
 }
 
-func (p *ports) saveLocked() error {
-	return statefile.WriteJSON(p.path, portsState{Ports: p.byKey})
+// close closes the journal; the files stay.
+func (p *ports) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.log.Close()
+}
+
+// recordLocked appends r to the journal, durably, and folds the journal
+// into a new snapshot when it has grown as long as the table (so the fold's
+// cost spread over the records stays constant). The caller holds mu and has
+// already changed byKey.
+func (p *ports) recordLocked(r portRecord) error {
+	rec, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := p.log.Append(rec); err != nil {
+		return fmt.Errorf("record published ports: %w", err)
+	}
+	if p.log.Records() >= max(minCompact, len(p.byKey)) {
+		// The change is durable already; a failed fold only leaves the
+		// journal longer, and the next change tries again.
+		p.snapshotLocked()
+	}
+	return nil
+}
+
+// snapshotLocked writes byKey as the new snapshot with an empty journal.
+func (p *ports) snapshotLocked() error {
+	snap, err := json.MarshalIndent(portsState{Ports: p.byKey}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return p.log.Rewrite(append(snap, '\n'))
 }
 
 func portKey(node, proto, hostAddr string, hostPort int) string {
@@ -154,7 +217,7 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 		n.applyNATLocked()
 		return api.PortMapping{}, fmt.Errorf("publish %d/%s: %w", pm.HostPort, pm.Protocol, err)
 	}
-	if err := p.saveLocked(); err != nil {
+	if err := p.recordLocked(portRecord{Key: key, Put: &pm}); err != nil {
 		delete(p.byKey, key)
 		n.applyNATLocked()
 		return api.PortMapping{}, err
@@ -252,8 +315,12 @@ func (n *Node) removePortLocked(key, reason string) error {
 		p.byKey[key] = pm
 		return fmt.Errorf("unpublish %d/%s: %w", pm.HostPort, pm.Protocol, err)
 	}
-	if err := p.saveLocked(); err != nil {
-		return err
+	if err := p.recordLocked(portRecord{Key: key, Del: true}); err != nil {
+		// Not forgotten on disk: keep it, so that the kernel, memory and
+		// the next start agree.
+		p.byKey[key] = pm
+		n.applyNATLocked()
+		return fmt.Errorf("unpublish %d/%s: %w", pm.HostPort, pm.Protocol, err)
 	}
 	n.mesh.Store().Delete(portKind, key)
 	n.events.publish(api.Event{Type: api.EventUnpub, Node: n.cfg.Name, Container: pm.Container, Service: pm.Service, Port: &pm, Message: reason})
@@ -418,14 +485,10 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		OverlayIf:  n.cfg.Interface,
 		Masquerade: !n.cfg.NoMasquerade,
 	}
-	keys := make([]string, 0, len(n.ports.byKey))
-	for k := range n.ports.byKey {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	// In map order: natd orders the rules itself.
+	cfg.Ports = make([]natd.Port, 0, len(n.ports.byKey))
 	synced := n.recordsSynced()
-	for _, k := range keys {
-		pm := n.ports.byKey[k]
+	for _, pm := range n.ports.byKey {
 		target, ok := portTarget(pm, targets, synced)
 		if !ok {
 			continue
@@ -474,18 +537,15 @@ func (n *Node) reconcilePorts() {
 	}
 	// Remember where each port leads now (the state file keeps it for the
 	// next start, the record shows it).
-	moved := false
 	for k, pm := range p.byKey {
 		if target, ok := targets.resolve(pm); ok {
 			if t := netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String(); t != pm.Target {
-				pm.Target, moved = t, true
+				pm.Target = t
 				p.byKey[k] = pm
+				if err := p.recordLocked(portRecord{Key: k, Put: &pm}); err != nil {
+					n.log.Warn("save published ports", "err", err)
+				}
 			}
-		}
-	}
-	if moved {
-		if err := p.saveLocked(); err != nil {
-			n.log.Warn("save published ports", "err", err)
 		}
 	}
 	if err := n.applyNATWithLocked(targets); err != nil {

@@ -1,11 +1,16 @@
 package node
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -179,6 +184,7 @@ func (f *fakeNAT) last() ([]string, int) {
 	for _, p := range f.sets[len(f.sets)-1].Ports {
 		s = append(s, p.String())
 	}
+	slices.Sort(s) // the node gives them in map order
 	return s, len(f.sets)
 }
 
@@ -186,7 +192,7 @@ func (f *fakeNAT) last() ([]string, int) {
 // mesh (with a seed that never answers when join is set: the node expects
 // peers and never syncs), the state dir, a fake NAT. local are its
 // attachments, ports what its state dir says it published.
-func portsNode(t *testing.T, join bool, local []attachment, ports map[string]api.PortMapping) (*Node, *fakeNAT) {
+func portsNode(t testing.TB, join bool, local []attachment, ports map[string]api.PortMapping) (*Node, *fakeNAT) {
 	t.Helper()
 	dir := t.TempDir()
 	if len(ports) > 0 {
@@ -211,9 +217,10 @@ func portsNode(t *testing.T, join bool, local []attachment, ports map[string]api
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.close)
 	nat := &fakeNAT{}
 	n := &Node{
-		cfg:    Config{Name: "h1", Interface: "zl0"},
+		cfg:    Config{Name: "h1", Interface: "zl0", StateDir: dir},
 		log:    slog.New(slog.DiscardHandler),
 		pool:   pool,
 		mesh:   m,
@@ -328,10 +335,113 @@ func TestPortsPurgeIsFinal(t *testing.T) {
 	}
 }
 
+// Published ports are journaled: every publish, unpublish and change of
+// target is in the state dir when the call returns, a reload sees exactly
+// the ports of the moment, also once the journal was folded into a
+// snapshot, and a garbled record in the middle of the journal is an error,
+// never an empty table.
+func TestPortsJournal(t *testing.T) {
+	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
+	n, _ := portsNode(t, false, []attachment{web}, nil)
+	reload := func() map[string]api.PortMapping {
+		t.Helper()
+		p, err := loadPorts(n.cfg.StateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.close()
+		return p.byKey
+	}
+	// Past minCompact changes, so that at least one fold happens.
+	for i := range minCompact + 10 {
+		port := 20000 + i
+		if _, err := n.Publish(api.PublishRequest{Container: "web", Protocol: "tcp", HostPort: port, ContainerPort: 80}); err != nil {
+			t.Fatal(err)
+		}
+		if i%3 == 0 {
+			if err := n.Unpublish(api.UnpublishRequest{Protocol: "tcp", HostPort: port}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	n.ports.mu.Lock()
+	want := maps.Clone(n.ports.byKey)
+	n.ports.mu.Unlock()
+	if got := reload(); !maps.Equal(got, want) {
+		t.Fatalf("reloaded %d ports, want %d", len(got), len(want))
+	}
+	// The container moves: reconcile records the new target.
+	moved := web
+	moved.Spec.Address = netip.MustParsePrefix("10.200.7.34/27")
+	n.attach.mu.Lock()
+	n.attach.byID["web"] = moved
+	n.attach.mu.Unlock()
+	n.reconcilePorts()
+	for k, pm := range reload() {
+		if pm.Target != "10.200.7.34:80" {
+			t.Fatalf("after the move %s leads to %s on reload, want 10.200.7.34:80", k, pm.Target)
+		}
+	}
+
+	// A bad record followed by good ones.
+	logPath := filepath.Join(n.cfg.StateDir, portsFile) + ".log"
+	if _, err := n.Publish(api.PublishRequest{Container: "web", Protocol: "udp", HostPort: 53, ContainerPort: 53}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Publish(api.PublishRequest{Container: "web", Protocol: "udp", HostPort: 54, ContainerPort: 53}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n"))
+	if len(lines) < 3 {
+		t.Fatalf("journal has %d lines, want a header and two records", len(lines))
+	}
+	lines[len(lines)-2][12] ^= 0x01
+	if err := os.WriteFile(logPath, append(bytes.Join(lines, []byte("\n")), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := loadPorts(n.cfg.StateDir); err == nil {
+		p.close()
+		t.Fatalf("a journal with a garbled record in the middle loaded (%d ports)", len(p.byKey))
+	} else if !strings.Contains(err.Error(), portsFile) {
+		t.Errorf("error does not name the file: %v", err)
+	}
+}
+
 func apiCode(err error) (string, int) {
 	var ae *api.Error
 	if errors.As(err, &ae) {
 		return ae.Code, ae.Status
 	}
 	return "", 0
+}
+
+// BenchmarkPublish is one publish and its unpublish on a node that already
+// publishes N other ports: the node's share (validation, target lookup, the
+// journal's synced appends, the record store; the NAT is a fake, natd's
+// share is natd's BenchmarkSet). It must not grow with N.
+func BenchmarkPublish(b *testing.B) {
+	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
+	for _, size := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("ports=%d", size), func(b *testing.B) {
+			n, _ := portsNode(b, false, []attachment{web}, nil)
+			for i := range size {
+				if _, err := n.Publish(api.PublishRequest{Container: "web", Protocol: "tcp", HostPort: 20000 + i, ContainerPort: 80}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := n.Publish(api.PublishRequest{Container: "web", Protocol: "udp", HostPort: 9, ContainerPort: 9}); err != nil {
+					b.Fatal(err)
+				}
+				if err := n.Unpublish(api.UnpublishRequest{Protocol: "udp", HostPort: 9}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
