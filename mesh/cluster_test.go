@@ -176,12 +176,37 @@ func TestKnownPeersFile(t *testing.T) {
 	}
 }
 
+// A peer gone for ForgetPeersAfter is forgotten with its records, but for
+// its claim; when it comes back it writes them again.
 func TestForgetOldPeers(t *testing.T) {
 	c := newCluster(t)
 	c.tun.ForgetPeersAfter = 500 * time.Millisecond
 	c.startAll("a", "b")
-	c.node("b").Shutdown()
-	eventually(t, 10*time.Second, "a forgot b", func() bool { return len(c.node("a").KnownPeers()) == 0 })
+	b := c.node("b")
+	b.Store().Put("svc", "b/web1", []byte("10.200.1.34"))
+	b.Store().Put(KindClaim, "pk-b", []byte(`{}`))
+	a := c.node("a")
+	eventually(t, 5*time.Second, "b's records on a", func() bool {
+		_, svc := a.Store().Get("svc", "b/web1")
+		_, cl := a.Store().Get(KindClaim, "pk-b")
+		return svc && cl
+	})
+	b.Shutdown()
+	eventually(t, 10*time.Second, "a forgot b", func() bool { return len(a.KnownPeers()) == 0 })
+	eventually(t, time.Second, "b's records deleted on a", func() bool {
+		_, svc := a.Store().Get("svc", "b/web1")
+		_, marker := a.Store().Get(kindMember, "b")
+		return !svc && !marker
+	})
+	if _, ok := a.Store().Get(KindClaim, "pk-b"); !ok {
+		t.Error("b's claim was deleted with its other records; the Claimer holds it for its grace")
+	}
+	if len(c.logs.find(slog.LevelInfo, "forget peer not seen for long", `peer="b"`, `records_deleted="2"`)) == 0 {
+		t.Error("no log line saying b and its 2 records were forgotten")
+	}
+	if len(c.logs.find(slog.LevelInfo, "re-joined the cluster", `node="a"`)) != 0 {
+		t.Error("a says it re-joined the cluster when it only forgot its last peer")
+	}
 	var f knownPeersFile
 	eventually(t, time.Second, "b gone from the file", func() bool {
 		f = knownPeersFile{}
@@ -190,6 +215,17 @@ func TestForgetOldPeers(t *testing.T) {
 	if c.node("a").HasPeers() || c.node("a").Alone() {
 		t.Errorf("a without peers: HasPeers=%v Alone=%v", c.node("a").HasPeers(), c.node("a").Alone())
 	}
+	// b comes back: its marker, written at start with a later clock, wins
+	// over a's tombstone.
+	tr, err := c.net.NewTransportAt("b", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.start("b", tr, a.Addr().String())
+	eventually(t, 10*time.Second, "b back on a with its marker", func() bool {
+		_, marker := a.Store().Get(kindMember, "b")
+		return a.Alive("b") && marker
+	})
 }
 
 func TestSlowSubscriberDoesNotBlock(t *testing.T) {

@@ -168,7 +168,11 @@ type Tuning struct {
 	// remembered peer (defaults 1s and 30s, with ±25% jitter).
 	RejoinMin, RejoinMax time.Duration
 	// ForgetPeersAfter is how long a remembered peer not seen alive is
-	// kept (default 7 days).
+	// kept (default 7 days). When it is forgotten, the records it owns
+	// (its member marker, service endpoints, ports; not its node-subnet
+	// claim, which the Claimer keeps for its grace) are deleted from the
+	// store, so that nodes that never come back do not stay in it for
+	// ever; one that does come back writes them again.
 	ForgetPeersAfter time.Duration
 	// TombstoneTTL is how long a deleted record is remembered (default
 	// 48h; see Store).

@@ -331,7 +331,10 @@ func (m *Mesh) routineMaintain() {
 		alive := m.members.aliveOthers(m.name)
 		m.book.touchAlive(alive, now)
 		for _, name := range m.book.forget(now.Add(-m.tun.ForgetPeersAfter)) {
-			m.log.Info("forget peer not seen for long", "peer", name, "after", m.tun.ForgetPeersAfter)
+			// Not alive (touchAlive just renewed every alive one); its
+			// claim is the Claimer's business (held for the grace).
+			n := m.store.DeleteOwnedBy(name, KindClaim)
+			m.log.Info("forget peer not seen for long", "peer", name, "after", m.tun.ForgetPeersAfter, "records_deleted", n)
 		}
 		m.members.prune(now.Add(-m.tun.GossipToTheDeadTime))
 
@@ -339,7 +342,11 @@ func (m *Mesh) routineMaintain() {
 		if alone && !wasAlone {
 			m.log.Info("alone: re-joining remembered peers and seeds")
 		} else if !alone && wasAlone {
-			m.log.Info("re-joined the cluster", "alive_members", len(alive)+1)
+			if len(alive) > 0 {
+				m.log.Info("re-joined the cluster", "alive_members", len(alive)+1)
+			} else {
+				m.log.Info("no remembered peer or seed left to re-join: a cluster of one")
+			}
 		}
 		wasAlone = alone
 

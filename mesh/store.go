@@ -265,6 +265,27 @@ func (s *Store) List(kind string) []Record {
 	return out
 }
 
+// DeleteOwnedBy replaces every live record whose Owner is owner, of any
+// kind but those in skip, by a tombstone owned by this node, and returns
+// how many. It is how
+// the records of a node gone for good leave the cluster (see
+// Tuning.ForgetPeersAfter); a node that comes back writes its records
+// again, with a later clock.
+func (s *Store) DeleteOwnedBy(owner string, skip ...string) int {
+	s.mu.Lock()
+	n := 0
+	for id, e := range s.recs {
+		if e.rec.Owner != owner || e.rec.Deleted || slices.Contains(skip, id.kind) {
+			continue
+		}
+		s.setLocked(Record{Kind: id.kind, Key: id.key, Owner: s.owner, Clock: s.tickLocked(), Deleted: true}, originLocal)
+		n++
+	}
+	s.mu.Unlock()
+	s.drain()
+	return n
+}
+
 // Merge takes a version of a record from elsewhere: it replaces the stored
 // version when it is greater in the store's order. It returns true when the
 // store changed. A merged record is not broadcast; it spreads by
