@@ -142,7 +142,7 @@ func (m *Mesh) queueBroadcast(r Record) {
 	if r.Kind == kindMember && r.Key == m.name && r.Deleted {
 		b.done, b.once = m.leaveSent, &m.leaveSentOnce
 	}
-	m.queue.QueueBroadcast(b)
+	m.queue.push(b)
 }
 
 // takeBroadcasts returns a msgRecords message of at most limit bytes with
@@ -150,10 +150,7 @@ func (m *Mesh) queueBroadcast(r Record) {
 // nil when none is queued or fits.
 func (m *Mesh) takeBroadcasts(limit int) []byte {
 	header := 2 + binary.MaxVarintLen64 + len(m.name) + binary.MaxVarintLen64
-	if limit <= header || m.queue.NumQueued() == 0 {
-		return nil
-	}
-	recs := m.queue.GetBroadcasts(0, limit-header)
+	recs := m.queue.take(limit - header)
 	if len(recs) == 0 {
 		return nil
 	}

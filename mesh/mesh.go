@@ -265,7 +265,7 @@ type Mesh struct {
 
 	ml     *memberlist.Memberlist
 	store  *Store
-	queue  *memberlist.TransmitLimitedQueue
+	queue  *recordQueue
 	events eventHub
 
 	// meta is this node's meta, as given and as gossiped.
@@ -348,10 +348,7 @@ func Start(cfg Config) (*Mesh, error) {
 	m.store = newStore(cfg.Name, tun.TombstoneTTL, time.Now, log)
 	m.store.setInternal(m.onChange)
 	lan := memberlist.DefaultLANConfig()
-	m.queue = &memberlist.TransmitLimitedQueue{
-		NumNodes:       func() int { return max(int(m.numLive.Load()), 1) },
-		RetransmitMult: storeRetransmitMult,
-	}
+	m.queue = newRecordQueue(func() int { return max(int(m.numLive.Load()), 1) }, storeRetransmitMult)
 
 	mlc := m.memberlistConfig(lan)
 	ml, err := memberlist.Create(mlc)
