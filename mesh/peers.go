@@ -58,6 +58,9 @@ type target struct {
 	backoff   time.Duration
 	next      time.Time
 	busy      bool
+	// hinted: known from its marker record only, never seen as a member
+	// here (memberlist's broadcast of it missed this node).
+	hinted bool
 }
 
 // init loads the known peers file (absent is empty) and takes the seeds.
@@ -110,6 +113,7 @@ func (b *peerBook) seen(name, addr string, now time.Time) {
 	t.alt = ""
 	t.LastSeen = now
 	t.backoff, t.next = 0, time.Time{}
+	t.hinted = false
 }
 
 // hint remembers a node named by its marker record, unless already known.
@@ -122,7 +126,7 @@ func (b *peerBook) hint(name, addr string, seen time.Time) {
 	if _, ok := b.peers[name]; ok {
 		return
 	}
-	b.peers[name] = &target{KnownPeer: KnownPeer{Name: name, Addr: addr, LastSeen: seen}}
+	b.peers[name] = &target{KnownPeer: KnownPeer{Name: name, Addr: addr, LastSeen: seen}, hinted: true}
 	b.dirty = true
 }
 
@@ -173,10 +177,12 @@ func (b *peerBook) forget(cutoff time.Time) []string {
 // RejoinMin and RejoinMax: a false "dead" is refuted by memberlist itself
 // meanwhile, a restarted peer re-joins by itself, and the attempts of the
 // whole cluster at one lost peer spread over that window (any one success
-// heals a partition for everyone). The same holds for a peer known from its
-// marker record only (memberlist's broadcast of it missed this node, or has
-// not arrived yet: during a burst of joins most such peers appear by
-// themselves before their turn).
+// heals a partition for everyone). A peer known from its marker record only
+// is first tried after RejoinMin to 2×RejoinMin: its marker came by the
+// store sync, after its alive message should have, so memberlist's
+// broadcast most likely missed this node, and only few nodes are in that
+// case (memberlist's own repair, push/pull, is a minute away at 50 nodes;
+// bench/sim saw such members missing for 24–45 s with the long window).
 func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) []*target {
 	alone := len(alive) == 0
 	limit := 1
@@ -196,6 +202,10 @@ func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) [
 		case t.busy:
 			busy++
 		case t.Addr == ownAddr || aliveAddr[t.Addr]:
+		case t.next.IsZero() && !alone && t.hinted:
+			// Its marker came a sync or a broadcast after its alive
+			// message should have: that one most likely missed us.
+			t.next = now.Add(b.minB + rand.N(b.minB+1))
 		case t.next.IsZero() && !alone:
 			t.next = now.Add(b.minB + rand.N(b.maxB-b.minB+1))
 		case t.next.After(now):
