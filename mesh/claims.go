@@ -385,7 +385,7 @@ func (c *Claimer) check() {
 		c.mu.Unlock()
 		c.publish(next)
 		c.log.Warn("node subnet conflict lost, moving to a new subnet",
-			"node", c.cfg.Name, "old_subnet", cur.Subnet, "new_subnet", next.Subnet,
+			"loser", c.cfg.Name, "old_subnet", cur.Subnet, "new_subnet", next.Subnet,
 			"winner", cf.Winner.Name, "winner_node", cf.Winner.Node, "winner_claimed_at", cf.Winner.ClaimedAt,
 			"our_claimed_at", cur.ClaimedAt)
 		change := ClaimChange{Old: cur, New: next, Winner: cf.Winner}
