@@ -68,6 +68,11 @@ func run(ctx context.Context, binary string, rounds int, short, forget time.Dura
 	}
 	defer tb.Close()
 	hs := tb.Hosts()
+	ready, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := tb.WaitReady(ready); err != nil {
+		return fmt.Errorf("the nodes never came up: %w", err)
+	}
 	if err := waitMatrix(ctx, hs, time.Minute); err != nil {
 		return fmt.Errorf("the mesh never became whole: %w", err)
 	}
