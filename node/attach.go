@@ -68,11 +68,6 @@ type attachRecord struct {
 	Del string      `json:"del,omitempty"`
 }
 
-// minCompact is the least number of journal records before the journal is
-// folded into a new snapshot; past it, the fold waits for as many records as
-// there are attachments, so its cost spread over the records stays constant.
-const minCompact = 256
-
 // attachments is the node's set of attached containers. Attach and detach of
 // one container exclude each other through busy; different containers run
 // their plumbing in parallel, and only the bookkeeping takes mu (held while
@@ -87,41 +82,35 @@ type attachments struct {
 }
 
 func loadAttachments(stateDir string) (*attachments, error) {
-	a := &attachments{path: filepath.Join(stateDir, attachFile), byID: map[string]attachment{}, busy: map[string]bool{}}
-	log, snap, recs, err := journal.Open(a.path)
-	if err != nil {
-		return nil, fmt.Errorf("load attachments: %w", err)
-	}
-	var st attachState
-	if snap != nil {
-		if err := statefile.Decode(a.path, snap, &st); err != nil {
-			log.Close()
-			return nil, fmt.Errorf("load attachments: %w", err)
-		}
-	}
-	for id, at := range st.Attachments {
-		a.byID[id] = at
-	}
-	for i, raw := range recs {
+	a := &attachments{path: filepath.Join(stateDir, attachFile), busy: map[string]bool{}}
+	st := attachState{Attachments: map[string]attachment{}}
+	log, err := openJournaled(a.path, "attachments", &st, func(raw []byte) error {
 		var r attachRecord
-		err := statefile.Decode(a.path+".log", raw, &r)
-		if err == nil && (r.Put == nil) == (r.Del == "") {
-			err = errors.New("want exactly one of put and del")
+		if err := statefile.Decode(a.path+".log", raw, &r); err != nil {
+			return err
 		}
-		if err == nil && r.Put != nil && r.Put.Spec.Container == "" {
-			err = errors.New("attachment without a container id")
+		if st.Attachments == nil { // a snapshot saying null
+			st.Attachments = map[string]attachment{}
 		}
-		if err != nil {
-			log.Close()
-			return nil, fmt.Errorf("load attachments: record %d of %s.log: %w", i+1, a.path, err)
+		switch {
+		case (r.Put == nil) == (r.Del == ""):
+			return errors.New("want exactly one of put and del")
+		case r.Put != nil && r.Put.Spec.Container == "":
+			return errors.New("attachment without a container id")
+		case r.Put != nil:
+			st.Attachments[r.Put.Spec.Container] = *r.Put
+		default:
+			delete(st.Attachments, r.Del)
 		}
-		if r.Put != nil {
-			a.byID[r.Put.Spec.Container] = *r.Put
-		} else {
-			delete(a.byID, r.Del)
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	a.log = log
+	a.byID, a.log = st.Attachments, log
+	if a.byID == nil { // a snapshot saying null, and no record
+		a.byID = map[string]attachment{}
+	}
 	return a, nil
 }
 
@@ -132,25 +121,10 @@ func (a *attachments) close() {
 	a.log.Close()
 }
 
-// recordLocked appends r to the journal and folds the journal into a new
-// snapshot when it has grown long; the caller holds mu and has already
-// changed byID.
+// recordLocked appends r to the journal (see appendJournaled); the caller
+// holds mu and has already changed byID.
 func (a *attachments) recordLocked(r attachRecord) error {
-	rec, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if err := a.log.Append(rec); err != nil {
-		return err
-	}
-	if a.log.Records() >= max(minCompact, len(a.byID)) {
-		// The change is durable already; a failed fold only leaves the
-		// journal longer, and the next change tries again.
-		if snap, err := json.MarshalIndent(attachState{Attachments: a.byID}, "", "  "); err == nil {
-			a.log.Rewrite(append(snap, '\n'))
-		}
-	}
-	return nil
+	return appendJournaled(a.log, r, len(a.byID), func() any { return attachState{Attachments: a.byID} })
 }
 
 // claim marks container busy; false when an attach or detach of it is

@@ -102,36 +102,33 @@ type portRecord struct {
 }
 
 func loadPorts(stateDir string) (*ports, error) {
-	p := &ports{path: filepath.Join(stateDir, portsFile), byKey: map[string]api.PortMapping{}, missingSince: map[string]time.Time{}}
-	log, snap, recs, err := journal.Open(p.path)
-	if err != nil {
-		return nil, fmt.Errorf("load published ports: %w", err)
-	}
-	var st portsState
-	if snap != nil {
-		if err := statefile.Decode(p.path, snap, &st); err != nil {
-			log.Close()
-			return nil, fmt.Errorf("load published ports: %w", err)
-		}
-	}
-	maps.Copy(p.byKey, st.Ports)
-	for i, raw := range recs {
+	p := &ports{path: filepath.Join(stateDir, portsFile), missingSince: map[string]time.Time{}}
+	st := portsState{Ports: map[string]api.PortMapping{}}
+	log, err := openJournaled(p.path, "published ports", &st, func(raw []byte) error {
 		var r portRecord
-		err := statefile.Decode(p.path+".log", raw, &r)
-		if err == nil && (r.Key == "" || (r.Put == nil) == !r.Del) {
-			err = errors.New("want a key and exactly one of put and del")
+		if err := statefile.Decode(p.path+".log", raw, &r); err != nil {
+			return err
 		}
-		if err != nil {
-			log.Close()
-			return nil, fmt.Errorf("load published ports: record %d of %s.log: %w", i+1, p.path, err)
+		if st.Ports == nil { // a snapshot saying null
+			st.Ports = map[string]api.PortMapping{}
 		}
-		if r.Put != nil {
-			p.byKey[r.Key] = *r.Put
-		} else {
-			delete(p.byKey, r.Key)
+		switch {
+		case r.Key == "" || (r.Put == nil) == !r.Del:
+			return errors.New("want a key and exactly one of put and del")
+		case r.Put != nil:
+			st.Ports[r.Key] = *r.Put
+		default:
+			delete(st.Ports, r.Key)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	p.log = log
+	p.byKey, p.log = st.Ports, log
+	if p.byKey == nil { // a snapshot saying null, and no record
+		p.byKey = map[string]api.PortMapping{}
+	}
 	return p, nil
 }
 
@@ -142,33 +139,18 @@ func (p *ports) close() {
 	p.log.Close()
 }
 
-// recordLocked appends r to the journal, durably, and folds the journal
-// into a new snapshot when it has grown as long as the table (so the fold's
-// cost spread over the records stays constant). The caller holds mu and has
-// already changed byKey.
+// recordLocked appends r to the journal (see appendJournaled); the caller
+// holds mu and has already changed byKey.
 func (p *ports) recordLocked(r portRecord) error {
-	rec, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if err := p.log.Append(rec); err != nil {
+	if err := appendJournaled(p.log, r, len(p.byKey), func() any { return portsState{Ports: p.byKey} }); err != nil {
 		return fmt.Errorf("record published ports: %w", err)
-	}
-	if p.log.Records() >= max(minCompact, len(p.byKey)) {
-		// The change is durable already; a failed fold only leaves the
-		// journal longer, and the next change tries again.
-		p.snapshotLocked()
 	}
 	return nil
 }
 
 // snapshotLocked writes byKey as the new snapshot with an empty journal.
 func (p *ports) snapshotLocked() error {
-	snap, err := json.MarshalIndent(portsState{Ports: p.byKey}, "", "  ")
-	if err != nil {
-		return err
-	}
-	return p.log.Rewrite(append(snap, '\n'))
+	return rewriteJournaled(p.log, portsState{Ports: p.byKey})
 }
 
 func portKey(node, proto, hostAddr string, hostPort int) string {
