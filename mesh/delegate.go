@@ -109,10 +109,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 // member marker right, and publishes the change.
 func (m *Mesh) onChange(c change) {
 	r := c.rec
-	// A live member marker is not urgent (it only overrides a stale
-	// tombstone of an earlier run): push/pull carries it, leaving the
-	// gossip packets' room to claims and other records.
-	if c.origin != originSync && !(r.Kind == kindMember && !r.Deleted) {
+	if c.origin != originSync {
 		m.queueBroadcast(r)
 	}
 	if r.Kind == kindMember {
@@ -142,7 +139,12 @@ func (m *Mesh) queueBroadcast(r Record) {
 	if r.Kind == kindMember && r.Key == m.name && r.Deleted {
 		b.done, b.once = m.leaveSent, &m.leaveSentOnce
 	}
-	m.queue.push(b)
+	// A live member marker is not urgent: it repairs membership where
+	// memberlist's own broadcast of a node missed (see the package doc),
+	// or overrides a stale tombstone of an earlier run. It takes the room
+	// the other records leave, so that a burst of joins does not delay
+	// the claims.
+	m.queue.push(b, r.Kind == kindMember && !r.Deleted)
 }
 
 // takeBroadcasts returns a msgRecords message of at most limit bytes with

@@ -13,7 +13,8 @@
 // room for several seconds, so records wait; sending them in packets of
 // their own was tried and measured (bench/sim): it doubled the packet rate
 // and made the 200-node simulation's membership converge much later,
-// without getting the claims there sooner.
+// without getting the claims there sooner. Live member markers are queued
+// apart and take only the room the other records leave (recordQueue).
 //
 // Membership state comes from memberlist, with these additions, because
 // memberlist v0.7.0 does not tell the application a member's state
@@ -26,10 +27,12 @@
 //     a tombstone that arrives later turns "dead" into "left" (with a
 //     MemberLeft event). A node puts its marker at every start.
 //   - the marker's value is the node's gossip address: a node that learns
-//     (by the store's anti-entropy) the marker of a node it has never seen
-//     as a member re-joins it, which repairs memberlist's own membership
-//     when its alive broadcast missed a node (memberlist would wait for
-//     push/pull, up to minutes in a large cluster).
+//     (by broadcast or the store's anti-entropy) the marker of a node it has
+//     never seen as a member re-joins it within 1-2 s, which repairs
+//     memberlist's own membership when its alive broadcast missed a node
+//     (memberlist would wait for push/pull, up to minutes in a large
+//     cluster; its transmit queue loses broadcasts, hashicorp/memberlist#263,
+//     which bench/sim hit in about one 50-node burst join in three).
 //   - suspect: memberlist gives no callback for suspicion, so a suspected
 //     member is reported alive until it is declared dead; StateSuspect is
 //     never reported by this version.

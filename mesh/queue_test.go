@@ -42,7 +42,7 @@ func TestRecordQueueKeepsEveryRecord(t *testing.T) {
 	nodes := func() int { return 10 }
 
 	rq := newRecordQueue(nodes, 2)
-	scenario(rq.push)
+	scenario(func(b memberlist.NamedBroadcast) { rq.push(b, false) })
 	if rq.len() != 3 {
 		t.Errorf("recordQueue holds %d records, want 3", rq.len())
 	}
@@ -69,8 +69,8 @@ func TestRecordQueueTake(t *testing.T) {
 	if got := rq.take(1 << 20); got != nil {
 		t.Fatalf("empty queue gave %d messages", len(got))
 	}
-	rq.push(&recordBroadcast{name: "big", msg: make([]byte, 500)})
-	rq.push(&recordBroadcast{name: "small", msg: make([]byte, 50)})
+	rq.push(&recordBroadcast{name: "big", msg: make([]byte, 500)}, false)
+	rq.push(&recordBroadcast{name: "small", msg: make([]byte, 50)}, true)
 	if got := rq.take(100); len(got) != 1 || len(got[0]) != 50 {
 		t.Fatalf("take(100) gave %d messages", len(got))
 	}
@@ -79,5 +79,23 @@ func TestRecordQueueTake(t *testing.T) {
 	}
 	if rq.len() != 0 || rq.take(1<<20) != nil {
 		t.Errorf("queue not empty after every record was sent its once: len %d", rq.len())
+	}
+}
+
+// Spare records (live member markers) get only the room urgent ones leave.
+func TestRecordQueueSpareAfterUrgent(t *testing.T) {
+	rq := newRecordQueue(func() int { return 1 }, 1) // each record sent once
+	rq.push(&recordBroadcast{name: "marker", msg: make([]byte, 500)}, true)
+	rq.push(&recordBroadcast{name: "claim", msg: make([]byte, 1000)}, false)
+	if got := rq.take(1200); len(got) != 1 || len(got[0]) != 1000 {
+		t.Fatalf("first packet: %d messages, want the urgent one alone", len(got))
+	}
+	if got := rq.take(1200); len(got) != 1 || len(got[0]) != 500 {
+		t.Fatalf("second packet: %d messages, want the spare one", len(got))
+	}
+	rq.push(&recordBroadcast{name: "marker2", msg: make([]byte, 100)}, true)
+	rq.push(&recordBroadcast{name: "claim2", msg: make([]byte, 100)}, false)
+	if got := rq.take(1200); len(got) != 2 || rq.len() != 0 {
+		t.Fatalf("room for both: %d messages, %d left", len(got), rq.len())
 	}
 }
