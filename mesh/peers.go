@@ -178,10 +178,10 @@ func (b *peerBook) forget(cutoff time.Time) []string {
 // meanwhile, a restarted peer re-joins by itself, and the attempts of the
 // whole cluster at one lost peer spread over that window (any one success
 // heals a partition for everyone). A peer known from its marker record only
-// is first tried after RejoinMin to 2×RejoinMin: its marker came by the
-// store sync, after its alive message should have, so memberlist's
-// broadcast most likely missed this node, and only few nodes are in that
-// case (memberlist's own repair, push/pull, is a minute away at 50 nodes;
+// is first tried after RejoinMin to 2×RejoinMin: its marker (broadcast
+// after the alive message, or repaired by the store sync) came when its
+// alive message should have, so memberlist's broadcast most likely missed
+// this node, and only few nodes are in that case (memberlist's own repair, push/pull, is a minute away at 50 nodes;
 // bench/sim saw such members missing for 24–45 s with the long window).
 func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) []*target {
 	alone := len(alive) == 0
@@ -203,8 +203,8 @@ func (b *peerBook) due(now time.Time, alive map[string]string, ownAddr string) [
 			busy++
 		case t.Addr == ownAddr || aliveAddr[t.Addr]:
 		case t.next.IsZero() && !alone && t.hinted:
-			// Its marker came a sync or a broadcast after its alive
-			// message should have: that one most likely missed us.
+			// Known from its marker only: memberlist's broadcast of
+			// it most likely missed us.
 			t.next = now.Add(b.minB + rand.N(b.minB+1))
 		case t.next.IsZero() && !alone:
 			t.next = now.Add(b.minB + rand.N(b.maxB-b.minB+1))
