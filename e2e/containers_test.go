@@ -1304,36 +1304,7 @@ func TestContainersRenumbered(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	contested := "10.200.78.0/24"
-	for _, h := range tb.Hosts() {
-		if status(t, h).NodeSubnet == contested {
-			t.Skipf("a founding host already holds %s", contested)
-		}
-	}
-	a, err := tb.AddHost(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := tb.AddHost(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.Partition([]*testbed.Host{h1, a}, []*testbed.Host{h2, b}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(ctx, "--node-subnet", contested); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, a)
-	time.Sleep(1100 * time.Millisecond) // claim times are compared: a's strictly older
-	if err := b.Start(ctx, "--node-subnet", contested, "--join", h2.GossipAddr().String()); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b)
-	for _, h := range []*testbed.Host{a, b} {
-		if got := status(t, h).NodeSubnet; got != contested {
-			t.Fatalf("%s got %s, want %s: no conflict to test", h.Name, got, contested)
-		}
-	}
+	a, b := contestSubnet(t, ctx, tb, contested, []*testbed.Host{h1}, []*testbed.Host{h2})
 	ca := addContainer(t, tb, a, "ca")
 	aa := mustAttach(t, ca, "web")
 	cb1, cb2 := addContainer(t, tb, b, "cb1"), addContainer(t, tb, b, "cb2")

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -96,40 +97,7 @@ func TestPartitionSubnetConflict(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	want := "10.200.77.0/24"
-	for _, h := range hs {
-		if status(t, h).NodeSubnet == want {
-			t.Skipf("a founding host already holds %s", want)
-		}
-	}
-	a, err := tb.AddHost(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := tb.AddHost(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sideA, sideB := []*testbed.Host{hs[0], hs[1], a}, []*testbed.Host{hs[2], hs[3], b}
-	if err := tb.Partition(sideA, sideB); err != nil {
-		t.Fatal(err)
-	}
-	// a claims first (older claim), through the seed h1 on its side.
-	if err := a.Start(ctx, "--node-subnet", want); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, a)
-	time.Sleep(1100 * time.Millisecond) // claim times are compared; make a's strictly older
-	// b joins through h3 on the other side, where the subnet looks free.
-	if err := b.Start(ctx, "--node-subnet", want, "--join", hs[2].GossipAddr().String()); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b)
-	if got := status(t, a).NodeSubnet; got != want {
-		t.Fatalf("%s got %s, want %s", a.Name, got, want)
-	}
-	if got := status(t, b).NodeSubnet; got != want {
-		t.Fatalf("%s got %s, want %s: the conflict did not happen", b.Name, got, want)
-	}
+	a, b := contestSubnet(t, ctx, tb, want, hs[:2], hs[2:])
 	bKey := status(t, b).PublicKey
 
 	events := watchEvents(t, ctx, b)
@@ -218,6 +186,47 @@ func TestKillAllRestartReverse(t *testing.T) {
 		t.Fatalf("identities %v, want %v", got, ids)
 	}
 	pingAll(t, hs, 30*time.Second)
+}
+
+// contestSubnet makes a subnet conflict: it adds two hosts a and b,
+// partitions sideA+a from sideB+b, starts a (through the cluster's seed,
+// which must be on side A) asking for subnet, then, a second later so that
+// a's claim is strictly older, b asking for it too through sideB[0], where
+// the subnet looks free. It returns once both hold subnet; it skips the
+// test when a founding host already holds it.
+func contestSubnet(t *testing.T, ctx context.Context, tb *testbed.Testbed, subnet string, sideA, sideB []*testbed.Host) (a, b *testbed.Host) {
+	t.Helper()
+	for _, h := range tb.Hosts() {
+		if status(t, h).NodeSubnet == subnet {
+			t.Skipf("a founding host already holds %s", subnet)
+		}
+	}
+	a, err := tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = tb.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Partition(append(slices.Clone(sideA), a), append(slices.Clone(sideB), b)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx, "--node-subnet", subnet); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, a)
+	time.Sleep(1100 * time.Millisecond) // claim times are compared: a's strictly older
+	if err := b.Start(ctx, "--node-subnet", subnet, "--join", sideB[0].GossipAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, b)
+	for _, h := range []*testbed.Host{a, b} {
+		if got := status(t, h).NodeSubnet; got != subnet {
+			t.Fatalf("%s got %s, want %s: the conflict did not happen", h.Name, got, subnet)
+		}
+	}
+	return a, b
 }
 
 func waitReady(t *testing.T, h *testbed.Host) {
