@@ -30,10 +30,7 @@ func TestFileStoreMissingIsEmpty(t *testing.T) {
 func TestFileStoreReload(t *testing.T) {
 	p := defaultPool(t)
 	path := filepath.Join(t.TempDir(), "ipam.json")
-	a, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openFileAllocator(t, path, p)
 	if err := a.SetClaim(nodeClaim("10.200.3.0/24")); err != nil {
 		t.Fatal(err)
 	}
@@ -47,10 +44,7 @@ func TestFileStoreReload(t *testing.T) {
 		t.Fatalf("state file: %v %v", fi, err)
 	}
 
-	b, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := openFileAllocator(t, path, p)
 	if !reflect.DeepEqual(a.State(), b.State()) {
 		t.Fatalf("reloaded state differs:\n%+v\n%+v", b.State(), a.State())
 	}
@@ -290,10 +284,7 @@ func TestFileStoreJournal(t *testing.T) {
 	p := defaultPool(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ipam.json")
-	a, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openFileAllocator(t, path, p)
 	if err := a.SetClaim(nodeClaim("10.200.3.0/24")); err != nil {
 		t.Fatal(err)
 	}
@@ -326,10 +317,7 @@ func TestFileStoreJournal(t *testing.T) {
 		}
 	}
 	images = append(images, image{copyDir(t, dir), a.State()})
-	b, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := openFileAllocator(t, path, p)
 	if !sameState(a.State(), b.State()) {
 		t.Fatalf("reloaded state differs:\n%+v\n%+v", b.State(), a.State())
 	}
@@ -356,10 +344,7 @@ func TestFileStoreCrash(t *testing.T) {
 	p := defaultPool(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ipam.json")
-	a, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openFileAllocator(t, path, p)
 	if err := a.SetClaim(nodeClaim("10.200.3.0/24")); err != nil {
 		t.Fatal(err)
 	}
@@ -417,10 +402,7 @@ func TestFileStoreJournalCorrupt(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "ipam.json")
-			a, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := openFileAllocator(t, path, p)
 			if err := a.SetClaim(nodeClaim("10.200.3.0/24")); err != nil {
 				t.Fatal(err)
 			}
@@ -477,4 +459,14 @@ func FuzzFileStoreJournal(f *testing.F) {
 			t.Fatalf("state changed through a reload:\n%+v\n%+v", a.State(), b.State())
 		}
 	})
+}
+
+// openFileAllocator opens an Allocator on the file store at path.
+func openFileAllocator(t *testing.T, path string, p *ipam.Pool) *ipam.Allocator {
+	t.Helper()
+	a, err := ipam.NewAllocator(ipam.NewFileStore(path), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
