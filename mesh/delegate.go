@@ -114,9 +114,11 @@ func (m *Mesh) onChange(c change) {
 	}
 	if r.Kind == kindMember {
 		switch {
-		case r.Key == m.name && r.Deleted && !m.leaving.Load():
+		case r.Key == m.name && r.Deleted && !m.leaving.Load() && m.mlReady.Load():
 			// A marker tombstone of a previous run of this node that wins
 			// over our marker (its clock ran ahead): say we are running.
+			// Before memberlist.Create has returned there is no address
+			// yet; Start puts the marker (with a later clock) right after.
 			m.store.Put(kindMember, m.name, []byte(m.Addr().String()))
 		case r.Key != m.name && r.Deleted:
 			m.markLeft(r.Key)

@@ -296,6 +296,9 @@ type Mesh struct {
 		closing bool
 	}
 	leaving atomic.Bool
+	// mlReady is set once m.ml is: gossip handlers run (and may call
+	// onChange) while memberlist.Create has not returned yet.
+	mlReady atomic.Bool
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
@@ -359,6 +362,7 @@ func Start(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: start memberlist for %s: %w", cfg.Name, err)
 	}
 	m.ml = ml
+	m.mlReady.Store(true)
 	// The marker says "this node is running" and where (see the package
 	// doc and peers.go).
 	m.store.Put(kindMember, m.name, []byte(m.Addr().String()))

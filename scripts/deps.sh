@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what zlmesh's demo, tests and benchmarks use, from Debian's
 # packages: apt-get update first, then apt-get install of whatever is missing.
-# Sourced by scripts/demo.sh, scripts/test.sh and bench/*.sh; needs root.
+# Sourced by scripts/demo.sh, scripts/test.sh, scripts/test-windows.sh and
+# bench/*.sh; needs root.
 set -euo pipefail
 
 ZLMESH_PACKAGES=(
@@ -21,13 +22,30 @@ ZLMESH_PACKAGES=(
   containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline
 )
 
+# What scripts/test-windows.sh adds: Wine runs the Windows test binaries.
+# Kept apart because they weigh about 1 GB that the Linux tests do not need.
+ZLMESH_WINDOWS_PACKAGES=(
+  wine64                      # 64-bit Wine: runs the Windows test binaries
+  wine                        # the `wine` launcher that `go test -exec wine` calls
+  gcc-mingw-w64-x86-64-win32  # builds scripts/wine/bcryptprimitives.dll, which Wine 8.0 lacks
+)
+
 zlmesh_install_deps() {
+  zlmesh_install_packages "${ZLMESH_PACKAGES[@]}"
+}
+
+zlmesh_install_windows_deps() {
+  zlmesh_install_packages "${ZLMESH_WINDOWS_PACKAGES[@]}"
+}
+
+# zlmesh_install_packages PACKAGE...: apt-get install of those not installed.
+zlmesh_install_packages() {
   if [ "$(id -u)" != 0 ]; then
     echo "zlmesh: the demo, tests and benchmarks need root (network namespaces, TUN, nftables)" >&2
     return 1
   fi
   local missing=()
-  for p in "${ZLMESH_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
