@@ -21,6 +21,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/zlmesh/zlmesh/tun/winip"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
@@ -75,7 +76,8 @@ var (
 	ErrNoTUN = errors.New("no TUN support (/dev/net/tun missing)")
 	// ErrLinkNotFound is returned by SetAddress and SetRoutes when no
 	// interface has the given name (in the caller's network namespace).
-	ErrLinkNotFound = errors.New("no such interface")
+	// It is winip's sentinel too (the Windows side).
+	ErrLinkNotFound = winip.ErrLinkNotFound
 	// ErrRouteConflict is returned by SetRoutes when a route it must
 	// install has the same destination and metric as a route zlmesh does
 	// not own; that route is left alone and nothing is changed.
@@ -132,7 +134,10 @@ func ValidateName(name string) error {
 // /dev/net/tun gives ErrNoTUN.
 //
 // Windows: a Wintun adapter through wireguard-go (wintun.dll must be next to
-// the executable or on the DLL search path).
+// the executable or on the DLL search path), with the MTU set on its IPv4
+// and IPv6 interfaces and duplicate address detection and router discovery
+// off (package winip). Closing it also takes zlmesh's routes and addresses
+// off the adapter first.
 //
 // Elsewhere: ErrUnsupported; use CreateNetstack.
 //
@@ -157,8 +162,8 @@ func Create(name string, mtu int) (Device, error) {
 // arguments changes nothing.
 //
 // Linux: through netlink, in the network namespace of the calling OS thread
-// (see Create). Windows and elsewhere: ErrUnsupported for now (Windows needs
-// wireguard-windows' winipcfg, which is not a dependency yet).
+// (see Create). Windows: through the IP Helper API (package winip); the
+// Wintun adapter is up while zlmesh holds it. Elsewhere: ErrUnsupported.
 func SetAddress(ifname string, addr netip.Prefix) error {
 	if err := checkAddress(addr); err != nil {
 		return fmt.Errorf("set address %s on %s: %w", addr, ifname, err)
@@ -181,7 +186,11 @@ func SetAddress(ifname string, addr netip.Prefix) error {
 // up (SetAddress brings it up).
 //
 // Linux: through netlink, in the network namespace of the calling OS thread
-// (see Create). Windows and elsewhere: ErrUnsupported for now.
+// (see Create). Windows: through the IP Helper API (package winip), where
+// the routes carry RouteMetric and every static route through the Wintun
+// adapter (zlmesh's own, gone when zlmesh closes it) is zlmesh's, so
+// ErrRouteConflict does not happen; a wanted prefix that is the adapter's
+// own connected route is left to Windows. Elsewhere: ErrUnsupported.
 func SetRoutes(ifname string, routes []netip.Prefix) error {
 	want, err := checkRoutes(routes)
 	if err != nil {

@@ -3,27 +3,60 @@
 package tun
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
+	"github.com/zlmesh/zlmesh/tun/winip"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
-// create makes a Wintun adapter through wireguard-go.
+// create makes a Wintun adapter through wireguard-go and gives its IP
+// interfaces the MTU (wireguard-go only reports the MTU it was given; the
+// IP stack keeps its own, which is what packets are cut to).
 func create(name string, mtu int) (Device, error) {
 	dev, err := wgtun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("create wintun %s: %w", name, err)
 	}
-	return dev, nil
+	native, ok := dev.(*wgtun.NativeTun)
+	if !ok {
+		dev.Close()
+		return nil, fmt.Errorf("create wintun %s: unexpected device type %T", name, dev)
+	}
+	h := winip.System()
+	if err := winip.SetMTU(h, winip.LUID(native.LUID()), mtu); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("create wintun %s: %w", name, err)
+	}
+	return &wintun{Device: dev, name: name, ip: h}, nil
 }
 
-// setAddress needs winipcfg (wireguard-windows), not a dependency yet.
+// wintun is the Wintun device; Close takes zlmesh's routes and addresses
+// off the adapter before removing it.
+type wintun struct {
+	Device
+	name string
+	ip   winip.IPHelper
+}
+
+func (w *wintun) Close() error {
+	cerr := winip.Cleanup(w.ip, w.name)
+	err := w.Device.Close()
+	if cerr != nil {
+		return errors.Join(err, cerr)
+	}
+	return err
+}
+
+// setAddress sets the address through the IP Helper API (package winip).
 func setAddress(ifname string, addr netip.Prefix) error {
-	return fmt.Errorf("set address %s on %s: needs winipcfg: %w", addr, ifname, ErrUnsupported)
+	return winip.SetAddress(winip.System(), ifname, addr)
 }
 
-// setRoutes needs winipcfg (wireguard-windows), not a dependency yet.
-func setRoutes(ifname string, _ []netip.Prefix) error {
-	return fmt.Errorf("set routes on %s: needs winipcfg: %w", ifname, ErrUnsupported)
+// setRoutes sets zlmesh's routes through the IP Helper API (package winip):
+// on-link, with RouteMetric; every static route through the adapter is
+// zlmesh's.
+func setRoutes(ifname string, want []netip.Prefix) error {
+	return winip.SetRoutes(winip.System(), ifname, want, RouteMetric)
 }

@@ -1,0 +1,5 @@
+//go:build !windows
+
+package wintest
+
+func wine() bool { return false }
