@@ -8,6 +8,11 @@
 // group. `curl --unix-socket /run/zlmesh/zlmesh.sock http://zlmesh/v1/status`
 // works.
 //
+// On Windows the same API is served on the named pipe \\.\pipe\zlmesh
+// (DefaultSocket there), open to SYSTEM, the Administrators and one group
+// the node is configured with (see internal/pipe); NewClient dials a pipe
+// for a \\.\pipe\ name and a Unix socket otherwise.
+//
 // Endpoints:
 //
 //	GET    /v1/status        Status
@@ -26,16 +31,14 @@
 // Errors are an Error body with one of the Code constants and a matching HTTP
 // status.
 //
-// This package depends on the standard library only.
+// This package depends on the standard library only, and on Windows on
+// internal/pipe (golang.org/x/sys/windows) for the pipe.
 package api
 
 import (
 	"fmt"
 	"time"
 )
-
-// DefaultSocket is where `zlmesh up` listens and the CLI connects by default.
-const DefaultSocket = "/run/zlmesh/zlmesh.sock"
 
 // Status is the node's view of itself (GET /v1/status).
 type Status struct {

@@ -18,12 +18,12 @@ type Client struct {
 	hc     *http.Client
 }
 
-// NewClient returns a client for the Unix socket at path.
+// NewClient returns a client for the control socket at path: a Unix
+// socket, or on Windows a named pipe (\\.\pipe\NAME).
 func NewClient(path string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return dialControl(ctx, path)
 		},
 		MaxIdleConnsPerHost: 8,
 	}

@@ -34,8 +34,13 @@ type Config struct {
 	// StateDir holds the private key, the subnet claim, attachments and
 	// known peers; default /var/lib/zlmesh. Created with mode 0700.
 	StateDir string
-	// Socket is the control socket path; default /run/zlmesh/zlmesh.sock.
+	// Socket is the control socket path; default /run/zlmesh/zlmesh.sock,
+	// on Windows the named pipe \\.\pipe\zlmesh.
 	Socket string
+	// ControlGroup (Windows) is a group, by name or SID, that may use the
+	// control pipe besides SYSTEM and the Administrators; empty: nobody
+	// else. Ignored for a Unix socket, whose group is its directory's.
+	ControlGroup string
 	// Interface is the TUN's name (at most 15 bytes); default zl0.
 	Interface string
 	// MTU of the TUN and of container interfaces; default 1420.

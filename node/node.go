@@ -186,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 
 	// 3. Control socket.
-	if n.ctlLn, err = listenControl(cfg.Socket); err != nil {
+	if n.ctlLn, err = listenControl(cfg.Socket, cfg.ControlGroup); err != nil {
 		return nil, err
 	}
 	n.undo = append(n.undo, func() { n.ctlLn.Close(); os.Remove(cfg.Socket) })
@@ -460,10 +460,10 @@ func wgLogger(log *slog.Logger) *device.Logger {
 	}
 }
 
-// listenControl opens the control socket: its directory is made if missing
+// listenUnixSocket opens the control socket: its directory is made if missing
 // (0750), a stale socket file from a crashed node is replaced, a live one is
-// an error, and the socket is mode 0660.
-func listenControl(path string) (net.Listener, error) {
+// an error, and the socket is mode 0660. (listenControl picks it or a pipe.)
+func listenUnixSocket(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
