@@ -39,6 +39,7 @@ var commands = map[string]func(args []string) error{
 	"unpublish": runUnpublish,
 	"ports":     runPorts,
 
+	"service": runService,
 	"testbed": runTestbed,
 }
 
@@ -76,9 +77,11 @@ commands:
   publish    publish a host port to a container or service anywhere in the mesh
   unpublish  remove a published port
   ports      list every published port in the cluster
+  service    Windows: install or uninstall the zlmesh service (service install [up flags] | uninstall)
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
-ZLMESH_SOCKET, default /run/zlmesh/zlmesh.sock) and accept -o json.
+ZLMESH_SOCKET, default /run/zlmesh/zlmesh.sock; on Windows the named pipe
+\\.\pipe\zlmesh) and accept -o json.
 `)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/internal/winsvc"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/node"
@@ -74,6 +76,7 @@ func runUp(args []string) error {
 	var cfg node.Config
 	fs := newFlagSet("up", "up [flags]")
 	keyFile, logLevel := upFlags(fs, &cfg)
+	logFile := fs.String("log-file", "", "append logs to this file instead of stderr (a Windows service has no stderr)")
 	if path := findConfigArg(args); path != "" {
 		if err := applyConfigFile(fs, path); err != nil {
 			return err
@@ -89,7 +92,16 @@ func runUp(args []string) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logOut := io.Writer(os.Stderr)
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("--log-file: %w", err)
+		}
+		defer f.Close()
+		logOut = f
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 	key, err := mesh.LoadKeyFile(*keyFile)
 	if err != nil {
 		return fmt.Errorf("--cluster-key-file: %w", err)
@@ -101,14 +113,32 @@ func runUp(args []string) error {
 		}
 	}
 
+	// Under the Windows Service Control Manager a stop request ends the
+	// node as a signal does elsewhere (see internal/winsvc).
+	isService, err := winsvc.IsService()
+	if err != nil {
+		return fmt.Errorf("service control manager: %w", err)
+	}
+	if isService {
+		return winsvc.Run(winsvc.Name, func(ctx context.Context, ready func()) error {
+			return serveNode(ctx, cfg, ready)
+		})
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return serveNode(ctx, cfg, func() {})
+}
+
+// serveNode starts the node, calls ready, and runs it until ctx ends or the
+// node is done (`zlmesh down`).
+func serveNode(ctx context.Context, cfg node.Config, ready func()) error {
 	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	n, err := node.Start(startCtx, cfg)
 	cancel()
 	if err != nil {
 		return err
 	}
+	ready()
 	select {
 	case <-ctx.Done():
 		// A signal stops the node without leaving: a restart comes back
