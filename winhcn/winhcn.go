@@ -20,6 +20,17 @@
 // Addresses are inputs: winhcn does not know how the node cuts its blocks
 // or picks gateways; it takes the blocks, the container's address and its
 // gateway as given.
+//
+// How the node drives it (one Manager per node, on Windows over System()):
+//   - at start, and whenever its claimed blocks change: EnsureNetwork(blocks);
+//   - then adoption: Inventory(), and for each entry the node's journal
+//     knows, Attach again with the recorded address (kept as it is when
+//     unchanged) if Alive, else Detach and release the lease;
+//   - the orphan sweep: Sweep(keep) with keep = "in the journal";
+//   - attach (by container id): lease an address and gateway, Attach;
+//     the answer's NamespaceID goes back to the runtime;
+//   - detach and renumbering: Detach, or Attach with the new address;
+//   - `down --purge`: RemoveNetwork.
 package winhcn
 
 import (
