@@ -72,8 +72,9 @@ var (
 	ErrNameInUse = errors.New("interface name in use")
 	// ErrNoTUN is returned by Create when the kernel offers no TUN device
 	// (/dev/net/tun is missing: the tun module is not loaded, or a container
-	// was started without the device).
-	ErrNoTUN = errors.New("no TUN support (/dev/net/tun missing)")
+	// was started without the device), or on Windows when wintun.dll cannot
+	// be loaded.
+	ErrNoTUN = errors.New("no TUN support")
 	// ErrLinkNotFound is returned by SetAddress and SetRoutes when no
 	// interface has the given name (in the caller's network namespace).
 	// It is winip's sentinel too (the Windows side).

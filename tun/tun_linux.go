@@ -26,7 +26,7 @@ func create(name string, mtu int) (Device, error) {
 	fd, err := unix.Open(cloneDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO) {
-			return nil, fmt.Errorf("create tun %s: open %s: %v: %w", name, cloneDevicePath, err, ErrNoTUN)
+			return nil, fmt.Errorf("create tun %s: open %s: %v: %w (%s missing)", name, cloneDevicePath, err, ErrNoTUN, cloneDevicePath)
 		}
 		return nil, fmt.Errorf("create tun %s: open %s: %w", name, cloneDevicePath, err)
 	}

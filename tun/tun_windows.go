@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/zlmesh/zlmesh/tun/winip"
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -17,6 +18,11 @@ import (
 func create(name string, mtu int) (Device, error) {
 	dev, err := wgtun.CreateTUN(name, mtu)
 	if err != nil {
+		if strings.Contains(err.Error(), "wintun.dll") {
+			// No driver DLL: wireguard-go says "Error loading
+			// wintun.dll DLL: Unable to load library ...".
+			return nil, fmt.Errorf("create wintun %s: %v (put wintun.dll from wintun.net next to zlmesh.exe): %w", name, err, ErrNoTUN)
+		}
 		return nil, fmt.Errorf("create wintun %s: %w", name, err)
 	}
 	native, ok := dev.(*wgtun.NativeTun)
