@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -60,7 +61,8 @@ func TestServiceCommand(t *testing.T) {
 			}
 			if tc.cmdLine != nil {
 				c := m.installed[winsvc.Name]
-				if c.Exe != "/opt/zlmesh/zlmesh.exe" || !slices.Equal(c.Args, tc.cmdLine) {
+				wantExe, _ := filepath.Abs("/opt/zlmesh/zlmesh.exe") // Z:\opt\... on Windows
+				if c.Exe != wantExe || !slices.Equal(c.Args, tc.cmdLine) {
 					t.Errorf("installed %q %q, want %q", c.Exe, c.Args, tc.cmdLine)
 				}
 			}

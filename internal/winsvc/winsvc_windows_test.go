@@ -8,6 +8,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/zlmesh/zlmesh/internal/wintest"
 )
 
 func TestNotAService(t *testing.T) {
@@ -32,11 +34,26 @@ func TestSystemInstallUninstall(t *testing.T) {
 	}
 	c := DefaultConfig(exe, []string{"--log-level", "debug"})
 	c.AutoStart = false
+	c.DisplayName = "zlmesh test " + name // display names are unique too
+	if wintest.Wine() {
+		// Wine 8.0's services.exe forgets a service whose failure
+		// actions were set, in a fresh prefix (measured: OpenService
+		// then says "does not exist"), so the restart settings are
+		// only exercised on Windows.
+		c.RestartDelays = nil
+	}
 	if err := Install(m, name, c); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Delete(name) })
 	if ok, err := m.Exists(name); err != nil || !ok {
+		if wintest.Wine() && err == nil {
+			// Measured: in the fresh prefix scripts/test-windows.sh
+			// makes, Wine 8.0's services.exe accepts CreateService and
+			// then answers OpenService with "does not exist" (in a
+			// long-lived prefix this test passes).
+			t.Skip("under Wine: services.exe does not find the service it just created (fresh prefix); the logic is tested with a fake")
+		}
 		t.Fatalf("after install: exists %v, %v", ok, err)
 	}
 	if err := Install(m, name, c); !errors.Is(err, ErrExists) {
