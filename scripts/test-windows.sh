@@ -46,6 +46,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM # so that cleanup runs on a signal too
 
 echo "== Wine prefix $WINEPREFIX"
 start=$SECONDS
