@@ -42,7 +42,10 @@ type Status struct {
 	Name        string `json:"name"`
 	PublicKey   string `json:"public_key"`
 	OverlayIP   string `json:"overlay_ip"`
-	NodeSubnet  string `json:"node_subnet"`
+	// FirstBlock is the node's first address block, which holds its
+	// overlay address; Blocks every block it holds, FirstBlock first.
+	FirstBlock string   `json:"first_block"`
+	Blocks     []string `json:"blocks"`
 	Endpoint    string `json:"endpoint"`     // underlay host:port WireGuard listens on
 	GossipAddr  string `json:"gossip_addr"`  // underlay host:port memberlist listens on
 	ClusterCIDR string `json:"cluster_cidr"` // e.g. 10.200.0.0/16
@@ -81,7 +84,10 @@ type Peer struct {
 	PublicKey  string   `json:"public_key"`
 	Endpoint   string   `json:"endpoint"`
 	AllowedIPs []string `json:"allowed_ips"`
-	NodeSubnet string   `json:"node_subnet"`
+	// FirstBlock is the peer's first block (from its meta), Blocks every
+	// block this node sees it hold, sorted.
+	FirstBlock string   `json:"first_block"`
+	Blocks     []string `json:"blocks"`
 	OverlayIP  string   `json:"overlay_ip"`
 	// LastHandshake is the zero time when no handshake has completed.
 	LastHandshake time.Time `json:"last_handshake"`
@@ -193,9 +199,10 @@ const (
 	EventPeerDown = "peer_down"
 	EventAttach   = "attach"
 	EventDetach   = "detach"
-	EventRenumber = "renumber"        // this node moved to another subnet
+	EventRenumber = "renumber"        // this node moved a lost block's containers to another block (old_block, new_block)
 	EventMove     = "container_moved" // an attached container got a new address
-	EventConflict = "subnet_conflict" // two nodes claimed one subnet
+	EventConflict = "block_conflict"  // two nodes claimed one block (winner, loser, old_block)
+	EventBlock    = "block"           // this node claimed (new_block) or released (old_block) a block
 	EventPublish  = "publish"
 	EventUnpub    = "unpublish"
 	// EventDropped tells a slow reader how many events it lost.
@@ -210,11 +217,11 @@ type Event struct {
 	Node    string    `json:"node,omitempty"`
 	Peer    string    `json:"peer,omitempty"`
 	Message string    `json:"message,omitempty"`
-	// Subnet conflicts and renumbering.
+	// Block conflicts and renumbering.
 	Winner    string `json:"winner,omitempty"`
 	Loser     string `json:"loser,omitempty"`
-	OldSubnet string `json:"old_subnet,omitempty"`
-	NewSubnet string `json:"new_subnet,omitempty"`
+	OldBlock  string `json:"old_block,omitempty"`
+	NewBlock  string `json:"new_block,omitempty"`
 	// Containers.
 	Service    string `json:"service,omitempty"`
 	Container  string `json:"container,omitempty"`

@@ -92,7 +92,7 @@ const kindMember = "mesh.member"
 type Meta struct {
 	PublicKey  string `json:"k"`
 	Endpoint   string `json:"e"` // underlay ip:port of WireGuard
-	NodeSubnet string `json:"s"`
+	FirstBlock string `json:"s"` // the node's first block (holds OverlayIP)
 	OverlayIP  string `json:"o"`
 	Version    string `json:"v"`
 }

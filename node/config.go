@@ -24,6 +24,8 @@ const (
 	DefaultGossipPort = 7946
 	DefaultKeepalive  = 25 * time.Second
 	DefaultDeadGrace  = 24 * time.Hour
+	// DefaultBlockReleaseAfter is how long an empty block is kept.
+	DefaultBlockReleaseAfter = 10 * time.Minute
 )
 
 // Config is everything `zlmesh up` needs. The zero value of every field but
@@ -55,15 +57,23 @@ type Config struct {
 	Join []string
 	// ClusterKey seals gossip (16, 24 or 32 bytes). Required.
 	ClusterKey []byte
-	// ClusterCIDR is cut into node subnets; default 10.200.0.0/16.
+	// ClusterCIDR is cut into blocks that nodes claim on demand; default
+	// 10.200.0.0/14 (ipam.DefaultCluster). Its top /24 is reserved for
+	// virtual addresses (the mesh DNS).
 	ClusterCIDR netip.Prefix
-	// NodePrefix is the node subnet's prefix length; default 24.
-	NodePrefix int
-	// SlicePrefix is a service slice's prefix length; default 27.
-	SlicePrefix int
-	// NodeSubnet is the subnet this node would like; zero: pick a free one.
-	// A subnet already recorded in StateDir takes precedence.
-	NodeSubnet netip.Prefix
+	// BlockPrefix is the prefix length of a block; default 26.
+	BlockPrefix int
+	// MaxNodes, when not 0, is the number of nodes the cluster CIDR must
+	// hold a block for: a plan with fewer claimable blocks is refused at
+	// start.
+	MaxNodes int
+	// FirstBlock is the block this node would like as its first (its
+	// overlay address is that block's second address); zero: pick a free
+	// one. Blocks recorded in StateDir take precedence.
+	FirstBlock netip.Prefix
+	// BlockReleaseAfter is how long a block (other than the first) must
+	// stay empty before the node gives it up; default 10m.
+	BlockReleaseAfter time.Duration
 	// DeadGrace is how long the subnet of a node declared dead stays
 	// reserved for it; default 24h.
 	DeadGrace time.Duration
@@ -181,14 +191,29 @@ func (c *Config) Normalize() error {
 	if !c.ClusterCIDR.IsValid() {
 		c.ClusterCIDR = netip.MustParsePrefix(ipam.DefaultCluster)
 	}
-	if c.NodePrefix == 0 {
-		c.NodePrefix = ipam.DefaultNodeBits
+	if c.BlockPrefix == 0 {
+		c.BlockPrefix = ipam.DefaultBlockBits
 	}
-	if c.SlicePrefix == 0 {
-		c.SlicePrefix = ipam.DefaultSliceBits
+	pool, err := ipam.NewPool(c.ClusterCIDR, c.BlockPrefix)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr %s, --block-prefix %d: %w", c.ClusterCIDR, c.BlockPrefix, err)
 	}
-	if _, err := ipam.NewPool(c.ClusterCIDR, c.NodePrefix, c.SlicePrefix); err != nil {
-		return err
+	if c.MaxNodes < 0 {
+		return fmt.Errorf("--max-nodes %d: must not be negative", c.MaxNodes)
+	}
+	if c.MaxNodes > 0 && pool.Blocks() < uint64(c.MaxNodes) {
+		return fmt.Errorf("--cluster-cidr %s holds %d blocks of /%d, fewer than the %d nodes of --max-nodes: use a shorter cluster prefix or a longer block prefix", c.ClusterCIDR, pool.Blocks(), c.BlockPrefix, c.MaxNodes)
+	}
+	if c.FirstBlock.IsValid() {
+		if err := pool.CheckBlock(c.FirstBlock); err != nil {
+			return fmt.Errorf("--first-block: %w", err)
+		}
+	}
+	if c.BlockReleaseAfter == 0 {
+		c.BlockReleaseAfter = DefaultBlockReleaseAfter
+	}
+	if c.BlockReleaseAfter < 0 {
+		return fmt.Errorf("--block-release-after %v: must not be negative", c.BlockReleaseAfter)
 	}
 	if c.DeadGrace == 0 {
 		c.DeadGrace = DefaultDeadGrace

@@ -457,13 +457,14 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 	if n.ports.purged {
 		return errLeaving
 	}
-	n.mu.Lock()
-	claim := n.claim
-	n.mu.Unlock()
+	first := n.firstBlock()
 	cfg := natd.Config{
-		Cluster:    n.pool.Cluster(),
-		NodeSubnet: claim.Subnet,
-		Overlay:    ipam.OverlayAddr(claim.Subnet),
+		Cluster: n.pool.Cluster(),
+		// The node's containers are in its blocks, which come and go; no
+		// other node's container is ever routed out through this host, so
+		// the whole cluster stands for them.
+		NodeSubnet: n.pool.Cluster(),
+		Overlay:    ipam.NodeAddr(first),
 		OverlayIf:  n.cfg.Interface,
 		Masquerade: !n.cfg.NoMasquerade,
 	}

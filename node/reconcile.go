@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
-	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -120,9 +119,7 @@ func (n *Node) reconcilePeers() error {
 	}
 	var routes []netip.Prefix
 	for _, p := range want {
-		if slices.Contains(p.AllowedIPs, p.Subnet) {
-			routes = append(routes, p.Subnet)
-		}
+		routes = append(routes, p.Blocks...)
 	}
 	slices.SortFunc(routes, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	if !slices.Equal(routes, n.routes) {
@@ -148,7 +145,7 @@ func (n *Node) peerEventsLocked(members []mesh.Member) {
 		switch {
 		case alive && (!known || !was):
 			n.events.publish(api.Event{Type: api.EventPeerUp, Peer: m.Name, Address: m.Meta.OverlayIP})
-			n.log.Info("peer up", "peer", m.Name, "subnet", m.Meta.NodeSubnet, "endpoint", m.Meta.Endpoint)
+			n.log.Info("peer up", "peer", m.Name, "first_block", m.Meta.FirstBlock, "endpoint", m.Meta.Endpoint)
 		case !alive && known && was:
 			n.events.publish(api.Event{Type: api.EventPeerDown, Peer: m.Name, Message: string(m.State)})
 			n.log.Info("peer down", "peer", m.Name, "state", m.State)
@@ -165,7 +162,8 @@ func (n *Node) peerEventsLocked(members []mesh.Member) {
 	}
 }
 
-// routineClaims renumbers the node when it loses a subnet conflict.
+// routineClaims renumbers a block's containers when the node loses it in
+// a conflict.
 func (n *Node) routineClaims() {
 	for {
 		select {
@@ -180,31 +178,29 @@ func (n *Node) routineClaims() {
 	}
 }
 
-// renumber moves the node to the subnet the claimer picked after losing a
-// conflict: leases, the TUN address and the meta follow, and the change is
-// reported as an event and a log line naming both nodes and both subnets.
+// renumber moves the node from a block it lost to the block the claimer
+// picked in its place: leases, containers (and the TUN address and the meta
+// when it was the first block) follow, and the change is reported as
+// events and a log line naming both nodes and both blocks.
 func (n *Node) renumber(ch mesh.ClaimChange) {
-	n.log.Warn("lost subnet conflict, renumbering",
-		"subnet", ch.Old.Subnet, "winner", ch.Winner.Name, "winner_key", ch.Winner.Node,
-		"loser", ch.Old.Name, "new_subnet", ch.New.Subnet)
+	n.log.Warn("lost block conflict, renumbering",
+		"block", ch.Old.Block, "winner", ch.Winner.Name, "winner_key", ch.Winner.Node,
+		"loser", ch.Old.Name, "new_block", ch.New.Block, "first", ch.First)
 	n.events.publish(api.Event{
-		Type:      api.EventConflict,
-		Winner:    ch.Winner.Name,
-		Loser:     n.cfg.Name,
-		OldSubnet: ch.Old.Subnet.String(),
-		NewSubnet: ch.New.Subnet.String(),
+		Type:     api.EventConflict,
+		Winner:   ch.Winner.Name,
+		Loser:    n.cfg.Name,
+		OldBlock: ch.Old.Block.String(),
+		NewBlock: ch.New.Block.String(),
 	})
-	if err := n.applyClaim(ch.New); err != nil {
-		n.log.Error("renumber", "err", err)
-		return
-	}
+	n.moveBlock(ch)
 	n.events.publish(api.Event{
-		Type:      api.EventRenumber,
-		Node:      n.cfg.Name,
-		OldSubnet: ch.Old.Subnet.String(),
-		NewSubnet: ch.New.Subnet.String(),
-		Address:   ipam.OverlayAddr(ch.New.Subnet).String(),
-		Message:   fmt.Sprintf("lost %s to %s", ch.Old.Subnet, ch.Winner.Name),
+		Type:     api.EventRenumber,
+		Node:     n.cfg.Name,
+		OldBlock: ch.Old.Block.String(),
+		NewBlock: ch.New.Block.String(),
+		Address:  n.alloc.NodeAddr().String(),
+		Message:  fmt.Sprintf("lost %s to %s", ch.Old.Block, ch.Winner.Name),
 	})
 	n.kickPeers()
 }

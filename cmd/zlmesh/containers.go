@@ -147,8 +147,8 @@ func formatEvent(ev api.Event) string {
 	add("address", ev.Address)
 	add("winner", ev.Winner)
 	add("loser", ev.Loser)
-	add("old_subnet", ev.OldSubnet)
-	add("new_subnet", ev.NewSubnet)
+	add("old_block", ev.OldBlock)
+	add("new_block", ev.NewBlock)
 	if ev.Port != nil {
 		add("port", fmt.Sprintf("%d/%s->%s", ev.Port.HostPort, ev.Port.Protocol, ev.Port.Target))
 	}
