@@ -209,7 +209,8 @@ func Coalesce(ps []netip.Prefix) []netip.Prefix {
 				merged = true
 				continue
 			}
-			if i+1 < len(out) && p.Bits() > 0 && p.Bits() == out[i+1].Bits() {
+			// A duplicate of p is no sibling: it is dropped above next round.
+			if i+1 < len(out) && p.Bits() > 0 && p.Bits() == out[i+1].Bits() && out[i+1] != p {
 				parent, _ := p.Addr().Prefix(p.Bits() - 1)
 				if parent.Addr() == p.Addr() && parent.Contains(out[i+1].Addr()) {
 					next = append(next, parent)
