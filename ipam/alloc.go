@@ -170,7 +170,8 @@ func (a *Allocator) NodeAddr() netip.Addr {
 // blocks kept from the state dir): cs replaces the recorded claims. Every
 // block that holds a lease must stay, and the first block (the node's
 // address) must stay first while it holds leases; use MoveBlock to move a
-// block's leases elsewhere. Every block must pass the pool's CheckBlock.
+// block's leases elsewhere. Every block must pass the pool's CheckBlock,
+// and every claim must be of one node (as NewAllocator requires).
 func (a *Allocator) SetClaims(cs []Claim) error {
 	if len(cs) == 0 {
 		return errors.New("set claims: no block")
@@ -182,6 +183,9 @@ func (a *Allocator) SetClaims(cs []Claim) error {
 		}
 		if seen[c.Block] {
 			return fmt.Errorf("set claims: block %s twice", c.Block)
+		}
+		if c.Node != cs[0].Node {
+			return fmt.Errorf("set claims: block %s is claimed by node %s, block %s by node %s: one node's state holds one node's claims", cs[0].Block, cs[0].Node, c.Block, c.Node)
 		}
 		seen[c.Block] = true
 	}
@@ -235,6 +239,9 @@ func (a *Allocator) AddBlock(c Claim) error {
 		if u.prefix == c.Block {
 			return fmt.Errorf("add block %s: already held: %w", c.Block, ErrExists)
 		}
+	}
+	if len(a.st.Claims) > 0 && c.Node != a.st.Claims[0].Node {
+		return fmt.Errorf("add block %s: claimed by node %s, the node's blocks by %s", c.Block, c.Node, a.st.Claims[0].Node)
 	}
 	a.st.Claims = append(a.st.Claims, c)
 	a.blocks = append(a.blocks, newBlockUse(c.Block, len(a.blocks) == 0))
@@ -319,6 +326,9 @@ func (a *Allocator) MoveBlock(old netip.Prefix, c Claim) ([]Move, error) {
 		if u.prefix == c.Block {
 			return nil, fmt.Errorf("move block %s to %s: already held: %w", old, c.Block, ErrExists)
 		}
+	}
+	if c.Node != a.st.Claims[i].Node {
+		return nil, fmt.Errorf("move block %s to %s: claimed by node %s, the node's blocks by %s", old, c.Block, c.Node, a.st.Claims[i].Node)
 	}
 	u := a.blocks[i]
 	next := State{Version: StateVersion, Claims: slices.Clone(a.st.Claims), Leases: make(map[string]Lease, len(a.st.Leases))}
