@@ -241,7 +241,7 @@ func TestSetClaims(t *testing.T) {
 	cases := []struct {
 		name      string
 		pool      func(testing.TB) *ipam.Pool
-		before    []string           // blocks claimed before
+		before    []string // blocks claimed before
 		setup     func(*ipam.Allocator) error
 		cs        []ipam.Claim
 		wantInErr string
@@ -392,7 +392,9 @@ func TestAddBlock(t *testing.T) {
 func TestGrowWhenFull(t *testing.T) {
 	p := smallPool(t)
 	a, st := newAlloc(t, p, blkC)
-	held := func(b netip.Prefix) bool { return slices.ContainsFunc(a.Claims(), func(c ipam.Claim) bool { return c.Block == b }) }
+	held := func(b netip.Prefix) bool {
+		return slices.ContainsFunc(a.Claims(), func(c ipam.Claim) bool { return c.Block == b })
+	}
 	grown := 0
 	for i := range 13 + 14*15 {
 		ctr := fmt.Sprint("c", i)

@@ -142,10 +142,14 @@ func (f *Store) Load() (ipam.State, error) {
 // isV1 reports whether snap is the previous release's state (no version,
 // a node-subnet claim or service slices).
 func isV1(path string, snap []byte) (bool, error) {
+	// Every field of both versions, so that the strict decoder accepts
+	// either and still refuses a field of neither.
 	var probe struct {
 		Version int             `json:"version"`
 		Claim   json.RawMessage `json:"claim"`
 		Slices  json.RawMessage `json:"slices"`
+		Claims  json.RawMessage `json:"claims"`
+		Leases  json.RawMessage `json:"leases"`
 	}
 	if err := statefile.Decode(path, snap, &probe); err != nil {
 		return false, err
@@ -175,13 +179,17 @@ type v1State struct {
 		ClaimedAt time.Time    `json:"claimed_at"`
 		RenewedAt time.Time    `json:"renewed_at"`
 	} `json:"claim"`
-	Leases map[string]v1Lease `json:"leases"`
+	// Slices (service → slice) are read only so that the strict decoder
+	// accepts the file: a container's address is all that is kept.
+	Slices map[string]netip.Prefix `json:"slices"`
+	Leases map[string]v1Lease      `json:"leases"`
 }
 
 type v1Lease struct {
 	Service   string       `json:"service"`
 	Container string       `json:"container"`
 	Addr      netip.Prefix `json:"addr"`
+	Gateway   netip.Prefix `json:"gateway"` // the slice's bridge; dropped
 }
 
 // v1Record is a journal record of the previous release.
