@@ -40,8 +40,8 @@ type Store struct {
 	// 0 refuses version 1.
 	blockBits int
 	log       *journal.Log // opened by Load, or by the first save
-	// Migrated is set by Load when it read a version-1 state and turned it
-	// into the current version (not yet written back: the first Save does).
+	// Migrated is set by Load when it read a version-1 state, turned it
+	// into the current version and wrote that back in place of the old file.
 	Migrated bool
 }
 
@@ -251,6 +251,12 @@ func (f *Store) migrate(snap []byte, recs [][]byte) (ipam.State, error) {
 	for ctr, l := range old.Leases {
 		if !l.Addr.IsValid() || !sub.Contains(l.Addr.Addr()) {
 			return ipam.State{}, fmt.Errorf("migrate %s: address %s of container %s is outside the node subnet %s", f.path, l.Addr, ctr, sub)
+		}
+		// A block shorter than the old slices puts some old addresses on a
+		// block's first or last address, which the allocator refuses:
+		// refuse here, before the old file is rewritten.
+		if b := block(l.Addr.Addr()); l.Addr.Addr() == b.Addr() || l.Addr.Addr().Next() == block(l.Addr.Addr().Next()).Addr() {
+			return ipam.State{}, fmt.Errorf("migrate %s: address %s of container %s would be the first or last address of block %s; start with a shorter --block-prefix than /%d, or detach the container and remove its lease", f.path, l.Addr.Addr(), ctr, b, f.blockBits)
 		}
 		if s.Leases == nil {
 			s.Leases = map[string]ipam.Lease{}
