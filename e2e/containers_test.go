@@ -35,7 +35,7 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/internal/journal"
-	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/ipam/disk"
 	"github.com/zlmesh/zlmesh/testbed"
 )
 
@@ -73,20 +73,22 @@ func mustAttach(t *testing.T, c *testbed.Container, service string) api.Attachme
 func checkAttachment(t *testing.T, h *testbed.Host, a api.Attachment, service, id string) {
 	t.Helper()
 	st := status(t, h)
-	subnet := mustPrefix(t, st.NodeSubnet)
 	addr, err1 := netip.ParseAddr(a.Address)
 	gw, err2 := netip.ParseAddr(a.Gateway)
 	if err1 != nil || err2 != nil {
 		t.Fatalf("attachment %+v: bad address or gateway", a)
 	}
-	slice := netip.PrefixFrom(addr, a.Prefix).Masked()
+	inBlock := false
+	for _, b := range st.Blocks {
+		inBlock = inBlock || mustPrefix(t, b).Contains(addr)
+	}
 	switch {
 	case a.Service != service || a.Container != id || a.Node != h.Name:
 		t.Errorf("attachment %+v: want service %s, container %s, node %s", a, service, id, h.Name)
-	case !subnet.Contains(addr) || a.Prefix <= subnet.Bits():
-		t.Errorf("attachment %s: address %s/%d is not in a slice of %s", id, a.Address, a.Prefix, subnet)
-	case gw != slice.Addr().Next() || addr == gw:
-		t.Errorf("attachment %s: gateway %s, want %s (the first address of %s)", id, gw, slice.Addr().Next(), slice)
+	case !inBlock || a.Prefix != 32:
+		t.Errorf("attachment %s: address %s/%d is not a /32 in one of %s's blocks %v", id, a.Address, a.Prefix, h.Name, st.Blocks)
+	case gw != netip.MustParseAddr("169.254.1.1"):
+		t.Errorf("attachment %s: gateway %s, want the link-local 169.254.1.1", id, gw)
 	case a.MTU != st.MTU || a.MTU == 0:
 		t.Errorf("attachment %s: MTU %d, want the overlay's %d", id, a.MTU, st.MTU)
 	case a.DNS != wantDNS || a.SearchDomain != wantSearch:
@@ -335,13 +337,13 @@ func stateOnDisk(h *testbed.Host) (leases, attached map[string]string, err error
 			return nil, nil, err
 		}
 	}
-	st, err := ipam.NewFileStore(filepath.Join(dir, "ipam.json")).Load()
+	st, err := disk.New(filepath.Join(dir, "ipam.json"), 0).Load()
 	if err != nil {
 		return nil, nil, err
 	}
 	leases = map[string]string{}
 	for id, l := range st.Leases {
-		leases[id] = l.Addr.Addr().String()
+		leases[id] = l.Addr.String()
 	}
 	// attachments.json is node's; read it generically: a snapshot
 	// {"attachments": {id: {"spec": {...}}}} and records {"put": ...} or
@@ -1303,7 +1305,7 @@ func TestContainersRenumbered(t *testing.T) {
 	h1, h2 := tb.Host("h1"), tb.Host("h2")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	contested := "10.200.78.0/24"
+	contested := "10.200.78.0/26"
 	a, b := contestSubnet(t, ctx, tb, contested, []*testbed.Host{h1}, []*testbed.Host{h2})
 	ca := addContainer(t, tb, a, "ca")
 	aa := mustAttach(t, ca, "web")
@@ -1319,7 +1321,7 @@ func TestContainersRenumbered(t *testing.T) {
 	waitWhole(t, tb, tb.Hosts(), 90*time.Second)
 	var moved string
 	eventually(t, 30*time.Second, func() error {
-		if moved = status(t, b).NodeSubnet; moved == contested {
+		if moved = status(t, b).FirstBlock; moved == contested {
 			return fmt.Errorf("%s still holds %s", b.Name, contested)
 		}
 		return nil
