@@ -1291,13 +1291,13 @@ func TestContainersMetricsAndEvents(t *testing.T) {
 	}
 }
 
-// TestContainersRenumbered forces a subnet conflict with containers
-// attached on both sides (two new hosts, one on each side of a partition,
-// ask for the same subnet): after the heal the newer claim's node renumbers
-// and its containers move with it without being detached: an event says
-// which container moved from which address to which, each keeps its place
-// in its slice, its namespace holds exactly the new address with a default
-// route via the new gateway, the state on disk and /v1/services on every
+// TestContainersRenumbered forces a conflict over a first block with
+// containers attached on both sides (two new hosts, one on each side of a
+// partition, ask for the same first block): after the heal the newer
+// claim's node renumbers and its containers move with it without being
+// detached: an event says which container moved from which address to
+// which, each keeps its place in its block, its namespace holds exactly the
+// new address with a default route via the link-local gateway, the state on disk and /v1/services on every
 // host follow, and every container reaches every other at the new
 // addresses.
 func TestContainersRenumbered(t *testing.T) {
@@ -1326,17 +1326,18 @@ func TestContainersRenumbered(t *testing.T) {
 		}
 		return nil
 	})
-	newSub := mustPrefix(t, moved)
-	// Each container keeps its offset in the node subnet.
+	newBlock := mustPrefix(t, moved)
+	// Each container keeps its offset in the block; the gateway is the
+	// link-local one and does not move.
 	relocate := func(old string) string {
-		o := netip.MustParseAddr(old).As4()
-		n := newSub.Addr().As4()
-		n[3] = o[3]
+		off := netip.MustParseAddr(old).As4()[3] - mustPrefix(t, contested).Addr().As4()[3]
+		n := newBlock.Addr().As4()
+		n[3] += off
 		return netip.AddrFrom4(n).String()
 	}
 	want := map[*testbed.Container]api.Attachment{cb1: ab1, cb2: ab2}
 	for c, old := range want {
-		old.Address, old.Gateway = relocate(old.Address), relocate(old.Gateway)
+		old.Address = relocate(old.Address)
 		want[c] = old
 	}
 	eventually(t, 20*time.Second, func() error {
@@ -1372,7 +1373,7 @@ func TestContainersRenumbered(t *testing.T) {
 		}
 		for _, addr := range v.Kernel.Addrs {
 			if strings.HasPrefix(addr, "10.200.78.") {
-				return fmt.Errorf("a bridge of %s kept an address of the old subnet: %v", b.Name, v.Kernel.Addrs)
+				return fmt.Errorf("a bridge of %s kept an address of the old block: %v", b.Name, v.Kernel.Addrs)
 			}
 		}
 		return nil
