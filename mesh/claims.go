@@ -628,7 +628,7 @@ func (c *Claimer) claims() []ipam.Claim {
 			}
 		}
 		c.cacheMu.Unlock()
-		return out
+		return c.inPlan(out)
 	}
 	c.cacheMu.Unlock()
 	var out []ipam.Claim
@@ -640,7 +640,15 @@ func (c *Claimer) claims() []ipam.Claim {
 		}
 		out = append(out, cl...)
 	}
-	return out
+	return c.inPlan(out)
+}
+
+// inPlan drops the claims on prefixes that are not blocks of this node's
+// plan (a node started with another --cluster-cidr or --block-prefix): they
+// can be neither held nor contested here. The node refuses such a peer (see
+// Meta.Plan).
+func (c *Claimer) inPlan(cl []ipam.Claim) []ipam.Claim {
+	return slices.DeleteFunc(cl, func(x ipam.Claim) bool { return c.pool.CheckBlock(x.Block) != nil })
 }
 
 // aliveFunc returns the liveness of claims' nodes by public key.

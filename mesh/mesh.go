@@ -93,6 +93,10 @@ type Meta struct {
 	PublicKey  string `json:"k"`
 	Endpoint   string `json:"e"` // underlay ip:port of WireGuard
 	FirstBlock string `json:"s"` // the node's first block (holds OverlayIP)
+	// Plan is the node's address plan, "<cluster CIDR>/<block prefix>"
+	// (10.200.0.0/14/26): nodes of one cluster must agree on it, and a node
+	// ignores a peer whose plan differs.
+	Plan string `json:"p,omitempty"`
 	OverlayIP  string `json:"o"`
 	Version    string `json:"v"`
 }
