@@ -24,7 +24,7 @@ import (
 type Containers interface {
 	Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Detach(ctx context.Context, s bridge.Spec) error
-	Readdress(ctx context.Context, s bridge.Spec, newAddr, newGateway netip.Prefix) error
+	Readdress(ctx context.Context, s bridge.Spec, newAddr netip.Prefix) error
 	Alive(s bridge.Spec, id bridge.NetnsID) (bool, error)
 	Adopt(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Inventory() (bridge.Inventory, error)
@@ -482,7 +482,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 			spec := at.Spec
 			if lease.Addr != spec.Address || lease.Gateway != spec.Gateway {
 				// Renumbered (the lease moved) but the container not yet.
-				if err := n.containers.Readdress(ctx, spec, lease.Addr, lease.Gateway); err != nil {
+				if err := n.containers.Readdress(ctx, spec, lease.Addr); err != nil {
 					n.log.Warn("adopt: move container to its lease's address", "container", id, "from", spec.Address, "to", lease.Addr, "err", err)
 				}
 				spec.Address, spec.Gateway = lease.Addr, lease.Gateway
@@ -579,7 +579,7 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 		if !ok || mv.Old.Addr == mv.New.Addr {
 			continue
 		}
-		if err := n.containers.Readdress(ctx, at.Spec, mv.New.Addr, mv.New.Gateway); err != nil {
+		if err := n.containers.Readdress(ctx, at.Spec, mv.New.Addr); err != nil {
 			n.log.Error("renumber container", "container", at.Spec.Container, "from", mv.Old.Addr, "to", mv.New.Addr, "err", err)
 			continue
 		}

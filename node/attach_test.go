@@ -152,8 +152,8 @@ func (f *fakeContainers) Detach(_ context.Context, s bridge.Spec) error {
 	f.record("detach " + s.Container)
 	return nil
 }
-func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, gw netip.Prefix) error {
-	f.record(fmt.Sprintf("readdress %s %s→%s via %s", s.Container, s.Address, a, gw.Addr()))
+func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a netip.Prefix) error {
+	f.record(fmt.Sprintf("readdress %s %s→%s", s.Container, s.Address, a))
 	return nil
 }
 func (f *fakeContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
@@ -244,7 +244,7 @@ func TestAdoptAttachments(t *testing.T) {
 	}
 	want := []string{
 		"adopt ok " + ok.Addr.String(),
-		"readdress moved 10.200.9.35/27→" + moved.Addr.String() + " via " + moved.Gateway.Addr().String(),
+		"readdress moved 10.200.9.35/27→" + moved.Addr.String(),
 		"adopt moved " + moved.Addr.String(),
 		"detach unleased",
 		"detach dead",
