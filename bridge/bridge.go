@@ -23,7 +23,9 @@
 //     like two of different services do. ICMP redirects are switched off
 //     on the bridges (and host-wide with Config.Forwarding), or the host
 //     would tell a container to send to its neighbour directly, a shortcut
-//     it would keep for minutes after that neighbour's address moved.
+//     it would keep for minutes after that neighbour's address moved. IPv6
+//     has no switch against sending them, so an IPv6 container's Ifname
+//     ignores them (net.ipv6.conf.<Ifname>.accept_redirects=0).
 //
 // The package does not allocate addresses (package ipam does), does not
 // persist anything (package node does) and knows nothing of the mesh: the
@@ -510,8 +512,9 @@ func (m *Manager) Close() error { return m.close() }
 //     RTM_NEWLINK carrying IFLA_NET_NS_FD + IFLA_IFNAME. It is not the
 //     default because moving a link between namespaces costs an RCU grace
 //     period under the rtnl lock, 15-25 ms, ten times the rest of Attach);
-//  6. inside the namespace: the address, lo up, Ifname up, a link-scope
-//     route to the gateway and the default route via it (onlink);
+//  6. inside the namespace: the address, (IPv6) redirects ignored, lo up,
+//     Ifname up, a link-scope route to the gateway and the default route
+//     via it (onlink);
 //     ErrExists when the namespace has another default route or route to
 //     the gateway;
 //  7. the host route `Address dev <bridge> scope link proto RouteProtocol`,
@@ -590,8 +593,9 @@ func (m *Manager) Alive(s Spec, id NetnsID) (bool, error) {
 //     addresses, such as an old /27 gateway, flushed), STP off, redirects
 //     off, MTU, up;
 //   - the container end: MTU, up, lo up, exactly the address (others of
-//     the family removed after it is added), the route to the gateway and
-//     the default route via it (replaced when they differ);
+//     the family removed after it is added), (IPv6) redirects ignored, the
+//     route to the gateway and the default route via it (replaced when they
+//     differ);
 //   - the host route of s.Address to the bridge;
 //   - the host veth: alias, enslaved to the bridge, up, hairpin, MTU;
 //   - a missing host veth (so no container end either) is attached afresh,

@@ -1324,8 +1324,30 @@ func TestIPv6(t *testing.T) {
 	checkContainer(t, c1, s1)
 	checkBridge(t, e, "zlb-v6", s1.Gateway, VethName("six1"), VethName("six2"))
 	checkHostRoutes(t, e, "zlb-v6", s1.Address, s2.Address)
-	mustPing(t, c1, s2.Address)
-	mustPing(t, c2, s1.Address)
+	for range 3 {
+		mustPing(t, c1, s2.Address)
+		mustPing(t, c2, s1.Address)
+	}
+	// The host sends ICMPv6 redirects for that traffic (IPv6 has no switch
+	// against it); the container must not follow them.
+	if r, err := c1.NL.RouteGet(s2.Address.Addr().AsSlice()); err != nil || len(r) != 1 || !r[0].Gw.Equal(Gateway6.AsSlice()) {
+		t.Errorf("c1's route to c2: %+v, %v; want via %s", r, err, Gateway6)
+	}
+	if a, err := e.m.Adopt(ctx, s1); err != nil || len(a.Repairs) != 0 {
+		t.Errorf("Adopt = %+v, %v; want nothing to repair", a, err)
+	}
+	n1 := netip.MustParsePrefix("fd5a::7:1/128")
+	if err := e.m.Readdress(ctx, s1, n1); err != nil {
+		t.Fatal(err)
+	}
+	s1.Address = n1
+	checkContainer(t, c1, s1)
+	checkHostRoutes(t, e, "zlb-v6", s1.Address, s2.Address)
+	mustPing(t, c2, n1)
+	if err := e.m.Detach(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-v6", s2.Address)
 }
 
 // BenchmarkAttachDetach measures one Attach plus one Detach through netlink.

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -224,6 +225,19 @@ func (sys *system) ensureContainerSide(ctx context.Context, t *target, s Spec, i
 			return repairs, fmt.Errorf("delete address %s of %s in netns %s: %w", p, ifname, t.path, err)
 		}
 		repairs = append(repairs, fmt.Sprintf("%s had stale address %s: removed", ifname, p))
+	}
+
+	// IPv6 has no switch to stop the host sending redirects (see
+	// Config.Forwarding), so the container ignores them instead; for IPv6
+	// the interface's own switch decides.
+	if s.Address.Addr().Is6() {
+		wrote, err := sysctlIn(netns.NsHandle(t.fd), "net/ipv6/conf/"+ifname+"/accept_redirects", "0")
+		if err != nil {
+			return repairs, fmt.Errorf("netns %s: %w", t.path, err)
+		}
+		if wrote && !fresh {
+			repairs = append(repairs, fmt.Sprintf("%s accepted ICMPv6 redirects: switched off", ifname))
+		}
 	}
 
 	// lo and the link.

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,7 +57,8 @@ func (sys *system) ensureHostRoute(dst netip.Prefix, br netlink.Link) (string, f
 		if e.Protocol != RouteProtocol {
 			continue
 		}
-		if e.LinkIndex == br.Attrs().Index && e.Scope == netlink.SCOPE_LINK && e.Gw == nil {
+		// IPv6 routes have no scope (the kernel reports universe).
+		if e.LinkIndex == br.Attrs().Index && e.Gw == nil && (e.Scope == netlink.SCOPE_LINK || dst.Addr().Is6()) {
 			return "", nil, nil
 		}
 		from = e.LinkIndex
@@ -163,10 +165,13 @@ func (m *Manager) removeRoute(dst netip.Prefix) error {
 // want in the host namespace, reading first and writing only when it
 // differs (writing net.ipv4.ip_forward, even the same value, resets every
 // interface's forwarding flag). It reports whether it wrote.
-func (sys *system) sysctl(key, want string) (bool, error) {
+func (sys *system) sysctl(key, want string) (bool, error) { return sysctlIn(sys.host, key, want) }
+
+// sysctlIn is sysctl in the namespace ns (netns.None: the caller's).
+func sysctlIn(ns netns.NsHandle, key, want string) (bool, error) {
 	path := "/proc/sys/" + key
 	wrote := false
-	err := inNetns(sys.host, func() error {
+	err := inNetns(ns, func() error {
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			return err
