@@ -153,8 +153,8 @@ func (f *fakeContainers) Detach(_ context.Context, s bridge.Spec) error {
 	f.record("detach " + s.Container)
 	return nil
 }
-func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, gw netip.Prefix) error {
-	f.record(fmt.Sprintf("readdress %s %s→%s via %s", s.Container, s.Address, a, gw.Addr()))
+func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a netip.Prefix) error {
+	f.record(fmt.Sprintf("readdress %s %s→%s", s.Container, s.Address, a))
 	return nil
 }
 func (f *fakeContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
@@ -175,6 +175,10 @@ func (f *fakeContainers) RemoveLink(name string) error {
 func (f *fakeContainers) RemoveBridgeIfEmpty(name string) (bool, error) {
 	f.record("remove-bridge " + name)
 	return f.emptyBrs[name], nil
+}
+func (f *fakeContainers) RemoveRoute(dst netip.Prefix) error {
+	f.record("remove-route " + dst.String())
+	return nil
 }
 func (f *fakeContainers) Close() error { return nil }
 
@@ -226,6 +230,7 @@ func TestAdoptAttachments(t *testing.T) {
 		inv: bridge.Inventory{
 			Bridges: []bridge.BridgeInfo{{Name: "zlb-web"}, {Name: "zlb-stale"}},
 			Veths:   []bridge.VethInfo{{Name: bridge.VethName("ok")}, {Name: bridge.VethName("moved")}, {Name: "zlvstray"}},
+			Routes:  []bridge.RouteInfo{{Dst: hostPrefix(ok.Addr), Bridge: "zlb-web"}, {Dst: netip.MustParsePrefix("10.200.3.60/32"), Bridge: "zlb-web"}},
 		},
 		emptyBrs: map[string]bool{"zlb-stale": true},
 	}
@@ -245,11 +250,12 @@ func TestAdoptAttachments(t *testing.T) {
 	}
 	want := []string{
 		"adopt ok " + hostPrefix(ok.Addr).String(),
-		"readdress moved 10.200.9.35/32→" + hostPrefix(moved.Addr).String() + " via " + linkLocalGateway.String(),
+		"readdress moved 10.200.9.35/32→" + hostPrefix(moved.Addr).String(),
 		"adopt moved " + hostPrefix(moved.Addr).String(),
 		"detach unleased",
 		"detach dead",
 		"remove-link zlvstray",
+		"remove-route 10.200.3.60/32",
 		"remove-bridge zlb-stale",
 	}
 	slices.Sort(want)

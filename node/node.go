@@ -174,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.undo = append(n.undo, n.attach.close)
 	if n.containers = cfg.Containers; n.containers == nil {
-		if n.containers, err = defaultContainers(n.log); err != nil {
+		if n.containers, err = defaultContainers(n.log, cfg); err != nil {
 			return nil, err
 		}
 	}
