@@ -39,19 +39,19 @@ const DefaultSocket = "/run/zlmesh/zlmesh.sock"
 
 // Status is the node's view of itself (GET /v1/status).
 type Status struct {
-	Name        string `json:"name"`
-	PublicKey   string `json:"public_key"`
-	OverlayIP   string `json:"overlay_ip"`
+	Name      string `json:"name"`
+	PublicKey string `json:"public_key"`
+	OverlayIP string `json:"overlay_ip"`
 	// FirstBlock is the node's first address block, which holds its
 	// overlay address; Blocks every block it holds, FirstBlock first.
-	FirstBlock string   `json:"first_block"`
-	Blocks     []string `json:"blocks"`
-	Endpoint    string `json:"endpoint"`     // underlay host:port WireGuard listens on
-	GossipAddr  string `json:"gossip_addr"`  // underlay host:port memberlist listens on
-	ClusterCIDR string `json:"cluster_cidr"` // e.g. 10.200.0.0/16
-	Interface   string `json:"interface"`    // e.g. zl0
-	MTU         int    `json:"mtu"`
-	Version     string `json:"version"`
+	FirstBlock  string   `json:"first_block"`
+	Blocks      []string `json:"blocks"`
+	Endpoint    string   `json:"endpoint"`     // underlay host:port WireGuard listens on
+	GossipAddr  string   `json:"gossip_addr"`  // underlay host:port memberlist listens on
+	ClusterCIDR string   `json:"cluster_cidr"` // e.g. 10.200.0.0/16
+	Interface   string   `json:"interface"`    // e.g. zl0
+	MTU         int      `json:"mtu"`
+	Version     string   `json:"version"`
 	// MeshDNS is the resolver address every container uses; SearchDomain
 	// is the mesh zone without the trailing dot (e.g. "zl").
 	MeshDNS      string `json:"mesh_dns"`
@@ -218,10 +218,10 @@ type Event struct {
 	Peer    string    `json:"peer,omitempty"`
 	Message string    `json:"message,omitempty"`
 	// Block conflicts and renumbering.
-	Winner    string `json:"winner,omitempty"`
-	Loser     string `json:"loser,omitempty"`
-	OldBlock  string `json:"old_block,omitempty"`
-	NewBlock  string `json:"new_block,omitempty"`
+	Winner   string `json:"winner,omitempty"`
+	Loser    string `json:"loser,omitempty"`
+	OldBlock string `json:"old_block,omitempty"`
+	NewBlock string `json:"new_block,omitempty"`
 	// Containers.
 	Service    string `json:"service,omitempty"`
 	Container  string `json:"container,omitempty"`

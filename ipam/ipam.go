@@ -38,7 +38,7 @@ var (
 	ErrExhausted = errors.New("exhausted")
 	// ErrFull: every block this node holds is full; claim another one
 	// (Allocator.AddBlock) and try again.
-	ErrFull = errors.New("no free address in this node's blocks")
+	ErrFull     = errors.New("no free address in this node's blocks")
 	ErrExists   = errors.New("already allocated")
 	ErrNotFound = errors.New("not allocated")
 	// ErrNoClaim: the node holds no block yet, so nothing can be allocated.

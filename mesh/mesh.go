@@ -96,9 +96,9 @@ type Meta struct {
 	// Plan is the node's address plan, "<cluster CIDR>/<block prefix>"
 	// (10.200.0.0/14/26): nodes of one cluster must agree on it, and a node
 	// ignores a peer whose plan differs.
-	Plan string `json:"p,omitempty"`
-	OverlayIP  string `json:"o"`
-	Version    string `json:"v"`
+	Plan      string `json:"p,omitempty"`
+	OverlayIP string `json:"o"`
+	Version   string `json:"v"`
 }
 
 // encodeMeta returns meta as compact JSON, or ErrMetaTooLarge.
