@@ -35,6 +35,7 @@ type system struct {
 	}
 	host   netns.NsHandle  // the host namespace; netns.None() for the caller's
 	hostID NetnsID         // its identity, to refuse attaching into it
+	initID NetnsID         // pid 1's namespace (the machine's own), refused too; zero when unreadable
 	guard  Guard           // Config.Guard, addresses unmapped
 	nl     *netlink.Handle // route socket in the host namespace
 	raw    rawSocket       // a second one for the requests nl has no call for
@@ -100,6 +101,10 @@ func (sys *system) forgetPort(bridge, container string) int {
 
 func newSystem(cfg Config) (_ *system, err error) {
 	sys := &system{host: netns.None(), log: cfg.Logger, reapGroup: randomReapGroup}
+	if fd, id, err := openNetns("/proc/1/ns/net"); err == nil {
+		unix.Close(fd)
+		sys.initID = id
+	}
 	sys.guard.Links = slices.Clone(cfg.Guard.Links)
 	for _, a := range cfg.Guard.Addrs {
 		sys.guard.Addrs = append(sys.guard.Addrs, a.Unmap())
@@ -237,8 +242,9 @@ type target struct {
 }
 
 // openTarget pins the namespace of s and opens a route socket inside it.
-// The host's own namespace is refused, and so is one holding what
-// Config.Guard names: attaching it would configure the node's namespace.
+// The host's own namespace is refused, so is pid 1's, and so is one holding
+// what Config.Guard names: attaching it would configure the node's (or the
+// machine's) namespace.
 func (sys *system) openTarget(s Spec) (*target, error) {
 	path := s.nsPath()
 	fd, id, err := openNetns(path)
@@ -252,6 +258,14 @@ func (sys *system) openTarget(s Spec) (*target, error) {
 	if id == sys.hostID {
 		t.close()
 		return nil, fmt.Errorf("netns %s is the host's own namespace: %w", path, ErrInvalid)
+	}
+	if id == sys.initID {
+		// A container never lives in pid 1's namespace: where the node
+		// runs in it, it is the host's; where it does not (a node in a
+		// namespace of its own), it is still the machine's, and a
+		// default route into a bridge would cut the machine off.
+		t.close()
+		return nil, fmt.Errorf("netns %s is the namespace of pid 1, the machine's own: %w", path, ErrInvalid)
 	}
 	t.nl, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE)
 	if err == nil {
