@@ -17,7 +17,7 @@ func FuzzPlan(f *testing.F) {
 	f.Fuzz(func(t *testing.T, cluster, subnet, overlay, oif, bprefix string, masq bool, ports []byte) {
 		cfg := Config{OverlayIf: oif, BridgePrefix: bprefix, Masquerade: masq}
 		cfg.Cluster, _ = netip.ParsePrefix(cluster)
-		cfg.NodeSubnet, _ = netip.ParsePrefix(subnet)
+		cfg.Local, _ = netip.ParsePrefix(subnet)
 		cfg.Overlay, _ = netip.ParseAddr(overlay)
 		cfg.Ports = decodePorts(ports)
 		err := cfg.Validate()

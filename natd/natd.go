@@ -139,11 +139,13 @@ type Config struct {
 	// between two cluster addresses is never masqueraded, and every Target
 	// must lie inside it.
 	Cluster netip.Prefix
-	// NodeSubnet is this host's subnet (e.g. 10.200.3.0/24), masked and
-	// inside Cluster: the sources that egress masquerade applies to, and the
-	// clients whose address is kept when a published port leads to another
-	// host.
-	NodeSubnet netip.Prefix
+	// Local is the prefix of this host's container addresses, masked and
+	// inside Cluster (node passes the cluster CIDR itself: a host's blocks
+	// come and go, and no other host's container is ever routed out
+	// through this one): the sources that egress masquerade applies to,
+	// and the clients whose address is kept when a published port leads to
+	// another host.
+	Local netip.Prefix
 	// Overlay is this host's own overlay address (e.g. 10.200.3.1), inside
 	// Cluster: the source given to published-port connections forwarded to
 	// other hosts.
@@ -154,7 +156,7 @@ type Config struct {
 	OverlayIf string
 	// BridgePrefix is the name prefix of the per-service bridges; "" means
 	// DefaultBridgePrefix. A translated connection from a local container
-	// (inside NodeSubnet, not one of the host's addresses) that leaves
+	// (inside Local, not one of the host's addresses) that leaves
 	// through one of them is masqueraded (hairpin).
 	BridgePrefix string
 	// Masquerade turns egress masquerade on. The zero value (false) leaves

@@ -124,12 +124,12 @@ func rulesOf(cfg Config) iter.Seq[Rule] {
 				return
 			}
 		}
-		if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: cfg.NodeSubnet}) ||
-			!yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), Keep: cfg.NodeSubnet, To: cfg.Overlay}) {
+		if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: cfg.Local}) ||
+			!yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), Keep: cfg.Local, To: cfg.Overlay}) {
 			return
 		}
 		if cfg.Masquerade {
-			yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: cfg.NodeSubnet, Except: cfg.Cluster})
+			yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: cfg.Local, Except: cfg.Cluster})
 		}
 	}
 }

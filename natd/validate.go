@@ -61,11 +61,11 @@ func (c Config) validateNet() error {
 	if err := checkPrefix("cluster", c.Cluster); err != nil {
 		return err
 	}
-	if err := checkPrefix("node subnet", c.NodeSubnet); err != nil {
+	if err := checkPrefix("node subnet", c.Local); err != nil {
 		return err
 	}
-	if c.NodeSubnet.Bits() < c.Cluster.Bits() || !c.Cluster.Contains(c.NodeSubnet.Addr()) {
-		return fmt.Errorf("node subnet %s is not inside cluster %s", c.NodeSubnet, c.Cluster)
+	if c.Local.Bits() < c.Cluster.Bits() || !c.Cluster.Contains(c.Local.Addr()) {
+		return fmt.Errorf("node subnet %s is not inside cluster %s", c.Local, c.Cluster)
 	}
 	if !c.Overlay.IsValid() {
 		return fmt.Errorf("overlay address missing")

@@ -69,7 +69,7 @@ func run() error {
 	if cfg.Cluster, err = netip.ParsePrefix(*cluster); err != nil {
 		return err
 	}
-	if cfg.NodeSubnet, err = netip.ParsePrefix(*subnet); err != nil {
+	if cfg.Local, err = netip.ParsePrefix(*subnet); err != nil {
 		return err
 	}
 	if cfg.Overlay, err = netip.ParseAddr(*overlay); err != nil {
