@@ -10,7 +10,7 @@ import (
 func validConfig() Config {
 	return Config{
 		Cluster:    netip.MustParsePrefix("10.200.0.0/16"),
-		Local: netip.MustParsePrefix("10.200.3.0/24"),
+		Local:      netip.MustParsePrefix("10.200.3.0/24"),
 		Overlay:    netip.MustParseAddr("10.200.3.1"),
 		Masquerade: true,
 		Ports: []Port{

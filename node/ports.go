@@ -463,7 +463,7 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		// The node's containers are in its blocks, which come and go; no
 		// other node's container is ever routed out through this host, so
 		// the whole cluster stands for them.
-		Local: n.pool.Cluster(),
+		Local:      n.pool.Cluster(),
 		Overlay:    ipam.NodeAddr(first),
 		OverlayIf:  n.cfg.Interface,
 		Masquerade: !n.cfg.NoMasquerade,
