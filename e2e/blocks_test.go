@@ -339,7 +339,7 @@ func TestBlocksConflictOnGrownBlock(t *testing.T) {
 		for _, name := range grown {
 			c := tb.Container(b.Name, name)
 			fqdn := c.ID() + "." + bs[name].Service + ".zl"
-			if got := digShort(ctx, ca, "+short", fqdn); !slices.Equal(got, []string{want[c]}) {
+			if got := digShort(ctx, ca, fqdn); !slices.Equal(got, []string{want[c]}) {
 				return fmt.Errorf("%s answers %v, want %s", fqdn, got, want[c])
 			}
 		}

@@ -147,8 +147,10 @@ func isV1(path string, snap []byte) (bool, error) {
 		Claim   json.RawMessage `json:"claim"`
 		Slices  json.RawMessage `json:"slices"`
 	}
-	if err := statefile.Decode(path, snap, &probe); err != nil {
-		return false, err
+	// Only these fields are read here (the full decode, strict about
+	// unknown fields, follows).
+	if err := json.Unmarshal(snap, &probe); err != nil {
+		return false, statefile.Decode(path, snap, &probe)
 	}
 	return probe.Version == 0 && (probe.Claim != nil || probe.Slices != nil), nil
 }
