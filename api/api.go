@@ -239,7 +239,7 @@ const (
 	CodeAlreadyExists  = "already_exists"     // 409: container already attached, port taken
 	CodeNoNamespace    = "no_namespace"       // 422: netns path missing, not a netns, or PID dead
 	CodeIfnameTaken    = "ifname_taken"       // 409: interface name already in the namespace
-	CodeExhausted      = "exhausted"          // 507: no free address in the slice or subnet
+	CodeExhausted      = "exhausted"          // 507: no free block left in the cluster CIDR
 	CodeUnsupported    = "unsupported"        // 501: not possible on this platform or mode
 	CodeNotReady       = "not_ready"          // 503: node is starting or stopping
 	CodeInternal       = "internal"           // 500: anything else

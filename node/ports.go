@@ -446,7 +446,7 @@ func portTarget(pm api.PortMapping, targets targetIndex, synced bool) (netip.Add
 }
 
 // applyNATLocked converges the kernel NAT table to the node's config: egress
-// masquerade for its subnet, and every published port whose target resolves
+// masquerade for its blocks, and every published port whose target resolves
 // now. The caller holds n.ports.mu.
 func (n *Node) applyNATLocked() error {
 	return n.applyNATWithLocked(n.targets())

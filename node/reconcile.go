@@ -20,7 +20,7 @@ const resyncEvery = 5 * time.Second
 // is closed; Close waits for them.
 //
 //   - RoutinePeers: mesh view → WireGuard peers, routes, peer events;
-//   - RoutineClaims: a lost subnet conflict → renumbering;
+//   - RoutineClaims: a lost block conflict → renumbering;
 //   - RoutineMeshEvents: membership and record events → a kick for the
 //     peer loop;
 //   - RoutineDNS: service records, members and ports → the mesh DNS;
