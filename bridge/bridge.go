@@ -442,9 +442,11 @@ type Config struct {
 // Attach, Adopt and Readdress look for them in the pinned target namespace
 // before making anything, and refuse (ErrInvalid) a namespace that holds
 // any: configuring it would give the node's own namespace a default route
-// into a bridge. It catches what a namespace identity cannot: the node
-// running in a namespace other than Config.HostNetns's, or a runtime
-// handing over pid 1 of a host whose node runs elsewhere.
+// into a bridge. The identity check knows only the Manager's host
+// namespace; the guard also recognizes the node's namespace when that is
+// another one (a TUN and underlay apart from the bridges, as a testbed may
+// lay them out) and whatever path or pid names it. Each guarded link costs
+// one netlink round-trip per call, the addresses one dump.
 type Guard struct {
 	// Links are interface names, e.g. the node's TUN ("zl0"). nil: none.
 	Links []string
