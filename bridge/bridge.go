@@ -615,7 +615,7 @@ func (m *Manager) Adopt(ctx context.Context, s Spec) (Attached, error) {
 
 // Inventory lists the zlb-* bridges (addresses and ports), the zlv*/zlp*
 // veth ends and the routes of protocol RouteProtocol in the host namespace,
-// from three netlink dumps.
+// from four netlink dumps (links, addresses, IPv4 and IPv6 routes).
 func (m *Manager) Inventory() (Inventory, error) { return m.inventory() }
 
 // RemoveLink deletes the host link name. It is idempotent (a missing link is

@@ -1697,4 +1697,20 @@ func TestRemoveRoute(t *testing.T) {
 	if r, err := e.host.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixNet(foreign)}, netlink.RT_FILTER_DST); err != nil || len(r) != 1 {
 		t.Errorf("the foreign route: %v, %v", r, err)
 	}
+
+	// Debris of ours to one bridge does not stop an attach of the address
+	// elsewhere: the route moves.
+	reused := netip.MustParsePrefix("10.200.5.7/32")
+	if err := e.host.NL.RouteAdd(hostRoute(reused, br.Attrs().Index)); err != nil {
+		t.Fatal(err)
+	}
+	d := e.container()
+	sd := spec("db", "rr2", d, reused.String())
+	if _, err := e.m.Attach(ctx, sd); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-web")
+	checkHostRoutes(t, e, "zlb-db", reused)
+	mustPing(t, d, sd.Gateway)
+	mustPing(t, e.host, reused)
 }
