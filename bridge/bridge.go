@@ -442,9 +442,11 @@ type Config struct {
 // Attach, Adopt and Readdress look for them in the pinned target namespace
 // before making anything, and refuse (ErrInvalid) a namespace that holds
 // any: configuring it would give the node's own namespace a default route
-// into a bridge. It catches what a namespace identity cannot: the node
-// running in a namespace other than Config.HostNetns's, or a runtime
-// handing over pid 1 of a host whose node runs elsewhere.
+// into a bridge. The identity check knows only the Manager's host
+// namespace; the guard also recognizes the node's namespace when that is
+// another one (a TUN and underlay apart from the bridges, as a testbed may
+// lay them out) and whatever path or pid names it. Each guarded link costs
+// one netlink round-trip per call, the addresses one dump.
 type Guard struct {
 	// Links are interface names, e.g. the node's TUN ("zl0"). nil: none.
 	Links []string
@@ -613,7 +615,7 @@ func (m *Manager) Adopt(ctx context.Context, s Spec) (Attached, error) {
 
 // Inventory lists the zlb-* bridges (addresses and ports), the zlv*/zlp*
 // veth ends and the routes of protocol RouteProtocol in the host namespace,
-// from three netlink dumps.
+// from four netlink dumps (links, addresses, IPv4 and IPv6 routes).
 func (m *Manager) Inventory() (Inventory, error) { return m.inventory() }
 
 // RemoveLink deletes the host link name. It is idempotent (a missing link is

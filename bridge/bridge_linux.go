@@ -540,8 +540,9 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 	brName, vethName := BridgeName(s.Service), VethName(s.Container)
 	// The veth goes without the service's lock, batched with the other
 	// detaches under way (delVeth): deleting links costs the kernel RCU
-	// grace periods, which one batch pays once. Only the bridge's removal,
-	// which must not race an attach adding a port, takes the lock.
+	// grace periods, which one batch pays once. The route's and the
+	// bridge's removal, which must not race an attach to the service, take
+	// the lock.
 	if err := sys.delVeth(vethName); err != nil {
 		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
 	}

@@ -1243,11 +1243,17 @@ func TestReaddress(t *testing.T) {
 // TestRouted puts two containers of one service and one of another on one
 // host: each reaches every other through the host's routing (there is no
 // subnet route anywhere; the bridge answers ARP for the gateway itself,
-// proxy ARP stays off), and the host sends no ICMP redirect for the
-// neighbours' traffic, which goes in and out of one bridge.
+// proxy ARP stays off), also under a strict reverse-path filter, and the
+// host sends no ICMP redirect for the neighbours' traffic, which goes in
+// and out of one bridge.
 func TestRouted(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
+	if err := e.host.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/all/rp_filter", []byte("1"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
 	w1, w2, d1 := e.container(), e.container(), e.container()
 	sw1 := spec("web", "w1", w1, "10.200.4.10/32")
 	sw2 := spec("web", "w2", w2, "10.200.4.11/32")
@@ -1697,4 +1703,20 @@ func TestRemoveRoute(t *testing.T) {
 	if r, err := e.host.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixNet(foreign)}, netlink.RT_FILTER_DST); err != nil || len(r) != 1 {
 		t.Errorf("the foreign route: %v, %v", r, err)
 	}
+
+	// Debris of ours to one bridge does not stop an attach of the address
+	// elsewhere: the route moves.
+	reused := netip.MustParsePrefix("10.200.5.7/32")
+	if err := e.host.NL.RouteAdd(hostRoute(reused, br.Attrs().Index)); err != nil {
+		t.Fatal(err)
+	}
+	d := e.container()
+	sd := spec("db", "rr2", d, reused.String())
+	if _, err := e.m.Attach(ctx, sd); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-web")
+	checkHostRoutes(t, e, "zlb-db", reused)
+	mustPing(t, d, sd.Gateway)
+	mustPing(t, e.host, reused)
 }
