@@ -39,19 +39,19 @@ const DefaultSocket = "/run/zlmesh/zlmesh.sock"
 
 // Status is the node's view of itself (GET /v1/status).
 type Status struct {
-	Name        string `json:"name"`
-	PublicKey   string `json:"public_key"`
-	OverlayIP   string `json:"overlay_ip"`
+	Name      string `json:"name"`
+	PublicKey string `json:"public_key"`
+	OverlayIP string `json:"overlay_ip"`
 	// FirstBlock is the node's first address block, which holds its
 	// overlay address; Blocks every block it holds, FirstBlock first.
-	FirstBlock string   `json:"first_block"`
-	Blocks     []string `json:"blocks"`
-	Endpoint    string `json:"endpoint"`     // underlay host:port WireGuard listens on
-	GossipAddr  string `json:"gossip_addr"`  // underlay host:port memberlist listens on
-	ClusterCIDR string `json:"cluster_cidr"` // e.g. 10.200.0.0/16
-	Interface   string `json:"interface"`    // e.g. zl0
-	MTU         int    `json:"mtu"`
-	Version     string `json:"version"`
+	FirstBlock  string   `json:"first_block"`
+	Blocks      []string `json:"blocks"`
+	Endpoint    string   `json:"endpoint"`     // underlay host:port WireGuard listens on
+	GossipAddr  string   `json:"gossip_addr"`  // underlay host:port memberlist listens on
+	ClusterCIDR string   `json:"cluster_cidr"` // e.g. 10.200.0.0/16
+	Interface   string   `json:"interface"`    // e.g. zl0
+	MTU         int      `json:"mtu"`
+	Version     string   `json:"version"`
 	// MeshDNS is the resolver address every container uses; SearchDomain
 	// is the mesh zone without the trailing dot (e.g. "zl").
 	MeshDNS      string `json:"mesh_dns"`
@@ -218,10 +218,10 @@ type Event struct {
 	Peer    string    `json:"peer,omitempty"`
 	Message string    `json:"message,omitempty"`
 	// Block conflicts and renumbering.
-	Winner    string `json:"winner,omitempty"`
-	Loser     string `json:"loser,omitempty"`
-	OldBlock  string `json:"old_block,omitempty"`
-	NewBlock  string `json:"new_block,omitempty"`
+	Winner   string `json:"winner,omitempty"`
+	Loser    string `json:"loser,omitempty"`
+	OldBlock string `json:"old_block,omitempty"`
+	NewBlock string `json:"new_block,omitempty"`
 	// Containers.
 	Service    string `json:"service,omitempty"`
 	Container  string `json:"container,omitempty"`
@@ -239,7 +239,7 @@ const (
 	CodeAlreadyExists  = "already_exists"     // 409: container already attached, port taken
 	CodeNoNamespace    = "no_namespace"       // 422: netns path missing, not a netns, or PID dead
 	CodeIfnameTaken    = "ifname_taken"       // 409: interface name already in the namespace
-	CodeExhausted      = "exhausted"          // 507: no free address in the slice or subnet
+	CodeExhausted      = "exhausted"          // 507: no free block left in the cluster CIDR
 	CodeUnsupported    = "unsupported"        // 501: not possible on this platform or mode
 	CodeNotReady       = "not_ready"          // 503: node is starting or stopping
 	CodeInternal       = "internal"           // 500: anything else

@@ -9,7 +9,7 @@
 # serving the same 100 names with the same addresses. From the client,
 # dnsperf asks:
 #
-#   mesh     10.200.255.53, the mesh DNS address: client → bridge → h1's
+#   mesh     10.203.255.53, the mesh DNS address: client → bridge → h1's
 #            routing → zl0 (TUN) → zlmesh's packet-path hook (dnsd) →
 #            injected back through zl0 → bridge → client
 #   dnsmasq  the dnsm container's address: client → bridge → h1's routing →
@@ -43,7 +43,7 @@ OUTSTANDING=${OUTSTANDING:-200}
 REPS=${REPS:-2}
 HOSTS=${HOSTS:-2}
 NAMES=100
-MESH_DNS=10.200.255.53
+MESH_DNS=10.203.255.53
 # 100 names in /26 slices (61 containers of one service per host).
 [ "$HOSTS" -ge 2 ] && [ "$HOSTS" -le 20 ] || { echo "dns-mesh.sh: HOSTS=$HOSTS: want 2 to 20" >&2; exit 1; }
 

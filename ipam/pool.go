@@ -174,6 +174,31 @@ func (p *Pool) Pick(taken func(netip.Prefix) bool, seed []byte, preferred netip.
 	return netip.Prefix{}, fmt.Errorf("claim a block of cluster CIDR %s: all %d blocks of /%d are taken: %w", p.cluster, p.claimable, p.blockBits, ErrExhausted)
 }
 
+// PickNext chooses a free block for a node that holds ours (in claim
+// order) and needs one more: the block right after one of ours (the last
+// first), so that a growing node's blocks stay adjacent and coalesce into
+// few routes; else whatever Pick finds from seed. taken must count ours as
+// taken.
+func (p *Pool) PickNext(taken func(netip.Prefix) bool, ours []netip.Prefix, seed []byte) (netip.Prefix, error) {
+	if taken == nil {
+		taken = func(netip.Prefix) bool { return false }
+	}
+	for i := len(ours) - 1; i >= 0; i-- {
+		b := ours[i]
+		if p.CheckBlock(b) != nil {
+			continue
+		}
+		idx := childIndex(p.cluster, p.blockBits, b.Addr()) + 1
+		if idx >= p.claimable {
+			continue
+		}
+		if next := child(p.cluster, p.blockBits, idx); !taken(next) {
+			return next, nil
+		}
+	}
+	return p.Pick(taken, seed, netip.Prefix{})
+}
+
 // NodeAddr is a node's own overlay address: the second address of its first
 // block (10.200.3.1 for 10.200.3.0/26). It is the zero Addr for an invalid
 // block.

@@ -340,6 +340,12 @@ func (c *Claimer) beatenOn(k ipam.Claim, claims []ipam.Claim, alive func(string)
 
 // pick chooses a block no other node holds and that is not in ours.
 func (c *Claimer) pick(claims, ours []ipam.Claim, alive func(string) bool, now time.Time, preferred netip.Prefix) (netip.Prefix, error) {
+	return c.pool.Pick(c.takenFunc(claims, ours, alive, now), []byte(c.cfg.Node), preferred)
+}
+
+// takenFunc reports a block as taken when another node holds it or it is
+// in ours.
+func (c *Claimer) takenFunc(claims, ours []ipam.Claim, alive func(string) bool, now time.Time) func(netip.Prefix) bool {
 	var others []ipam.Claim
 	for _, cl := range claims {
 		if cl.Node != c.cfg.Node {
@@ -351,7 +357,7 @@ func (c *Claimer) pick(claims, ours []ipam.Claim, alive func(string) bool, now t
 	for _, cl := range ours {
 		mine[cl.Block] = true
 	}
-	return c.pool.Pick(func(b netip.Prefix) bool { _, ok := held[b]; return ok || mine[b] }, []byte(c.cfg.Node), preferred)
+	return func(b netip.Prefix) bool { _, ok := held[b]; return ok || mine[b] }
 }
 
 // Grow claims one more free block, after the others, and publishes it.
@@ -364,7 +370,12 @@ func (c *Claimer) Grow() (ipam.Claim, error) {
 		c.mu.Unlock()
 		return ipam.Claim{}, fmt.Errorf("mesh: grow: %w", ErrNoClaim)
 	}
-	b, err := c.pick(claims, c.current, alive, now, netip.Prefix{})
+	taken := c.takenFunc(claims, c.current, alive, now)
+	var ours []netip.Prefix
+	for _, cl := range c.current {
+		ours = append(ours, cl.Block)
+	}
+	b, err := c.pool.PickNext(taken, ours, []byte(c.cfg.Node))
 	if err != nil {
 		c.mu.Unlock()
 		return ipam.Claim{}, fmt.Errorf("mesh: grow: %w", err)
@@ -617,7 +628,7 @@ func (c *Claimer) claims() []ipam.Claim {
 			}
 		}
 		c.cacheMu.Unlock()
-		return out
+		return c.inPlan(out)
 	}
 	c.cacheMu.Unlock()
 	var out []ipam.Claim
@@ -629,7 +640,15 @@ func (c *Claimer) claims() []ipam.Claim {
 		}
 		out = append(out, cl...)
 	}
-	return out
+	return c.inPlan(out)
+}
+
+// inPlan drops the claims on prefixes that are not blocks of this node's
+// plan (a node started with another --cluster-cidr or --block-prefix): they
+// can be neither held nor contested here. The node refuses such a peer (see
+// Meta.Plan).
+func (c *Claimer) inPlan(cl []ipam.Claim) []ipam.Claim {
+	return slices.DeleteFunc(cl, func(x ipam.Claim) bool { return c.pool.CheckBlock(x.Block) != nil })
 }
 
 // aliveFunc returns the liveness of claims' nodes by public key.

@@ -398,6 +398,9 @@ func TestClaimGrowAndDrop(t *testing.T) {
 	}
 	want := []netip.Prefix{netip.MustParsePrefix("10.200.1.0/26")}
 	want = append(want, grown...)
+	if !slices.Equal(grown, []netip.Prefix{netip.MustParsePrefix("10.200.1.64/26"), netip.MustParsePrefix("10.200.1.128/26"), netip.MustParsePrefix("10.200.1.192/26")}) {
+		t.Errorf("grown %v, want the blocks right after the first", grown)
+	}
 	if got := len(a.Current()); got != 4 {
 		t.Fatalf("a holds %d blocks, want 4", got)
 	}
@@ -429,16 +432,14 @@ func TestClaimConflictOnGrownBlock(t *testing.T) {
 	x := c.claimer(c.start("x", nil, c.node("a").Addr().String()), pool, ClaimerConfig{Preferred: contested, SyncWait: time.Second})
 	time.Sleep(10 * time.Millisecond) // x's claim is the older
 	y := c.claimer(c.start("y", nil, c.node("c").Addr().String()), pool, ClaimerConfig{Preferred: netip.MustParsePrefix("10.200.7.0/26"), SyncWait: time.Second})
-	// y grows into the contested block while it cannot see x: its seed
-	// start is elsewhere, so take the block by hand the way Grow would.
+	// y grows into the block right after its first, contested, while it
+	// cannot see x.
 	if _, err := y.Grow(); err != nil {
 		t.Fatal(err)
 	}
-	y.mu.Lock()
-	y.current[1].Block = contested
-	cur := slices.Clone(y.current)
-	y.mu.Unlock()
-	y.publish(cur)
+	if got := y.Current(); len(got) != 2 || got[1].Block != contested {
+		t.Fatalf("y holds %v, want its second block to be %s", got, contested)
+	}
 	c.net.Heal()
 	select {
 	case ch := <-y.Changes():

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"net/netip"
 
 	"github.com/zlmesh/zlmesh/bridge"
 )
@@ -12,7 +13,8 @@ import (
 // moving a container to its lease's address if a renumbering was cut short),
 // forgets the ones whose container is gone or whose lease is missing,
 // releases leases with no attachment (a crash between allocation and
-// record), and removes zlmesh links that belong to no attachment.
+// record), and removes zlmesh links and container routes that belong to no
+// attachment.
 func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
@@ -37,7 +39,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 				// Renumbered (the lease moved) but the container not yet,
 				// or an attachment of the previous release (a slice
 				// address and gateway): move it to its lease.
-				if err := n.containers.Readdress(ctx, spec, addr, gw); err != nil {
+				if err := n.containers.Readdress(ctx, spec, addr); err != nil {
 					n.log.Warn("adopt: move container to its lease's address", "container", id, "from", spec.Address, "to", addr, "err", err)
 				}
 				spec.Address, spec.Gateway = addr, gw
@@ -66,9 +68,11 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	}
 	owned := map[string]bool{}
 	services := map[string]bool{}
+	routed := map[netip.Prefix]bool{}
 	for _, at := range n.attach.list() {
 		owned[at.Attached.HostVeth] = true
 		services[bridge.BridgeName(at.Spec.Service)] = true
+		routed[at.Spec.Address] = true
 	}
 	for _, l := range n.alloc.Leases() {
 		if _, ok := n.attach.get(l.Container); !ok {
@@ -85,6 +89,14 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		if !owned[v.Name] {
 			n.log.Info("removing stray link", "link", v.Name, "container", v.Container)
 			n.containers.RemoveLink(v.Name)
+		}
+	}
+	for _, r := range inv.Routes {
+		if !routed[r.Dst] {
+			n.log.Info("removing stray container route", "route", r.Dst, "bridge", r.Bridge)
+			if err := n.containers.RemoveRoute(r.Dst); err != nil {
+				n.log.Warn("stray container route not removed", "route", r.Dst, "err", err)
+			}
 		}
 	}
 	for _, b := range inv.Bridges {

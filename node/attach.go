@@ -17,11 +17,12 @@ import (
 type Containers interface {
 	Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Detach(ctx context.Context, s bridge.Spec) error
-	Readdress(ctx context.Context, s bridge.Spec, newAddr, newGateway netip.Prefix) error
+	Readdress(ctx context.Context, s bridge.Spec, newAddr netip.Prefix) error
 	Alive(s bridge.Spec, id bridge.NetnsID) (bool, error)
 	Adopt(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Inventory() (bridge.Inventory, error)
 	RemoveLink(name string) error
+	RemoveRoute(dst netip.Prefix) error
 	RemoveBridgeIfEmpty(name string) (bool, error)
 	Close() error
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 )
@@ -19,15 +20,12 @@ import (
 // (releaseEmptyBlocks); a block lost in a conflict is replaced and its
 // containers renumbered (moveBlock, from RoutineClaims).
 
-// linkLocalGateway is the gateway every container reaches on-link: the same
-// address on every service bridge (as Calico uses 169.254.1.1).
-var linkLocalGateway = netip.MustParseAddr("169.254.1.1")
-
 // hostPrefix is addr as a full-length prefix (a /32 route of its own).
 func hostPrefix(addr netip.Addr) netip.Prefix { return netip.PrefixFrom(addr, addr.BitLen()) }
 
-// gatewayFor is the on-link gateway of a container holding addr.
-func gatewayFor(addr netip.Addr) netip.Prefix { return hostPrefix(linkLocalGateway) }
+// gatewayFor is the on-link gateway of a container holding addr: the same
+// link-local address on every service bridge (bridge.GatewayFor).
+func gatewayFor(addr netip.Addr) netip.Prefix { return bridge.GatewayFor(addr) }
 
 // allocate leases an address for container, claiming a new block when the
 // node's blocks are full. The caller holds renumberMu for reading.
@@ -152,7 +150,7 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 			continue
 		}
 		addr, gw := hostPrefix(mv.New.Addr), gatewayFor(mv.New.Addr)
-		if err := n.containers.Readdress(ctx, at.Spec, addr, gw); err != nil {
+		if err := n.containers.Readdress(ctx, at.Spec, addr); err != nil {
 			n.log.Error("renumber container", "container", at.Spec.Container, "from", mv.Old.Addr, "to", mv.New.Addr, "err", err)
 			continue
 		}

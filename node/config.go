@@ -33,7 +33,7 @@ const (
 type Config struct {
 	// Name is the node's unique name in the cluster; default: the hostname.
 	Name string
-	// StateDir holds the private key, the subnet claim, attachments and
+	// StateDir holds the private key, the block claims, attachments and
 	// known peers; default /var/lib/zlmesh. Created with mode 0700.
 	StateDir string
 	// Socket is the control socket path; default /run/zlmesh/zlmesh.sock.
@@ -74,7 +74,7 @@ type Config struct {
 	// BlockReleaseAfter is how long a block (other than the first) must
 	// stay empty before the node gives it up; default 10m.
 	BlockReleaseAfter time.Duration
-	// DeadGrace is how long the subnet of a node declared dead stays
+	// DeadGrace is how long the blocks of a node declared dead stay
 	// reserved for it; default 24h.
 	DeadGrace time.Duration
 	// Keepalive is WireGuard's persistent keepalive; default 25s.

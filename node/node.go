@@ -102,6 +102,7 @@ type Node struct {
 	mu            sync.Mutex
 	claims        []ipam.Claim                   // the node's blocks, first block first
 	emptySince    map[netip.Prefix]time.Time     // blocks seen empty, for release
+	planWarned    map[string]string              // peer → the other plan it was logged with
 	peerEndpoints map[wgtypes.Key]netip.AddrPort // endpoint last set per peer
 	peerAdded     map[wgtypes.Key]time.Time      // when each peer was added, for keepaliveRoles
 	routes        []netip.Prefix
@@ -126,6 +127,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		peerAdded:     map[wgtypes.Key]time.Time{},
 		alive:         map[string]bool{},
 		emptySince:    map[netip.Prefix]time.Time{},
+		planWarned:    map[string]string{},
 		metrics:       newMetrics(),
 	}
 	defer func() {
@@ -172,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.undo = append(n.undo, n.attach.close)
 	if n.containers = cfg.Containers; n.containers == nil {
-		if n.containers, err = defaultContainers(n.log); err != nil {
+		if n.containers, err = defaultContainers(n.log, cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -308,6 +310,11 @@ func (n *Node) setClaimsLocked(claims []ipam.Claim) error {
 	return n.updateMeta()
 }
 
+// plan is this node's address plan as Meta.Plan carries it.
+func (n *Node) plan() string {
+	return fmt.Sprintf("%s/%d", n.pool.Cluster(), n.pool.BlockBits())
+}
+
 // firstBlock is the node's first block (zero before the first claim).
 func (n *Node) firstBlock() netip.Prefix {
 	n.mu.Lock()
@@ -326,6 +333,7 @@ func (n *Node) updateMeta() error {
 		Endpoint:   n.endpoint().String(),
 		FirstBlock: first.String(),
 		OverlayIP:  ipam.NodeAddr(first).String(),
+		Plan:       n.plan(),
 		Version:    Version,
 	}
 	if err := n.mesh.UpdateMeta(meta); err != nil {

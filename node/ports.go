@@ -446,7 +446,7 @@ func portTarget(pm api.PortMapping, targets targetIndex, synced bool) (netip.Add
 }
 
 // applyNATLocked converges the kernel NAT table to the node's config: egress
-// masquerade for its subnet, and every published port whose target resolves
+// masquerade for its blocks, and every published port whose target resolves
 // now. The caller holds n.ports.mu.
 func (n *Node) applyNATLocked() error {
 	return n.applyNATWithLocked(n.targets())
@@ -457,13 +457,16 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 	if n.ports.purged {
 		return errLeaving
 	}
+	n.mu.Lock()
+	var local []netip.Prefix
+	for _, c := range n.claims {
+		local = append(local, c.Block)
+	}
+	n.mu.Unlock()
 	first := n.firstBlock()
 	cfg := natd.Config{
-		Cluster: n.pool.Cluster(),
-		// The node's containers are in its blocks, which come and go; no
-		// other node's container is ever routed out through this host, so
-		// the whole cluster stands for them.
-		NodeSubnet: n.pool.Cluster(),
+		Cluster:    n.pool.Cluster(),
+		Local:      ipam.Coalesce(local),
 		Overlay:    ipam.NodeAddr(first),
 		OverlayIf:  n.cfg.Interface,
 		Masquerade: !n.cfg.NoMasquerade,

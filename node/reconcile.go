@@ -20,7 +20,7 @@ const resyncEvery = 5 * time.Second
 // is closed; Close waits for them.
 //
 //   - RoutinePeers: mesh view → WireGuard peers, routes, peer events;
-//   - RoutineClaims: a lost subnet conflict → renumbering;
+//   - RoutineClaims: a lost block conflict → renumbering;
 //   - RoutineMeshEvents: membership and record events → a kick for the
 //     peer loop;
 //   - RoutineDNS: service records, members and ports → the mesh DNS;
@@ -92,7 +92,7 @@ func (n *Node) routinePeers() {
 // reconcilePeers makes the WireGuard peers and the routes match the mesh
 // view, and reports peers coming and going. Only differences are applied.
 func (n *Node) reconcilePeers() error {
-	members := n.mesh.Members()
+	members := n.samePlan(n.mesh.Members())
 	want := desiredPeers(n.key.PublicKey(), members, n.claimer.Holders())
 
 	n.mu.Lock()
@@ -129,6 +129,28 @@ func (n *Node) reconcilePeers() error {
 		n.routes = routes
 	}
 	return nil
+}
+
+// samePlan drops the members whose address plan differs from this node's
+// (another --cluster-cidr or --block-prefix): their blocks cannot be routed
+// or contested consistently, so they get no WireGuard peer. Each is logged
+// as an error once.
+func (n *Node) samePlan(members []mesh.Member) []mesh.Member {
+	mine := n.plan()
+	return slices.DeleteFunc(members, func(m mesh.Member) bool {
+		if m.Self || m.Meta.Plan == "" || m.Meta.Plan == mine {
+			return false
+		}
+		n.mu.Lock()
+		logged := n.planWarned[m.Name] == m.Meta.Plan
+		n.planWarned[m.Name] = m.Meta.Plan
+		n.mu.Unlock()
+		if !logged {
+			n.log.Error("peer runs another address plan; ignoring it (every node of a cluster needs the same --cluster-cidr and --block-prefix)",
+				"peer", m.Name, "peer_plan", m.Meta.Plan, "plan", mine)
+		}
+		return true
+	})
 }
 
 // peerEventsLocked publishes peer_up and peer_down events for members whose

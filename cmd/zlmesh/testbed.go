@@ -261,16 +261,16 @@ func upRest(ctx context.Context, tb *testbed.Testbed, specs []containerSpec, noS
 
 // hostStatus and tbStatusView are what `testbed status` shows.
 type hostStatus struct {
-	Name       string `json:"name"`
-	Netns      string `json:"netns"`
-	Underlay   string `json:"underlay"`
-	Overlay    string `json:"overlay"`
-	Blocks     string `json:"blocks"`
-	Socket     string `json:"socket"`
-	Running    bool   `json:"running"`
-	PID        int    `json:"pid,omitempty"`
-	Cut        bool   `json:"cut,omitempty"`
-	Log        string `json:"log"`
+	Name     string `json:"name"`
+	Netns    string `json:"netns"`
+	Underlay string `json:"underlay"`
+	Overlay  string `json:"overlay"`
+	Blocks   string `json:"blocks"`
+	Socket   string `json:"socket"`
+	Running  bool   `json:"running"`
+	PID      int    `json:"pid,omitempty"`
+	Cut      bool   `json:"cut,omitempty"`
+	Log      string `json:"log"`
 }
 
 type containerStatus struct {

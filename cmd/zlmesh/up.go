@@ -33,7 +33,7 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster (default: the hostname)")
 	fs.Var((*listFlag)(&cfg.Join), "join", "seed `host:port` to join through (repeat or comma-separate; default: start a cluster, or re-join remembered peers)")
 	keyFile = fs.String("cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
-	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, subnet claim, attachments and known peers")
+	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, block claims, attachments and known peers")
 	fs.IntVar(&cfg.ListenPort, "listen-port", node.DefaultListenPort, "WireGuard UDP port")
 	fs.IntVar(&cfg.GossipPort, "gossip-port", node.DefaultGossipPort, "gossip UDP and TCP port")
 	fs.Var(addrFlag{&cfg.AdvertiseAddr}, "advertise-addr", "underlay address peers reach this node at (default: picked from the interfaces)")
@@ -55,7 +55,7 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 		cfg.NoMasquerade = !on
 		return err
 	})
-	fs.DurationVar(&cfg.DeadGrace, "dead-grace", node.DefaultDeadGrace, "how long a dead node's subnet stays reserved for it")
+	fs.DurationVar(&cfg.DeadGrace, "dead-grace", node.DefaultDeadGrace, "how long a dead node's blocks stay reserved for it")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", node.DefaultKeepalive, "WireGuard persistent keepalive")
 	fs.DurationVar(&cfg.Gossip.ProbeInterval, "gossip-probe-interval", 0, "failure detector probe interval (default: memberlist LAN, 1s)")
 	fs.DurationVar(&cfg.Gossip.ProbeTimeout, "gossip-probe-timeout", 0, "failure detector probe timeout (default: memberlist LAN, 500ms)")
@@ -112,7 +112,7 @@ func runUp(args []string) error {
 	select {
 	case <-ctx.Done():
 		// A signal stops the node without leaving: a restart comes back
-		// with the same subnet. `zlmesh down` leaves.
+		// with the same blocks. `zlmesh down` leaves.
 		return n.Close()
 	case <-n.Done():
 		return nil

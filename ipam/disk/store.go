@@ -151,8 +151,10 @@ func isV1(path string, snap []byte) (bool, error) {
 		Claims  json.RawMessage `json:"claims"`
 		Leases  json.RawMessage `json:"leases"`
 	}
-	if err := statefile.Decode(path, snap, &probe); err != nil {
-		return false, err
+	// Only these fields are read here (the full decode, strict about
+	// unknown fields, follows).
+	if err := json.Unmarshal(snap, &probe); err != nil {
+		return false, statefile.Decode(path, snap, &probe)
 	}
 	return probe.Version == 0 && (probe.Claim != nil || probe.Slices != nil), nil
 }
