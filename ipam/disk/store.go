@@ -142,14 +142,10 @@ func (f *Store) Load() (ipam.State, error) {
 // isV1 reports whether snap is the previous release's state (no version,
 // a node-subnet claim or service slices).
 func isV1(path string, snap []byte) (bool, error) {
-	// Every field of both versions, so that the strict decoder accepts
-	// either and still refuses a field of neither.
 	var probe struct {
 		Version int             `json:"version"`
 		Claim   json.RawMessage `json:"claim"`
 		Slices  json.RawMessage `json:"slices"`
-		Claims  json.RawMessage `json:"claims"`
-		Leases  json.RawMessage `json:"leases"`
 	}
 	// Only these fields are read here (the full decode, strict about
 	// unknown fields, follows).
@@ -254,7 +250,7 @@ func (f *Store) migrate(snap []byte, recs [][]byte) (ipam.State, error) {
 		if !l.Addr.IsValid() || !sub.Contains(l.Addr.Addr()) {
 			return ipam.State{}, fmt.Errorf("migrate %s: address %s of container %s is outside the node subnet %s", f.path, l.Addr, ctr, sub)
 		}
-		// A block shorter than the old slices puts some old addresses on a
+		// Blocks smaller than the old slices put some old addresses on a
 		// block's first or last address, which the allocator refuses:
 		// refuse here, before the old file is rewritten.
 		if b := block(l.Addr.Addr()); l.Addr.Addr() == b.Addr() || l.Addr.Addr().Next() == block(l.Addr.Addr().Next()).Addr() {
