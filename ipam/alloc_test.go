@@ -400,8 +400,7 @@ func TestGrowWhenFull(t *testing.T) {
 		ctr := fmt.Sprint("c", i)
 		l, err := a.Allocate("web", ctr)
 		if errors.Is(err, ipam.ErrFull) {
-			last := a.Claims()[len(a.Claims())-1].Block
-			b, perr := p.Pick(held, []byte("key-a"), netip.PrefixFrom(lastOf(last).Next(), 28))
+			b, perr := p.PickNext(held, blocksOf(a.Claims()), []byte("key-a"))
 			if perr != nil {
 				t.Fatalf("Pick after %d leases: %v", i, perr)
 			}

@@ -28,7 +28,7 @@ func (s loadedNullStore) Load() (ipam.State, error) { return s.st.Clone(), nil }
 
 // filled returns the state of an allocator of the default pool with n
 // leases in ten services, grown block by block as a node grows (the next
-// block after the last one, as Pick prefers).
+// block after the last one, as PickNext picks).
 func filled(b *testing.B, p *ipam.Pool, n int) ipam.State {
 	b.Helper()
 	a, err := ipam.NewAllocator(nullStore{}, p)
@@ -49,9 +49,7 @@ func filled(b *testing.B, p *ipam.Pool, n int) ipam.State {
 	for i := range n {
 		_, err := a.Allocate(fmt.Sprint("svc", i%10), fmt.Sprint("c", i))
 		if errors.Is(err, ipam.ErrFull) {
-			cs := a.Claims()
-			last := cs[len(cs)-1].Block
-			nb, perr := p.Pick(held, []byte("key-a"), netip.PrefixFrom(lastOf(last).Next(), p.BlockBits()))
+			nb, perr := p.PickNext(held, blocksOf(a.Claims()), []byte("key-a"))
 			if perr != nil {
 				b.Fatal(perr)
 			}

@@ -472,3 +472,63 @@ func cover(ps []netip.Prefix) uint16 {
 	}
 	return out
 }
+
+func TestPickNext(t *testing.T) {
+	p := defaultPool(t)
+	seed := []byte("node-a public key")
+	holding := func(bs ...netip.Prefix) func(netip.Prefix) bool {
+		return func(x netip.Prefix) bool { return slices.Contains(bs, x) }
+	}
+	fromSeed := func(taken func(netip.Prefix) bool) netip.Prefix {
+		b, err := p.Pick(taken, seed, netip.Prefix{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	a, b := pfx("10.200.3.0/26"), pfx("10.200.9.0/26")
+	last := blockAt(int(p.Blocks()) - 1)
+	cases := []struct {
+		name    string
+		taken   func(netip.Prefix) bool
+		ours    []netip.Prefix
+		want    netip.Prefix
+		wantErr error
+	}{
+		{"after the last of ours", holding(a, pfx("10.200.3.64/26")), []netip.Prefix{a, pfx("10.200.3.64/26")}, pfx("10.200.3.128/26"), nil},
+		{"after the last, not the first", holding(a, b), []netip.Prefix{a, b}, pfx("10.200.9.64/26"), nil},
+		{"after an earlier one when the last's next is taken", holding(a, b, pfx("10.200.9.64/26")), []netip.Prefix{a, b}, pfx("10.200.3.64/26"), nil},
+		{"across a /24", holding(pfx("10.200.3.192/26")), []netip.Prefix{pfx("10.200.3.192/26")}, pfx("10.200.4.0/26"), nil},
+		{"every next taken: from the seed", holding(a, b, pfx("10.200.3.64/26"), pfx("10.200.9.64/26")), []netip.Prefix{a, b},
+			fromSeed(holding(a, b, pfx("10.200.3.64/26"), pfx("10.200.9.64/26"))), nil},
+		{"next of the last claimable is reserved", holding(last), []netip.Prefix{last}, fromSeed(holding(last)), nil},
+		{"invalid of ours skipped", holding(a), []netip.Prefix{a, pfx("10.200.3.0/25"), {}}, pfx("10.200.3.64/26"), nil},
+		{"none of ours", nil, nil, fromSeed(nil), nil},
+		{"nil taken", nil, []netip.Prefix{a}, pfx("10.200.3.64/26"), nil},
+		{"exhausted", func(netip.Prefix) bool { return true }, []netip.Prefix{a}, netip.Prefix{}, ipam.ErrExhausted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := p.PickNext(tc.taken, tc.ours, seed)
+			if !errors.Is(err, tc.wantErr) || (err != nil && tc.wantErr == nil) {
+				t.Fatalf("PickNext error = %v, want %v", err, tc.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "10.200.0.0/14") {
+				t.Fatalf("error %q does not name the cluster CIDR", err)
+			}
+			if got != tc.want {
+				t.Fatalf("PickNext = %s, want %s", got, tc.want)
+			}
+			if err == nil && p.CheckBlock(got) != nil {
+				t.Fatalf("PickNext gave an unclaimable block %s", got)
+			}
+		})
+	}
+	t.Run("ipv6", func(t *testing.T) {
+		p := newPool(t, "fd00:9::/112", 124)
+		ours := []netip.Prefix{pfx("fd00:9::10/124")}
+		if got, err := p.PickNext(holding(ours...), ours, seed); err != nil || got != pfx("fd00:9::20/124") {
+			t.Fatalf("PickNext = %s, %v", got, err)
+		}
+	})
+}
