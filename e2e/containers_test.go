@@ -91,8 +91,8 @@ func checkAttachment(t *testing.T, h *testbed.Host, a api.Attachment, service, i
 		t.Errorf("attachment %s: gateway %s, want the link-local 169.254.1.1", id, gw)
 	case a.MTU != st.MTU || a.MTU == 0:
 		t.Errorf("attachment %s: MTU %d, want the overlay's %d", id, a.MTU, st.MTU)
-	case a.DNS != wantDNS || a.SearchDomain != wantSearch:
-		t.Errorf("attachment %s: DNS %q search %q, want %s and %s", id, a.DNS, a.SearchDomain, wantDNS, wantSearch)
+	case a.DNS != st.MeshDNS || a.SearchDomain != wantSearch:
+		t.Errorf("attachment %s: DNS %q search %q, want %s and %s", id, a.DNS, a.SearchDomain, st.MeshDNS, wantSearch)
 	case a.Ifname != "eth0" || !strings.HasPrefix(a.Bridge, "zlb-") || !strings.HasPrefix(a.HostVeth, "zlv"):
 		t.Errorf("attachment %s: ifname %q bridge %q host veth %q", id, a.Ifname, a.Bridge, a.HostVeth)
 	}
@@ -1408,7 +1408,7 @@ func TestContainersRenumbered(t *testing.T) {
 			if v.API[c.ID()] != w.Address || v.Leases[c.ID()] != w.Address {
 				return fmt.Errorf("%s: attachment %s, lease %s on disk; want %s", c.ID(), v.API[c.ID()], v.Leases[c.ID()], w.Address)
 			}
-			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 | default via %s dev eth0", w.Address, w.Prefix, w.Gateway); got != exp {
+			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 | default via %s dev eth0 onlink", w.Address, w.Prefix, w.Gateway); got != exp {
 				return fmt.Errorf("%s inside: %q, want %q", c.ID(), got, exp)
 			}
 		}

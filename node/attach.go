@@ -138,6 +138,8 @@ func validateAttach(req api.AttachRequest) error {
 		return api.Errorf(api.CodeBadRequest, "give netns or pid, not both")
 	case req.PID < 0:
 		return api.Errorf(api.CodeBadRequest, "pid %d is not a process id", req.PID)
+	case req.PID == 1:
+		return api.Errorf(api.CodeBadRequest, "pid 1 is the init process: its network namespace is the host's, never a container's")
 	}
 	return nil
 }

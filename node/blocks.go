@@ -36,15 +36,22 @@ func (n *Node) allocate(service, container string) (ipam.Lease, error) {
 	}
 	n.growMu.Lock()
 	defer n.growMu.Unlock()
-	// Another attach may have grown the node meanwhile.
-	if l, err = n.alloc.Allocate(service, container); !errors.Is(err, ipam.ErrFull) {
-		return l, err
-	}
-	if err := n.grow(); err != nil {
-		return ipam.Lease{}, err
+	// Another attach may have grown the node meanwhile, and attaches that
+	// do not wait for growMu may take a new block's addresses before this
+	// one does: try again after each block claimed.
+	for range maxGrowTries {
+		if l, err = n.alloc.Allocate(service, container); !errors.Is(err, ipam.ErrFull) {
+			return l, err
+		}
+		if err := n.grow(); err != nil {
+			return ipam.Lease{}, err
+		}
 	}
 	return n.alloc.Allocate(service, container)
 }
+
+// maxGrowTries bounds the blocks one allocation claims.
+const maxGrowTries = 8
 
 // grow claims one more block and records it. The caller holds growMu and
 // renumberMu for reading.
