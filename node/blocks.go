@@ -129,6 +129,15 @@ func (n *Node) moveBlock(ch mesh.ClaimChange) {
 	n.renumberMu.Lock()
 	defer n.renumberMu.Unlock()
 	moves, err := n.alloc.MoveBlock(ch.Old.Block, ch.New)
+	if errors.Is(err, ipam.ErrNotFound) {
+		// Released while the conflict was being decided: the claimer's
+		// replacement is not needed.
+		n.log.Info("lost a block already released", "block", ch.Old.Block)
+		if err := n.claimer.Drop(ch.New.Block); err != nil {
+			n.log.Warn("give up the replacement block", "block", ch.New.Block, "err", err)
+		}
+		return
+	}
 	if err != nil {
 		n.log.Error("move block", "block", ch.Old.Block, "to", ch.New.Block, "err", err)
 		return
