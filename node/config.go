@@ -121,7 +121,24 @@ type Plumbing interface {
 	SetRoutes(ifname string, routes []netip.Prefix) error
 }
 
+// LocalPlumbing is a Plumbing that can also make an address local to the
+// host (HoldLocal puts it on the loopback interface): the mesh DNS address
+// is then served by kernel sockets, and queries from the host's containers
+// never cross the TUN. Kernel plumbing is one; a Plumbing that is not (the
+// userspace mode's, tests' fakes) leaves the mesh DNS to the packet path.
+// Both calls are idempotent.
+type LocalPlumbing interface {
+	Plumbing
+	HoldLocal(addr netip.Addr) error
+	ReleaseLocal(addr netip.Addr) error
+}
+
+var _ LocalPlumbing = kernelPlumbing{}
+
 type kernelPlumbing struct{}
+
+func (kernelPlumbing) HoldLocal(addr netip.Addr) error    { return tun.HoldLocal(addr) }
+func (kernelPlumbing) ReleaseLocal(addr netip.Addr) error { return tun.ReleaseLocal(addr) }
 
 func (kernelPlumbing) SetAddress(ifname string, addr netip.Prefix) error {
 	return tun.SetAddress(ifname, addr)
