@@ -36,4 +36,3 @@ func reusePort(network, address string, c syscall.RawConn) error {
 	}
 	return serr
 }
-
