@@ -54,6 +54,8 @@ type attachment struct {
 	Spec      bridge.Spec     `json:"spec"`
 	Attached  bridge.Attached `json:"attached"`
 	CreatedAt time.Time       `json:"created_at"`
+	// Origin is the attach request's origin (see origin.go); nil for none.
+	Origin *api.Origin `json:"origin,omitempty"`
 }
 
 // attachState is the snapshot's content.
@@ -215,6 +217,9 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 	if err := validateAttach(req); err != nil {
 		return api.Attachment{}, err
 	}
+	if err := validateOrigin(req.Origin); err != nil {
+		return api.Attachment{}, err
+	}
 	if !n.attach.claim(req.Container) {
 		return api.Attachment{}, api.Errorf(api.CodeAlreadyExists, "container %s: an attach or detach is under way", req.Container)
 	}
@@ -247,7 +252,8 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 		n.releaseLease(req.Container)
 		return api.Attachment{}, attachError(req, err)
 	}
-	at := attachment{Spec: spec, Attached: made, CreatedAt: time.Now().UTC()}
+	spec = n.durableSpec(spec, req.Origin, made.NetnsID)
+	at := attachment{Spec: spec, Attached: made, CreatedAt: time.Now().UTC(), Origin: req.Origin}
 	if err := n.attach.put(at); err != nil {
 		n.undoAttach(spec)
 		return api.Attachment{}, err
@@ -369,6 +375,7 @@ func (n *Node) apiAttachment(at attachment) api.Attachment {
 		HostVeth:     at.Attached.HostVeth,
 		Node:         n.cfg.Name,
 		CreatedAt:    at.CreatedAt,
+		Origin:       at.Origin,
 	}
 }
 
@@ -411,8 +418,9 @@ func (n *Node) routineSweep() {
 }
 
 func (n *Node) sweepOnce() {
+	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
-		alive, err := n.containers.Alive(at.Spec, at.Attached.NetnsID)
+		alive, err := check.alive(at)
 		if err != nil {
 			n.log.Warn("check container namespace", "container", at.Spec.Container, "err", err)
 			continue
@@ -465,6 +473,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
+	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
 		lease, leased := n.alloc.Lease(id)
@@ -477,7 +486,11 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 			n.forgetAttachment(ctx, at)
 			continue
 		}
-		alive, err := n.containers.Alive(at.Spec, at.Attached.NetnsID)
+		alive, err := check.alive(at)
+		if err == nil && alive && !reachable(at.Spec) {
+			n.log.Info("adopt: namespace reachable only through its veth; kept as it is", "container", id)
+			continue
+		}
 		if err == nil && alive {
 			spec := at.Spec
 			if lease.Addr != spec.Address || lease.Gateway != spec.Gateway {
