@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	testbed.RemoveBinary()
+	removeCNIBin()
 	os.Exit(code)
 }
 
