@@ -106,12 +106,47 @@ type DownRequest struct {
 // AttachRequest asks the node to attach a container's network namespace to a
 // service. Exactly one of Netns (a path such as /run/netns/x or
 // /proc/<pid>/ns/net) and PID must be set. Ifname defaults to "eth0".
+//
+// Netns may also be a file descriptor of the caller's, as
+// /proc/<caller's pid>/fd/<fd>, kept open until the answer arrives: the way
+// to hand over a namespace whose path the node cannot see (another mount
+// namespace). Such a path is only good for the attach itself; Origin.Netns
+// then says where the runtime keeps the namespace, and the node records
+// that path when it refers to the same namespace from where the node runs.
+// When it does not, the node knows the container by its veth: the
+// attachment lives until the namespace is gone (which takes the veth with
+// it) or it is detached, but the node cannot repair the container's side of
+// it after a restart or move it to another address.
 type AttachRequest struct {
 	Service   string `json:"service"`
 	Container string `json:"container"`
 	Netns     string `json:"netns,omitempty"`
 	PID       int    `json:"pid,omitempty"`
 	Ifname    string `json:"ifname,omitempty"`
+	// Origin, optional, says which way onto the mesh made the attachment;
+	// it is recorded with it and returned in Attachment.Origin.
+	Origin *Origin `json:"origin,omitempty"`
+}
+
+// Origin kinds.
+const (
+	// OriginCNI: made by the CNI plugin (zlmesh-cni) for a container
+	// runtime. Network, ContainerID and Ifname are the CNI network name,
+	// CNI_CONTAINERID and CNI_IFNAME; Netns is CNI_NETNS. The plugin finds
+	// its attachments again (DEL, CHECK, GC) by these three fields.
+	OriginCNI = "cni"
+)
+
+// Origin says which way onto the mesh made an attachment and how that way
+// names it. Kind is required (1 to 32 characters of [a-z0-9-]); the other
+// fields are the kind's, each at most 256 bytes without control
+// characters.
+type Origin struct {
+	Kind        string `json:"kind"`
+	Network     string `json:"network,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	Ifname      string `json:"ifname,omitempty"`
+	Netns       string `json:"netns,omitempty"`
 }
 
 // Attachment is an attached container and everything it needs to know about
@@ -134,6 +169,8 @@ type Attachment struct {
 	HostVeth     string    `json:"host_veth"`
 	Node         string    `json:"node"`
 	CreatedAt    time.Time `json:"created_at"`
+	// Origin is the request's Origin, nil when it had none.
+	Origin *Origin `json:"origin,omitempty"`
 }
 
 // DetachRequest detaches a container by id. Detaching a container that is not

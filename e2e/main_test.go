@@ -36,6 +36,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	testbed.RemoveBinary()
+	removeCNIBin()
 	os.Exit(code)
 }
 

@@ -19,6 +19,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
+	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
 		lease, leased := n.alloc.Lease(id)
@@ -31,7 +32,11 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 			n.forgetAttachment(ctx, at)
 			continue
 		}
-		alive, err := n.containers.Alive(at.Spec, at.Attached.NetnsID)
+		alive, err := check.alive(at)
+		if err == nil && alive && !reachable(at.Spec) {
+			n.log.Info("adopt: namespace reachable only through its veth; kept as it is", "container", id)
+			continue
+		}
 		if err == nil && alive {
 			spec := at.Spec
 			addr, gw := hostPrefix(lease.Addr), gatewayFor(lease.Addr)

@@ -39,6 +39,9 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 	if err := validateAttach(req); err != nil {
 		return api.Attachment{}, err
 	}
+	if err := validateOrigin(req.Origin); err != nil {
+		return api.Attachment{}, err
+	}
 	if !n.attach.claim(req.Container) {
 		return api.Attachment{}, api.Errorf(api.CodeAlreadyExists, "container %s: an attach or detach is under way", req.Container)
 	}
@@ -71,7 +74,8 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 		n.releaseLease(req.Container)
 		return api.Attachment{}, attachError(req, err)
 	}
-	at := attachment{Spec: spec, Attached: made, CreatedAt: time.Now().UTC()}
+	spec = n.durableSpec(spec, req.Origin, made.NetnsID)
+	at := attachment{Spec: spec, Attached: made, CreatedAt: time.Now().UTC(), Origin: req.Origin}
 	if err := n.attach.put(at); err != nil {
 		n.undoAttach(spec)
 		return api.Attachment{}, err
@@ -183,6 +187,7 @@ func (n *Node) apiAttachment(at attachment) api.Attachment {
 		HostVeth:     at.Attached.HostVeth,
 		Node:         n.cfg.Name,
 		CreatedAt:    at.CreatedAt,
+		Origin:       at.Origin,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/internal/journal"
 	"github.com/zlmesh/zlmesh/internal/statefile"
@@ -27,6 +28,8 @@ type attachment struct {
 	Spec      bridge.Spec     `json:"spec"`
 	Attached  bridge.Attached `json:"attached"`
 	CreatedAt time.Time       `json:"created_at"`
+	// Origin is the attach request's origin (see origin.go); nil for none.
+	Origin *api.Origin `json:"origin,omitempty"`
 }
 
 // attachState is the snapshot's content.

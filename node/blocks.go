@@ -166,6 +166,21 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 			continue
 		}
 		addr, gw := hostPrefix(mv.New.Addr), gatewayFor(mv.New.Addr)
+		if !reachable(at.Spec) {
+			// Handed over as a runtime's fd (CNI) and not visible to the
+			// node: it cannot be moved, and must not keep an address the
+			// winner of its block now gives out. Its runtime sees it
+			// detached (CHECK fails) and attaches it again.
+			n.log.Warn("renumber: container's namespace is not reachable; detaching it", "container", at.Spec.Container, "address", mv.Old.Addr)
+			if err := n.unplug(ctx, at); err != nil {
+				n.log.Error("detach unreachable container", "container", at.Spec.Container, "err", err)
+				continue
+			}
+			n.mesh.Store().Delete(serviceKind, n.serviceKey(at.Spec.Container))
+			n.events.publish(api.Event{Type: api.EventDetach, Service: at.Spec.Service, Container: at.Spec.Container,
+				Address: mv.Old.Addr.String(), Node: n.cfg.Name, Message: "renumbered, namespace not reachable"})
+			continue
+		}
 		if err := n.containers.Readdress(ctx, at.Spec, addr); err != nil {
 			n.log.Error("renumber container", "container", at.Spec.Container, "from", mv.Old.Addr, "to", mv.New.Addr, "err", err)
 			continue

@@ -32,8 +32,9 @@ func (n *Node) routineSweep() {
 }
 
 func (n *Node) sweepOnce() {
+	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
-		alive, err := n.containers.Alive(at.Spec, at.Attached.NetnsID)
+		alive, err := check.alive(at)
 		if err != nil {
 			n.log.Warn("check container namespace", "container", at.Spec.Container, "err", err)
 			continue

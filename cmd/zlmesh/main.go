@@ -39,6 +39,8 @@ var commands = map[string]func(args []string) error{
 	"unpublish": runUnpublish,
 	"ports":     runPorts,
 
+	"cni": runCNI,
+
 	"testbed": runTestbed,
 }
 
@@ -76,6 +78,7 @@ commands:
   publish    publish a host port to a container or service anywhere in the mesh
   unpublish  remove a published port
   ports      list every published port in the cluster
+  cni        install or uninstall the CNI plugin and a network configuration
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
