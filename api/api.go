@@ -42,16 +42,19 @@ import (
 
 // Status is the node's view of itself (GET /v1/status).
 type Status struct {
-	Name        string `json:"name"`
-	PublicKey   string `json:"public_key"`
-	OverlayIP   string `json:"overlay_ip"`
-	NodeSubnet  string `json:"node_subnet"`
-	Endpoint    string `json:"endpoint"`     // underlay host:port WireGuard listens on
-	GossipAddr  string `json:"gossip_addr"`  // underlay host:port memberlist listens on
-	ClusterCIDR string `json:"cluster_cidr"` // e.g. 10.200.0.0/16
-	Interface   string `json:"interface"`    // e.g. zl0
-	MTU         int    `json:"mtu"`
-	Version     string `json:"version"`
+	Name      string `json:"name"`
+	PublicKey string `json:"public_key"`
+	OverlayIP string `json:"overlay_ip"`
+	// FirstBlock is the node's first address block, which holds its
+	// overlay address; Blocks every block it holds, FirstBlock first.
+	FirstBlock  string   `json:"first_block"`
+	Blocks      []string `json:"blocks"`
+	Endpoint    string   `json:"endpoint"`     // underlay host:port WireGuard listens on
+	GossipAddr  string   `json:"gossip_addr"`  // underlay host:port memberlist listens on
+	ClusterCIDR string   `json:"cluster_cidr"` // e.g. 10.200.0.0/16
+	Interface   string   `json:"interface"`    // e.g. zl0
+	MTU         int      `json:"mtu"`
+	Version     string   `json:"version"`
 	// MeshDNS is the resolver address every container uses; SearchDomain
 	// is the mesh zone without the trailing dot (e.g. "zl").
 	MeshDNS      string `json:"mesh_dns"`
@@ -84,7 +87,10 @@ type Peer struct {
 	PublicKey  string   `json:"public_key"`
 	Endpoint   string   `json:"endpoint"`
 	AllowedIPs []string `json:"allowed_ips"`
-	NodeSubnet string   `json:"node_subnet"`
+	// FirstBlock is the peer's first block (from its meta), Blocks every
+	// block this node sees it hold, sorted.
+	FirstBlock string   `json:"first_block"`
+	Blocks     []string `json:"blocks"`
 	OverlayIP  string   `json:"overlay_ip"`
 	// LastHandshake is the zero time when no handshake has completed.
 	LastHandshake time.Time `json:"last_handshake"`
@@ -103,12 +109,47 @@ type DownRequest struct {
 // AttachRequest asks the node to attach a container's network namespace to a
 // service. Exactly one of Netns (a path such as /run/netns/x or
 // /proc/<pid>/ns/net) and PID must be set. Ifname defaults to "eth0".
+//
+// Netns may also be a file descriptor of the caller's, as
+// /proc/<caller's pid>/fd/<fd>, kept open until the answer arrives: the way
+// to hand over a namespace whose path the node cannot see (another mount
+// namespace). Such a path is only good for the attach itself; Origin.Netns
+// then says where the runtime keeps the namespace, and the node records
+// that path when it refers to the same namespace from where the node runs.
+// When it does not, the node knows the container by its veth: the
+// attachment lives until the namespace is gone (which takes the veth with
+// it) or it is detached, but the node cannot repair the container's side of
+// it after a restart or move it to another address.
 type AttachRequest struct {
 	Service   string `json:"service"`
 	Container string `json:"container"`
 	Netns     string `json:"netns,omitempty"`
 	PID       int    `json:"pid,omitempty"`
 	Ifname    string `json:"ifname,omitempty"`
+	// Origin, optional, says which way onto the mesh made the attachment;
+	// it is recorded with it and returned in Attachment.Origin.
+	Origin *Origin `json:"origin,omitempty"`
+}
+
+// Origin kinds.
+const (
+	// OriginCNI: made by the CNI plugin (zlmesh-cni) for a container
+	// runtime. Network, ContainerID and Ifname are the CNI network name,
+	// CNI_CONTAINERID and CNI_IFNAME; Netns is CNI_NETNS. The plugin finds
+	// its attachments again (DEL, CHECK, GC) by these three fields.
+	OriginCNI = "cni"
+)
+
+// Origin says which way onto the mesh made an attachment and how that way
+// names it. Kind is required (1 to 32 characters of [a-z0-9-]); the other
+// fields are the kind's, each at most 256 bytes without control
+// characters.
+type Origin struct {
+	Kind        string `json:"kind"`
+	Network     string `json:"network,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	Ifname      string `json:"ifname,omitempty"`
+	Netns       string `json:"netns,omitempty"`
 }
 
 // Attachment is an attached container and everything it needs to know about
@@ -131,6 +172,8 @@ type Attachment struct {
 	HostVeth     string    `json:"host_veth"`
 	Node         string    `json:"node"`
 	CreatedAt    time.Time `json:"created_at"`
+	// Origin is the request's Origin, nil when it had none.
+	Origin *Origin `json:"origin,omitempty"`
 }
 
 // DetachRequest detaches a container by id. Detaching a container that is not
@@ -196,9 +239,10 @@ const (
 	EventPeerDown = "peer_down"
 	EventAttach   = "attach"
 	EventDetach   = "detach"
-	EventRenumber = "renumber"        // this node moved to another subnet
+	EventRenumber = "renumber"        // this node moved a lost block's containers to another block (old_block, new_block)
 	EventMove     = "container_moved" // an attached container got a new address
-	EventConflict = "subnet_conflict" // two nodes claimed one subnet
+	EventConflict = "block_conflict"  // two nodes claimed one block (winner, loser, old_block)
+	EventBlock    = "block"           // this node claimed (new_block) or released (old_block) a block
 	EventPublish  = "publish"
 	EventUnpub    = "unpublish"
 	// EventDropped tells a slow reader how many events it lost.
@@ -213,11 +257,11 @@ type Event struct {
 	Node    string    `json:"node,omitempty"`
 	Peer    string    `json:"peer,omitempty"`
 	Message string    `json:"message,omitempty"`
-	// Subnet conflicts and renumbering.
-	Winner    string `json:"winner,omitempty"`
-	Loser     string `json:"loser,omitempty"`
-	OldSubnet string `json:"old_subnet,omitempty"`
-	NewSubnet string `json:"new_subnet,omitempty"`
+	// Block conflicts and renumbering.
+	Winner   string `json:"winner,omitempty"`
+	Loser    string `json:"loser,omitempty"`
+	OldBlock string `json:"old_block,omitempty"`
+	NewBlock string `json:"new_block,omitempty"`
 	// Containers.
 	Service    string `json:"service,omitempty"`
 	Container  string `json:"container,omitempty"`
@@ -235,7 +279,7 @@ const (
 	CodeAlreadyExists  = "already_exists"     // 409: container already attached, port taken
 	CodeNoNamespace    = "no_namespace"       // 422: netns path missing, not a netns, or PID dead
 	CodeIfnameTaken    = "ifname_taken"       // 409: interface name already in the namespace
-	CodeExhausted      = "exhausted"          // 507: no free address in the slice or subnet
+	CodeExhausted      = "exhausted"          // 507: no free block left in the cluster CIDR
 	CodeUnsupported    = "unsupported"        // 501: not possible on this platform or mode
 	CodeNotReady       = "not_ready"          // 503: node is starting or stopping
 	CodeInternal       = "internal"           // 500: anything else

@@ -1,8 +1,31 @@
 // Package bridge is the Linux container plumbing: per-service bridges, veth
-// pairs moved into container network namespaces, addresses and routes inside
-// them, detach, the orphan inventory and adoption after a restart. Everything
-// goes through netlink (and /proc/sys for the forwarding switches); nothing
-// runs `ip` or `sysctl`.
+// pairs made straight into container network namespaces, addresses and
+// routes inside them, the host routes to them, detach, the orphan inventory
+// and adoption after a restart. Everything goes through netlink (and
+// /proc/sys for the forwarding and redirect switches); nothing runs `ip` or
+// `sysctl`.
+//
+// # Routing model
+//
+// Containers are routed, not bridged, to each other (the model of Calico):
+//
+//   - a container holds its address as a full-length prefix (10.200.3.34/32,
+//     or a /128) on Ifname, a link-scope route to the gateway out of Ifname
+//     and a default route via the gateway (onlink);
+//   - the gateway is one link-local address, the same on every bridge of
+//     every host (GatewayFor: 169.254.1.1/32, fe80::1/128), so renumbering a
+//     container never touches its gateway, and a bridge never owns a subnet;
+//   - each service's bridge holds exactly that gateway, so it answers the
+//     containers' ARP/ND for it itself (no proxy ARP);
+//   - the host routes each container's address to its service's bridge
+//     (`<addr> dev zlb-<service> scope link proto 0x7a`, RouteProtocol): two
+//     containers of one service reach each other through the host's routing
+//     like two of different services do. ICMP redirects are switched off
+//     on the bridges (and host-wide with Config.Forwarding), or the host
+//     would tell a container to send to its neighbour directly, a shortcut
+//     it would keep for minutes after that neighbour's address moved. IPv6
+//     has no switch against sending them, so an IPv6 container's Ifname
+//     ignores them (net.ipv6.conf.<Ifname>.accept_redirects=0).
 //
 // The package does not allocate addresses (package ipam does), does not
 // persist anything (package node does) and knows nothing of the mesh: the
@@ -15,6 +38,7 @@
 //	zlb-<service>      one bridge per service, holding exactly the gateway
 //	zlv<hash(container)> the host end of a container's veth, a port of the bridge
 //	<Ifname> (eth0)    the container end, inside the container's namespace
+//	<addr>/32 dev zlb-<service> proto 0x7a   one host route per container
 //
 // Interface aliases carry the full service name ("zlmesh service=<name>") and
 // container id ("zlmesh container=<id>"), so Inventory can map kernel objects
@@ -50,12 +74,15 @@ var (
 	// container.
 	ErrIfnameTaken = errors.New("interface name already taken in the namespace")
 	// ErrInvalid: the request itself is wrong (a bad name, a missing or
-	// inconsistent field, a namespace that is the host's own).
+	// inconsistent field, a namespace that is the host's own or holds what
+	// Config.Guard names, a route that is not this package's).
 	ErrInvalid = errors.New("invalid request")
 	// ErrExists: an object the request needs to create exists already and is
 	// not what it should be (the container's host veth is already there, a
 	// link with the bridge's name is not a bridge or belongs to another
-	// service, the container already has a default route).
+	// service, the container already has a default route or a route to the
+	// gateway, the host has a route to the container's address that is not
+	// this package's).
 	ErrExists = errors.New("already exists")
 	// ErrMismatch: Adopt found state it cannot repair without disturbing the
 	// container.
@@ -76,6 +103,38 @@ const (
 // DefaultIfname is the interface name inside the container when Spec.Ifname
 // is empty.
 const DefaultIfname = "eth0"
+
+// RouteProtocol is the rtm_protocol value (see /etc/iproute2/rt_protos) of
+// the host routes this package makes, one per container: Inventory lists
+// the routes carrying it, RemoveRoute deletes only those, and
+// `ip route show proto 122` shows them. 0x7a (122, "zlmesh bridge") is
+// assigned to no routing daemon and differs from package tun's 0x5a.
+const RouteProtocol = 0x7a
+
+// The gateways containers route through: one link-local address per family,
+// the same on every bridge of every host (as Calico's 169.254.1.1). A
+// container reaches it on-link; the bridge of its service holds it.
+var (
+	Gateway4 = netip.MustParseAddr("169.254.1.1")
+	Gateway6 = netip.MustParseAddr("fe80::1")
+)
+
+// GatewayFor returns the gateway of a container address as a full-length
+// prefix: Gateway4/32 for an IPv4 address (an IPv4-mapped IPv6 one
+// included), Gateway6/128 for IPv6, the zero Prefix for an invalid addr.
+func GatewayFor(addr netip.Addr) netip.Prefix {
+	switch {
+	case !addr.IsValid():
+		return netip.Prefix{}
+	case addr.Unmap().Is4():
+		return netip.PrefixFrom(Gateway4, Gateway4.BitLen())
+	default:
+		return netip.PrefixFrom(Gateway6, Gateway6.BitLen())
+	}
+}
+
+// isGateway reports whether p is the gateway of its family.
+func isGateway(p netip.Prefix) bool { return p.IsValid() && p == GatewayFor(p.Addr()) }
 
 const ifnamsiz = 15 // the kernel's IFNAMSIZ-1: the longest interface name
 
@@ -190,12 +249,13 @@ type Spec struct {
 	// Ifname is the interface name inside the container; "" means
 	// DefaultIfname ("eth0").
 	Ifname string
-	// Address is the container's address with the prefix length of its
-	// service slice (e.g. 10.200.3.34/27).
+	// Address is the container's address as a full-length prefix
+	// (10.200.3.34/32, or a /128): it is not link-local, multicast,
+	// loopback or unspecified.
 	Address netip.Prefix
-	// Gateway is the bridge's address with the same prefix length (the
-	// slice's first address, e.g. 10.200.3.33/27). It must be in the same
-	// subnet as Address and of the same family.
+	// Gateway is the gateway the container routes through, as a
+	// full-length link-local prefix of Address's family: normally
+	// GatewayFor(Address.Addr()). The service's bridge holds it.
 	Gateway netip.Prefix
 	// MTU of both veth ends and the bridge; 0 leaves the kernel's default
 	// (1500).
@@ -240,36 +300,30 @@ func (s Spec) validateNamespace() error {
 }
 
 // validateAddrs checks that addr and gw are a usable container address and
-// gateway of one subnet.
+// gateway: full-length prefixes of one family, the gateway link-local, the
+// address a routable unicast one.
 func validateAddrs(container string, addr, gw netip.Prefix) error {
+	a, g := addr.Addr(), gw.Addr()
 	switch {
 	case !addr.IsValid():
 		return fmt.Errorf("container %s: address is not set: %w", container, ErrInvalid)
 	case !gw.IsValid():
 		return fmt.Errorf("container %s: gateway is not set: %w", container, ErrInvalid)
-	case addr.Addr().Is4In6() || gw.Addr().Is4In6():
+	case a.Is4In6() || g.Is4In6():
 		return fmt.Errorf("container %s: address %s or gateway %s is an IPv4-mapped IPv6 address: %w", container, addr, gw, ErrInvalid)
-	case addr.Addr().Is4() != gw.Addr().Is4():
+	case a.Is4() != g.Is4():
 		return fmt.Errorf("container %s: address %s and gateway %s are of different families: %w", container, addr, gw, ErrInvalid)
-	case addr.Bits() != gw.Bits() || addr.Masked() != gw.Masked():
-		return fmt.Errorf("container %s: address %s and gateway %s are not in one subnet: %w", container, addr, gw, ErrInvalid)
-	case addr.Addr() == gw.Addr():
-		return fmt.Errorf("container %s: address %s is the gateway: %w", container, addr, ErrInvalid)
-	case addr.Addr().BitLen()-addr.Bits() >= 2 && // a /31 or /127 has neither
-		(addr.Addr() == addr.Masked().Addr() || (addr.Addr().Is4() && isBroadcast(addr))):
-		return fmt.Errorf("container %s: address %s is the subnet's network or broadcast address: %w", container, addr, ErrInvalid)
+	case !addr.IsSingleIP():
+		return fmt.Errorf("container %s: address %s is not a full-length prefix (/%d): %w", container, addr, a.BitLen(), ErrInvalid)
+	case !gw.IsSingleIP():
+		return fmt.Errorf("container %s: gateway %s is not a full-length prefix (/%d): %w", container, gw, g.BitLen(), ErrInvalid)
+	case !g.IsLinkLocalUnicast():
+		return fmt.Errorf("container %s: gateway %s is not a link-local address: %w", container, gw, ErrInvalid)
+	case a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsLoopback() || a.IsUnspecified() || a.IsInterfaceLocalMulticast() ||
+		(a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255})):
+		return fmt.Errorf("container %s: address %s is not a routable unicast address: %w", container, addr, ErrInvalid)
 	}
 	return nil
-}
-
-func isBroadcast(p netip.Prefix) bool {
-	b := p.Addr().As4()
-	for i := p.Bits(); i < 32; i++ {
-		if b[i/8]&(0x80>>(i%8)) == 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // validate checks a Spec for Attach, Adopt and Readdress.
@@ -315,12 +369,23 @@ type Attached struct {
 	Repairs []string `json:"repairs,omitempty"`
 }
 
-// Inventory is what this package's links look like in the host namespace:
-// all zlb-* bridges and all zlv*/zlp* veth ends, for garbage collection. It
-// is a snapshot; it may be stale as soon as it is returned.
+// Inventory is what this package's objects look like in the host
+// namespace: all zlb-* bridges, all zlv*/zlp* veth ends and all routes of
+// protocol RouteProtocol, for garbage collection. It is a snapshot; it may
+// be stale as soon as it is returned.
 type Inventory struct {
 	Bridges []BridgeInfo
 	Veths   []VethInfo
+	Routes  []RouteInfo // sorted by Dst
+}
+
+// RouteInfo is one host route of this package (protocol RouteProtocol, main
+// table): a container's address routed to its service's bridge. A route
+// whose Dst is no attached container's address is debris; RemoveRoute
+// deletes it.
+type RouteInfo struct {
+	Dst    netip.Prefix // the container's address, full length
+	Bridge string       // the link the route goes out of; "" when the dump named none
 }
 
 // BridgeInfo is one zlb-* bridge.
@@ -352,15 +417,42 @@ type Config struct {
 	// forwarding on in the host namespace (net.ipv4.ip_forward, or
 	// net.ipv6.conf.all.forwarding for IPv6), through /proc/sys. Enabling
 	// IPv6 forwarding stops the host from accepting router advertisements on
-	// interfaces whose accept_ra is 1. False leaves forwarding to the
-	// operator.
+	// interfaces whose accept_ra is 1. For IPv4 it also switches ICMP
+	// redirects off host-wide (net.ipv4.conf.all.send_redirects=0): the
+	// kernel sends a redirect when either that switch or the interface's is
+	// on, so the bridges' own 0 (always set) takes effect only with it.
+	// Routing between two containers of one bridge goes in and out of the
+	// bridge, which would otherwise earn the sender a redirect to its
+	// neighbour that outlives the neighbour's address by minutes. False
+	// leaves forwarding and redirects to the operator.
 	Forwarding bool
 	// HostNetns is the path of a network namespace file the Manager treats
-	// as the host: bridges and host veths live there and the forwarding
-	// switches are set there. "" (production) means the namespace the
-	// calling thread is in when New runs. Tests and the testbed point it at
-	// a namespace of their own.
+	// as the host: bridges, host veths and host routes live there and the
+	// forwarding switches are set there. "" (production) means the
+	// namespace the calling thread is in when New runs. Tests and the
+	// testbed point it at a namespace of their own.
 	HostNetns string
+	// Guard names what marks the node's own namespace besides its identity
+	// (the host namespace itself is always refused). The zero value guards
+	// nothing more.
+	Guard Guard
+}
+
+// Guard names objects that only the node's own network namespace holds.
+// Attach, Adopt and Readdress look for them in the pinned target namespace
+// before making anything, and refuse (ErrInvalid) a namespace that holds
+// any: configuring it would give the node's own namespace a default route
+// into a bridge. The identity check knows only the Manager's host
+// namespace; the guard also recognizes the node's namespace when that is
+// another one (a TUN and underlay apart from the bridges, as a testbed may
+// lay them out) and whatever path or pid names it. Each guarded link costs
+// one netlink round-trip per call, the addresses one dump.
+type Guard struct {
+	// Links are interface names, e.g. the node's TUN ("zl0"). nil: none.
+	Links []string
+	// Addrs are addresses, e.g. the node's underlay and overlay
+	// addresses; any prefix length matches. nil: none.
+	Addrs []netip.Addr
 }
 
 // Manager does the plumbing in one host namespace. All methods are safe for
@@ -399,15 +491,17 @@ func (m *Manager) Close() error { return m.close() }
 
 // Attach connects a container to its service's bridge, in this order, each
 // step undone (in reverse) if a later one fails, so that a failed Attach
-// leaves no veth, no bridge it created and no address:
+// leaves no veth, no bridge it created, no address and no route:
 //
 //  1. validate s; open the container's namespace and keep it open (pinned)
 //     until Attach returns, so a racing container exit cannot swap it;
 //     ErrNoNamespace for a missing file, a dead PID or a file that is not a
-//     network namespace; ErrInvalid for the host's own namespace;
+//     network namespace; ErrInvalid for the host's own namespace or one
+//     holding a link or address that Config.Guard names;
 //  2. check that Ifname is free inside it (ErrIfnameTaken);
 //  3. ensure the bridge: create it (an existing one is reused when it is a
-//     bridge of this service, else ErrExists), STP off, MTU, addresses made
+//     bridge of this service, else ErrExists), STP off, ICMP redirects off
+//     (net.ipv4.conf.<bridge>.send_redirects=0), MTU, addresses made
 //     exactly the gateway (stale ones flushed), up;
 //  4. create the veth pair, MTU on both ends, in one request: the host end
 //     VethName(Container) (ErrExists when it is already there: Detach or
@@ -420,10 +514,19 @@ func (m *Manager) Close() error { return m.close() }
 //     RTM_NEWLINK carrying IFLA_NET_NS_FD + IFLA_IFNAME. It is not the
 //     default because moving a link between namespaces costs an RCU grace
 //     period under the rtnl lock, 15-25 ms, ten times the rest of Attach);
-//  6. inside the namespace: the address, lo up, Ifname up, the default
-//     route via the gateway (ErrExists when another default route exists);
-//  7. host side: enslave the host end to the bridge, up;
-//  8. the forwarding switches, once per family, if Config.Forwarding.
+//  6. inside the namespace: the address, (IPv6) redirects ignored, lo up,
+//     Ifname up, a link-scope route to the gateway and the default route
+//     via it (onlink);
+//     ErrExists when the namespace has another default route or route to
+//     the gateway;
+//  7. the host route `Address dev <bridge> scope link proto RouteProtocol`,
+//     before the host end comes up so the container's first packet finds
+//     it (a strict rp_filter would drop it, and the ARP for the gateway,
+//     without). One of this package's to another bridge (debris of a
+//     container whose Detach did not finish) is replaced; one that is not
+//     this package's is ErrExists;
+//  8. host side: enslave the host end to the bridge, up, hairpin on;
+//  9. the forwarding switches, once per family, if Config.Forwarding.
 //
 // Attach may block for a few milliseconds of netlink round-trips.
 func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
@@ -431,41 +534,44 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 }
 
 // Detach disconnects a container: it deletes the host veth (the container
-// end goes with it) and then the service's bridge if that was its last port.
-// Only s.Service and s.Container are used. It is idempotent: a veth already
-// gone (detached before, or taken down with its namespace) is success.
-// Deleting a link waits for the kernel's RCU grace periods (measured here:
-// 10-25 ms for a veth, about 80 ms more for the bridge), and the kernel
-// deletes one link at a time; so the veths of concurrent Detach calls (any
-// services) are deleted together, in one request by link group (numbers
-// 0x7a6cXXXX, used while a link dump less than 2 s old showed no link
-// carrying the number), paying the grace periods once. The veth is deleted
-// without the service's lock; the bridge's removal holds it, so an Attach
-// to the same service waits for that.
+// end goes with it), the host route of s.Address to the service's bridge,
+// and then the bridge if that was its last port (its routes go with it).
+// Only s.Service, s.Container and s.Address are used; an invalid Address
+// skips the route (Inventory finds it, RemoveRoute removes it). It is
+// idempotent: a veth or route already gone (detached before, or taken down
+// with its namespace) is success. Deleting a link waits for the kernel's
+// RCU grace periods (measured here: 10-25 ms for a veth, about 80 ms more
+// for the bridge), and the kernel deletes one link at a time; so the veths
+// of concurrent Detach calls (any services) are deleted together, in one
+// request by link group (numbers 0x7a6cXXXX, used while a link dump less
+// than 2 s old showed no link carrying the number), paying the grace
+// periods once. The veth is deleted without the service's lock; the route's
+// and the bridge's removal hold it, so an Attach to the same service waits
+// for that.
 func (m *Manager) Detach(ctx context.Context, s Spec) error {
 	return m.detach(ctx, s)
 }
 
-// Readdress moves a live attachment from s.Address and s.Gateway to newAddr
-// and newGateway without detaching it. In order:
+// Readdress moves a live attachment from s.Address to newAddr without
+// detaching it; the gateway (s.Gateway) stays, so nothing else on the
+// bridge changes. In order:
 //
-//  1. the bridge: if it does not hold exactly newGateway, newGateway is added
-//     and every other address removed (an old address in newGateway's subnet
-//     is removed first, so the kernel never drops the new one with it as a
-//     secondary);
-//  2. the container: newAddr added, the default route replaced by one via
-//     newGateway, then every other address of the family on Ifname removed
-//     (when old and new share a subnet the old one goes first, and the route
-//     is put back after).
+//  1. the host route of newAddr to the service's bridge (replacing one of
+//     this package's elsewhere; ErrExists for a foreign one);
+//  2. the container: newAddr added, then every other address of the family
+//     on Ifname removed (IPv6 link-local ones aside), then the routes to
+//     the gateway and the default route made sure of (the container is
+//     never without an address, which would make the kernel flush its
+//     routes);
+//  3. the host route of s.Address removed (when it differs).
 //
-// To renumber a service, call Readdress for each of its attachments
-// back-to-back: the first call moves the bridge's gateway, the others find it
-// done at the cost of one address dump. Until its own call a container keeps
-// its address and its neighbours on the bridge but has no gateway. On error
-// the attachment may be half-moved; calling Readdress again with the same
-// arguments finishes the job (every step is idempotent).
-func (m *Manager) Readdress(ctx context.Context, s Spec, newAddr, newGateway netip.Prefix) error {
-	return m.readdress(ctx, s, newAddr, newGateway)
+// newAddr must pass the same checks as Spec.Address and be of the same
+// family (ErrInvalid). A missing bridge or Ifname is ErrMismatch (Adopt
+// first). On error the attachment may be half-moved; calling Readdress
+// again with the same arguments finishes the job (every step is
+// idempotent), and so does Adopt with the new address.
+func (m *Manager) Readdress(ctx context.Context, s Spec, newAddr netip.Prefix) error {
+	return m.readdress(ctx, s, newAddr)
 }
 
 // Alive reports whether the container's namespace is still the one with id:
@@ -479,28 +585,37 @@ func (m *Manager) Alive(s Spec, id NetnsID) (bool, error) {
 }
 
 // Adopt takes over an attachment made before a restart (by this or an
-// earlier process): it checks the host side against s and repairs what is
-// wrong without disturbing a working container, listing each repair in
-// Attached.Repairs:
+// earlier process, including the previous release's subnet model, whose
+// /27 gateways and container prefixes it replaces): it checks everything
+// against s and repairs what is wrong without disturbing a working
+// container, listing each repair in Attached.Repairs. It runs the same
+// ensure-steps as Attach, reading first and changing only what differs:
 //
-//   - the bridge: created if missing, exactly the gateway (stale addresses
-//     flushed), STP off, MTU, up;
-//   - the host veth: enslaved to the bridge, MTU, up;
-//   - the container end: up, the address present, the default route via the
-//     gateway;
+//   - the bridge: created if missing, exactly the gateway (stale
+//     addresses, such as an old /27 gateway, flushed), STP off, redirects
+//     off, MTU, up;
+//   - the container end: MTU, up, lo up, exactly the address (others of
+//     the family removed after it is added), (IPv6) redirects ignored, the
+//     route to the gateway and the default route via it (replaced when they
+//     differ);
+//   - the host route of s.Address to the bridge;
+//   - the host veth: alias, enslaved to the bridge, up, hairpin, MTU;
 //   - a missing host veth (so no container end either) is attached afresh,
 //     and so is one whose peer is not Ifname in the namespace when Ifname is
 //     free there.
 //
-// A dead namespace is ErrNoNamespace (the caller forgets the attachment and
-// removes leftovers with RemoveLink and RemoveBridgeIfEmpty); an Ifname held
-// by a link that is not the veth's peer is ErrMismatch.
+// The namespace is checked as Attach checks it (ErrInvalid for the host's
+// or a guarded one). A dead namespace is ErrNoNamespace (the caller forgets
+// the attachment and removes leftovers with RemoveLink, RemoveRoute and
+// RemoveBridgeIfEmpty); an Ifname held by a link that is not the veth's
+// peer is ErrMismatch.
 func (m *Manager) Adopt(ctx context.Context, s Spec) (Attached, error) {
 	return m.adopt(ctx, s)
 }
 
-// Inventory lists the zlb-* bridges (addresses and ports) and zlv*/zlp*
-// veth ends in the host namespace, from two netlink dumps.
+// Inventory lists the zlb-* bridges (addresses and ports), the zlv*/zlp*
+// veth ends and the routes of protocol RouteProtocol in the host namespace,
+// from four netlink dumps (links, addresses, IPv4 and IPv6 routes).
 func (m *Manager) Inventory() (Inventory, error) { return m.inventory() }
 
 // RemoveLink deletes the host link name. It is idempotent (a missing link is
@@ -516,6 +631,13 @@ func (m *Manager) RemoveLink(name string) error { return m.removeLink(name) }
 func (m *Manager) RemoveBridgeIfEmpty(name string) (bool, error) {
 	return m.removeBridgeIfEmpty(name)
 }
+
+// RemoveRoute deletes this package's host route to dst (protocol
+// RouteProtocol, main table, whatever link it goes out of), as listed by
+// Inventory. It is idempotent (no route to dst is success) and refuses
+// (ErrInvalid) a dst that is not a full-length prefix, or whose only routes
+// are not this package's: it never deletes a route zlmesh did not make.
+func (m *Manager) RemoveRoute(dst netip.Prefix) error { return m.removeRoute(dst) }
 
 // ownedName reports whether name has one of this package's prefixes.
 func ownedName(name string) bool {

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -36,6 +35,8 @@ type system struct {
 	}
 	host   netns.NsHandle  // the host namespace; netns.None() for the caller's
 	hostID NetnsID         // its identity, to refuse attaching into it
+	initID NetnsID         // pid 1's namespace (the machine's own), refused too; zero when unreadable
+	guard  Guard           // Config.Guard, addresses unmapped
 	nl     *netlink.Handle // route socket in the host namespace
 	raw    rawSocket       // a second one for the requests nl has no call for
 	locks  keyedMutex      // one per bridge name
@@ -100,6 +101,14 @@ func (sys *system) forgetPort(bridge, container string) int {
 
 func newSystem(cfg Config) (_ *system, err error) {
 	sys := &system{host: netns.None(), log: cfg.Logger, reapGroup: randomReapGroup}
+	if fd, id, err := openNetns("/proc/1/ns/net"); err == nil {
+		unix.Close(fd)
+		sys.initID = id
+	}
+	sys.guard.Links = slices.Clone(cfg.Guard.Links)
+	for _, a := range cfg.Guard.Addrs {
+		sys.guard.Addrs = append(sys.guard.Addrs, a.Unmap())
+	}
 	if sys.log == nil {
 		sys.log = slog.New(slog.DiscardHandler)
 	}
@@ -233,7 +242,9 @@ type target struct {
 }
 
 // openTarget pins the namespace of s and opens a route socket inside it.
-// The host's own namespace is refused: attaching it would configure the host.
+// The host's own namespace is refused, so is pid 1's, and so is one holding
+// what Config.Guard names: attaching it would configure the node's (or the
+// machine's) namespace.
 func (sys *system) openTarget(s Spec) (*target, error) {
 	path := s.nsPath()
 	fd, id, err := openNetns(path)
@@ -248,6 +259,14 @@ func (sys *system) openTarget(s Spec) (*target, error) {
 		t.close()
 		return nil, fmt.Errorf("netns %s is the host's own namespace: %w", path, ErrInvalid)
 	}
+	if id == sys.initID {
+		// A container never lives in pid 1's namespace: where the node
+		// runs in it, it is the host's; where it does not (a node in a
+		// namespace of its own), it is still the machine's, and a
+		// default route into a bridge would cut the machine off.
+		t.close()
+		return nil, fmt.Errorf("netns %s is the namespace of pid 1, the machine's own: %w", path, ErrInvalid)
+	}
 	t.nl, err = netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE)
 	if err == nil {
 		err = t.nl.SetSocketTimeout(socketTimeout)
@@ -255,6 +274,10 @@ func (sys *system) openTarget(s Spec) (*target, error) {
 	if err != nil {
 		t.close()
 		return nil, fmt.Errorf("netlink socket in netns %s: %w", path, err)
+	}
+	if err := sys.checkGuard(t); err != nil {
+		t.close()
+		return nil, err
 	}
 	return t, nil
 }
@@ -306,17 +329,18 @@ func (sys *system) step(ctx context.Context, name string) error {
 
 // Step names, in attach order (also the points where tests inject failures).
 const (
-	stepIfname   = "check-ifname"
-	stepBridge   = "ensure-bridge"
-	stepVeth     = "create-veth"
-	stepMove     = "move-peer"
-	stepInside   = "configure-container"
-	stepRoute    = "default-route"
-	stepHostSide = "configure-host-veth"
-	stepForward  = "forwarding"
+	stepIfname    = "check-ifname"
+	stepBridge    = "ensure-bridge"
+	stepVeth      = "create-veth"
+	stepMove      = "move-peer"
+	stepInside    = "configure-container"
+	stepRoute     = "container-routes"
+	stepHostRoute = "host-route"
+	stepHostSide  = "configure-host-veth"
+	stepForward   = "forwarding"
 )
 
-var attachSteps = []string{stepIfname, stepBridge, stepVeth, stepMove, stepInside, stepRoute, stepHostSide, stepForward}
+var attachSteps = []string{stepIfname, stepBridge, stepVeth, stepMove, stepInside, stepRoute, stepHostRoute, stepHostSide, stepForward}
 
 func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
 	if err := s.validate(); err != nil {
@@ -346,7 +370,7 @@ func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
 	return a, nil
 }
 
-// attachLocked runs steps 2 to 8 of Attach (see its doc) with the
+// attachLocked runs steps 2 to 9 of Attach (see its doc) with the
 // namespace pinned and the bridge's lock held.
 func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *target) (_ Attached, err error) {
 	ifname, brName, vethName := s.ifname(), BridgeName(s.Service), VethName(s.Container)
@@ -396,7 +420,7 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 		return Attached{}, err
 	}
 	la := netlink.NewLinkAttrs()
-	la.Name, la.MTU = vethName, s.MTU // the alias is set in step 7
+	la.Name, la.MTU = vethName, s.MTU // the alias is set in step 8
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: ifname, PeerTxQLen: -1, PeerNamespace: netlink.NsFd(t.fd)}
 	tmp := ""
 	if sys.movePeer {
@@ -439,56 +463,37 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 		}
 	}
 
-	// 6. Inside the namespace. Address and route go with the link if a
-	// later step fails; lo is put back down if we brought it up.
-	if err := sys.step(ctx, stepInside); err != nil {
-		return Attached{}, err
-	}
+	// 6. Inside the namespace. Address and routes go with the link if a
+	// later step fails; lo is put back down if it was brought up.
 	inner, err := t.nl.LinkByName(ifname)
 	if err != nil {
 		return Attached{}, fmt.Errorf("look up %s in netns %s: %w", ifname, t.path, err)
 	}
-	if err := t.nl.AddrAdd(inner, toNLAddr(s.Address)); err != nil {
-		return Attached{}, fmt.Errorf("add address %s to %s in netns %s: %w", s.Address, ifname, t.path, err)
-	}
-	lo, err := t.nl.LinkByName("lo")
-	if err != nil {
-		return Attached{}, fmt.Errorf("look up lo in netns %s: %w", t.path, err)
-	}
-	if lo.Attrs().Flags&net.FlagUp == 0 {
-		if err := t.nl.LinkSetUp(lo); err != nil {
-			return Attached{}, fmt.Errorf("set lo up in netns %s: %w", t.path, err)
-		}
-		undo.push("set lo up", func() error { return t.nl.LinkSetDown(lo) })
-	}
-	if err := t.nl.LinkSetUp(inner); err != nil {
-		return Attached{}, fmt.Errorf("set %s up in netns %s: %w", ifname, t.path, err)
-	}
-	if err := sys.step(ctx, stepRoute); err != nil {
+	if _, err := sys.ensureContainerSide(ctx, t, s, inner, true, &undo); err != nil {
 		return Attached{}, err
 	}
-	if err := t.nl.RouteAdd(defaultRoute(inner.Attrs().Index, s.Gateway)); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			err = fmt.Errorf("the namespace has a default route already: %w", ErrExists)
-		}
-		return Attached{}, fmt.Errorf("add default route via %s in netns %s: %w", s.Gateway.Addr(), t.path, err)
+
+	// 7. The host route, before the host end comes up.
+	if err := sys.step(ctx, stepHostRoute); err != nil {
+		return Attached{}, err
+	}
+	_, undoRoute, err := sys.ensureHostRoute(s.Address, br)
+	if err != nil {
+		return Attached{}, err
+	}
+	if undoRoute != nil {
+		undo.push("host route "+s.Address.String(), undoRoute)
 	}
 
-	// 7. Host side.
+	// 8. Host side.
 	if err := sys.step(ctx, stepHostSide); err != nil {
 		return Attached{}, err
 	}
-	if err := sys.raw.plugHostEnd(host.Attrs().Index, br.Attrs().Index, containerAliasPrefix+s.Container); err != nil {
-		return Attached{}, fmt.Errorf("enslave %s to %s and set it up: %w", vethName, brName, err)
-	}
-	// Hairpin: a container reaching itself through a published port (natd
-	// DNATs it back to its own address) must get the packet back out of its
-	// own bridge port, which the bridge only does with hairpin mode on.
-	if err := sys.nl.LinkSetHairpin(host, true); err != nil {
-		return Attached{}, fmt.Errorf("hairpin mode on %s: %w", vethName, err)
+	if _, err := sys.ensureHostEnd(host, br, s, true); err != nil {
+		return Attached{}, err
 	}
 
-	// 8. Forwarding.
+	// 9. Forwarding.
 	if err := sys.step(ctx, stepForward); err != nil {
 		return Attached{}, err
 	}
@@ -498,141 +503,6 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 		}
 	}
 	return Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id}, nil
-}
-
-// ensureBridge makes the bridge of service exist as it should: a bridge with
-// the service's alias, STP off, the MTU (when mtu > 0), exactly the gateway
-// gw as address (IPv6 link-local ones aside), up. It returns the bridge,
-// whether it created it (the link is returned even on a later error so the
-// caller can delete it) and what it had to fix on an existing one. The caller
-// holds the bridge's lock.
-func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netlink.Link, bool, []string, error) {
-	name := BridgeName(service)
-	alias := serviceAliasPrefix + service
-	la := netlink.NewLinkAttrs()
-	la.Name, la.MTU, la.Alias = name, mtu, alias
-	created := true
-	if err := sys.nl.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
-		if !errors.Is(err, unix.EEXIST) {
-			return nil, false, nil, fmt.Errorf("create bridge %s: %w", name, err)
-		}
-		created = false
-	}
-	br, err := sys.nl.LinkByName(name)
-	if err != nil {
-		if created {
-			err = errors.Join(err, sys.delLinkByName(name))
-		}
-		return nil, false, nil, fmt.Errorf("look up bridge %s: %w", name, err)
-	}
-	var repairs []string
-	fail := func(err error) (netlink.Link, bool, []string, error) { return br, created, repairs, err }
-	if !created {
-		if br.Type() != "bridge" {
-			return nil, false, nil, fmt.Errorf("link %s exists and is a %s, not a bridge: %w", name, br.Type(), ErrExists)
-		}
-		switch a := br.Attrs().Alias; {
-		case a == alias:
-		case strings.HasPrefix(a, serviceAliasPrefix):
-			return nil, false, nil, fmt.Errorf("bridge %s belongs to service %q, not %q (name hash collision): %w",
-				name, strings.TrimPrefix(a, serviceAliasPrefix), service, ErrExists)
-		default:
-			if err := sys.nl.LinkSetAlias(br, alias); err != nil {
-				return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
-			}
-			repairs = append(repairs, fmt.Sprintf("bridge %s had alias %q: set %q", name, a, alias))
-		}
-		if mtu > 0 && br.Attrs().MTU != mtu {
-			if err := sys.nl.LinkSetMTU(br, mtu); err != nil {
-				return fail(fmt.Errorf("set mtu %d on bridge %s: %w", mtu, name, err))
-			}
-			repairs = append(repairs, fmt.Sprintf("bridge %s had mtu %d: set %d", name, br.Attrs().MTU, mtu))
-		}
-	} else if br.Attrs().Alias != alias {
-		// Kernels that ignore IFLA_IFALIAS on creation.
-		if err := sys.nl.LinkSetAlias(br, alias); err != nil {
-			return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
-		}
-	}
-	stp := uint32(1)
-	if !created {
-		if stp, err = sys.raw.stpState(br.Attrs().Index); err != nil {
-			return fail(fmt.Errorf("read stp state of bridge %s: %w", name, err))
-		}
-	}
-	if stp != 0 {
-		// A new bridge starts with STP off; say so anyway, it costs one
-		// request and does not depend on the kernel's default.
-		if err := sys.raw.setSTP(br.Attrs().Index, false); err != nil {
-			return fail(fmt.Errorf("turn stp off on bridge %s: %w", name, err))
-		}
-		if !created {
-			repairs = append(repairs, fmt.Sprintf("bridge %s had stp on: turned off", name))
-		}
-	}
-	fixed, err := exactAddress(sys, br, gw)
-	if err != nil {
-		return fail(fmt.Errorf("bridge %s: %w", name, err))
-	}
-	if !created {
-		repairs = append(repairs, fixed...)
-	}
-	if br.Attrs().Flags&net.FlagUp == 0 {
-		if err := sys.nl.LinkSetUp(br); err != nil {
-			return fail(fmt.Errorf("set bridge %s up: %w", name, err))
-		}
-		if !created {
-			repairs = append(repairs, fmt.Sprintf("bridge %s was down: set up", name))
-		}
-	}
-	return br, created, repairs, nil
-}
-
-// exactAddress makes want the only address of link (IPv6 link-local ones
-// aside): the flush-before-add that keeps a bridge surviving from an earlier
-// life (or a renumbering) from carrying two gateways. Stale addresses in
-// want's subnet go first (deleting an IPv4 primary also deletes its
-// secondaries unless promote_secondaries is set, and want would be one); then
-// want is added; then the other stale ones go, so the link is never without
-// an address longer than necessary. It returns one line per change.
-func exactAddress(sys *system, link netlink.Link, want netip.Prefix) ([]string, error) {
-	addrs, err := sys.raw.addrs(link.Attrs().Index, unix.AF_UNSPEC)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	var have bool
-	var near, far []netip.Prefix
-	for _, p := range addrs {
-		switch {
-		case linkLocal(p):
-		case p == want:
-			have = true
-		case p.Addr().Is4() == want.Addr().Is4() && p.Masked().Overlaps(want.Masked()):
-			near = append(near, p)
-		default:
-			far = append(far, p)
-		}
-	}
-	var changes []string
-	del := func(list []netip.Prefix) error {
-		for _, p := range list {
-			if err := sys.nl.AddrDel(link, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
-				return fmt.Errorf("delete stale address %s: %w", p, err)
-			}
-			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, p))
-		}
-		return nil
-	}
-	if err := del(near); err != nil {
-		return changes, err
-	}
-	if !have || len(near) > 0 {
-		if err := sys.nl.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
-			return changes, fmt.Errorf("add address %s: %w", want, err)
-		}
-		changes = append(changes, fmt.Sprintf("%s lacked address %s: added", link.Attrs().Name, want))
-	}
-	return changes, del(far)
 }
 
 // delLink deletes link; gone is success.
@@ -655,46 +525,6 @@ func (sys *system) delLinkByName(name string) error {
 	return sys.delLink(l)
 }
 
-// forwarding switches IP forwarding on in the host namespace, once per
-// family, through /proc/sys. It reads first and writes only when off:
-// writing net.ipv4.ip_forward resets every interface's forwarding flag,
-// which would undo an operator's per-interface choices.
-func (sys *system) forwarding(v6 bool) error {
-	sys.fwd.Lock()
-	defer sys.fwd.Unlock()
-	done, path := &sys.fwd.v4, "/proc/sys/net/ipv4/ip_forward"
-	if v6 {
-		done, path = &sys.fwd.v6, "/proc/sys/net/ipv6/conf/all/forwarding"
-	}
-	if *done {
-		return nil
-	}
-	err := inNetns(sys.host, func() error {
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		var b [8]byte
-		n, err := f.Read(b[:])
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(string(b[:n])) == "1" {
-			return nil
-		}
-		if _, err := f.WriteAt([]byte("1\n"), 0); err != nil {
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("switch forwarding on (%s): %w", path, err)
-	}
-	*done = true
-	return nil
-}
-
 func (m *Manager) detach(ctx context.Context, s Spec) error {
 	if err := s.validateNames(); err != nil {
 		return fmt.Errorf("detach: %w", err)
@@ -710,13 +540,28 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 	brName, vethName := BridgeName(s.Service), VethName(s.Container)
 	// The veth goes without the service's lock, batched with the other
 	// detaches under way (delVeth): deleting links costs the kernel RCU
-	// grace periods, which one batch pays once. Only the bridge's removal,
-	// which must not race an attach adding a port, takes the lock.
+	// grace periods, which one batch pays once. The route's and the
+	// bridge's removal, which must not race an attach to the service, take
+	// the lock.
 	if err := sys.delVeth(vethName); err != nil {
 		return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
 	}
 	unlock := sys.locks.lock(brName)
 	defer unlock()
+	if s.Address.IsValid() {
+		// A route of ours to this bridge only; the bridge's removal below
+		// would take it along, but the bridge may stay.
+		dst := netip.PrefixFrom(s.Address.Addr(), s.Address.Addr().BitLen())
+		br, err := sys.nl.LinkByName(brName)
+		switch {
+		case err == nil:
+			if err := sys.delHostRoute(dst, br.Attrs().Index); err != nil {
+				return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+			}
+		case !gone(err):
+			return fmt.Errorf("detach %s: look up bridge %s: %w", s.Container, brName, err)
+		}
+	}
 	removed := false
 	if sys.forgetPort(brName, s.Container) == 0 {
 		if removed, err = m.removeBridgeIfEmptyLocked(sys, brName); err != nil {
@@ -800,15 +645,12 @@ func (m *Manager) alive(s Spec, id NetnsID) (bool, error) {
 	return ok && now == id, nil
 }
 
-func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Prefix) (err error) {
+func (m *Manager) readdress(ctx context.Context, s Spec, newAddr netip.Prefix) (err error) {
 	if err := s.validate(); err != nil {
 		return fmt.Errorf("readdress: %w", err)
 	}
-	if err := validateAddrs(s.Container, newAddr, newGW); err != nil {
+	if err := validateAddrs(s.Container, newAddr, s.Gateway); err != nil {
 		return fmt.Errorf("readdress: %w", err)
-	}
-	if newAddr.Addr().Is4() != s.Address.Addr().Is4() {
-		return fmt.Errorf("readdress %s: from %s to %s changes the address family: %w", s.Container, s.Address, newAddr, ErrInvalid)
 	}
 	sys, release, err := m.acquire()
 	if err != nil {
@@ -828,8 +670,6 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 			err = fmt.Errorf("readdress %s from %s to %s: %w", s.Container, s.Address, newAddr, err)
 		}
 	}()
-
-	// 1. The bridge's gateway.
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -840,15 +680,6 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 		}
 		return err
 	}
-	changed, err := exactAddress(sys, br, newGW)
-	if err != nil {
-		return fmt.Errorf("bridge %s: %w", brName, err)
-	}
-
-	// 2. The container.
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	inner, err := t.nl.LinkByName(ifname)
 	if err != nil {
 		if gone(err) {
@@ -856,47 +687,24 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newGW netip.Pr
 		}
 		return err
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(newAddr)) })
-	if err != nil {
-		return fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
-	}
-	var have bool
-	var near, far []netlink.Addr
-	for _, a := range addrs {
-		switch p := fromNLAddr(a); {
-		case linkLocal(p):
-		case p == newAddr:
-			have = true
-		case p.Masked().Overlaps(newAddr.Masked()):
-			near = append(near, a)
-		default:
-			far = append(far, a)
-		}
-	}
-	del := func(list []netlink.Addr) error {
-		for _, a := range list {
-			if err := t.nl.AddrDel(inner, &a); err != nil && !gone(err) {
-				return fmt.Errorf("delete address %s of %s in netns %s: %w", fromNLAddr(a), ifname, t.path, err)
-			}
-		}
-		return nil
-	}
-	if err := del(near); err != nil {
+
+	// 1. The new host route.
+	if _, _, err := sys.ensureHostRoute(newAddr, br); err != nil {
 		return err
 	}
-	if !have || len(near) > 0 {
-		if err := t.nl.AddrAdd(inner, toNLAddr(newAddr)); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add address %s to %s in netns %s: %w", newAddr, ifname, t.path, err)
-		}
-	}
-	if err := t.nl.RouteReplace(defaultRoute(inner.Attrs().Index, newGW)); err != nil {
-		return fmt.Errorf("replace default route via %s in netns %s: %w", newGW.Addr(), t.path, err)
-	}
-	if err := del(far); err != nil {
+	// 2. The container.
+	moved := s
+	moved.Address = newAddr
+	if _, err := sys.ensureContainerSide(ctx, t, moved, inner, false, nil); err != nil {
 		return err
 	}
-	m.log.Info("readdressed", "container", s.Container, "service", s.Service, "from", s.Address, "to", newAddr,
-		"gateway", newGW, "bridge_changed", len(changed) > 0)
+	// 3. The old host route.
+	if s.Address != newAddr {
+		if err := sys.delHostRoute(s.Address, br.Attrs().Index); err != nil {
+			return err
+		}
+	}
+	m.log.Info("readdressed", "container", s.Container, "service", s.Service, "from", s.Address, "to", newAddr)
 	return nil
 }
 
@@ -972,71 +780,23 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 		return Attached{}, fmt.Errorf("%s in netns %s is not the peer of host veth %s: %w", ifname, t.path, vethName, ErrMismatch)
 	}
 
-	// Host side.
-	if alias := containerAliasPrefix + s.Container; host.Attrs().Alias != alias {
-		if err := sys.nl.LinkSetAlias(host, alias); err != nil {
-			return Attached{}, fmt.Errorf("set alias of %s: %w", vethName, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("host veth %s had alias %q: set %q", vethName, host.Attrs().Alias, alias))
-	}
-	if host.Attrs().MasterIndex != br.Attrs().Index {
-		if err := sys.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
-			return Attached{}, fmt.Errorf("enslave %s to %s: %w", vethName, brName, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("host veth %s was not a port of %s: enslaved", vethName, brName))
-	}
-	if pi, err := sys.nl.LinkGetProtinfo(host); err != nil || !pi.Hairpin {
-		if err := sys.nl.LinkSetHairpin(host, true); err != nil {
-			return Attached{}, fmt.Errorf("hairpin mode on %s: %w", vethName, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("host veth %s had hairpin mode off: set on", vethName))
-	}
-	if s.MTU > 0 && host.Attrs().MTU != s.MTU {
-		if err := sys.nl.LinkSetMTU(host, s.MTU); err != nil {
-			return Attached{}, fmt.Errorf("set mtu of %s: %w", vethName, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("host veth %s had mtu %d: set %d", vethName, host.Attrs().MTU, s.MTU))
-	}
-	if host.Attrs().Flags&net.FlagUp == 0 {
-		if err := sys.nl.LinkSetUp(host); err != nil {
-			return Attached{}, fmt.Errorf("set %s up: %w", vethName, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("host veth %s was down: set up", vethName))
-	}
-
-	// Container side: only what is missing.
-	if s.MTU > 0 && inner.Attrs().MTU != s.MTU {
-		if err := t.nl.LinkSetMTU(inner, s.MTU); err != nil {
-			return Attached{}, fmt.Errorf("set mtu of %s in netns %s: %w", ifname, t.path, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("%s had mtu %d: set %d", ifname, inner.Attrs().MTU, s.MTU))
-	}
-	if inner.Attrs().Flags&net.FlagUp == 0 {
-		if err := t.nl.LinkSetUp(inner); err != nil {
-			return Attached{}, fmt.Errorf("set %s up in netns %s: %w", ifname, t.path, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("%s was down: set up", ifname))
-	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(s.Address)) })
+	// The same steps as an attach, reading first.
+	fixed, err = sys.ensureContainerSide(ctx, t, s, inner, false, nil)
+	repairs = append(repairs, fixed...)
 	if err != nil {
-		return Attached{}, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
+		return Attached{}, err
 	}
-	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return fromNLAddr(a) == s.Address }) {
-		if err := t.nl.AddrAdd(inner, toNLAddr(s.Address)); err != nil && !errors.Is(err, unix.EEXIST) {
-			return Attached{}, fmt.Errorf("add address %s to %s in netns %s: %w", s.Address, ifname, t.path, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, s.Address))
-	}
-	routes, err := retryDump(func() ([]netlink.Route, error) { return t.nl.RouteList(inner, family(s.Address)) })
+	change, _, err := sys.ensureHostRoute(s.Address, br)
 	if err != nil {
-		return Attached{}, fmt.Errorf("list routes of %s in netns %s: %w", ifname, t.path, err)
+		return Attached{}, err
 	}
-	gw := net.IP(s.Gateway.Addr().AsSlice())
-	if !slices.ContainsFunc(routes, func(r netlink.Route) bool { return isDefault(r) && r.Gw.Equal(gw) }) {
-		if err := t.nl.RouteReplace(defaultRoute(inner.Attrs().Index, s.Gateway)); err != nil {
-			return Attached{}, fmt.Errorf("set default route via %s in netns %s: %w", s.Gateway.Addr(), t.path, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("default route via %s was missing: set", s.Gateway.Addr()))
+	if change != "" {
+		repairs = append(repairs, change)
+	}
+	fixed, err = sys.ensureHostEnd(host, br, s, false)
+	repairs = append(repairs, fixed...)
+	if err != nil {
+		return Attached{}, err
 	}
 	if m.cfg.Forwarding {
 		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
@@ -1107,6 +867,9 @@ func (m *Manager) inventory() (Inventory, error) {
 		if b := bridges[a.LinkIndex]; b != nil {
 			b.Addrs = append(b.Addrs, fromNLAddr(a))
 		}
+	}
+	if inv.Routes, err = sys.hostRoutes(names); err != nil {
+		return Inventory{}, fmt.Errorf("inventory: %w", err)
 	}
 	for i := range inv.Bridges {
 		slices.Sort(inv.Bridges[i].Ports)

@@ -39,13 +39,16 @@ func newEnv(t testing.TB) *env {
 }
 
 // manager makes a Manager over the env's host namespace, closed at cleanup.
-func (e *env) manager() *Manager {
+func (e *env) manager() *Manager { return e.managerWith(Config{}) }
+
+// managerWith is manager with cfg's other fields (a Guard).
+func (e *env) managerWith(cfg Config) *Manager {
 	e.t.Helper()
-	var log *slog.Logger
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	m, err := New(Config{HostNetns: e.host.Path, Forwarding: true, Logger: log})
+	cfg.HostNetns, cfg.Forwarding = e.host.Path, true
+	m, err := New(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -58,10 +61,13 @@ func (e *env) container() *nstest.NS {
 	return nstest.New(e.t, "zlt-bridge")
 }
 
-func spec(service, container string, ns *nstest.NS, addr, gw string) Spec {
+// spec is an attachment of a container address (a full-length prefix) with
+// its family's gateway.
+func spec(service, container string, ns *nstest.NS, addr string) Spec {
+	a := netip.MustParsePrefix(addr)
 	return Spec{
 		Service: service, Container: container, Netns: ns.Path, MTU: 1400,
-		Address: netip.MustParsePrefix(addr), Gateway: netip.MustParsePrefix(gw),
+		Address: a, Gateway: GatewayFor(a.Addr()),
 	}
 }
 
@@ -89,7 +95,7 @@ func snapshot(t testing.TB, h *netlink.Handle) string {
 	// IPv6 link-local addresses and their routes are the kernel's, come
 	// and go with carrier, asynchronously, and die with their links: left out.
 	for _, a := range addrs {
-		if p := fromNLAddr(a); !linkLocal(p) {
+		if p := fromNLAddr(a); !kernelLinkLocal(p) {
 			lines = append(lines, fmt.Sprintf("addr %s %s", names[a.LinkIndex], p))
 		}
 	}
@@ -99,17 +105,18 @@ func snapshot(t testing.TB, h *netlink.Handle) string {
 			t.Fatal(err)
 		}
 		for _, r := range routes {
-			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
+			if r.Dst != nil && r.Protocol == unix.RTPROT_KERNEL && r.Dst.IP.To4() == nil && r.Dst.IP.IsLinkLocalUnicast() {
 				continue
 			}
-			lines = append(lines, fmt.Sprintf("route %s dev %s via %s", r.Dst, names[r.LinkIndex], r.Gw))
+			lines = append(lines, fmt.Sprintf("route %s dev %s via %s proto %d", r.Dst, names[r.LinkIndex], r.Gw, r.Protocol))
 		}
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
 }
 
-// globalAddrs lists the addresses of link name in h, IPv6 link-local aside.
+// globalAddrs lists the addresses of link name in h, the kernel's IPv6
+// link-local ones aside.
 func globalAddrs(t testing.TB, h *netlink.Handle, name string) []netip.Prefix {
 	t.Helper()
 	l, err := h.LinkByName(name)
@@ -122,7 +129,7 @@ func globalAddrs(t testing.TB, h *netlink.Handle, name string) []netip.Prefix {
 	}
 	var out []netip.Prefix
 	for _, a := range addrs {
-		if p := fromNLAddr(a); !linkLocal(p) {
+		if p := fromNLAddr(a); !kernelLinkLocal(p) {
 			out = append(out, p)
 		}
 	}
@@ -204,19 +211,69 @@ func checkContainer(t *testing.T, ns *nstest.NS, s Spec) {
 	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("lo not up: %v", err)
 	}
+	// Exactly the route to the gateway and the default route via it (the
+	// kernel's IPv6 routes of its own addresses aside): no subnet route.
 	routes, err := ns.NL.RouteList(l, family(s.Address))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var def []string
+	var got []string
 	for _, r := range routes {
-		if isDefault(r) {
-			def = append(def, r.Gw.String())
+		if p := prefixFromNet(r.Dst); r.Protocol == unix.RTPROT_KERNEL && (linkLocal(p) || p == s.Address) {
+			continue
+		}
+		dst := "default"
+		if !isDefault(r) {
+			dst = prefixFromNet(r.Dst).String()
+		}
+		got = append(got, fmt.Sprintf("%s via %v scope %d", dst, r.Gw, r.Scope))
+	}
+	slices.Sort(got)
+	want := []string{
+		fmt.Sprintf("%s via <nil> scope %d", s.Gateway, netlink.SCOPE_LINK),
+		fmt.Sprintf("default via %s scope %d", s.Gateway.Addr(), netlink.SCOPE_UNIVERSE),
+	}
+	if s.Address.Addr().Is6() { // IPv6 routes carry no scope
+		want[0] = fmt.Sprintf("%s via <nil> scope %d", s.Gateway, netlink.SCOPE_UNIVERSE)
+	}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("routes of %s in %s:\n got %q\nwant %q", s.ifname(), ns.Name, got, want)
+	}
+}
+
+// checkHostRoutes verifies that the host routes of this package going out
+// of bridge are exactly to addrs.
+func checkHostRoutes(t *testing.T, e *env, bridge string, addrs ...netip.Prefix) {
+	t.Helper()
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []netip.Prefix
+	for _, r := range inv.Routes {
+		if r.Bridge == bridge {
+			got = append(got, r.Dst)
 		}
 	}
-	if !slices.Equal(def, []string{s.Gateway.Addr().String()}) {
-		t.Errorf("default routes via %v, want via %s", def, s.Gateway.Addr())
+	slices.SortFunc(addrs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	if !slices.Equal(got, addrs) {
+		t.Errorf("host routes to %s: %v, want %v", bridge, got, addrs)
 	}
+}
+
+// hostSysctl reads a /proc/sys key inside the env's host namespace.
+func hostSysctl(t *testing.T, e *env, key string) string {
+	t.Helper()
+	var v string
+	if err := e.host.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/" + key)
+		v = strings.TrimSpace(string(b))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // checkBridge verifies a bridge: exactly the gateway, STP off, up, these ports.
@@ -234,6 +291,9 @@ func checkBridge(t *testing.T, e *env, name string, gw netip.Prefix, ports ...st
 	}
 	if stp, err := e.m.sys.raw.stpState(br.Attrs().Index); err != nil || stp != 0 {
 		t.Errorf("%s stp state %d (%v), want 0", name, stp, err)
+	}
+	if v := hostSysctl(t, e, "net/ipv4/conf/"+name+"/send_redirects"); v != "0" {
+		t.Errorf("%s send_redirects = %s, want 0", name, v)
 	}
 	// And as iproute2 sees it.
 	out, err := exec.Command("ip", "-n", e.host.Name, "-d", "link", "show", name).CombinedOutput()
@@ -255,9 +315,9 @@ func TestAttach(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	c1, c2, c3 := e.container(), e.container(), e.container()
-	s1 := spec("web", "c1", c1, "10.200.1.34/27", "10.200.1.33/27")
-	s2 := spec("web", "c2", c2, "10.200.1.35/27", "10.200.1.33/27")
-	s3 := spec("db", "c3", c3, "10.200.1.66/27", "10.200.1.65/27")
+	s1 := spec("web", "c1", c1, "10.200.1.34/32")
+	s2 := spec("web", "c2", c2, "10.200.1.35/32")
+	s3 := spec("db", "c3", c3, "10.200.1.66/32")
 	s3.Ifname = "zl-in"
 	var as []Attached
 	for _, s := range []Spec{s1, s2, s3} {
@@ -285,20 +345,23 @@ func TestAttach(t *testing.T) {
 		}
 	}
 
-	// Traffic: neighbours on one bridge and their gateway.
+	checkHostRoutes(t, e, "zlb-web", s1.Address, s2.Address)
+	checkHostRoutes(t, e, "zlb-db", s3.Address)
+
+	// Traffic, all of it through the host's routing (forwarding is on):
+	// neighbours on one bridge, their gateway, across services.
 	mustPing(t, c1, s2.Address)
 	mustPing(t, c2, s1.Address)
 	mustPing(t, c1, s1.Gateway)
 	mustPing(t, c3, s3.Gateway)
-	// Across services through the host's routing (forwarding is on).
 	mustPing(t, c1, s3.Address)
-	fwd := ""
-	if err := e.host.Do(func() error {
-		b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-		fwd = strings.TrimSpace(string(b))
-		return err
-	}); err != nil || fwd != "1" {
-		t.Errorf("host ip_forward = %q (%v), want 1", fwd, err)
+	mustPing(t, c3, s2.Address)
+	mustPing(t, e.host, s1.Address)
+	if fwd := hostSysctl(t, e, "net/ipv4/ip_forward"); fwd != "1" {
+		t.Errorf("host ip_forward = %q, want 1", fwd)
+	}
+	if v := hostSysctl(t, e, "net/ipv4/conf/all/send_redirects"); v != "0" {
+		t.Errorf("host conf.all.send_redirects = %q, want 0", v)
 	}
 
 	for i, s := range []Spec{s1, s2, s3} {
@@ -320,6 +383,7 @@ func TestAttach(t *testing.T) {
 			{Name: "zlb-db", Service: "db", Up: true, Ports: []string{VethName("c3")}},
 			{Name: "zlb-web", Service: "web", Up: true, Ports: sorted(VethName("c1"), VethName("c2"))},
 		},
+		Routes: []RouteInfo{{s1.Address, "zlb-web"}, {s2.Address, "zlb-web"}, {s3.Address, "zlb-db"}},
 	}
 	for _, c := range []string{"c1", "c2", "c3"} {
 		master := "zlb-web"
@@ -332,14 +396,11 @@ func TestAttach(t *testing.T) {
 	for i := range inv.Bridges {
 		var global []netip.Prefix
 		for _, p := range inv.Bridges[i].Addrs {
-			if !linkLocal(p) {
+			if !kernelLinkLocal(p) {
 				global = append(global, p)
 			}
 		}
-		wantAddr := []netip.Prefix{s3.Gateway}
-		if inv.Bridges[i].Name == "zlb-web" {
-			wantAddr = []netip.Prefix{s1.Gateway}
-		}
+		wantAddr := []netip.Prefix{GatewayFor(s1.Address.Addr())}
 		if !slices.Equal(global, wantAddr) {
 			t.Errorf("inventory %s addrs %v, want %v", inv.Bridges[i].Name, global, wantAddr)
 		}
@@ -349,11 +410,14 @@ func TestAttach(t *testing.T) {
 		t.Errorf("inventory\n got %+v\nwant %+v", inv, want)
 	}
 
-	// Detach: the bridge stays while it has a member, goes with the last.
+	// Detach: the bridge stays while it has a member, goes with the last;
+	// the container's host route goes with it, its neighbour's stays.
 	if err := e.m.Detach(ctx, s1); err != nil {
 		t.Fatal(err)
 	}
 	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("c2"))
+	checkHostRoutes(t, e, "zlb-web", s2.Address)
+	mustPing(t, c3, s2.Address)
 	if _, err := c1.NL.LinkByName("eth0"); err == nil {
 		t.Error("eth0 still in c1 after detach")
 	}
@@ -366,7 +430,7 @@ func TestAttach(t *testing.T) {
 		}
 	}
 	inv, err = e.m.Inventory()
-	if err != nil || len(inv.Bridges)+len(inv.Veths) != 0 {
+	if err != nil || len(inv.Bridges)+len(inv.Veths)+len(inv.Routes) != 0 {
 		t.Errorf("inventory after detaching all: %+v, %v", inv, err)
 	}
 }
@@ -413,7 +477,7 @@ func TestAttachByPIDAndContainerExit(t *testing.T) {
 	cmd := startNetnsProcess(t)
 	s := Spec{
 		Service: "web", Container: "pid-c", PID: cmd.Process.Pid,
-		Address: netip.MustParsePrefix("10.200.2.2/27"), Gateway: netip.MustParsePrefix("10.200.2.1/27"),
+		Address: netip.MustParsePrefix("10.200.2.2/32"), Gateway: GatewayFor(netip.MustParseAddr("10.200.2.2")),
 	}
 	a, err := e.m.Attach(ctx, s)
 	if err != nil {
@@ -451,7 +515,7 @@ func TestNamespaceDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := Spec{Service: "web", Container: "gone", Netns: link,
-		Address: netip.MustParsePrefix("10.200.3.2/24"), Gateway: netip.MustParsePrefix("10.200.3.1/24")}
+		Address: netip.MustParsePrefix("10.200.3.2/32"), Gateway: netip.MustParsePrefix("169.254.1.1/32")}
 	a, err := e.m.Attach(ctx, s)
 	if err != nil {
 		t.Fatal(err)
@@ -494,11 +558,38 @@ func TestNamespaceDeleted(t *testing.T) {
 
 func TestAttachBadInput(t *testing.T) {
 	e := newEnv(t)
+	underlay := netip.MustParseAddr("192.0.2.10")
+	e.m = e.managerWith(Config{Guard: Guard{Links: []string{"zl0"}, Addrs: []netip.Addr{underlay}}})
 	ctx := context.Background()
 	c := e.container()
+	// Namespaces that look like the node's own: one holds a link named like
+	// its TUN, one its underlay address (on a link of another name).
+	tunNS, underNS := e.container(), e.container()
+	if err := tunNS.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "zl0"}, PeerName: "zl0-peer"}); err != nil {
+		t.Fatal(err)
+	}
+	up0 := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ens3"}, PeerName: "ens3-peer"}
+	if err := underNS.NL.LinkAdd(up0); err != nil {
+		t.Fatal(err)
+	}
+	if err := underNS.NL.AddrAdd(up0, toNLAddr(netip.PrefixFrom(underlay, 24))); err != nil {
+		t.Fatal(err)
+	}
+	// A route to a container address that is not zlmesh's.
+	other := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "zlt-other"}}
+	if err := e.host.NL.LinkAdd(other); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.NL.LinkSetUp(other); err != nil {
+		t.Fatal(err)
+	}
+	taken := netip.MustParsePrefix("10.200.1.99/32")
+	if err := e.host.NL.RouteAdd(&netlink.Route{LinkIndex: other.Index, Dst: prefixNet(taken), Scope: netlink.SCOPE_LINK, Protocol: unix.RTPROT_STATIC}); err != nil {
+		t.Fatal(err)
+	}
 	// A neighbour already on the bridge, so failures also meet an existing bridge.
 	nb := e.container()
-	if _, err := e.m.Attach(ctx, spec("web", "nb", nb, "10.200.1.40/27", "10.200.1.33/27")); err != nil {
+	if _, err := e.m.Attach(ctx, spec("web", "nb", nb, "10.200.1.40/32")); err != nil {
 		t.Fatal(err)
 	}
 	// An ifname already present in the container.
@@ -518,7 +609,7 @@ func TestAttachBadInput(t *testing.T) {
 	if err := e.host.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: BridgeName("squat")}, PeerName: "squat-peer"}); err != nil {
 		t.Fatal(err)
 	}
-	base := spec("web", "bad", c, "10.200.1.34/27", "10.200.1.33/27")
+	base := spec("web", "bad", c, "10.200.1.34/32")
 	tests := []struct {
 		name string
 		edit func(*Spec)
@@ -534,13 +625,22 @@ func TestAttachBadInput(t *testing.T) {
 		{"invalid service", func(s *Spec) { s.Service = "Web_1" }, ErrInvalid},
 		{"invalid container", func(s *Spec) { s.Container = "a/b" }, ErrInvalid},
 		{"both netns and pid", func(s *Spec) { s.PID = 1 }, ErrInvalid},
-		{"address outside the gateway's subnet", func(s *Spec) { s.Address = netip.MustParsePrefix("10.9.9.9/27") }, ErrInvalid},
+		{"address not full-length", func(s *Spec) { s.Address = netip.MustParsePrefix("10.200.1.34/27") }, ErrInvalid},
+		{"gateway not link-local", func(s *Spec) { s.Gateway = netip.MustParsePrefix("10.200.1.33/32") }, ErrInvalid},
 		{"host veth exists", func(s *Spec) { s.Container = "nb" }, ErrExists},
 		{"bridge name taken by a non-bridge", func(s *Spec) { s.Service = "squat" }, ErrExists},
+		{"host route not zlmesh's", func(s *Spec) { s.Address = taken }, ErrExists},
+		{"netns with the node's tun", func(s *Spec) { s.Netns = tunNS.Path }, ErrInvalid},
+		{"netns with the node's tun, other ifname", func(s *Spec) { s.Netns, s.Ifname = tunNS.Path, "zl-in" }, ErrInvalid},
+		{"netns with the node's underlay address", func(s *Spec) { s.Netns = underNS.Path }, ErrInvalid},
 	}
+	all := []*netlink.Handle{e.host.NL, c.NL, busy.NL, tunNS.NL, underNS.NL}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			beforeHost, beforeC, beforeBusy := snapshot(t, e.host.NL), snapshot(t, c.NL), snapshot(t, busy.NL)
+			before := make([]string, len(all))
+			for i, h := range all {
+				before[i] = snapshot(t, h)
+			}
 			s := base
 			tt.edit(&s)
 			_, err := e.m.Attach(ctx, s)
@@ -548,18 +648,25 @@ func TestAttachBadInput(t *testing.T) {
 				t.Fatalf("Attach = %v, want %v", err, tt.want)
 			}
 			t.Logf("error: %v", err)
-			if got := snapshot(t, e.host.NL); got != beforeHost {
-				t.Errorf("host namespace changed:\nbefore:\n%s\nafter:\n%s", beforeHost, got)
-			}
-			if got := snapshot(t, c.NL); got != beforeC {
-				t.Errorf("container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeC, got)
-			}
-			if got := snapshot(t, busy.NL); got != beforeBusy {
-				t.Errorf("busy container namespace changed:\nbefore:\n%s\nafter:\n%s", beforeBusy, got)
+			for i, h := range all {
+				if got := snapshot(t, h); got != before[i] {
+					t.Errorf("namespace %d changed:\nbefore:\n%s\nafter:\n%s", i, before[i], got)
+				}
 			}
 		})
 	}
-	checkContainer(t, nb, spec("web", "nb", nb, "10.200.1.40/27", "10.200.1.33/27"))
+	// Adopt and Readdress refuse the node's namespace too.
+	for _, ns := range []*nstest.NS{tunNS, underNS} {
+		s := base
+		s.Netns = ns.Path
+		if _, err := e.m.Adopt(ctx, s); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Adopt(%s) = %v, want ErrInvalid", ns.Name, err)
+		}
+		if err := e.m.Readdress(ctx, s, netip.MustParsePrefix("10.200.1.77/32")); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Readdress(%s) = %v, want ErrInvalid", ns.Name, err)
+		}
+	}
+	checkContainer(t, nb, spec("web", "nb", nb, "10.200.1.40/32"))
 }
 
 // TestAttachRollback fails every step of an attach in turn, on a new bridge
@@ -571,9 +678,22 @@ func TestAttachRollback(t *testing.T) {
 	c := e.container()
 	nb := e.container()
 	injected := errors.New("injected failure")
+	// A host route of ours for the address to another link (debris of a
+	// detach that did not finish): the attach moves it, and a failure after
+	// that must put it back.
+	elsewhere := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "zlt-else"}}
+	if err := e.host.NL.LinkAdd(elsewhere); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.NL.LinkSetUp(elsewhere); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.NL.RouteAdd(hostRoute(netip.MustParsePrefix("10.200.1.34/32"), elsewhere.Index)); err != nil {
+		t.Fatal(err)
+	}
 	for _, existing := range []bool{false, true} {
 		if existing {
-			if _, err := e.m.Attach(ctx, spec("web", "nb", nb, "10.200.1.40/27", "10.200.1.33/27")); err != nil {
+			if _, err := e.m.Attach(ctx, spec("web", "nb", nb, "10.200.1.40/32")); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -593,7 +713,7 @@ func TestAttachRollback(t *testing.T) {
 						return nil
 					}
 					defer func() { e.m.sys.hook = nil }()
-					if _, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/27", "10.200.1.33/27")); !errors.Is(err, injected) {
+					if _, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/32")); !errors.Is(err, injected) {
 						t.Fatalf("Attach = %v, want the injected failure", err)
 					}
 					if got := snapshot(t, e.host.NL); got != beforeHost {
@@ -621,7 +741,7 @@ func TestAttachRollback(t *testing.T) {
 			t.Fatal(err)
 		}
 		beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
-		_, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/27", "10.200.1.33/27"))
+		_, err := e.m.Attach(ctx, spec("web", "c", c, "10.200.1.34/32"))
 		if !errors.Is(err, ErrExists) {
 			t.Fatalf("Attach = %v, want ErrExists", err)
 		}
@@ -637,22 +757,22 @@ func TestAttachRollback(t *testing.T) {
 	// A cancelled context stops before the first step.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := e.m.Attach(cctx, spec("web", "c2", e.container(), "10.200.1.35/27", "10.200.1.33/27")); !errors.Is(err, context.Canceled) {
+	if _, err := e.m.Attach(cctx, spec("web", "c2", e.container(), "10.200.1.35/32")); !errors.Is(err, context.Canceled) {
 		t.Errorf("Attach with a cancelled context = %v", err)
 	}
 }
 
 // TestAttachOverStaleBridge attaches to a bridge left by an earlier life
-// with a stale gateway of another prefix length in the same range (the
-// reference daemon's /28 + /26 bug), STP on and down: the attach leaves
-// exactly the new gateway, STP off, up.
+// with stale gateways (the previous release's /27 one, the gateway itself
+// with another prefix length, as in the reference daemon's /28 + /26 bug),
+// STP on and down: the attach leaves exactly the gateway, STP off, up.
 func TestAttachOverStaleBridge(t *testing.T) {
 	e := newEnv(t)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "zlb-web"}}
 	if err := e.host.NL.LinkAdd(br); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"10.200.1.33/28", "10.77.0.1/24"} {
+	for _, p := range []string{"10.200.1.33/27", "169.254.1.1/16", "10.77.0.1/24"} {
 		if err := e.host.NL.AddrAdd(br, toNLAddr(netip.MustParsePrefix(p))); err != nil {
 			t.Fatal(err)
 		}
@@ -661,8 +781,8 @@ func TestAttachOverStaleBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	c1, c2 := e.container(), e.container()
-	s1 := spec("web", "st1", c1, "10.200.1.34/26", "10.200.1.33/26")
-	s2 := spec("web", "st2", c2, "10.200.1.35/26", "10.200.1.33/26")
+	s1 := spec("web", "st1", c1, "10.200.1.34/32")
+	s2 := spec("web", "st2", c2, "10.200.1.35/32")
 	for _, s := range []Spec{s1, s2} {
 		if _, err := e.m.Attach(context.Background(), s); err != nil {
 			t.Fatal(err)
@@ -680,8 +800,8 @@ func TestAttachMovePeer(t *testing.T) {
 	e.m.sys.movePeer = true
 	ctx := context.Background()
 	c1, c2 := e.container(), e.container()
-	s1 := spec("web", "m1", c1, "10.200.1.34/27", "10.200.1.33/27")
-	s2 := spec("web", "m2", c2, "10.200.1.35/27", "10.200.1.33/27")
+	s1 := spec("web", "m1", c1, "10.200.1.34/32")
+	s2 := spec("web", "m2", c2, "10.200.1.35/32")
 	for _, s := range []Spec{s1, s2} {
 		if _, err := e.m.Attach(ctx, s); err != nil {
 			t.Fatal(err)
@@ -710,11 +830,11 @@ func TestConcurrent(t *testing.T) {
 	cs := make([]*nstest.NS, n)
 	for i := range n {
 		cs[i] = e.container()
-		svc, gw, base := "web", "10.200.1.33/27", 34
+		svc, base := "web", 34
 		if i%2 == 1 {
-			svc, gw, base = "db", "10.200.1.65/27", 66
+			svc, base = "db", 66
 		}
-		specs[i] = spec(svc, fmt.Sprintf("cc%d", i), cs[i], fmt.Sprintf("10.200.1.%d/27", base+i), gw)
+		specs[i] = spec(svc, fmt.Sprintf("cc%d", i), cs[i], fmt.Sprintf("10.200.1.%d/32", base+i))
 	}
 	before := snapshot(t, e.host.NL)
 	for round := range 3 {
@@ -759,7 +879,7 @@ func TestCycles(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	c := e.container()
-	s := spec("web", "cyc", c, "10.200.1.34/27", "10.200.1.33/27")
+	s := spec("web", "cyc", c, "10.200.1.34/32")
 	beforeHost, beforeC := snapshot(t, e.host.NL), snapshot(t, c.NL)
 	// lo is already up in nstest namespaces, so a full cycle restores all.
 	for i := range 200 {
@@ -818,7 +938,7 @@ func TestAttachWhileAddressesChange(t *testing.T) {
 	errs := make(chan error, n)
 	specs := make([]Spec, n)
 	for i := range n {
-		specs[i] = spec("web", fmt.Sprintf("chg%d", i), e.container(), fmt.Sprintf("10.200.1.%d/26", 2+i), "10.200.1.1/26")
+		specs[i] = spec("web", fmt.Sprintf("chg%d", i), e.container(), fmt.Sprintf("10.200.1.%d/32", 2+i))
 	}
 	for round := range 3 {
 		for _, s := range specs {
@@ -845,7 +965,7 @@ func TestAttachWhileAddressesChange(t *testing.T) {
 func TestBridgeAddrsFiltered(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	a, err := e.m.Attach(ctx, spec("web", "flt", e.container(), "10.200.1.34/27", "10.200.1.33/27"))
+	a, err := e.m.Attach(ctx, spec("web", "flt", e.container(), "10.200.1.34/32"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -868,8 +988,8 @@ func TestBridgeAddrsFiltered(t *testing.T) {
 			t.Fatal(err)
 		}
 		got = slices.DeleteFunc(got, linkLocal)
-		if !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.200.1.33/27")}) {
-			t.Errorf("family %d: bridge addresses %v, want [10.200.1.33/27]", fam, got)
+		if !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("169.254.1.1/32")}) {
+			t.Errorf("family %d: bridge addresses %v, want [169.254.1.1/32]", fam, got)
 		}
 	}
 }
@@ -897,7 +1017,7 @@ func TestRemoveLinkAndBridge(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	c := e.container()
-	s := spec("web", "rm", c, "10.200.1.34/27", "10.200.1.33/27")
+	s := spec("web", "rm", c, "10.200.1.34/32")
 	a, err := e.m.Attach(ctx, s)
 	if err != nil {
 		t.Fatal(err)
@@ -950,9 +1070,9 @@ func TestAdopt(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	c1, c2, c3 := e.container(), e.container(), e.container()
-	s1 := spec("web", "a1", c1, "10.200.1.34/27", "10.200.1.33/27")
-	s2 := spec("web", "a2", c2, "10.200.1.35/27", "10.200.1.33/27")
-	s3 := spec("api", "a3", c3, "10.200.1.66/27", "10.200.1.65/27")
+	s1 := spec("web", "a1", c1, "10.200.1.34/32")
+	s2 := spec("web", "a2", c2, "10.200.1.35/32")
+	s3 := spec("api", "a3", c3, "10.200.1.66/32")
 	for _, s := range []Spec{s1, s2, s3} {
 		if _, err := e.m.Attach(ctx, s); err != nil {
 			t.Fatal(err)
@@ -973,10 +1093,19 @@ func TestAdopt(t *testing.T) {
 	}
 
 	// Damage: host veth down, a stale extra address on the bridge, STP on,
-	// the container's address gone (its default route goes with it).
+	// redirects on, the container's address gone (its routes go with it),
+	// the host route gone.
 	br, _ := e.host.NL.LinkByName("zlb-web")
 	hv, _ := e.host.NL.LinkByName(VethName("a1"))
 	if err := e.host.NL.LinkSetDown(hv); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.NL.RouteDel(hostRoute(s1.Address, br.Attrs().Index)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/zlb-web/send_redirects", []byte("1"), 0)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	stale := netip.MustParsePrefix("10.99.0.1/26")
@@ -995,14 +1124,20 @@ func TestAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("repairs: %q", a.Repairs)
-	for _, want := range []string{"was down", "stale address " + stale.String(), "stp on", "lacked address " + s1.Address.String(), "default route"} {
+	for _, want := range []string{"was down", "stale address " + stale.String(), "stp on", "redirects", "lacked address " + s1.Address.String(),
+		"default route", "route to the gateway", "host route " + s1.Address.String()} {
 		if !slices.ContainsFunc(a.Repairs, func(r string) bool { return strings.Contains(r, want) }) {
 			t.Errorf("repairs %q do not mention %q", a.Repairs, want)
 		}
 	}
 	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("a1"), VethName("a2"))
 	checkContainer(t, c1, s1)
+	checkHostRoutes(t, e, "zlb-web", s1.Address, s2.Address)
 	mustPing(t, c1, s2.Address)
+	mustPing(t, c3, s1.Address)
+	if a, err := m2.Adopt(ctx, s1); err != nil || len(a.Repairs) != 0 {
+		t.Errorf("second Adopt = %+v, %v; want nothing to repair", a, err)
+	}
 
 	// A host veth deleted (its container end went with it): attached afresh.
 	if err := e.host.NL.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: VethName("a2")}}); err != nil {
@@ -1057,50 +1192,124 @@ func TestAdopt(t *testing.T) {
 func TestReaddress(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	c1, c2 := e.container(), e.container()
-	s1 := spec("web", "r1", c1, "10.200.1.34/27", "10.200.1.33/27")
-	s2 := spec("web", "r2", c2, "10.200.1.35/27", "10.200.1.33/27")
-	for _, s := range []Spec{s1, s2} {
+	c1, c2, c3 := e.container(), e.container(), e.container()
+	s1 := spec("web", "r1", c1, "10.200.1.34/32")
+	s2 := spec("web", "r2", c2, "10.200.1.35/32")
+	s3 := spec("db", "r3", c3, "10.200.1.66/32")
+	for _, s := range []Spec{s1, s2, s3} {
 		if _, err := e.m.Attach(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// The node renumbers the service into another subnet: both containers
-	// back-to-back.
-	gw := netip.MustParsePrefix("10.201.7.1/26")
-	n1, n2 := netip.MustParsePrefix("10.201.7.10/26"), netip.MustParsePrefix("10.201.7.11/26")
-	if err := e.m.Readdress(ctx, s1, n1, gw); err != nil {
+	// The node renumbers one container into another block: its neighbour
+	// and the bridge's gateway do not change.
+	n1 := netip.MustParsePrefix("10.201.7.10/32")
+	if err := e.m.Readdress(ctx, s1, n1); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.m.Readdress(ctx, s2, n2, gw); err != nil {
-		t.Fatal(err)
-	}
-	s1.Address, s1.Gateway, s2.Address, s2.Gateway = n1, gw, n2, gw
+	old := s1
+	s1.Address = n1
 	checkContainer(t, c1, s1)
 	checkContainer(t, c2, s2)
-	checkBridge(t, e, "zlb-web", gw, VethName("r1"), VethName("r2"))
-	mustPing(t, c1, n2)
-	mustPing(t, c2, gw)
-	// Idempotent.
-	if err := e.m.Readdress(ctx, s1, n1, gw); err != nil {
-		t.Fatal(err)
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("r1"), VethName("r2"))
+	checkHostRoutes(t, e, "zlb-web", n1, s2.Address)
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c2, n1)
+	mustPing(t, c3, n1)
+	if err := ping(t, c2, old.Address); err == nil {
+		t.Errorf("the old address %s still answers", old.Address)
 	}
-	checkContainer(t, c1, s1)
-
-	// Within the same subnet (only the host part changes): the old address
-	// is an IPv4 primary whose deletion would take the new one along.
-	n1b := netip.MustParsePrefix("10.201.7.20/26")
-	if err := e.m.Readdress(ctx, s1, n1b, gw); err != nil {
-		t.Fatal(err)
-	}
-	s1.Address = n1b
-	checkContainer(t, c1, s1)
-	mustPing(t, c2, n1b)
-
-	for _, bad := range []struct{ a, g string }{{"10.201.7.20/26", "10.201.7.20/26"}, {"fd00::2/64", "fd00::1/64"}} {
-		if err := e.m.Readdress(ctx, s1, netip.MustParsePrefix(bad.a), netip.MustParsePrefix(bad.g)); !errors.Is(err, ErrInvalid) {
-			t.Errorf("Readdress(%s via %s) = %v, want ErrInvalid", bad.a, bad.g, err)
+	// Idempotent, from the old spec (a retry) and from the new one.
+	for _, from := range []Spec{old, s1} {
+		if err := e.m.Readdress(ctx, from, n1); err != nil {
+			t.Fatal(err)
 		}
+		checkContainer(t, c1, s1)
+		checkHostRoutes(t, e, "zlb-web", n1, s2.Address)
+	}
+
+	for _, bad := range []string{"10.201.7.20/26", "fd00::2/128", "169.254.7.7/32", "224.0.0.1/32"} {
+		if err := e.m.Readdress(ctx, s1, netip.MustParsePrefix(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Readdress(%s) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	// Detach with the spec as readdressed: the route of the new address goes.
+	if err := e.m.Detach(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-web", s2.Address)
+}
+
+// TestRouted puts two containers of one service and one of another on one
+// host: each reaches every other through the host's routing (there is no
+// subnet route anywhere; the bridge answers ARP for the gateway itself,
+// proxy ARP stays off), also under a strict reverse-path filter, and the
+// host sends no ICMP redirect for the neighbours' traffic, which goes in
+// and out of one bridge.
+func TestRouted(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.host.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/all/rp_filter", []byte("1"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	w1, w2, d1 := e.container(), e.container(), e.container()
+	sw1 := spec("web", "w1", w1, "10.200.4.10/32")
+	sw2 := spec("web", "w2", w2, "10.200.4.11/32")
+	sd1 := spec("db", "d1", d1, "10.200.4.12/32")
+	for _, s := range []Spec{sw1, sw2, sd1} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redirects := func() int {
+		var n int
+		if err := e.host.Do(func() error {
+			b, err := os.ReadFile("/proc/thread-self/net/snmp")
+			if err != nil {
+				return err
+			}
+			// "IcmpMsg: ... OutType5 ..." appears once a redirect was sent.
+			lines := strings.Split(string(b), "\n")
+			for i := 0; i+1 < len(lines); i += 2 {
+				names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+				for j := range names {
+					if names[0] == "IcmpMsg:" && names[j] == "OutType5" && j < len(values) {
+						fmt.Sscan(values[j], &n)
+					}
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := redirects()
+	ns := map[string]*nstest.NS{"w1": w1, "w2": w2, "d1": d1}
+	for _, from := range []string{"w1", "w2", "d1"} {
+		for _, to := range []Spec{sw1, sw2, sd1} {
+			if to.Container != from {
+				for range 3 {
+					mustPing(t, ns[from], to.Address)
+				}
+			}
+		}
+	}
+	if n := redirects(); n != before {
+		t.Errorf("the host sent %d ICMP redirects", n-before)
+	}
+	for _, br := range []string{"zlb-web", "zlb-db"} {
+		if v := hostSysctl(t, e, "net/ipv4/conf/"+br+"/proxy_arp"); v != "0" {
+			t.Errorf("%s proxy_arp = %s", br, v)
+		}
+	}
+	// No redirect reached a container either: w1 still routes w2 via the
+	// gateway.
+	r, err := w1.NL.RouteGet(sw2.Address.Addr().AsSlice())
+	if err != nil || len(r) != 1 || !r[0].Gw.Equal(Gateway4.AsSlice()) {
+		t.Errorf("w1's route to w2: %+v, %v; want via %s", r, err, Gateway4)
 	}
 }
 
@@ -1108,8 +1317,11 @@ func TestIPv6(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	c1, c2 := e.container(), e.container()
-	s1 := spec("v6", "six1", c1, "fd5a::2/64", "fd5a::1/64")
-	s2 := spec("v6", "six2", c2, "fd5a::3/64", "fd5a::1/64")
+	s1 := spec("v6", "six1", c1, "fd5a::2/128")
+	s2 := spec("v6", "six2", c2, "fd5a::3/128")
+	if s1.Gateway != netip.MustParsePrefix("fe80::1/128") {
+		t.Fatalf("gateway %s", s1.Gateway)
+	}
 	for _, s := range []Spec{s1, s2} {
 		if _, err := e.m.Attach(ctx, s); err != nil {
 			t.Fatal(err)
@@ -1117,8 +1329,31 @@ func TestIPv6(t *testing.T) {
 	}
 	checkContainer(t, c1, s1)
 	checkBridge(t, e, "zlb-v6", s1.Gateway, VethName("six1"), VethName("six2"))
-	mustPing(t, c1, s2.Address)
-	mustPing(t, c2, s1.Gateway)
+	checkHostRoutes(t, e, "zlb-v6", s1.Address, s2.Address)
+	for range 3 {
+		mustPing(t, c1, s2.Address)
+		mustPing(t, c2, s1.Address)
+	}
+	// The host sends ICMPv6 redirects for that traffic (IPv6 has no switch
+	// against it); the container must not follow them.
+	if r, err := c1.NL.RouteGet(s2.Address.Addr().AsSlice()); err != nil || len(r) != 1 || !r[0].Gw.Equal(Gateway6.AsSlice()) {
+		t.Errorf("c1's route to c2: %+v, %v; want via %s", r, err, Gateway6)
+	}
+	if a, err := e.m.Adopt(ctx, s1); err != nil || len(a.Repairs) != 0 {
+		t.Errorf("Adopt = %+v, %v; want nothing to repair", a, err)
+	}
+	n1 := netip.MustParsePrefix("fd5a::7:1/128")
+	if err := e.m.Readdress(ctx, s1, n1); err != nil {
+		t.Fatal(err)
+	}
+	s1.Address = n1
+	checkContainer(t, c1, s1)
+	checkHostRoutes(t, e, "zlb-v6", s1.Address, s2.Address)
+	mustPing(t, c2, n1)
+	if err := e.m.Detach(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-v6", s2.Address)
 }
 
 // BenchmarkAttachDetach measures one Attach plus one Detach through netlink.
@@ -1135,12 +1370,12 @@ func BenchmarkAttachDetach(b *testing.B) {
 			ctx := context.Background()
 			c := e.container()
 			if mode != "first" {
-				if _, err := e.m.Attach(ctx, spec("web", "resident", e.container(), "10.200.1.40/27", "10.200.1.33/27")); err != nil {
+				if _, err := e.m.Attach(ctx, spec("web", "resident", e.container(), "10.200.1.40/32")); err != nil {
 					b.Fatal(err)
 				}
 			}
 			e.m.sys.movePeer = move
-			s := spec("web", "bench", c, "10.200.1.34/27", "10.200.1.33/27")
+			s := spec("web", "bench", c, "10.200.1.34/32")
 			var attach []time.Duration
 			b.ResetTimer()
 			for b.Loop() {
@@ -1168,13 +1403,13 @@ func BenchmarkAttachDetach(b *testing.B) {
 func BenchmarkDetachParallel(b *testing.B) {
 	e := newEnv(b)
 	ctx := context.Background()
-	if _, err := e.m.Attach(ctx, spec("web", "resident", e.container(), "10.200.1.2/24", "10.200.1.1/24")); err != nil {
+	if _, err := e.m.Attach(ctx, spec("web", "resident", e.container(), "10.200.1.2/32")); err != nil {
 		b.Fatal(err)
 	}
 	const n, workers = 32, 8
 	specs := make([]Spec, n)
 	for i := range specs {
-		specs[i] = spec("web", fmt.Sprintf("par%d", i), e.container(), fmt.Sprintf("10.200.1.%d/24", 10+i), "10.200.1.1/24")
+		specs[i] = spec("web", fmt.Sprintf("par%d", i), e.container(), fmt.Sprintf("10.200.1.%d/32", 10+i))
 	}
 	var total time.Duration
 	for b.Loop() {
@@ -1228,7 +1463,7 @@ func TestReapBatch(t *testing.T) {
 	specs := make([]Spec, n)
 	for i := range specs {
 		cs[i] = e.container()
-		specs[i] = spec("web", fmt.Sprintf("reap%d", i), cs[i], fmt.Sprintf("10.200.1.%d/24", 10+i), "10.200.1.1/24")
+		specs[i] = spec("web", fmt.Sprintf("reap%d", i), cs[i], fmt.Sprintf("10.200.1.%d/32", 10+i))
 	}
 	before := snapshot(t, e.host.NL)
 	for _, taken := range []bool{false, true} {
@@ -1300,8 +1535,8 @@ func TestReapBatch(t *testing.T) {
 func TestBridgeRemovedWithLastPort(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	a := spec("web", "lastA", e.container(), "10.200.1.34/27", "10.200.1.33/27")
-	b := spec("web", "lastB", e.container(), "10.200.1.35/27", "10.200.1.33/27")
+	a := spec("web", "lastA", e.container(), "10.200.1.34/32")
+	b := spec("web", "lastB", e.container(), "10.200.1.35/32")
 	bridgeThere := func() bool {
 		_, err := e.host.NL.LinkByName("zlb-web")
 		return err == nil
@@ -1347,4 +1582,141 @@ func TestBridgeRemovedWithLastPort(t *testing.T) {
 	if err := m3.Detach(ctx, b); err != nil || bridgeThere() {
 		t.Fatalf("detach by a Manager that never saw the container: %v, bridge there %v", err, bridgeThere())
 	}
+}
+
+// TestAdoptPreviousRelease adopts attachments as the previous release left
+// them (the subnet model: the bridge holds the slice's gateway
+// 10.200.3.33/27, each container 10.200.3.x/27 with a default route via it,
+// no host routes) with the specs the node migrates them to (the same
+// addresses as /32, the link-local gateway): the old gateway is flushed,
+// the containers keep their addresses, and traffic flows again.
+func TestAdoptPreviousRelease(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c1, c2 := e.container(), e.container()
+	s1 := spec("web", "p1", c1, "10.200.3.34/32")
+	s2 := spec("web", "p2", c2, "10.200.3.35/32")
+	oldGW := netip.MustParsePrefix("10.200.3.33/27")
+	for _, s := range []Spec{s1, s2} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Turn the state into the previous release's.
+	br, _ := e.host.NL.LinkByName("zlb-web")
+	if err := e.host.NL.AddrAdd(br, toNLAddr(oldGW)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.NL.AddrDel(br, toNLAddr(s1.Gateway)); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		ns *nstest.NS
+		s  Spec
+	}{{c1, s1}, {c2, s2}} {
+		if err := e.host.NL.RouteDel(hostRoute(x.s.Address, br.Attrs().Index)); err != nil {
+			t.Fatal(err)
+		}
+		in, _ := x.ns.NL.LinkByName("eth0")
+		old := netip.PrefixFrom(x.s.Address.Addr(), 27)
+		if err := x.ns.NL.AddrAdd(in, toNLAddr(old)); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.ns.NL.AddrDel(in, toNLAddr(x.s.Address)); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.ns.NL.RouteDel(gatewayRoute(in.Attrs().Index, x.s.Gateway)); err != nil && !gone(err) {
+			t.Fatal(err)
+		}
+		if err := x.ns.NL.RouteReplace(&netlink.Route{LinkIndex: in.Attrs().Index, Dst: defaultRoute(0, oldGW).Dst, Gw: oldGW.Addr().AsSlice()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPing(t, c1, s2.Address) // the old model works on its own
+	m2 := e.manager()
+	e.m = m2
+	for i, x := range []struct {
+		ns *nstest.NS
+		s  Spec
+	}{{c1, s1}, {c2, s2}} {
+		a, err := m2.Adopt(ctx, x.s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("repairs of %s: %q", x.s.Container, a.Repairs)
+		want := []string{"lacked address " + x.s.Address.String(), "stale address " + netip.PrefixFrom(x.s.Address.Addr(), 27).String(),
+			"default route", "route to the gateway", "host route " + x.s.Address.String()}
+		if i == 0 {
+			want = append(want, "stale address "+oldGW.String(), "lacked address "+x.s.Gateway.String())
+		}
+		for _, w := range want {
+			if !slices.ContainsFunc(a.Repairs, func(r string) bool { return strings.Contains(r, w) }) {
+				t.Errorf("repairs %q do not mention %q", a.Repairs, w)
+			}
+		}
+		checkContainer(t, x.ns, x.s)
+	}
+	checkBridge(t, e, "zlb-web", s1.Gateway, VethName("p1"), VethName("p2"))
+	checkHostRoutes(t, e, "zlb-web", s1.Address, s2.Address)
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c2, s1.Address)
+}
+
+// RemoveRoute deletes debris routes of ours (as Inventory lists them),
+// idempotently, and nothing else.
+func TestRemoveRoute(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.container()
+	s := spec("web", "rr", c, "10.200.5.5/32")
+	if _, err := e.m.Attach(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	// The container's veth vanishes without a Detach (a crash): its route
+	// stays, debris.
+	if err := e.m.RemoveLink(VethName("rr")); err != nil {
+		t.Fatal(err)
+	}
+	foreign := netip.MustParsePrefix("10.200.5.6/32")
+	br, _ := e.host.NL.LinkByName("zlb-web")
+	if err := e.host.NL.RouteAdd(&netlink.Route{LinkIndex: br.Attrs().Index, Dst: prefixNet(foreign), Scope: netlink.SCOPE_LINK, Protocol: unix.RTPROT_BOOT}); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []RouteInfo{{s.Address, "zlb-web"}}; !slices.Equal(inv.Routes, want) {
+		t.Errorf("inventory routes %v, want %v (the foreign one left out)", inv.Routes, want)
+	}
+	for range 2 {
+		if err := e.m.RemoveRoute(s.Address); err != nil {
+			t.Errorf("RemoveRoute(%s) = %v", s.Address, err)
+		}
+	}
+	checkHostRoutes(t, e, "zlb-web")
+	for _, bad := range []netip.Prefix{foreign, netip.MustParsePrefix("10.200.5.0/24"), {}} {
+		if err := e.m.RemoveRoute(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("RemoveRoute(%s) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if r, err := e.host.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixNet(foreign)}, netlink.RT_FILTER_DST); err != nil || len(r) != 1 {
+		t.Errorf("the foreign route: %v, %v", r, err)
+	}
+
+	// Debris of ours to one bridge does not stop an attach of the address
+	// elsewhere: the route moves.
+	reused := netip.MustParsePrefix("10.200.5.7/32")
+	if err := e.host.NL.RouteAdd(hostRoute(reused, br.Attrs().Index)); err != nil {
+		t.Fatal(err)
+	}
+	d := e.container()
+	sd := spec("db", "rr2", d, reused.String())
+	if _, err := e.m.Attach(ctx, sd); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-web")
+	checkHostRoutes(t, e, "zlb-db", reused)
+	mustPing(t, d, sd.Gateway)
+	mustPing(t, e.host, reused)
 }

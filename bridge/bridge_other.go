@@ -17,9 +17,7 @@ func (m *Manager) attach(context.Context, Spec) (Attached, error) { return Attac
 
 func (m *Manager) detach(context.Context, Spec) error { return ErrUnsupported }
 
-func (m *Manager) readdress(context.Context, Spec, netip.Prefix, netip.Prefix) error {
-	return ErrUnsupported
-}
+func (m *Manager) readdress(context.Context, Spec, netip.Prefix) error { return ErrUnsupported }
 
 func (m *Manager) alive(Spec, NetnsID) (bool, error) { return false, ErrUnsupported }
 
@@ -30,3 +28,5 @@ func (m *Manager) inventory() (Inventory, error) { return Inventory{}, ErrUnsupp
 func (m *Manager) removeLink(string) error { return ErrUnsupported }
 
 func (m *Manager) removeBridgeIfEmpty(string) (bool, error) { return false, ErrUnsupported }
+
+func (m *Manager) removeRoute(netip.Prefix) error { return ErrUnsupported }

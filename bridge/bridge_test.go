@@ -151,10 +151,33 @@ func TestValidateContainer(t *testing.T) {
 	}
 }
 
+func TestGatewayFor(t *testing.T) {
+	tests := []struct {
+		addr string
+		want string
+	}{
+		{"10.200.3.34", "169.254.1.1/32"},
+		{"::ffff:10.200.3.34", "169.254.1.1/32"},
+		{"fd5a::2", "fe80::1/128"},
+		{"", "invalid Prefix"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.addr, func(t *testing.T) {
+			var a netip.Addr
+			if tt.addr != "" {
+				a = netip.MustParseAddr(tt.addr)
+			}
+			if got := GatewayFor(a); got.String() != tt.want {
+				t.Errorf("GatewayFor(%s) = %s, want %s", tt.addr, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestSpecValidate(t *testing.T) {
 	good := Spec{
 		Service: "web", Container: "c1", Netns: "/run/netns/x",
-		Address: netip.MustParsePrefix("10.200.1.34/27"), Gateway: netip.MustParsePrefix("10.200.1.33/27"),
+		Address: netip.MustParsePrefix("10.200.1.34/32"), Gateway: netip.MustParsePrefix("169.254.1.1/32"),
 	}
 	tests := []struct {
 		name string
@@ -164,12 +187,10 @@ func TestSpecValidate(t *testing.T) {
 		{"good", func(*Spec) {}, true},
 		{"pid instead of path", func(s *Spec) { s.Netns, s.PID = "", 42 }, true},
 		{"ipv6", func(s *Spec) {
-			s.Address, s.Gateway = netip.MustParsePrefix("fd00::2/64"), netip.MustParsePrefix("fd00::1/64")
+			s.Address, s.Gateway = netip.MustParsePrefix("fd00::2/128"), netip.MustParsePrefix("fe80::1/128")
 		}, true},
+		{"other link-local gateway", func(s *Spec) { s.Gateway = netip.MustParsePrefix("169.254.0.7/32") }, true},
 		{"mtu", func(s *Spec) { s.MTU = 1420 }, true},
-		{"slash31", func(s *Spec) {
-			s.Address, s.Gateway = netip.MustParsePrefix("10.0.0.0/31"), netip.MustParsePrefix("10.0.0.1/31")
-		}, true},
 		{"both netns and pid", func(s *Spec) { s.PID = 42 }, false},
 		{"neither netns nor pid", func(s *Spec) { s.Netns = "" }, false},
 		{"negative pid", func(s *Spec) { s.Netns, s.PID = "", -1 }, false},
@@ -180,11 +201,24 @@ func TestSpecValidate(t *testing.T) {
 		{"no address", func(s *Spec) { s.Address = netip.Prefix{} }, false},
 		{"no gateway", func(s *Spec) { s.Gateway = netip.Prefix{} }, false},
 		{"address is gateway", func(s *Spec) { s.Address = s.Gateway }, false},
-		{"other subnet", func(s *Spec) { s.Address = netip.MustParsePrefix("10.200.1.66/27") }, false},
-		{"other prefix length", func(s *Spec) { s.Address = netip.MustParsePrefix("10.200.1.34/26") }, false},
-		{"mixed families", func(s *Spec) { s.Address = netip.MustParsePrefix("fd00::2/27") }, false},
-		{"network address", func(s *Spec) { s.Address = netip.MustParsePrefix("10.200.1.32/27") }, false},
-		{"broadcast address", func(s *Spec) { s.Address = netip.MustParsePrefix("10.200.1.63/27") }, false},
+		{"address not full-length", func(s *Spec) { s.Address = netip.MustParsePrefix("10.200.1.34/27") }, false},
+		{"gateway not full-length", func(s *Spec) { s.Gateway = netip.MustParsePrefix("169.254.1.1/16") }, false},
+		{"the previous release's slice gateway", func(s *Spec) {
+			s.Address, s.Gateway = netip.MustParsePrefix("10.200.1.34/27"), netip.MustParsePrefix("10.200.1.33/27")
+		}, false},
+		{"gateway not link-local", func(s *Spec) { s.Gateway = netip.MustParsePrefix("10.200.1.33/32") }, false},
+		{"ipv6 gateway not link-local", func(s *Spec) {
+			s.Address, s.Gateway = netip.MustParsePrefix("fd00::2/128"), netip.MustParsePrefix("fd00::1/128")
+		}, false},
+		{"mixed families", func(s *Spec) { s.Address = netip.MustParsePrefix("fd00::2/128") }, false},
+		{"mapped address", func(s *Spec) { s.Address = netip.MustParsePrefix("::ffff:10.200.1.34/128") }, false},
+		{"multicast address", func(s *Spec) { s.Address = netip.MustParsePrefix("224.0.0.1/32") }, false},
+		{"loopback address", func(s *Spec) { s.Address = netip.MustParsePrefix("127.0.0.1/32") }, false},
+		{"unspecified address", func(s *Spec) { s.Address = netip.MustParsePrefix("0.0.0.0/32") }, false},
+		{"broadcast address", func(s *Spec) { s.Address = netip.MustParsePrefix("255.255.255.255/32") }, false},
+		{"ipv6 link-local address", func(s *Spec) {
+			s.Address, s.Gateway = netip.MustParsePrefix("fe80::2/128"), netip.MustParsePrefix("fe80::1/128")
+		}, false},
 		{"mtu too small", func(s *Spec) { s.MTU = 67 }, false},
 		{"mtu negative", func(s *Spec) { s.MTU = -1 }, false},
 	}

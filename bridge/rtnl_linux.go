@@ -277,16 +277,6 @@ func family(p netip.Prefix) int {
 	return netlink.FAMILY_V6
 }
 
-// defaultRoute is the default route via gw out of link index.
-func defaultRoute(index int, gw netip.Prefix) *netlink.Route {
-	bits := gw.Addr().BitLen()
-	return &netlink.Route{
-		LinkIndex: index,
-		Dst:       &net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)},
-		Gw:        gw.Addr().AsSlice(),
-	}
-}
-
 // isDefault reports whether r is a default route (netlink reports its
 // destination as nil or as a /0).
 func isDefault(r netlink.Route) bool {
@@ -297,6 +287,10 @@ func isDefault(r netlink.Route) bool {
 	return ones == 0
 }
 
-// linkLocal reports whether p is an IPv6 link-local address, which the
-// kernel manages on its own and the package leaves alone.
+// linkLocal reports whether p is an IPv6 link-local address.
 func linkLocal(p netip.Prefix) bool { return p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() }
+
+// kernelLinkLocal reports whether p is an IPv6 link-local address other than
+// the gateway: one the kernel manages on its own, which the package leaves
+// alone.
+func kernelLinkLocal(p netip.Prefix) bool { return linkLocal(p) && !isGateway(p) }

@@ -76,7 +76,7 @@ const (
 
 // DefaultAddr is the mesh DNS address: the same on every node, inside the
 // reserved top block of the default cluster CIDR.
-var DefaultAddr = netip.MustParseAddr("10.200.255.53")
+var DefaultAddr = netip.MustParseAddr("10.203.255.53")
 
 // maxTTL bounds Config.TTL.
 const maxTTL = 24 * time.Hour

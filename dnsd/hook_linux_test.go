@@ -40,7 +40,7 @@ func TestHookRealTUN(t *testing.T) {
 		}
 		// The node's overlay address with the cluster prefix: the whole
 		// cluster CIDR, the DNS address included, routes to the TUN.
-		return tun.SetAddress(name, netip.MustParsePrefix("10.200.1.1/16"))
+		return tun.SetAddress(name, netip.MustParsePrefix("10.200.1.1/14"))
 	}); err != nil {
 		if dev != nil {
 			dev.Close()

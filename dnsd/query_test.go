@@ -136,7 +136,7 @@ func TestQueryNames(t *testing.T) {
 		{name: "apex SOA", qname: "zl.", qtype: dns.TypeSOA,
 			answer: []string{fmt.Sprintf("zl. hostmaster.zl. %d 3600 600 86400 5", s.zone.Load().serial)}},
 		{name: "apex NS", qname: "zl.", qtype: dns.TypeNS, answer: []string{"zl."}},
-		{name: "apex A is the DNS address", qname: "zl.", qtype: dns.TypeA, answer: []string{"10.200.255.53"}},
+		{name: "apex A is the DNS address", qname: "zl.", qtype: dns.TypeA, answer: []string{"10.203.255.53"}},
 		{name: "SRV all endpoints", qname: "_tcp.web.zl.", qtype: dns.TypeSRV,
 			answer: []string{"0 0 80 web-1.web.zl.", "0 0 80 web-2.web.zl.", "0 0 80 web-3.web.zl."},
 			extra:  []string{"10.200.1.10", "10.200.2.10", "10.200.2.11", "fd5a:1::2:11"}},

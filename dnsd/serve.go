@@ -32,6 +32,39 @@ const (
 	tcpIdleTimeout = 10 * time.Second
 )
 
+// ListenShared opens n UDP sockets on addr that share it through
+// SO_REUSEPORT (the kernel spreads datagrams over them, so n readers never
+// wait on one socket's lock), and one TCP listener on addr; where
+// SO_REUSEPORT is missing (not Linux) it opens one UDP socket. Serve each
+// UDP socket (the first with the listener) to answer on all of them. On
+// error nothing stays open.
+func ListenShared(addr netip.AddrPort, n int) ([]net.PacketConn, net.Listener, error) {
+	lc := net.ListenConfig{Control: reusePort}
+	if !haveReusePort {
+		n = 1
+	}
+	var pcs []net.PacketConn
+	closeAll := func() {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+	}
+	for range max(n, 1) {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("dnsd: listen udp %s: %w", addr, err)
+		}
+		pcs = append(pcs, pc)
+	}
+	l, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		closeAll()
+		return nil, nil, fmt.Errorf("dnsd: listen tcp %s: %w", addr, err)
+	}
+	return pcs, l, nil
+}
+
 // Serve answers DNS on pc (UDP) and l (TCP, RFC 7766: pipelined queries on
 // one connection, answered in order) with the same core as Query. Either may
 // be nil. Serve takes ownership of both: it closes them when ctx ends and

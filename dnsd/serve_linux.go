@@ -4,6 +4,8 @@ import (
 	"net"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 )
@@ -18,3 +20,19 @@ func newBatchConn(uc *net.UDPConn) batchConn {
 
 // msgTrunc flags a datagram larger than the buffer it was read into.
 const msgTrunc = syscall.MSG_TRUNC
+
+// haveReusePort: ListenShared opens several UDP sockets on one address.
+const haveReusePort = true
+
+// reusePort sets SO_REUSEPORT on a socket before it binds, so that several
+// sockets share one address and the kernel spreads datagrams over them.
+func reusePort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

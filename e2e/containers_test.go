@@ -35,7 +35,7 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/internal/journal"
-	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/ipam/disk"
 	"github.com/zlmesh/zlmesh/testbed"
 )
 
@@ -73,24 +73,26 @@ func mustAttach(t *testing.T, c *testbed.Container, service string) api.Attachme
 func checkAttachment(t *testing.T, h *testbed.Host, a api.Attachment, service, id string) {
 	t.Helper()
 	st := status(t, h)
-	subnet := mustPrefix(t, st.NodeSubnet)
 	addr, err1 := netip.ParseAddr(a.Address)
 	gw, err2 := netip.ParseAddr(a.Gateway)
 	if err1 != nil || err2 != nil {
 		t.Fatalf("attachment %+v: bad address or gateway", a)
 	}
-	slice := netip.PrefixFrom(addr, a.Prefix).Masked()
+	inBlock := false
+	for _, b := range st.Blocks {
+		inBlock = inBlock || mustPrefix(t, b).Contains(addr)
+	}
 	switch {
 	case a.Service != service || a.Container != id || a.Node != h.Name:
 		t.Errorf("attachment %+v: want service %s, container %s, node %s", a, service, id, h.Name)
-	case !subnet.Contains(addr) || a.Prefix <= subnet.Bits():
-		t.Errorf("attachment %s: address %s/%d is not in a slice of %s", id, a.Address, a.Prefix, subnet)
-	case gw != slice.Addr().Next() || addr == gw:
-		t.Errorf("attachment %s: gateway %s, want %s (the first address of %s)", id, gw, slice.Addr().Next(), slice)
+	case !inBlock || a.Prefix != 32:
+		t.Errorf("attachment %s: address %s/%d is not a /32 in one of %s's blocks %v", id, a.Address, a.Prefix, h.Name, st.Blocks)
+	case gw != netip.MustParseAddr("169.254.1.1"):
+		t.Errorf("attachment %s: gateway %s, want the link-local 169.254.1.1", id, gw)
 	case a.MTU != st.MTU || a.MTU == 0:
 		t.Errorf("attachment %s: MTU %d, want the overlay's %d", id, a.MTU, st.MTU)
-	case a.DNS != wantDNS || a.SearchDomain != wantSearch:
-		t.Errorf("attachment %s: DNS %q search %q, want %s and %s", id, a.DNS, a.SearchDomain, wantDNS, wantSearch)
+	case a.DNS != st.MeshDNS || a.SearchDomain != wantSearch:
+		t.Errorf("attachment %s: DNS %q search %q, want %s and %s", id, a.DNS, a.SearchDomain, st.MeshDNS, wantSearch)
 	case a.Ifname != "eth0" || !strings.HasPrefix(a.Bridge, "zlb-") || !strings.HasPrefix(a.HostVeth, "zlv"):
 		t.Errorf("attachment %s: ifname %q bridge %q host veth %q", id, a.Ifname, a.Bridge, a.HostVeth)
 	}
@@ -244,6 +246,7 @@ func ipJSON(run func(argv ...string) ([]byte, error), args ...string) ([]ipLink,
 // zlb-* bridges and every non-link-local address on a zl link.
 type kernelObjects struct {
 	Veths, Bridges, Ports, Addrs []string
+	Routes                       []string // the containers' host routes (bridge's protocol 122)
 }
 
 func hostObjects(ctx context.Context, h *testbed.Host) (kernelObjects, error) {
@@ -280,6 +283,9 @@ func hostObjects(ctx context.Context, h *testbed.Host) (kernelObjects, error) {
 	}
 	for _, s := range [][]string{o.Veths, o.Bridges, o.Ports, o.Addrs} {
 		slices.Sort(s)
+	}
+	if o.Routes, err = hostRoutes(ctx, h); err != nil {
+		return kernelObjects{}, err
 	}
 	return o, nil
 }
@@ -335,13 +341,13 @@ func stateOnDisk(h *testbed.Host) (leases, attached map[string]string, err error
 			return nil, nil, err
 		}
 	}
-	st, err := ipam.NewFileStore(filepath.Join(dir, "ipam.json")).Load()
+	st, err := disk.New(filepath.Join(dir, "ipam.json"), 0).Load()
 	if err != nil {
 		return nil, nil, err
 	}
 	leases = map[string]string{}
 	for id, l := range st.Leases {
-		leases[id] = l.Addr.Addr().String()
+		leases[id] = l.Addr.String()
 	}
 	// attachments.json is node's; read it generically: a snapshot
 	// {"attachments": {id: {"spec": {...}}}} and records {"put": ...} or
@@ -440,8 +446,8 @@ func (v nodeView) consistent() error {
 		return fmt.Errorf("/v1/attachments %v differs from the disk %v", v.API, v.Attached)
 	case int(v.Metrics) != len(v.Leases):
 		return fmt.Errorf("/metrics counts %v leases, the disk %d", v.Metrics, len(v.Leases))
-	case len(v.Kernel.Veths) != len(v.API) || len(v.Kernel.Ports) != len(v.API):
-		return fmt.Errorf("%d attachments but host veths %v and bridge ports %v", len(v.API), v.Kernel.Veths, v.Kernel.Ports)
+	case len(v.Kernel.Veths) != len(v.API) || len(v.Kernel.Ports) != len(v.API) || len(v.Kernel.Routes) != len(v.API):
+		return fmt.Errorf("%d attachments but host veths %v, bridge ports %v and routes %v", len(v.API), v.Kernel.Veths, v.Kernel.Ports, v.Kernel.Routes)
 	case len(v.Kernel.Addrs) != len(v.Kernel.Bridges):
 		return fmt.Errorf("bridges %v do not hold one address each: %v", v.Kernel.Bridges, v.Kernel.Addrs)
 	}
@@ -991,10 +997,11 @@ func TestAttachDetachCycles(t *testing.T) {
 
 // TestAttachBadInput sends bad requests through the control socket: each
 // gets its stable error code and HTTP status, and leaves nothing behind (no
-// link, address, bridge port, lease, attachment or record). The host runs
-// with /29 slices, so a service holds five containers.
+// link, address, route, bridge port, lease, attachment or record). The host
+// runs in a tiny cluster (a /23 of /30 blocks: 64 claimable blocks of two
+// addresses, 127 containers in all), so the cluster runs full.
 func TestAttachBadInput(t *testing.T) {
-	tb := cluster(t, 1, "--slice-prefix", "29")
+	tb := cluster(t, 1, "--cluster-cidr", "10.200.0.0/23", "--block-prefix", "30", "--block-release-after", "1s")
 	h := tb.Host("h1")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -1022,6 +1029,19 @@ func TestAttachBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	inHost := "/run/zlmesh/not-a-netns"
+	// Namespaces that look like the node's own: one holding a link named
+	// like its TUN, one holding its underlay address.
+	tunLike := addContainer(t, tb, h, "tunlike")
+	underlayLike := addContainer(t, tb, h, "underlaylike")
+	for _, argv := range [][]string{
+		{"ip", "-n", tunLike.NetnsName, "link", "add", "zl0", "type", "bridge"},
+		{"ip", "-n", underlayLike.NetnsName, "link", "add", "ul0", "type", "bridge"},
+		{"ip", "-n", underlayLike.NetnsName, "addr", "add", h.Underlay.String() + "/24", "dev", "ul0"},
+	} {
+		if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", argv, err, out)
+		}
+	}
 
 	cs := []*testbed.Container{res, fresh, taken}
 	baseline, err := viewOf(ctx, h, cs)
@@ -1050,6 +1070,9 @@ func TestAttachBadInput(t *testing.T) {
 		{"directory", "POST", "/v1/attach", req("web", "x4", "/run/netns", 0, ""), api.CodeNoNamespace, 422},
 		{"the host's own namespace", "POST", "/v1/attach", req("web", "x5", "/proc/self/ns/net", 0, ""), api.CodeBadRequest, 400},
 		{"dead pid", "POST", "/v1/attach", req("web", "x6", "", deadPID, ""), api.CodeNoNamespace, 422},
+		{"pid 1, the machine's namespace", "POST", "/v1/attach", req("web", "x30", "", 1, "zz9"), api.CodeBadRequest, 400},
+		{"a namespace holding the node's TUN name", "POST", "/v1/attach", req("web", "x31", tunLike.Netns, 0, "eth5"), api.CodeBadRequest, 400},
+		{"a namespace holding the node's underlay address", "POST", "/v1/attach", req("web", "x32", underlayLike.Netns, 0, ""), api.CodeBadRequest, 400},
 		{"negative pid", "POST", "/v1/attach", req("web", "x7", "", -5, ""), api.CodeBadRequest, 400},
 		{"netns and pid", "POST", "/v1/attach", req("web", "x8", fresh.Netns, 1, ""), api.CodeBadRequest, 400},
 		{"neither netns nor pid", "POST", "/v1/attach", req("web", "x9", "", 0, ""), api.CodeBadRequest, 400},
@@ -1109,12 +1132,22 @@ func TestAttachBadInput(t *testing.T) {
 		t.Errorf("bad requests left state behind:\n%s", d)
 	}
 
-	// A full slice: a /29 holds five containers; web has one already.
+	// A full cluster: 64 blocks of /30 give out 127 addresses, the resident
+	// has one. The node claims block after block; the attach after the last
+	// is refused with exhausted, naming the cluster CIDR, and leaves the
+	// running containers alone.
+	var names, svcs []string
+	for i := range 126 {
+		names = append(names, fmt.Sprintf("f%d", i))
+		svcs = append(svcs, []string{"web", "db", "cache"}[i%3])
+	}
+	attachAll(t, ctx, tb, h, names, svcs)
 	var full []*testbed.Container
-	for i := range 4 {
-		c := addContainer(t, tb, h, fmt.Sprintf("f%d", i))
-		mustAttach(t, c, "web")
-		full = append(full, c)
+	for _, name := range names {
+		full = append(full, tb.Container(h.Name, name))
+	}
+	if got := len(status(t, h).Blocks); got != 64 {
+		t.Errorf("h1 holds %d blocks, want all 64", got)
 	}
 	extra := addContainer(t, tb, h, "extra")
 	cs = append(cs, full...)
@@ -1123,36 +1156,46 @@ func TestAttachBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = extra.Attach(ctx, "web")
+	_, err = extra.Attach(ctx, "other")
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Code != api.CodeExhausted || ae.Status != 507 {
-		t.Fatalf("attach to a full slice: %v, want %s (HTTP 507)", err, api.CodeExhausted)
+	if !errors.As(err, &ae) || ae.Code != api.CodeExhausted || ae.Status != 507 || !strings.Contains(ae.Message, "10.200.0.0/23") {
+		t.Fatalf("attach in a full cluster: %v, want %s (HTTP 507) naming the cluster CIDR", err, api.CodeExhausted)
 	}
-	t.Logf("full slice: %v", err)
+	t.Logf("full cluster: %v", err)
 	again, err := viewOf(ctx, h, cs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d := filled.diff(again); d != "" {
-		t.Errorf("an attach to a full slice left state behind:\n%s", d)
+		t.Errorf("an attach in a full cluster left state behind:\n%s", d)
 	}
-	// Another service gets its own slice; then detach everything but the
-	// resident: back to the baseline.
-	if _, err := extra.Attach(ctx, "db"); err != nil {
-		t.Fatalf("attach to another service next to a full one: %v", err)
-	}
-	for _, c := range append(full, extra) {
+	// Detach the fillers: their addresses and blocks come back, and the
+	// extra container gets one; then detach it too: back to the baseline,
+	// with the node's first block only.
+	for _, c := range full {
 		if err := h.Client().Detach(ctx, c.ID()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	final, err := viewOf(ctx, h, cs[:3])
-	if err != nil {
+	if _, err := extra.Attach(ctx, "other"); err != nil {
+		t.Fatalf("attach after the cluster emptied: %v", err)
+	}
+	if err := h.Client().Detach(ctx, extra.ID()); err != nil {
 		t.Fatal(err)
 	}
-	if d := baseline.diff(final); d != "" {
-		t.Errorf("after detaching the slice's containers:\n%s", d)
-	}
+	eventually(t, 20*time.Second, func() error {
+		if got := status(t, h).Blocks; len(got) != 1 {
+			return fmt.Errorf("h1 still holds %d blocks", len(got))
+		}
+		final, err := viewOf(ctx, h, cs[:3])
+		if err != nil {
+			return err
+		}
+		if d := baseline.diff(final); d != "" {
+			return fmt.Errorf("after detaching everything:\n%s", d)
+		}
+		return nil
+	})
 	if got, err := services(ctx, h); err != nil || !maps.Equal(got, map[string]string{res.ID(): endpoint(resA)}) {
 		t.Errorf("/v1/services = %v, %v; want only the resident", got, err)
 	}
@@ -1289,13 +1332,13 @@ func TestContainersMetricsAndEvents(t *testing.T) {
 	}
 }
 
-// TestContainersRenumbered forces a subnet conflict with containers
-// attached on both sides (two new hosts, one on each side of a partition,
-// ask for the same subnet): after the heal the newer claim's node renumbers
-// and its containers move with it without being detached: an event says
-// which container moved from which address to which, each keeps its place
-// in its slice, its namespace holds exactly the new address with a default
-// route via the new gateway, the state on disk and /v1/services on every
+// TestContainersRenumbered forces a conflict over a first block with
+// containers attached on both sides (two new hosts, one on each side of a
+// partition, ask for the same first block): after the heal the newer
+// claim's node renumbers and its containers move with it without being
+// detached: an event says which container moved from which address to
+// which, each keeps its place in its block, its namespace holds exactly the
+// new address with a default route via the link-local gateway, the state on disk and /v1/services on every
 // host follow, and every container reaches every other at the new
 // addresses.
 func TestContainersRenumbered(t *testing.T) {
@@ -1303,7 +1346,7 @@ func TestContainersRenumbered(t *testing.T) {
 	h1, h2 := tb.Host("h1"), tb.Host("h2")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	contested := "10.200.78.0/24"
+	contested := "10.200.78.0/26"
 	a, b := contestSubnet(t, ctx, tb, contested, []*testbed.Host{h1}, []*testbed.Host{h2})
 	ca := addContainer(t, tb, a, "ca")
 	aa := mustAttach(t, ca, "web")
@@ -1319,22 +1362,23 @@ func TestContainersRenumbered(t *testing.T) {
 	waitWhole(t, tb, tb.Hosts(), 90*time.Second)
 	var moved string
 	eventually(t, 30*time.Second, func() error {
-		if moved = status(t, b).NodeSubnet; moved == contested {
+		if moved = status(t, b).FirstBlock; moved == contested {
 			return fmt.Errorf("%s still holds %s", b.Name, contested)
 		}
 		return nil
 	})
-	newSub := mustPrefix(t, moved)
-	// Each container keeps its offset in the node subnet.
+	newBlock := mustPrefix(t, moved)
+	// Each container keeps its offset in the block; the gateway is the
+	// link-local one and does not move.
 	relocate := func(old string) string {
-		o := netip.MustParseAddr(old).As4()
-		n := newSub.Addr().As4()
-		n[3] = o[3]
+		off := netip.MustParseAddr(old).As4()[3] - mustPrefix(t, contested).Addr().As4()[3]
+		n := newBlock.Addr().As4()
+		n[3] += off
 		return netip.AddrFrom4(n).String()
 	}
 	want := map[*testbed.Container]api.Attachment{cb1: ab1, cb2: ab2}
 	for c, old := range want {
-		old.Address, old.Gateway = relocate(old.Address), relocate(old.Gateway)
+		old.Address = relocate(old.Address)
 		want[c] = old
 	}
 	eventually(t, 20*time.Second, func() error {
@@ -1364,13 +1408,13 @@ func TestContainersRenumbered(t *testing.T) {
 			if v.API[c.ID()] != w.Address || v.Leases[c.ID()] != w.Address {
 				return fmt.Errorf("%s: attachment %s, lease %s on disk; want %s", c.ID(), v.API[c.ID()], v.Leases[c.ID()], w.Address)
 			}
-			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 | default via %s dev eth0", w.Address, w.Prefix, w.Gateway); got != exp {
+			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 | default via %s dev eth0 onlink", w.Address, w.Prefix, w.Gateway); got != exp {
 				return fmt.Errorf("%s inside: %q, want %q", c.ID(), got, exp)
 			}
 		}
 		for _, addr := range v.Kernel.Addrs {
 			if strings.HasPrefix(addr, "10.200.78.") {
-				return fmt.Errorf("a bridge of %s kept an address of the old subnet: %v", b.Name, v.Kernel.Addrs)
+				return fmt.Errorf("a bridge of %s kept an address of the old block: %v", b.Name, v.Kernel.Addrs)
 			}
 		}
 		return nil

@@ -96,7 +96,7 @@ func TestPartitionSubnetConflict(t *testing.T) {
 	hs := tb.Hosts()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	want := "10.200.77.0/24"
+	want := "10.200.77.0/26"
 	a, b := contestSubnet(t, ctx, tb, want, hs[:2], hs[2:])
 	bKey := status(t, b).PublicKey
 
@@ -107,12 +107,12 @@ func TestPartitionSubnetConflict(t *testing.T) {
 	all := tb.Hosts()
 	waitWhole(t, tb, all, 90*time.Second)
 	eventually(t, 30*time.Second, func() error {
-		if got := status(t, b).NodeSubnet; got == want {
+		if got := status(t, b).FirstBlock; got == want {
 			return fmt.Errorf("%s still holds %s", b.Name, want)
 		}
 		return nil
 	})
-	if got := status(t, a).NodeSubnet; got != want {
+	if got := status(t, a).FirstBlock; got != want {
 		t.Errorf("the older claim lost: %s now has %s", a.Name, got)
 	}
 	if status(t, b).PublicKey != bKey {
@@ -120,7 +120,7 @@ func TestPartitionSubnetConflict(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, func() error {
 		for _, ev := range events() {
-			if ev.Type == api.EventRenumber && ev.OldSubnet == want && ev.NewSubnet != "" {
+			if ev.Type == api.EventRenumber && ev.OldBlock == want && ev.NewBlock != "" {
 				return nil
 			}
 		}
@@ -197,7 +197,7 @@ func TestKillAllRestartReverse(t *testing.T) {
 func contestSubnet(t *testing.T, ctx context.Context, tb *testbed.Testbed, subnet string, sideA, sideB []*testbed.Host) (a, b *testbed.Host) {
 	t.Helper()
 	for _, h := range tb.Hosts() {
-		if status(t, h).NodeSubnet == subnet {
+		if status(t, h).FirstBlock == subnet {
 			t.Skipf("a founding host already holds %s", subnet)
 		}
 	}
@@ -212,17 +212,17 @@ func contestSubnet(t *testing.T, ctx context.Context, tb *testbed.Testbed, subne
 	if err := tb.Partition(append(slices.Clone(sideA), a), append(slices.Clone(sideB), b)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(ctx, "--node-subnet", subnet); err != nil {
+	if err := a.Start(ctx, "--first-block", subnet); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(t, a)
 	time.Sleep(1100 * time.Millisecond) // claim times are compared: a's strictly older
-	if err := b.Start(ctx, "--node-subnet", subnet, "--join", sideB[0].GossipAddr().String()); err != nil {
+	if err := b.Start(ctx, "--first-block", subnet, "--join", sideB[0].GossipAddr().String()); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(t, b)
 	for _, h := range []*testbed.Host{a, b} {
-		if got := status(t, h).NodeSubnet; got != subnet {
+		if got := status(t, h).FirstBlock; got != subnet {
 			t.Fatalf("%s got %s, want %s: the conflict did not happen", h.Name, got, subnet)
 		}
 	}
@@ -243,7 +243,7 @@ func subnets(t *testing.T, hs []*testbed.Host) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, h := range hs {
-		out[h.Name] = status(t, h).NodeSubnet
+		out[h.Name] = status(t, h).FirstBlock
 	}
 	return out
 }
@@ -254,7 +254,7 @@ func identities(t *testing.T, hs []*testbed.Host) map[string]string {
 	out := map[string]string{}
 	for _, h := range hs {
 		st := status(t, h)
-		out[h.Name] = st.PublicKey + " " + st.NodeSubnet
+		out[h.Name] = st.PublicKey + " " + st.FirstBlock
 	}
 	return out
 }
@@ -297,7 +297,7 @@ func containsAll(s string, subs ...string) bool {
 // A node declared dead keeps its subnet for the grace period: a newcomer
 // asking for it gets another one, and the dead node, restarted, comes back
 // with its own.
-func TestDeadNodeSubnetHeld(t *testing.T) {
+func TestDeadFirstBlockHeld(t *testing.T) {
 	tb := cluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -316,19 +316,19 @@ func TestDeadNodeSubnetHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h4.Start(ctx, "--node-subnet", was.NodeSubnet); err != nil {
+	if err := h4.Start(ctx, "--first-block", was.FirstBlock); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(t, h4)
-	if got := status(t, h4).NodeSubnet; got == was.NodeSubnet {
+	if got := status(t, h4).FirstBlock; got == was.FirstBlock {
 		t.Fatalf("a newcomer got dead h3's %s within the grace period", got)
 	}
 	if err := h3.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(t, h3)
-	if st := status(t, h3); st.NodeSubnet != was.NodeSubnet || st.PublicKey != was.PublicKey {
-		t.Errorf("h3 came back as %s %s, want %s %s", st.PublicKey, st.NodeSubnet, was.PublicKey, was.NodeSubnet)
+	if st := status(t, h3); st.FirstBlock != was.FirstBlock || st.PublicKey != was.PublicKey {
+		t.Errorf("h3 came back as %s %s, want %s %s", st.PublicKey, st.FirstBlock, was.PublicKey, was.FirstBlock)
 	}
 	waitWhole(t, tb, tb.Hosts(), 60*time.Second)
 	pingAll(t, tb.Hosts(), 30*time.Second)

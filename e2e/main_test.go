@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/testbed"
 	"golang.zx2c4.com/wireguard/wgctrl"
 )
@@ -35,6 +36,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	testbed.RemoveBinary()
+	removeCNIBin()
 	os.Exit(code)
 }
 
@@ -288,16 +290,21 @@ func checkInvariants(t *testing.T, tb *testbed.Testbed) {
 func invariants(hosts []*testbed.Host) error {
 	ctx := context.Background()
 	nodes := map[string]api.Status{}
-	bySubnet := map[string]string{}
+	byBlock := map[string]string{}
 	for _, h := range hosts {
 		st, err := h.Client().Status(ctx)
 		if err != nil {
 			return fmt.Errorf("%s: %v", h.Name, err)
 		}
-		if other, dup := bySubnet[st.NodeSubnet]; dup {
-			return fmt.Errorf("%s and %s both hold %s", other, h.Name, st.NodeSubnet)
+		if len(st.Blocks) == 0 || st.Blocks[0] != st.FirstBlock {
+			return fmt.Errorf("%s: blocks %v, first block %s", h.Name, st.Blocks, st.FirstBlock)
 		}
-		bySubnet[st.NodeSubnet] = h.Name
+		for _, b := range st.Blocks {
+			if other, dup := byBlock[b]; dup {
+				return fmt.Errorf("%s and %s both hold %s", other, h.Name, b)
+			}
+			byBlock[b] = h.Name
+		}
 		nodes[h.Name] = st
 	}
 	for _, h := range hosts {
@@ -310,8 +317,7 @@ func invariants(hosts []*testbed.Host) error {
 			if name == h.Name {
 				continue
 			}
-			want[st.PublicKey] = []string{st.NodeSubnet, st.OverlayIP + "/32"}
-			sort.Strings(want[st.PublicKey])
+			want[st.PublicKey] = wantAllowedIPs(st)
 		}
 		if len(dev.Peers) != len(want) {
 			return fmt.Errorf("%s has %d WireGuard peers, want %d: %+v", h.Name, len(dev.Peers), len(want), dev.Peers)
@@ -337,4 +343,22 @@ func mustPrefix(t *testing.T, s string) netip.Prefix {
 		t.Fatalf("prefix %q: %v", s, err)
 	}
 	return p
+}
+
+// wantAllowedIPs is what every other node's WireGuard peer entry for the
+// node of st must hold: its blocks, adjacent ones merged (its overlay
+// address is in its first block), sorted as readWG sorts.
+func wantAllowedIPs(st api.Status) []string {
+	var ps []netip.Prefix
+	for _, b := range st.Blocks {
+		if p, err := netip.ParsePrefix(b); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	var out []string
+	for _, p := range ipam.Coalesce(ps) {
+		out = append(out, p.String())
+	}
+	sort.Strings(out)
+	return out
 }

@@ -40,7 +40,7 @@ func TestMeshJoinThroughSeed(t *testing.T) {
 		}
 	}
 	st := status(t, h1)
-	if st.Name != "h1" || st.NodeSubnet == "" || st.OverlayIP == "" || st.Endpoint != "192.0.2.11:51820" {
+	if st.Name != "h1" || st.FirstBlock == "" || st.OverlayIP == "" || st.Endpoint != "192.0.2.11:51820" {
 		t.Errorf("status of h1: %+v", st)
 	}
 	// The private key file is 0600.
@@ -84,8 +84,8 @@ func TestMeshKillAndRestart(t *testing.T) {
 		t.Fatalf("%v\n%s", err, h4.LogTail(30))
 	}
 	after := status(t, h4)
-	if after.PublicKey != before.PublicKey || after.NodeSubnet != before.NodeSubnet {
-		t.Fatalf("restarted h4: key %s subnet %s, want %s %s", after.PublicKey, after.NodeSubnet, before.PublicKey, before.NodeSubnet)
+	if after.PublicKey != before.PublicKey || after.FirstBlock != before.FirstBlock {
+		t.Fatalf("restarted h4: key %s subnet %s, want %s %s", after.PublicKey, after.FirstBlock, before.PublicKey, before.FirstBlock)
 	}
 	waitWhole(t, tb, tb.Hosts(), 30*time.Second)
 	pingAll(t, tb.Hosts(), 30*time.Second)
@@ -155,7 +155,10 @@ func TestUpBadInput(t *testing.T) {
 	}{
 		{"malformed join", []string{"--join", "192.0.2.11"}, "--join"},
 		{"join port out of range", []string{"--join", "192.0.2.11:99999"}, "port"},
-		{"cidr cannot hold node prefix", []string{"--cluster-cidr", "10.200.0.0/24", "--node-prefix", "24"}, "node"},
+		{"cidr leaves no room for the reserved range", []string{"--cluster-cidr", "10.200.0.0/24"}, "reserved"},
+		{"block prefix does not fit the cidr", []string{"--cluster-cidr", "10.200.0.0/16", "--block-prefix", "16"}, "block prefix /16"},
+		{"cidr cannot hold the nodes asked for", []string{"--cluster-cidr", "10.200.0.0/20", "--max-nodes", "1000"}, "--max-nodes"},
+		{"first block not a block", []string{"--first-block", "10.200.0.0/24"}, "--first-block"},
 		{"cidr with host bits", []string{"--cluster-cidr", "10.200.0.1/16"}, "host bits"},
 		{"state file does not parse", []string{"--state-dir", badState}, "does not parse"},
 		{"missing key file", []string{"--cluster-key-file", "/nonexistent/cluster.key"}, "/nonexistent/cluster.key"},
@@ -256,14 +259,14 @@ func TestMeshDownLeavesGracefully(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h4.Start(ctx, "--node-subnet", gone.NodeSubnet); err != nil {
+	if err := h4.Start(ctx, "--first-block", gone.FirstBlock); err != nil {
 		t.Fatal(err)
 	}
 	if err := h4.WaitReady(ctx); err != nil {
 		t.Fatalf("%v\n%s", err, h4.LogTail(30))
 	}
-	if got := status(t, h4).NodeSubnet; got != gone.NodeSubnet {
-		t.Errorf("new node asking for the left node's %s got %s", gone.NodeSubnet, got)
+	if got := status(t, h4).FirstBlock; got != gone.FirstBlock {
+		t.Errorf("new node asking for the left node's %s got %s", gone.FirstBlock, got)
 	}
 }
 

@@ -1,11 +1,14 @@
 package ipam_test
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"testing"
 
 	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/ipam/disk"
 	"github.com/zlmesh/zlmesh/ipam/ipamtest"
 )
 
@@ -15,55 +18,75 @@ type nullStore struct{}
 func (nullStore) Load() (ipam.State, error) { return ipam.State{}, nil }
 func (nullStore) Save(ipam.State) error     { return nil }
 
-// loadedNullStore loads benchState once and then keeps nothing.
-type loadedNullStore struct{ nullStore }
+// loadedNullStore loads st once and then keeps nothing.
+type loadedNullStore struct {
+	nullStore
+	st ipam.State
+}
 
-var benchState ipam.State
+func (s loadedNullStore) Load() (ipam.State, error) { return s.st.Clone(), nil }
 
-func (loadedNullStore) Load() (ipam.State, error) { return benchState.Clone(), nil }
-
-// filled returns the state of an allocator with n leases in ten services.
+// filled returns the state of an allocator of the default pool with n
+// leases in ten services, grown block by block as a node grows (the next
+// block after the last one, as PickNext picks).
 func filled(b *testing.B, p *ipam.Pool, n int) ipam.State {
+	b.Helper()
 	a, err := ipam.NewAllocator(nullStore{}, p)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := a.SetClaim(nodeClaim("10.3.0.0/16")); err != nil {
+	if err := a.SetClaims(claimsOf("10.200.3.0/26")); err != nil {
 		b.Fatal(err)
 	}
+	held := func(x netip.Prefix) bool {
+		for _, c := range a.Claims() {
+			if c.Block == x {
+				return true
+			}
+		}
+		return false
+	}
 	for i := range n {
-		if _, err := a.Allocate(fmt.Sprint("svc", i%10), fmt.Sprint("c", i)); err != nil {
+		_, err := a.Allocate(fmt.Sprint("svc", i%10), fmt.Sprint("c", i))
+		if errors.Is(err, ipam.ErrFull) {
+			nb, perr := p.PickNext(held, blocksOf(a.Claims()), []byte("key-a"))
+			if perr != nil {
+				b.Fatal(perr)
+			}
+			if err := a.AddBlock(blockClaim(nb.String())); err != nil {
+				b.Fatal(err)
+			}
+			_, err = a.Allocate(fmt.Sprint("svc", i%10), fmt.Sprint("c", i))
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 	}
-	benchState = a.State()
-	return benchState
+	return a.State()
 }
 
 // BenchmarkAllocateRelease measures one Allocate plus one Release with n
-// leases present (in ten services of a /16 node subnet cut into /20 slices),
-// so that growth with the number of leases shows. The new lease goes into a
-// service whose slice is full up to it, the worst case for finding the
-// lowest free address.
+// leases present in the node's blocks of the default pool (1000 leases: 17
+// blocks of /26), so that growth with the number of leases shows. The new
+// lease goes into the last block, every block before it full: the worst
+// case for finding the lowest free address. Stores: none (the allocator
+// alone), the memory fake, and ipam/disk (an fsync'd journal record each).
 func BenchmarkAllocateRelease(b *testing.B) {
-	p, err := ipam.NewPool(pfx("10.0.0.0/8"), 16, 20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	// stores return a store holding st.
+	p := ipam.DefaultPool()
 	stores := map[string]func(b *testing.B, st ipam.State) ipam.Store{
-		"null": func(*testing.B, ipam.State) ipam.Store { return loadedNullStore{} },
+		"null": func(_ *testing.B, st ipam.State) ipam.Store { return loadedNullStore{st: st} },
 		"fake": func(_ *testing.B, st ipam.State) ipam.Store { return ipamtest.NewStoreWith(st) },
-		"file": func(b *testing.B, st ipam.State) ipam.Store {
-			s := ipam.NewFileStore(filepath.Join(b.TempDir(), "ipam.json"))
+		"disk": func(b *testing.B, st ipam.State) ipam.Store {
+			s := disk.New(filepath.Join(b.TempDir(), "ipam.json"), p.BlockBits())
 			if err := s.Save(st); err != nil {
 				b.Fatal(err)
 			}
+			b.Cleanup(func() { s.Close() })
 			return s
 		},
 	}
-	for _, store := range []string{"null", "fake", "file"} {
-		for _, n := range []int{10, 1000, 10000} {
+	for _, store := range []string{"null", "fake", "disk"} {
+		for _, n := range []int{0, 1000} {
 			b.Run(fmt.Sprintf("store=%s/leases=%d", store, n), func(b *testing.B) {
 				a, err := ipam.NewAllocator(stores[store](b, filled(b, p, n)), p)
 				if err != nil {

@@ -30,3 +30,11 @@ func (b bitset) firstClear(from uint64) uint64 {
 	}
 	return wi*64 + uint64(bits.TrailingZeros64(^w))
 }
+
+func (b bitset) clone() bitset {
+	out := make(bitset, len(b))
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
+}

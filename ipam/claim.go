@@ -6,12 +6,12 @@ import (
 	"time"
 )
 
-// Beats reports whether c wins a conflict against o over the same subnet:
+// Beats reports whether c wins a conflict against o over the same block:
 // the older claim (ClaimedAt) wins, ties broken by the lower public key
 // (Node, compared as strings). A claim never beats another claim of the same
-// node on the same subnet (itself or a stale copy of it).
+// node on the same block (itself or a stale copy of it).
 func (c Claim) Beats(o Claim) bool {
-	if c.Node == o.Node && c.Subnet == o.Subnet {
+	if c.Node == o.Node && c.Block == o.Block {
 		return false
 	}
 	if !c.ClaimedAt.Equal(o.ClaimedAt) {
@@ -21,7 +21,7 @@ func (c Claim) Beats(o Claim) bool {
 }
 
 // first orders claims totally: Beats order, then for copies of one node's
-// claim the latest renewal, then the name. The first claim of a subnet under
+// claim the latest renewal, then the name. The first claim of a block under
 // it is the one that beats the others, whatever the input order.
 func first(a, b Claim) int {
 	if !a.ClaimedAt.Equal(b.ClaimedAt) {
@@ -45,18 +45,18 @@ func first(a, b Claim) int {
 	return 0
 }
 
-// usable reports whether a claim's subnet is worth looking at: a valid,
+// usable reports whether a claim's block is worth looking at: a valid,
 // masked prefix. Claims on anything else are ignored by Holders and Conflicts.
 func usable(c Claim) bool {
-	return c.Subnet.IsValid() && c.Subnet.Masked() == c.Subnet
+	return c.Block.IsValid() && c.Block.Masked() == c.Block
 }
 
-// Holders returns, for every subnet that is held, the claim that holds it: a
+// Holders returns, for every block that is held, the claim that holds it: a
 // claim holds while its node is alive, or for grace after RenewedAt while it
-// is not; among several holders of one subnet the one that Beats the others.
+// is not; among several holders of one block the one that Beats the others.
 //
 // alive nil counts every node as alive. Claims on an invalid or unmasked
-// subnet are ignored. The answer does not depend on the order of claims; the
+// block are ignored. The answer does not depend on the order of claims; the
 // map is the caller's.
 func Holders(claims []Claim, alive func(node string) bool, now time.Time, grace time.Duration) map[netip.Prefix]Claim {
 	if alive == nil {
@@ -70,41 +70,41 @@ func Holders(claims []Claim, alive func(node string) bool, now time.Time, grace 
 		if !alive(c.Node) && now.Sub(c.RenewedAt) >= grace {
 			continue
 		}
-		if h, ok := held[c.Subnet]; !ok || first(c, h) < 0 {
-			held[c.Subnet] = c
+		if h, ok := held[c.Block]; !ok || first(c, h) < 0 {
+			held[c.Block] = c
 		}
 	}
 	return held
 }
 
 // Conflicts returns every pair (winner, loser) of alive nodes claiming the
-// same subnet, one entry per losing node: the winner is the claim that Beats
+// same block, one entry per losing node: the winner is the claim that Beats
 // the others. Several copies of one node's claim count as one claimant.
 //
 // alive nil counts every node as alive. Claims on an invalid or unmasked
-// subnet are ignored. The result is sorted by subnet, then by loser in Beats
+// block are ignored. The result is sorted by block, then by loser in Beats
 // order, whatever the order of claims.
 func Conflicts(claims []Claim, alive func(node string) bool) []Conflict {
 	if alive == nil {
 		alive = func(string) bool { return true }
 	}
-	// subnet → node → that node's first claim
-	bySubnet := make(map[netip.Prefix]map[string]Claim)
+	// block → node → that node's first claim
+	byBlock := make(map[netip.Prefix]map[string]Claim)
 	for _, c := range claims {
 		if !usable(c) || !alive(c.Node) {
 			continue
 		}
-		nodes := bySubnet[c.Subnet]
+		nodes := byBlock[c.Block]
 		if nodes == nil {
 			nodes = make(map[string]Claim)
-			bySubnet[c.Subnet] = nodes
+			byBlock[c.Block] = nodes
 		}
 		if o, ok := nodes[c.Node]; !ok || first(c, o) < 0 {
 			nodes[c.Node] = c
 		}
 	}
 	var out []Conflict
-	for subnet, nodes := range bySubnet {
+	for block, nodes := range byBlock {
 		if len(nodes) < 2 {
 			continue
 		}
@@ -114,11 +114,11 @@ func Conflicts(claims []Claim, alive func(node string) bool) []Conflict {
 		}
 		slices.SortFunc(cs, first)
 		for _, loser := range cs[1:] {
-			out = append(out, Conflict{Subnet: subnet, Winner: cs[0], Loser: loser})
+			out = append(out, Conflict{Block: block, Winner: cs[0], Loser: loser})
 		}
 	}
 	slices.SortFunc(out, func(a, b Conflict) int {
-		if c := comparePrefix(a.Subnet, b.Subnet); c != 0 {
+		if c := comparePrefix(a.Block, b.Block); c != 0 {
 			return c
 		}
 		return first(a.Loser, b.Loser)

@@ -13,16 +13,16 @@ import (
 
 var t0 = time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
 
-func claim(node string, subnet string, claimedAt, renewedAt time.Duration) ipam.Claim {
+func claim(node string, block string, claimedAt, renewedAt time.Duration) ipam.Claim {
 	var s netip.Prefix
-	if subnet != "" {
-		s = pfx(subnet)
+	if block != "" {
+		s = pfx(block)
 	}
-	return ipam.Claim{Node: node, Name: "host-" + node, Subnet: s, ClaimedAt: t0.Add(claimedAt), RenewedAt: t0.Add(renewedAt)}
+	return ipam.Claim{Node: node, Name: "host-" + node, Block: s, ClaimedAt: t0.Add(claimedAt), RenewedAt: t0.Add(renewedAt)}
 }
 
 func TestBeats(t *testing.T) {
-	const sub = "10.200.3.0/24"
+	const sub = "10.200.3.0/26"
 	cases := []struct {
 		name string
 		c, o ipam.Claim
@@ -35,8 +35,8 @@ func TestBeats(t *testing.T) {
 		{"itself", claim("A", sub, 0, 0), claim("A", sub, 0, 0), false},
 		{"stale copy of itself", claim("A", sub, 0, time.Hour), claim("A", sub, time.Minute, 0), false},
 		{"renewal does not matter", claim("B", sub, 0, 0), claim("A", sub, time.Second, time.Hour), true},
-		{"same instant other zone", claim("A", sub, 0, 0), ipam.Claim{Node: "B", Subnet: pfx(sub), ClaimedAt: t0.In(time.FixedZone("x", 3600))}, true},
-		{"same instant other zone reversed", ipam.Claim{Node: "B", Subnet: pfx(sub), ClaimedAt: t0.In(time.FixedZone("x", 3600))}, claim("A", sub, 0, 0), false},
+		{"same instant other zone", claim("A", sub, 0, 0), ipam.Claim{Node: "B", Block: pfx(sub), ClaimedAt: t0.In(time.FixedZone("x", 3600))}, true},
+		{"same instant other zone reversed", ipam.Claim{Node: "B", Block: pfx(sub), ClaimedAt: t0.In(time.FixedZone("x", 3600))}, claim("A", sub, 0, 0), false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -52,14 +52,14 @@ func aliveSet(nodes ...string) func(string) bool {
 }
 
 func TestHolders(t *testing.T) {
-	const sub, sub2 = "10.200.3.0/24", "10.200.4.0/24"
+	const sub, sub2 = "10.200.3.0/26", "10.200.3.64/26"
 	grace := 10 * time.Minute
 	now := t0.Add(time.Hour)
 	cases := []struct {
 		name   string
 		claims []ipam.Claim
 		alive  func(string) bool
-		want   map[netip.Prefix]string // subnet → holding node
+		want   map[netip.Prefix]string // block → holding node
 	}{
 		{"none", nil, aliveSet(), map[netip.Prefix]string{}},
 		{"alive holds", []ipam.Claim{claim("A", sub, 0, 0)}, aliveSet("A"), map[netip.Prefix]string{pfx(sub): "A"}},
@@ -72,10 +72,13 @@ func TestHolders(t *testing.T) {
 		{"older dead inside grace beats newer alive", []ipam.Claim{claim("A", sub, 0, 55*time.Minute), claim("B", sub, time.Minute, time.Minute)}, aliveSet("B"), map[netip.Prefix]string{pfx(sub): "A"}},
 		{"older dead past grace yields to newer alive", []ipam.Claim{claim("A", sub, 0, 0), claim("B", sub, time.Minute, time.Minute)}, aliveSet("B"), map[netip.Prefix]string{pfx(sub): "B"}},
 		{"tie broken by key", []ipam.Claim{claim("C", sub, 0, 0), claim("B", sub, 0, 0), claim("D", sub, 0, 0)}, aliveSet("B", "C", "D"), map[netip.Prefix]string{pfx(sub): "B"}},
-		{"two subnets", []ipam.Claim{claim("A", sub, time.Second, 0), claim("B", sub2, 0, 0), claim("C", sub2, -time.Second, 0)}, aliveSet("A", "B", "C"), map[netip.Prefix]string{pfx(sub): "A", pfx(sub2): "C"}},
-		{"zero subnet ignored", []ipam.Claim{claim("A", "", 0, 0)}, aliveSet("A"), map[netip.Prefix]string{}},
-		{"unmasked subnet ignored", []ipam.Claim{claim("A", "10.200.3.9/24", 0, 0)}, aliveSet("A"), map[netip.Prefix]string{}},
+		{"two blocks", []ipam.Claim{claim("A", sub, time.Second, 0), claim("B", sub2, 0, 0), claim("C", sub2, -time.Second, 0)}, aliveSet("A", "B", "C"), map[netip.Prefix]string{pfx(sub): "A", pfx(sub2): "C"}},
+		{"zero block ignored", []ipam.Claim{claim("A", "", 0, 0)}, aliveSet("A"), map[netip.Prefix]string{}},
+		{"unmasked block ignored", []ipam.Claim{claim("A", "10.200.3.9/26", 0, 0)}, aliveSet("A"), map[netip.Prefix]string{}},
 		{"nil alive counts all alive", []ipam.Claim{claim("A", sub, 0, 0)}, nil, map[netip.Prefix]string{pfx(sub): "A"}},
+		{"one node several blocks", []ipam.Claim{claim("A", sub, 0, 0), claim("A", sub2, time.Hour, time.Hour)}, aliveSet("A"), map[netip.Prefix]string{pfx(sub): "A", pfx(sub2): "A"}},
+		{"lost one block of several", []ipam.Claim{claim("A", sub, 0, 0), claim("A", sub2, time.Second, 0), claim("B", sub2, 0, 0)}, aliveSet("A", "B"), map[netip.Prefix]string{pfx(sub): "A", pfx(sub2): "B"}},
+		{"nested prefixes are other blocks", []ipam.Claim{claim("A", "10.200.3.0/25", time.Second, 0), claim("B", sub, 0, 0)}, aliveSet("A", "B"), map[netip.Prefix]string{pfx("10.200.3.0/25"): "A", pfx(sub): "B"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -99,18 +102,18 @@ func TestHolders(t *testing.T) {
 func holderNodes(h map[netip.Prefix]ipam.Claim) map[netip.Prefix]string {
 	out := map[netip.Prefix]string{}
 	for s, c := range h {
-		if c.Subnet != s {
-			panic("holder map key differs from the claim's subnet")
+		if c.Block != s {
+			panic("holder map key differs from the claim's block")
 		}
 		out[s] = c.Node
 	}
 	return out
 }
 
-type pair struct{ subnet, winner, loser string }
+type pair struct{ block, winner, loser string }
 
 func TestConflicts(t *testing.T) {
-	const sub, sub2 = "10.200.3.0/24", "10.200.4.0/24"
+	const sub, sub2 = "10.200.3.0/26", "10.200.3.64/26"
 	cases := []struct {
 		name   string
 		claims []ipam.Claim
@@ -125,8 +128,12 @@ func TestConflicts(t *testing.T) {
 		{"dead claimant is no conflict", []ipam.Claim{claim("A", sub, 0, 59*time.Minute), claim("B", sub, time.Second, 0)}, aliveSet("B"), nil},
 		{"three alive two losers", []ipam.Claim{claim("C", sub, 2*time.Second, 0), claim("A", sub, time.Second, 0), claim("B", sub, 0, 0)}, aliveSet("A", "B", "C"), []pair{{sub, "B", "A"}, {sub, "B", "C"}}},
 		{"copies of one node are one claimant", []ipam.Claim{claim("A", sub, 0, 0), claim("A", sub, 0, time.Minute)}, aliveSet("A"), nil},
-		{"two subnets sorted", []ipam.Claim{claim("D", sub2, time.Second, 0), claim("C", sub2, 0, 0), claim("B", sub, time.Second, 0), claim("A", sub, 0, 0)}, aliveSet("A", "B", "C", "D"), []pair{{sub, "A", "B"}, {sub2, "C", "D"}}},
-		{"invalid subnets ignored", []ipam.Claim{claim("A", "", 0, 0), claim("B", "", 0, 0)}, aliveSet("A", "B"), nil},
+		{"two blocks sorted", []ipam.Claim{claim("D", sub2, time.Second, 0), claim("C", sub2, 0, 0), claim("B", sub, time.Second, 0), claim("A", sub, 0, 0)}, aliveSet("A", "B", "C", "D"), []pair{{sub, "A", "B"}, {sub2, "C", "D"}}},
+		{"one node several blocks", []ipam.Claim{claim("A", sub, 0, 0), claim("A", sub2, time.Hour, 0)}, aliveSet("A"), nil},
+		{"conflict on one block of several", []ipam.Claim{claim("A", sub, 0, 0), claim("A", sub2, time.Second, 0), claim("B", sub2, 0, 0), claim("B", "10.200.9.0/26", 0, 0)}, aliveSet("A", "B"), []pair{{sub2, "B", "A"}}},
+		{"nested prefixes are no conflict", []ipam.Claim{claim("A", "10.200.3.0/25", 0, 0), claim("B", sub, 0, 0)}, aliveSet("A", "B"), nil},
+		{"unmasked block ignored", []ipam.Claim{claim("A", "10.200.3.9/26", 0, 0), claim("B", sub, time.Second, 0)}, aliveSet("A", "B"), nil},
+		{"invalid blocks ignored", []ipam.Claim{claim("A", "", 0, 0), claim("B", "", 0, 0)}, aliveSet("A", "B"), nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -149,27 +156,27 @@ func TestConflicts(t *testing.T) {
 func pairs(cs []ipam.Conflict) []pair {
 	var out []pair
 	for _, c := range cs {
-		if c.Winner.Subnet != c.Subnet || c.Loser.Subnet != c.Subnet || !c.Winner.Beats(c.Loser) {
+		if c.Winner.Block != c.Block || c.Loser.Block != c.Block || !c.Winner.Beats(c.Loser) {
 			panic("inconsistent conflict")
 		}
-		out = append(out, pair{c.Subnet.String(), c.Winner.Node, c.Loser.Node})
+		out = append(out, pair{c.Block.String(), c.Winner.Node, c.Loser.Node})
 	}
 	return out
 }
 
-// TestClaimsRandom: on random claim sets, the holder of a subnet beats every
+// TestClaimsRandom: on random claim sets, the holder of a block beats every
 // other counting claim on it, and Conflicts agrees with Holders for live
 // nodes, whatever the order.
 func TestClaimsRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	nodes := []string{"A", "B", "C", "D", "E"}
-	subnets := []string{"10.200.1.0/24", "10.200.2.0/24", "10.200.3.0/24"}
+	blocks := []string{"10.200.1.0/26", "10.200.1.64/26", "10.200.3.0/26"}
 	now := t0.Add(time.Hour)
 	grace := 10 * time.Minute
 	for range 500 {
 		var claims []ipam.Claim
 		for range r.IntN(8) {
-			claims = append(claims, claim(nodes[r.IntN(len(nodes))], subnets[r.IntN(len(subnets))],
+			claims = append(claims, claim(nodes[r.IntN(len(nodes))], blocks[r.IntN(len(blocks))],
 				time.Duration(r.IntN(3))*time.Second, time.Duration(r.IntN(70))*time.Minute))
 		}
 		liveSet := []string{}
@@ -183,7 +190,7 @@ func TestClaimsRandom(t *testing.T) {
 		for s, h := range held {
 			for _, c := range claims {
 				counts := alive(c.Node) || now.Sub(c.RenewedAt) < grace
-				if c.Subnet == s && counts && c.Beats(h) {
+				if c.Block == s && counts && c.Beats(h) {
 					t.Fatalf("claims %v: holder %v of %s is beaten by %v", claims, h, s, c)
 				}
 			}

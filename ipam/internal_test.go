@@ -122,3 +122,30 @@ func TestAddressArithmetic(t *testing.T) {
 		t.Fatalf("offsetIn beyond 64 bits")
 	}
 }
+
+func TestLastAddrAndOnes(t *testing.T) {
+	cases := []struct {
+		name, p, want string
+	}{
+		{"ipv4 /26", "10.200.3.0/26", "10.200.3.63"},
+		{"ipv4 unmasked", "10.200.3.9/26", "10.200.3.63"},
+		{"ipv4 /14", "10.200.0.0/14", "10.203.255.255"},
+		{"ipv4 /0", "0.0.0.0/0", "255.255.255.255"},
+		{"ipv4 /32", "10.0.0.7/32", "10.0.0.7"},
+		{"ipv6 /64", "fd00:200:0:7::/64", "fd00:200:0:7:ffff:ffff:ffff:ffff"},
+		{"ipv6 /48 crosses 64 bits", "fd00:200::/48", "fd00:200:0:ffff:ffff:ffff:ffff:ffff"},
+		{"ipv6 /0", "::/0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := lastAddr(netip.MustParsePrefix(tc.p)); got != netip.MustParseAddr(tc.want) {
+				t.Fatalf("lastAddr(%s) = %s, want %s", tc.p, got, tc.want)
+			}
+		})
+	}
+	for n, want := range map[int]u128{0: {}, -1: {}, 1: {lo: 1}, 64: {lo: ^uint64(0)}, 65: {hi: 1, lo: ^uint64(0)}, 128: {^uint64(0), ^uint64(0)}, 200: {^uint64(0), ^uint64(0)}} {
+		if got := ones(n); got != want {
+			t.Errorf("ones(%d) = %v, want %v", n, got, want)
+		}
+	}
+}

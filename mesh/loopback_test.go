@@ -71,12 +71,12 @@ func TestLoopbackCluster(t *testing.T) {
 		}
 	})
 	t.Run("meta update", func(t *testing.T) {
-		if err := c.UpdateMeta(Meta{PublicKey: "pk-c", NodeSubnet: "10.200.7.0/24"}); err != nil {
+		if err := c.UpdateMeta(Meta{PublicKey: "pk-c", FirstBlock: "10.200.7.0/24"}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 5*time.Second, "c's new meta on a and b", func() bool {
 			for _, m := range nodes {
-				if mem, _ := m.Member("c"); mem.Meta.NodeSubnet != "10.200.7.0/24" {
+				if mem, _ := m.Member("c"); mem.Meta.FirstBlock != "10.200.7.0/24" {
 					return false
 				}
 			}

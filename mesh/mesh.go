@@ -1,6 +1,6 @@
 // Package mesh is cluster membership over hashicorp/memberlist: each node's
 // meta, a replicated record store, membership events, the cluster key,
-// re-joining remembered peers, and the node-subnet claim protocol.
+// re-joining remembered peers, and the block claim protocol.
 //
 // A Mesh is one running member. Its goroutines: memberlist's own (probe,
 // gossip, push/pull, listeners), routineMaintain (re-joins remembered
@@ -92,9 +92,13 @@ const kindMember = "mesh.member"
 type Meta struct {
 	PublicKey  string `json:"k"`
 	Endpoint   string `json:"e"` // underlay ip:port of WireGuard
-	NodeSubnet string `json:"s"`
-	OverlayIP  string `json:"o"`
-	Version    string `json:"v"`
+	FirstBlock string `json:"s"` // the node's first block (holds OverlayIP)
+	// Plan is the node's address plan, "<cluster CIDR>/<block prefix>"
+	// (10.200.0.0/14/26): nodes of one cluster must agree on it, and a node
+	// ignores a peer whose plan differs.
+	Plan      string `json:"p,omitempty"`
+	OverlayIP string `json:"o"`
+	Version   string `json:"v"`
 }
 
 // encodeMeta returns meta as compact JSON, or ErrMetaTooLarge.
@@ -172,7 +176,7 @@ type Tuning struct {
 	RejoinMin, RejoinMax time.Duration
 	// ForgetPeersAfter is how long a remembered peer not seen alive is
 	// kept (default 7 days). When it is forgotten, the records it owns
-	// (its member marker, service endpoints, ports; not its node-subnet
+	// (its member marker, service endpoints, ports; not its block
 	// claim, which the Claimer keeps for its grace) are deleted from the
 	// store, so that nodes that never come back do not stay in it for
 	// ever; one that does come back writes them again.

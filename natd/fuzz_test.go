@@ -3,6 +3,7 @@ package natd
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -10,14 +11,17 @@ import (
 // panic, must agree, and a valid config must plan one rule per port plus the
 // source-NAT rules.
 func FuzzPlan(f *testing.F) {
-	f.Add("10.200.0.0/16", "10.200.3.0/24", "10.200.3.1", "zl0", "zlb-", true, []byte("tcp\x00\x1f\x90\x0a\xc8\x03\x22\x00\x50"))
+	f.Add("10.200.0.0/16", "10.200.3.0/26,10.200.9.128/25", "10.200.3.1", "zl0", "zlb-", true, []byte("tcp\x00\x1f\x90\x0a\xc8\x03\x22\x00\x50"))
 	f.Add("10.200.0.0/16", "10.200.3.0/24", "10.200.3.1", "", "", false, []byte("udp\x01\x00\x35\xc0\x00\x02\x0a\x0a\xc8\x05\x07\x00\x35tcp\x00\x00\x35\x0a\xc8\x05\x07\x00\x35"))
 	f.Add("fd00::/48", "fd00:0:3::/64", "fd00:0:3::1", "zl0", "zlb-", true, []byte{})
 	f.Add("10.200.0.0/16", "10.200.0.0/16", "10.200.0.0", "a/b", "zlb-zlb-zlb-zlb-", true, []byte("xyz\x02"))
 	f.Fuzz(func(t *testing.T, cluster, subnet, overlay, oif, bprefix string, masq bool, ports []byte) {
 		cfg := Config{OverlayIf: oif, BridgePrefix: bprefix, Masquerade: masq}
 		cfg.Cluster, _ = netip.ParsePrefix(cluster)
-		cfg.NodeSubnet, _ = netip.ParsePrefix(subnet)
+		for _, f := range strings.Split(subnet, ",") {
+			l, _ := netip.ParsePrefix(f)
+			cfg.Local = append(cfg.Local, l)
+		}
 		cfg.Overlay, _ = netip.ParseAddr(overlay)
 		cfg.Ports = decodePorts(ports)
 		err := cfg.Validate()
@@ -31,9 +35,9 @@ func FuzzPlan(f *testing.F) {
 			}
 			return
 		}
-		want := len(cfg.Ports) + 2
+		want := len(cfg.Ports) + 2*len(cfg.Local) + 1
 		if masq {
-			want++
+			want += len(cfg.Local)
 		}
 		if len(rules) != want {
 			t.Fatalf("%d rules for %d ports (masquerade %v)", len(rules), len(cfg.Ports), masq)

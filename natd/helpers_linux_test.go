@@ -20,7 +20,7 @@ import (
 func baseConfig() Config {
 	return Config{
 		Cluster:    netip.MustParsePrefix("10.200.0.0/16"),
-		NodeSubnet: netip.MustParsePrefix("10.200.3.0/24"),
+		Local:      []netip.Prefix{netip.MustParsePrefix("10.200.3.0/24")},
 		Overlay:    netip.MustParseAddr("10.200.3.1"),
 		OverlayIf:  "zl0",
 		Masquerade: true,

@@ -99,6 +99,9 @@ const (
 	// MaxPorts bounds Config.Ports so that a full Set stays one netlink
 	// batch the kernel accepts.
 	MaxPorts = 16384
+	// MaxLocal bounds Config.Local: three rules a prefix, and a node's
+	// blocks coalesce into few prefixes.
+	MaxLocal = 1024
 )
 
 // Errors callers branch on.
@@ -139,11 +142,13 @@ type Config struct {
 	// between two cluster addresses is never masqueraded, and every Target
 	// must lie inside it.
 	Cluster netip.Prefix
-	// NodeSubnet is this host's subnet (e.g. 10.200.3.0/24), masked and
-	// inside Cluster: the sources that egress masquerade applies to, and the
-	// clients whose address is kept when a published port leads to another
-	// host.
-	NodeSubnet netip.Prefix
+	// Local are the prefixes of this host's container addresses (its
+	// blocks, adjacent ones merged), each masked and inside Cluster, at
+	// least one and at most MaxLocal: the sources that egress masquerade
+	// applies to, and the clients whose address is kept when a published
+	// port leads to another host (the overlay routes replies to them back
+	// here; any other client is source-NATed to Overlay).
+	Local []netip.Prefix
 	// Overlay is this host's own overlay address (e.g. 10.200.3.1), inside
 	// Cluster: the source given to published-port connections forwarded to
 	// other hosts.
@@ -154,7 +159,7 @@ type Config struct {
 	OverlayIf string
 	// BridgePrefix is the name prefix of the per-service bridges; "" means
 	// DefaultBridgePrefix. A translated connection from a local container
-	// (inside NodeSubnet, not one of the host's addresses) that leaves
+	// (inside Local, not one of the host's addresses) that leaves
 	// through one of them is masqueraded (hairpin).
 	BridgePrefix string
 	// Masquerade turns egress masquerade on. The zero value (false) leaves

@@ -24,9 +24,14 @@ const (
 	// interface whose name starts with Iface (a bridge), is source-NATed to
 	// the address of that interface (masquerade).
 	KindHairpin
+	// KindOverlayKeep: a destination-NATed connection that leaves through
+	// the interface named Iface from a source inside Source (a local
+	// container: the overlay routes its replies back here) keeps its
+	// source address: the chain ends for it before KindOverlaySNAT.
+	KindOverlayKeep
 	// KindOverlaySNAT: a destination-NATed connection that leaves through
-	// the interface named Iface, from a source outside Keep, is source-NATed
-	// to To.
+	// the interface named Iface (and was not kept by a KindOverlayKeep
+	// rule) is source-NATed to To.
 	KindOverlaySNAT
 	// KindMasquerade: a connection from inside Source to a destination
 	// outside Except, leaving through any interface but the one named Iface,
@@ -41,6 +46,8 @@ func (k Kind) String() string {
 		return "publish"
 	case KindHairpin:
 		return "hairpin"
+	case KindOverlayKeep:
+		return "overlay-keep"
 	case KindOverlaySNAT:
 		return "overlay-snat"
 	case KindMasquerade:
@@ -64,12 +71,12 @@ type Rule struct {
 	Target   netip.AddrPort //
 
 	// KindHairpin: Iface (an interface name prefix) and Source.
-	// KindOverlaySNAT: Iface, Keep and To.
+	// KindOverlayKeep: Iface and Source.
+	// KindOverlaySNAT: Iface and To.
 	// KindMasquerade: Iface, Source and Except.
 	Iface  string
 	Source netip.Prefix
 	Except netip.Prefix
-	Keep   netip.Prefix
 	To     netip.Addr
 }
 
@@ -84,8 +91,10 @@ func (r Rule) String() string {
 		return fmt.Sprintf("publish %s %s:%d dnat %s", r.Proto, host, r.HostPort, r.Target)
 	case KindHairpin:
 		return fmt.Sprintf("hairpin dnat saddr %s !local oif %s* masquerade", r.Source, r.Iface)
+	case KindOverlayKeep:
+		return fmt.Sprintf("overlay dnat oif %s saddr %s keep", r.Iface, r.Source)
 	case KindOverlaySNAT:
-		return fmt.Sprintf("overlay dnat oif %s saddr != %s snat %s", r.Iface, r.Keep, r.To)
+		return fmt.Sprintf("overlay dnat oif %s snat %s", r.Iface, r.To)
 	case KindMasquerade:
 		return fmt.Sprintf("egress saddr %s daddr != %s oif != %s masquerade", r.Source, r.Except, r.Iface)
 	}
@@ -96,7 +105,8 @@ func (r Rule) String() string {
 // KindPublish rules (sorted by protocol, host port, host address; their keys
 // never overlap, so their order does not matter), then the source-NAT rules
 // in the order they must be tried (the first that matches a connection
-// applies): KindHairpin, KindOverlaySNAT, and KindMasquerade when
+// applies): KindHairpin and KindOverlayKeep for each prefix of cfg.Local,
+// KindOverlaySNAT, and KindMasquerade for each prefix of cfg.Local when
 // cfg.Masquerade is set. The hairpin and overlay rules are always present so
 // that publishing a port only ever adds a KindPublish rule.
 //
@@ -106,7 +116,7 @@ func Plan(cfg Config) ([]Rule, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	rules := slices.AppendSeq(make([]Rule, 0, len(cfg.Ports)+3), rulesOf(cfg))
+	rules := slices.AppendSeq(make([]Rule, 0, len(cfg.Ports)+1+3*len(cfg.Local)), rulesOf(cfg))
 	slices.SortFunc(rules[:len(cfg.Ports)], func(a, b Rule) int {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostAddr.Compare(b.HostAddr))
 	})
@@ -124,12 +134,25 @@ func rulesOf(cfg Config) iter.Seq[Rule] {
 				return
 			}
 		}
-		if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: cfg.NodeSubnet}) ||
-			!yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), Keep: cfg.NodeSubnet, To: cfg.Overlay}) {
+		for _, l := range cfg.Local {
+			if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: l}) {
+				return
+			}
+		}
+		for _, l := range cfg.Local {
+			if !yield(Rule{Kind: KindOverlayKeep, Iface: cfg.overlayIf(), Source: l}) {
+				return
+			}
+		}
+		if !yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), To: cfg.Overlay}) {
 			return
 		}
 		if cfg.Masquerade {
-			yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: cfg.NodeSubnet, Except: cfg.Cluster})
+			for _, l := range cfg.Local {
+				if !yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: l, Except: cfg.Cluster}) {
+					return
+				}
+			}
 		}
 	}
 }

@@ -24,7 +24,8 @@ func TestPlan(t *testing.T) {
 		"publish tcp 192.0.2.11:9090 dnat 10.200.5.8:80",
 		"publish udp local:8080 dnat 10.200.3.34:80",
 		"hairpin dnat saddr 10.200.3.0/24 !local oif zlb-* masquerade",
-		"overlay dnat oif zl0 saddr != 10.200.3.0/24 snat 10.200.3.1",
+		"overlay dnat oif zl0 saddr 10.200.3.0/24 keep",
+		"overlay dnat oif zl0 snat 10.200.3.1",
 		"egress saddr 10.200.3.0/24 daddr != 10.200.0.0/16 oif != zl0 masquerade",
 	}
 	if !slices.Equal(got, want) {
@@ -43,8 +44,33 @@ func TestPlan(t *testing.T) {
 		for _, r := range rules {
 			kinds = append(kinds, r.Kind)
 		}
-		if !slices.Equal(kinds, []Kind{KindHairpin, KindOverlaySNAT}) {
-			t.Errorf("kinds %v, want hairpin and overlay-snat only", kinds)
+		if !slices.Equal(kinds, []Kind{KindHairpin, KindOverlayKeep, KindOverlaySNAT}) {
+			t.Errorf("kinds %v, want hairpin, overlay-keep and overlay-snat only", kinds)
+		}
+	})
+	t.Run("several local prefixes", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.Ports = nil
+		cfg.Local = []netip.Prefix{netip.MustParsePrefix("10.200.3.0/26"), netip.MustParsePrefix("10.200.9.0/25")}
+		rules, err := Plan(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range rules {
+			got = append(got, r.String())
+		}
+		want := []string{
+			"hairpin dnat saddr 10.200.3.0/26 !local oif zlb-* masquerade",
+			"hairpin dnat saddr 10.200.9.0/25 !local oif zlb-* masquerade",
+			"overlay dnat oif zl0 saddr 10.200.3.0/26 keep",
+			"overlay dnat oif zl0 saddr 10.200.9.0/25 keep",
+			"overlay dnat oif zl0 snat 10.200.3.1",
+			"egress saddr 10.200.3.0/26 daddr != 10.200.0.0/16 oif != zl0 masquerade",
+			"egress saddr 10.200.9.0/25 daddr != 10.200.0.0/16 oif != zl0 masquerade",
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Plan:\n got %q\nwant %q", got, want)
 		}
 	})
 	t.Run("invalid", func(t *testing.T) {

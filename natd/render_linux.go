@@ -29,9 +29,10 @@ import (
 //	chain output      { type nat hook output priority -100; policy accept;
 //		meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump publish }
 //	chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-//		meta nfproto ipv4 ct status dnat ip saddr <node subnet> oifname "zlb-*" fib saddr type != local masquerade
-//		meta nfproto ipv4 ct status dnat oifname "zl0" ip saddr != <node subnet> snat ip to <overlay>
-//		meta nfproto ipv4 ip saddr <node subnet> ip daddr != <cluster> oifname != "zl0" masquerade  (Masquerade only)
+//		meta nfproto ipv4 ct status dnat ip saddr <local block> oifname "zlb-*" fib saddr type != local masquerade   (each local block)
+//		meta nfproto ipv4 ct status dnat oifname "zl0" ip saddr <local block> accept   (each local block)
+//		meta nfproto ipv4 ct status dnat oifname "zl0" snat ip to <overlay>
+//		meta nfproto ipv4 ip saddr <local block> ip daddr != <cluster> oifname != "zl0" masquerade  (each local block; Masquerade only)
 //	}
 //
 // A published port is one element of ports_any (all local addresses) or
@@ -159,7 +160,7 @@ func render(rules iter.Seq[Rule], nports int) *state {
 		case KindPublish:
 			set, k, v := portElem(r)
 			s.Elems[set][k] = v
-		case KindHairpin, KindOverlaySNAT, KindMasquerade:
+		case KindHairpin, KindOverlayKeep, KindOverlaySNAT, KindMasquerade:
 			post = append(post, postroutingRule(r))
 		}
 	}
@@ -234,6 +235,8 @@ func postroutingRule(r Rule) ruleSpec {
 	switch r.Kind {
 	case KindHairpin:
 		e = hairpinExprs(r)
+	case KindOverlayKeep:
+		e = overlayKeepExprs(r)
 	case KindOverlaySNAT:
 		e = overlaySNATExprs(r)
 	case KindMasquerade:
@@ -308,13 +311,21 @@ func hairpinExprs(r Rule) []expr.Any {
 	)
 }
 
+func overlayKeepExprs(r Rule) []expr.Any {
+	e := append(append(ipv4Only(), ctDNAT()...),
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.Iface)},
+	)
+	e = append(e, prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	return append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+}
+
 func overlaySNATExprs(r Rule) []expr.Any {
 	to := r.To.As4()
 	e := append(append(ipv4Only(), ctDNAT()...),
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.Iface)},
 	)
-	e = append(e, prefixMatch(12, r.Keep, expr.CmpOpNeq)...)
 	return append(e,
 		&expr.Immediate{Register: 1, Data: to[:]},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},

@@ -61,11 +61,19 @@ func (c Config) validateNet() error {
 	if err := checkPrefix("cluster", c.Cluster); err != nil {
 		return err
 	}
-	if err := checkPrefix("node subnet", c.NodeSubnet); err != nil {
-		return err
+	if len(c.Local) == 0 {
+		return fmt.Errorf("no local prefix (the node's blocks)")
 	}
-	if c.NodeSubnet.Bits() < c.Cluster.Bits() || !c.Cluster.Contains(c.NodeSubnet.Addr()) {
-		return fmt.Errorf("node subnet %s is not inside cluster %s", c.NodeSubnet, c.Cluster)
+	if len(c.Local) > MaxLocal {
+		return fmt.Errorf("%d local prefixes: at most %d", len(c.Local), MaxLocal)
+	}
+	for _, l := range c.Local {
+		if err := checkPrefix("local prefix", l); err != nil {
+			return err
+		}
+		if l.Bits() < c.Cluster.Bits() || !c.Cluster.Contains(l.Addr()) {
+			return fmt.Errorf("local prefix %s is not inside cluster %s", l, c.Cluster)
+		}
 	}
 	if !c.Overlay.IsValid() {
 		return fmt.Errorf("overlay address missing")

@@ -10,7 +10,7 @@ import (
 func validConfig() Config {
 	return Config{
 		Cluster:    netip.MustParsePrefix("10.200.0.0/16"),
-		NodeSubnet: netip.MustParsePrefix("10.200.3.0/24"),
+		Local:      []netip.Prefix{netip.MustParsePrefix("10.200.3.0/24")},
 		Overlay:    netip.MustParseAddr("10.200.3.1"),
 		Masquerade: true,
 		Ports: []Port{
@@ -39,9 +39,12 @@ func TestValidate(t *testing.T) {
 		{name: "cluster host bits", mutate: func(c *Config) { c.Cluster = p("10.200.1.0/16") }, want: "host bits"},
 		{name: "cluster ipv6", mutate: func(c *Config) { c.Cluster = p("fd00::/48") }, want: "only IPv4"},
 		{name: "cluster /0", mutate: func(c *Config) { c.Cluster = p("0.0.0.0/0") }, want: "covers every address"},
-		{name: "node subnet missing", mutate: func(c *Config) { c.NodeSubnet = netip.Prefix{} }, want: "node subnet missing"},
-		{name: "node subnet outside", mutate: func(c *Config) { c.NodeSubnet = p("10.201.3.0/24") }, want: "not inside cluster"},
-		{name: "node subnet larger", mutate: func(c *Config) { c.NodeSubnet = p("10.0.0.0/8") }, want: "not inside cluster"},
+		{name: "no local prefix", mutate: func(c *Config) { c.Local = nil }, want: "no local prefix"},
+		{name: "local prefix missing", mutate: func(c *Config) { c.Local = []netip.Prefix{{}} }, want: "local prefix missing"},
+		{name: "local prefix outside", mutate: func(c *Config) { c.Local = []netip.Prefix{p("10.200.3.0/26"), p("10.201.3.0/24")} }, want: "not inside cluster"},
+		{name: "local prefix larger", mutate: func(c *Config) { c.Local = []netip.Prefix{p("10.0.0.0/8")} }, want: "not inside cluster"},
+		{name: "several local prefixes", mutate: func(c *Config) { c.Local = []netip.Prefix{p("10.200.3.0/26"), p("10.200.9.0/25")} }},
+		{name: "too many local prefixes", mutate: func(c *Config) { c.Local = make([]netip.Prefix, MaxLocal+1) }, want: "at most"},
 		{name: "overlay missing", mutate: func(c *Config) { c.Overlay = netip.Addr{} }, want: "overlay address missing"},
 		{name: "overlay outside", mutate: func(c *Config) { c.Overlay = a("192.0.2.1") }, want: "not inside cluster"},
 		{name: "overlay ipv6", mutate: func(c *Config) { c.Overlay = a("fd00::1") }, want: "only IPv4"},

@@ -15,13 +15,14 @@ import (
 
 	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/ipam/disk"
 )
 
 func testAttachment(id, service, addr string) attachment {
 	p := netip.MustParsePrefix(addr)
 	return attachment{
 		Spec: bridge.Spec{Service: service, Container: id, Netns: "/run/netns/" + id, Ifname: "eth0",
-			Address: p, Gateway: netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits()), MTU: 1420},
+			Address: p, Gateway: gatewayFor(p.Addr()), MTU: 1420},
 		Attached:  bridge.Attached{Bridge: bridge.BridgeName(service), HostVeth: bridge.VethName(id), NetnsID: bridge.NetnsID{Dev: 4, Ino: 1000}},
 		CreatedAt: time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC),
 	}
@@ -152,8 +153,8 @@ func (f *fakeContainers) Detach(_ context.Context, s bridge.Spec) error {
 	f.record("detach " + s.Container)
 	return nil
 }
-func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, gw netip.Prefix) error {
-	f.record(fmt.Sprintf("readdress %s %s→%s via %s", s.Container, s.Address, a, gw.Addr()))
+func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a netip.Prefix) error {
+	f.record(fmt.Sprintf("readdress %s %s→%s", s.Container, s.Address, a))
 	return nil
 }
 func (f *fakeContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
@@ -175,6 +176,10 @@ func (f *fakeContainers) RemoveBridgeIfEmpty(name string) (bool, error) {
 	f.record("remove-bridge " + name)
 	return f.emptyBrs[name], nil
 }
+func (f *fakeContainers) RemoveRoute(dst netip.Prefix) error {
+	f.record("remove-route " + dst.String())
+	return nil
+}
 func (f *fakeContainers) Close() error { return nil }
 
 // adoptAttachments at start: a live attachment whose lease matches is
@@ -186,12 +191,12 @@ func (f *fakeContainers) Close() error { return nil }
 func TestAdoptAttachments(t *testing.T) {
 	dir := t.TempDir()
 	pool := ipam.DefaultPool()
-	store := ipam.NewFileStore(filepath.Join(dir, ipamFile))
+	store := disk.New(filepath.Join(dir, ipamFile), pool.BlockBits())
 	alloc, err := ipam.NewAllocator(store, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := alloc.SetClaim(ipam.Claim{Node: "k", Name: "n1", Subnet: netip.MustParsePrefix("10.200.3.0/24")}); err != nil {
+	if err := alloc.SetClaims([]ipam.Claim{{Node: "k", Name: "n1", Block: netip.MustParsePrefix("10.200.3.0/26")}}); err != nil {
 		t.Fatal(err)
 	}
 	att, err := loadAttachments(dir)
@@ -212,12 +217,12 @@ func TestAdoptAttachments(t *testing.T) {
 		}
 	}
 	ok := lease("web", "ok")
-	record("web", "ok", ok.Addr)
+	record("web", "ok", hostPrefix(ok.Addr))
 	moved := lease("web", "moved")
-	record("web", "moved", netip.MustParsePrefix("10.200.9.35/27")) // still the old subnet's address
-	record("web", "unleased", netip.MustParsePrefix("10.200.3.40/27"))
+	record("web", "moved", netip.MustParsePrefix("10.200.9.35/32")) // still the old block's address
+	record("web", "unleased", netip.MustParsePrefix("10.200.3.40/32"))
 	dead := lease("db", "dead")
-	record("db", "dead", dead.Addr)
+	record("db", "dead", hostPrefix(dead.Addr))
 	lease("db", "orphan-lease")
 
 	fc := &fakeContainers{
@@ -225,6 +230,7 @@ func TestAdoptAttachments(t *testing.T) {
 		inv: bridge.Inventory{
 			Bridges: []bridge.BridgeInfo{{Name: "zlb-web"}, {Name: "zlb-stale"}},
 			Veths:   []bridge.VethInfo{{Name: bridge.VethName("ok")}, {Name: bridge.VethName("moved")}, {Name: "zlvstray"}},
+			Routes:  []bridge.RouteInfo{{Dst: hostPrefix(ok.Addr), Bridge: "zlb-web"}, {Dst: netip.MustParsePrefix("10.200.3.60/32"), Bridge: "zlb-web"}},
 		},
 		emptyBrs: map[string]bool{"zlb-stale": true},
 	}
@@ -232,7 +238,7 @@ func TestAdoptAttachments(t *testing.T) {
 	recordsBefore := att.log.Records()
 	n.adoptAttachments(context.Background())
 
-	if got := ids(att); !slices.Equal(got, []string{"moved=" + moved.Addr.String(), "ok=" + ok.Addr.String()}) {
+	if got := ids(att); !slices.Equal(got, []string{"moved=" + hostPrefix(moved.Addr).String(), "ok=" + hostPrefix(ok.Addr).String()}) {
 		t.Errorf("attachments after adoption: %v", got)
 	}
 	var leases []string
@@ -243,12 +249,13 @@ func TestAdoptAttachments(t *testing.T) {
 		t.Errorf("leases after adoption: %v, want ok and moved", leases)
 	}
 	want := []string{
-		"adopt ok " + ok.Addr.String(),
-		"readdress moved 10.200.9.35/27→" + moved.Addr.String() + " via " + moved.Gateway.Addr().String(),
-		"adopt moved " + moved.Addr.String(),
+		"adopt ok " + hostPrefix(ok.Addr).String(),
+		"readdress moved 10.200.9.35/32→" + hostPrefix(moved.Addr).String(),
+		"adopt moved " + hostPrefix(moved.Addr).String(),
 		"detach unleased",
 		"detach dead",
 		"remove-link zlvstray",
+		"remove-route 10.200.3.60/32",
 		"remove-bridge zlb-stale",
 	}
 	slices.Sort(want)
@@ -280,7 +287,7 @@ func TestUnplugOrder(t *testing.T) {
 	dir := t.TempDir()
 	var att *attachments
 	var seen []string
-	store := &watchStore{LeaseStore: ipam.NewFileStore(filepath.Join(dir, ipamFile)), onRelease: func(id string) {
+	store := &watchStore{LeaseStore: disk.New(filepath.Join(dir, ipamFile), ipam.DefaultBlockBits), onRelease: func(id string) {
 		_, attached := att.get(id)
 		seen = append(seen, fmt.Sprintf("release %s: still attached %v", id, attached))
 	}}
@@ -288,7 +295,7 @@ func TestUnplugOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := alloc.SetClaim(ipam.Claim{Node: "k", Name: "n1", Subnet: netip.MustParsePrefix("10.200.3.0/24")}); err != nil {
+	if err := alloc.SetClaims([]ipam.Claim{{Node: "k", Name: "n1", Block: netip.MustParsePrefix("10.200.3.0/26")}}); err != nil {
 		t.Fatal(err)
 	}
 	if att, err = loadAttachments(dir); err != nil {
@@ -299,7 +306,7 @@ func TestUnplugOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	att.put(testAttachment("c1", "web", l.Addr.String()))
+	att.put(testAttachment("c1", "web", hostPrefix(l.Addr).String()))
 	fc := &fakeContainers{}
 	n := &Node{log: slog.New(slog.DiscardHandler), alloc: alloc, attach: att, containers: fc}
 	at, _ := att.get("c1")

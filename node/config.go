@@ -24,6 +24,8 @@ const (
 	DefaultGossipPort = 7946
 	DefaultKeepalive  = 25 * time.Second
 	DefaultDeadGrace  = 24 * time.Hour
+	// DefaultBlockReleaseAfter is how long an empty block is kept.
+	DefaultBlockReleaseAfter = 10 * time.Minute
 )
 
 // Config is everything `zlmesh up` needs. The zero value of every field but
@@ -31,7 +33,7 @@ const (
 type Config struct {
 	// Name is the node's unique name in the cluster; default: the hostname.
 	Name string
-	// StateDir holds the private key, the subnet claim, attachments and
+	// StateDir holds the private key, the block claims, attachments and
 	// known peers; default /var/lib/zlmesh. Created with mode 0700.
 	StateDir string
 	// Socket is the control socket path; default /run/zlmesh/zlmesh.sock,
@@ -60,16 +62,24 @@ type Config struct {
 	Join []string
 	// ClusterKey seals gossip (16, 24 or 32 bytes). Required.
 	ClusterKey []byte
-	// ClusterCIDR is cut into node subnets; default 10.200.0.0/16.
+	// ClusterCIDR is cut into blocks that nodes claim on demand; default
+	// 10.200.0.0/14 (ipam.DefaultCluster). Its top /24 is reserved for
+	// virtual addresses (the mesh DNS).
 	ClusterCIDR netip.Prefix
-	// NodePrefix is the node subnet's prefix length; default 24.
-	NodePrefix int
-	// SlicePrefix is a service slice's prefix length; default 27.
-	SlicePrefix int
-	// NodeSubnet is the subnet this node would like; zero: pick a free one.
-	// A subnet already recorded in StateDir takes precedence.
-	NodeSubnet netip.Prefix
-	// DeadGrace is how long the subnet of a node declared dead stays
+	// BlockPrefix is the prefix length of a block; default 26.
+	BlockPrefix int
+	// MaxNodes, when not 0, is the number of nodes the cluster CIDR must
+	// hold a block for: a plan with fewer claimable blocks is refused at
+	// start.
+	MaxNodes int
+	// FirstBlock is the block this node would like as its first (its
+	// overlay address is that block's second address); zero: pick a free
+	// one. Blocks recorded in StateDir take precedence.
+	FirstBlock netip.Prefix
+	// BlockReleaseAfter is how long a block (other than the first) must
+	// stay empty before the node gives it up; default 10m.
+	BlockReleaseAfter time.Duration
+	// DeadGrace is how long the blocks of a node declared dead stay
 	// reserved for it; default 24h.
 	DeadGrace time.Duration
 	// Keepalive is WireGuard's persistent keepalive; default 25s.
@@ -116,7 +126,24 @@ type Plumbing interface {
 	SetRoutes(ifname string, routes []netip.Prefix) error
 }
 
+// LocalPlumbing is a Plumbing that can also make an address local to the
+// host (HoldLocal puts it on the loopback interface): the mesh DNS address
+// is then served by kernel sockets, and queries from the host's containers
+// never cross the TUN. Kernel plumbing is one; a Plumbing that is not (the
+// userspace mode's, tests' fakes) leaves the mesh DNS to the packet path.
+// Both calls are idempotent.
+type LocalPlumbing interface {
+	Plumbing
+	HoldLocal(addr netip.Addr) error
+	ReleaseLocal(addr netip.Addr) error
+}
+
+var _ LocalPlumbing = kernelPlumbing{}
+
 type kernelPlumbing struct{}
+
+func (kernelPlumbing) HoldLocal(addr netip.Addr) error    { return tun.HoldLocal(addr) }
+func (kernelPlumbing) ReleaseLocal(addr netip.Addr) error { return tun.ReleaseLocal(addr) }
 
 func (kernelPlumbing) SetAddress(ifname string, addr netip.Prefix) error {
 	return tun.SetAddress(ifname, addr)
@@ -186,14 +213,29 @@ func (c *Config) Normalize() error {
 	if !c.ClusterCIDR.IsValid() {
 		c.ClusterCIDR = netip.MustParsePrefix(ipam.DefaultCluster)
 	}
-	if c.NodePrefix == 0 {
-		c.NodePrefix = ipam.DefaultNodeBits
+	if c.BlockPrefix == 0 {
+		c.BlockPrefix = ipam.DefaultBlockBits
 	}
-	if c.SlicePrefix == 0 {
-		c.SlicePrefix = ipam.DefaultSliceBits
+	pool, err := ipam.NewPool(c.ClusterCIDR, c.BlockPrefix)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr %s, --block-prefix %d: %w", c.ClusterCIDR, c.BlockPrefix, err)
 	}
-	if _, err := ipam.NewPool(c.ClusterCIDR, c.NodePrefix, c.SlicePrefix); err != nil {
-		return err
+	if c.MaxNodes < 0 {
+		return fmt.Errorf("--max-nodes %d: must not be negative", c.MaxNodes)
+	}
+	if c.MaxNodes > 0 && pool.Blocks() < uint64(c.MaxNodes) {
+		return fmt.Errorf("--cluster-cidr %s holds %d blocks of /%d, fewer than the %d nodes of --max-nodes: use a shorter cluster prefix or a longer block prefix", c.ClusterCIDR, pool.Blocks(), c.BlockPrefix, c.MaxNodes)
+	}
+	if c.FirstBlock.IsValid() {
+		if err := pool.CheckBlock(c.FirstBlock); err != nil {
+			return fmt.Errorf("--first-block: %w", err)
+		}
+	}
+	if c.BlockReleaseAfter == 0 {
+		c.BlockReleaseAfter = DefaultBlockReleaseAfter
+	}
+	if c.BlockReleaseAfter < 0 {
+		return fmt.Errorf("--block-release-after %v: must not be negative", c.BlockReleaseAfter)
 	}
 	if c.DeadGrace == 0 {
 		c.DeadGrace = DefaultDeadGrace

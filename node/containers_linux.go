@@ -9,9 +9,15 @@ import (
 )
 
 // defaultContainers is the Linux container plumbing in the node's own
-// network namespace, switching IP forwarding on with the first attach.
-func defaultContainers(log *slog.Logger) (Containers, error) {
-	return bridge.New(bridge.Config{Logger: log.With("component", "bridge"), Forwarding: true})
+// network namespace, switching IP forwarding on with the first attach. It
+// refuses to attach a namespace that holds the node's TUN or its underlay
+// address (the node's own, reached another way).
+func defaultContainers(log *slog.Logger, cfg Config) (Containers, error) {
+	guard := bridge.Guard{Links: []string{cfg.Interface}}
+	if cfg.AdvertiseAddr.IsValid() {
+		guard.Addrs = append(guard.Addrs, cfg.AdvertiseAddr)
+	}
+	return bridge.New(bridge.Config{Logger: log.With("component", "bridge"), Forwarding: true, Guard: guard})
 }
 
 // defaultNAT is natd's nftables table in the node's network namespace, with

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -50,6 +51,11 @@ func (n *Node) startDNS() error {
 		return fmt.Errorf("mesh DNS on the packet path: %w", err)
 	}
 	n.undo = append(n.undo, remove)
+	if lp, ok := n.cfg.Plumbing.(LocalPlumbing); ok {
+		if err := n.serveDNSLocal(srv, lp); err != nil {
+			n.log.Warn("mesh DNS: no kernel sockets at its address; answering on the packet path only", "err", err)
+		}
+	}
 	for _, addr := range n.cfg.DNSListen {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
@@ -66,6 +72,55 @@ func (n *Node) startDNS() error {
 	}
 	n.refreshDNS()
 	n.log.Info("mesh DNS", "address", n.pool.MeshDNS(), "zone", n.zone(), "upstreams", upstreams, "listen", n.cfg.DNSListen)
+	return nil
+}
+
+// serveDNSLocal serves the mesh DNS address from kernel sockets: the
+// address is made local to the host (on its loopback) and answered by
+// GOMAXPROCS UDP sockets sharing it (SO_REUSEPORT, batched reads and
+// writes) and a TCP listener, with the same resolver core as the packet
+// path. Queries from this host's containers then go bridge → host → socket
+// and back, never through the TUN; the packet-path hook keeps answering
+// what does arrive there. If the sockets cannot be opened (another
+// resolver bound the wildcard address on port 53), the address is released
+// again, so that queries never reach a foreign server.
+func (n *Node) serveDNSLocal(srv *dnsd.Server, lp LocalPlumbing) error {
+	addr := n.pool.MeshDNS()
+	if err := lp.HoldLocal(addr); err != nil {
+		return err
+	}
+	release := func() {
+		if err := lp.ReleaseLocal(addr); err != nil {
+			n.log.Warn("release the mesh DNS address", "err", err)
+		}
+	}
+	pcs, l, err := dnsd.ListenShared(netip.AddrPortFrom(addr, 53), runtime.GOMAXPROCS(0))
+	if err != nil {
+		release()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, len(pcs))
+	for i, pc := range pcs {
+		var tcp net.Listener
+		if i == 0 {
+			tcp = l
+		}
+		go func() {
+			defer func() { done <- struct{}{} }()
+			if err := srv.Serve(ctx, pc, tcp); err != nil {
+				n.log.Error("mesh DNS socket", "err", err)
+			}
+		}()
+	}
+	n.undo = append(n.undo, func() {
+		cancel()
+		for range pcs {
+			<-done
+		}
+		release()
+	})
+	n.log.Info("mesh DNS on kernel sockets", "address", addr, "udp_sockets", len(pcs))
 	return nil
 }
 

@@ -122,7 +122,7 @@ func (n *Node) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "# HELP zlmesh_attachments Containers attached on this node.")
 	fmt.Fprintln(w, "# TYPE zlmesh_attachments gauge")
 	fmt.Fprintf(w, "zlmesh_attachments %d\n", n.attach.len())
-	fmt.Fprintln(w, "# HELP zlmesh_leases Container addresses leased from this node's subnet.")
+	fmt.Fprintln(w, "# HELP zlmesh_leases Container addresses leased from this node's blocks.")
 	fmt.Fprintln(w, "# TYPE zlmesh_leases gauge")
 	fmt.Fprintf(w, "zlmesh_leases %d\n", len(n.alloc.Leases()))
 	n.metrics.writeAttach(w)

@@ -13,34 +13,38 @@
 //  5. the wireguard-go device on the Wrapper, its UDP port and its UAPI
 //     socket (so `wg show` works);
 //  6. membership (mesh): gossip, the record store, re-join;
-//  7. the node-subnet claim, the TUN's overlay address, this node's meta,
+//  7. the block claims (the first block holds the node's overlay address;
+//     stored blocks another node took meanwhile are replaced and their
+//     containers renumbered), the TUN's overlay address, this node's meta,
 //     the NAT table, the mesh DNS hooked into the packet path;
 //  8. the reconcile loops, then the control socket starts serving.
 //
 // The reconcile loops (reconcile.go) turn what the mesh says into kernel and
-// WireGuard state: members → WireGuard peers and routes; a lost subnet
-// conflict → renumbering of the node and its containers; records → the mesh
-// DNS (dns.go); vanished namespaces → detach (attach.go); published ports →
-// the NAT table (ports.go).
+// WireGuard state: members and block claims → WireGuard peers and routes; a
+// lost block conflict → renumbering of that block's containers (and of the
+// node when it was its first block); empty blocks → released (blocks.go);
+// records → the mesh DNS (dns.go); vanished namespaces → detach (sweep.go);
+// published ports → the NAT table (ports.go).
 package node
 
 import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/dnsd"
 	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/ipam/disk"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/tun"
 	"golang.zx2c4.com/wireguard/conn"
@@ -53,7 +57,7 @@ var Version = "0.1.0-dev"
 
 // Files in the state dir besides the private key.
 const (
-	ipamFile  = "ipam.json"  // the subnet claim, service slices, container leases (and its journal ipam.json.log)
+	ipamFile  = "ipam.json"  // the block claims and container leases (and its journal ipam.json.log)
 	peersFile = "peers.json" // peers seen, for re-joining
 	lockFile  = "state.lock" // held while a node runs on this state dir
 )
@@ -68,7 +72,8 @@ type Node struct {
 	alloc      *ipam.Allocator
 	attach     *attachments
 	containers Containers   // nil where container plumbing is unsupported
-	renumberMu sync.RWMutex // held for writing while the node changes subnet
+	renumberMu sync.RWMutex // held for writing while a block of the node moves
+	growMu     sync.Mutex   // one block claim at a time
 	metrics    *metrics
 	ports      *ports
 	nat        NAT // nil where kernel NAT is unsupported
@@ -95,7 +100,9 @@ type Node struct {
 
 	// mu guards the fields below.
 	mu            sync.Mutex
-	claim         ipam.Claim
+	claims        []ipam.Claim                   // the node's blocks, first block first
+	emptySince    map[netip.Prefix]time.Time     // blocks seen empty, for release
+	planWarned    map[string]string              // peer → the other plan it was logged with
 	peerEndpoints map[wgtypes.Key]netip.AddrPort // endpoint last set per peer
 	peerAdded     map[wgtypes.Key]time.Time      // when each peer was added, for keepaliveRoles
 	routes        []netip.Prefix
@@ -119,6 +126,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		peerEndpoints: map[wgtypes.Key]netip.AddrPort{},
 		peerAdded:     map[wgtypes.Key]time.Time{},
 		alive:         map[string]bool{},
+		emptySince:    map[netip.Prefix]time.Time{},
+		planWarned:    map[string]string{},
 		metrics:       newMetrics(),
 	}
 	defer func() {
@@ -145,13 +154,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.log.Info("identity", "public_key", key.PublicKey().String(), "new", created)
 
 	// 2. Allocator.
-	if n.pool, err = ipam.NewPool(cfg.ClusterCIDR, cfg.NodePrefix, cfg.SlicePrefix); err != nil {
+	if n.pool, err = ipam.NewPool(cfg.ClusterCIDR, cfg.BlockPrefix); err != nil {
 		return nil, err
 	}
-	store := ipam.NewFileStore(filepath.Join(cfg.StateDir, ipamFile))
-	n.undo = append(n.undo, func() { store.(io.Closer).Close() })
+	store := disk.New(filepath.Join(cfg.StateDir, ipamFile), cfg.BlockPrefix)
+	n.undo = append(n.undo, func() { store.Close() })
 	if n.alloc, err = ipam.NewAllocator(store, n.pool); err != nil {
 		return nil, err
+	}
+	if store.Migrated {
+		n.log.Warn("migrated ipam.json from node subnets to blocks; every container keeps its address, but containers attached before the upgrade keep their old resolver address until their runtime attaches them again",
+			"blocks", len(n.alloc.Claims()), "leases", len(n.alloc.Leases()), "mesh_dns", n.pool.MeshDNS())
 	}
 
 	// Attachments of the previous life: adopt the live ones, forget the
@@ -161,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.undo = append(n.undo, n.attach.close)
 	if n.containers = cfg.Containers; n.containers == nil {
-		if n.containers, err = defaultContainers(n.log); err != nil {
+		if n.containers, err = defaultContainers(n.log, cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -238,23 +251,23 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.undo = append(n.undo, func() { n.mesh.Shutdown() })
 
-	// 7. Subnet claim and overlay address.
-	stored, hasStored := n.alloc.Claim()
+	// 7. Block claims and overlay address.
 	ccfg := mesh.ClaimerConfig{
 		Node:      key.PublicKey().String(),
 		Name:      cfg.Name,
 		Grace:     cfg.DeadGrace,
-		Preferred: cfg.NodeSubnet,
-	}
-	if hasStored {
-		ccfg.Stored = &stored
+		Preferred: cfg.FirstBlock,
+		Stored:    n.alloc.Claims(),
 	}
 	n.claimer = mesh.NewClaimer(n.mesh, n.pool, ccfg)
-	claim, err := n.claimer.Acquire(ctx)
+	claims, changes, err := n.claimer.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("claim a node subnet: %w", err)
+		return nil, fmt.Errorf("claim blocks: %w", err)
 	}
-	if err := n.applyClaim(claim); err != nil {
+	for _, ch := range changes {
+		n.moveBlock(ch)
+	}
+	if err := n.applyClaims(claims); err != nil {
 		return nil, err
 	}
 	n.reconcilePorts()
@@ -266,47 +279,61 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.startLoops()
 	n.ctlSrv = &http.Server{Handler: n.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go n.ctlSrv.Serve(n.ctlLn)
-	n.log.Info("up", "subnet", claim.Subnet, "overlay", ipam.OverlayAddr(claim.Subnet),
+	n.log.Info("up", "blocks", len(claims), "first_block", claims[0].Block, "overlay", ipam.NodeAddr(claims[0].Block),
 		"interface", cfg.Interface, "listen_port", cfg.ListenPort, "gossip_port", cfg.GossipPort, "socket", cfg.Socket)
 	return n, nil
 }
 
-// applyClaim makes claim this node's subnet: it records it in the state dir
-// (moving every lease when the subnet changed), sets the TUN's overlay
-// address and gossips the new meta. Attached containers move with it.
-func (n *Node) applyClaim(claim ipam.Claim) error {
+// applyClaims records claims as this node's blocks (the first block first)
+// in the state dir, sets the TUN's overlay address (the first block's) and
+// gossips the new meta. A block whose leases must move is handed to
+// moveBlock first.
+func (n *Node) applyClaims(claims []ipam.Claim) error {
 	n.renumberMu.Lock()
 	defer n.renumberMu.Unlock()
-	old, had := n.alloc.Claim()
-	if had && old.Subnet != claim.Subnet {
-		moves, err := n.alloc.Renumber(claim)
-		if err != nil {
-			return fmt.Errorf("renumber to %s: %w", claim.Subnet, err)
-		}
-		n.renumberContainers(moves)
-	} else if err := n.alloc.SetClaim(claim); err != nil {
-		return fmt.Errorf("record claim %s: %w", claim.Subnet, err)
+	if err := n.alloc.SetClaims(claims); err != nil {
+		return fmt.Errorf("record blocks: %w", err)
 	}
-	overlay := ipam.OverlayAddr(claim.Subnet)
+	return n.setClaimsLocked(claims)
+}
+
+// setClaimsLocked makes claims the node's in memory, on the TUN and in its
+// meta; the caller holds renumberMu and has recorded them.
+func (n *Node) setClaimsLocked(claims []ipam.Claim) error {
+	overlay := ipam.NodeAddr(claims[0].Block)
 	if err := n.cfg.Plumbing.SetAddress(n.cfg.Interface, netip.PrefixFrom(overlay, n.pool.Cluster().Bits())); err != nil {
 		return fmt.Errorf("address %s on %s: %w", overlay, n.cfg.Interface, err)
 	}
 	n.mu.Lock()
-	n.claim = claim
+	n.claims = slices.Clone(claims)
 	n.mu.Unlock()
 	return n.updateMeta()
 }
 
+// plan is this node's address plan as Meta.Plan carries it.
+func (n *Node) plan() string {
+	return fmt.Sprintf("%s/%d", n.pool.Cluster(), n.pool.BlockBits())
+}
+
+// firstBlock is the node's first block (zero before the first claim).
+func (n *Node) firstBlock() netip.Prefix {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.claims) == 0 {
+		return netip.Prefix{}
+	}
+	return n.claims[0].Block
+}
+
 // updateMeta gossips this node's current meta.
 func (n *Node) updateMeta() error {
-	n.mu.Lock()
-	claim := n.claim
-	n.mu.Unlock()
+	first := n.firstBlock()
 	meta := mesh.Meta{
 		PublicKey:  n.key.PublicKey().String(),
 		Endpoint:   n.endpoint().String(),
-		NodeSubnet: claim.Subnet.String(),
-		OverlayIP:  ipam.OverlayAddr(claim.Subnet).String(),
+		FirstBlock: first.String(),
+		OverlayIP:  ipam.NodeAddr(first).String(),
+		Plan:       n.plan(),
 		Version:    Version,
 	}
 	if err := n.mesh.UpdateMeta(meta); err != nil {
@@ -333,8 +360,8 @@ func (n *Node) endpoint() netip.AddrPort {
 func (n *Node) Done() <-chan struct{} { return n.done }
 
 // Close stops the node without leaving the cluster: peers see it die and hold
-// its subnet for the grace period; a restart with the same state dir comes
-// back with the same key and subnet. The TUN goes away with the process;
+// its blocks for the grace period; a restart with the same state dir comes
+// back with the same key and blocks. The TUN goes away with the process;
 // bridges, containers and NAT rules stay.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
@@ -352,7 +379,7 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
-// Leave leaves the cluster gracefully, then stops: its subnet claim is
+// Leave leaves the cluster gracefully, then stops: its block claims are
 // released at once and peers drop it without waiting for failure detection.
 // purge also removes the NAT table (published ports and masquerade), which a
 // plain stop leaves in place.
@@ -380,7 +407,7 @@ func (n *Node) teardown() {
 // Status reports the node's view of itself.
 func (n *Node) Status() api.Status {
 	n.mu.Lock()
-	claim := n.claim
+	claims := slices.Clone(n.claims)
 	n.mu.Unlock()
 	alive := 0
 	var gossip string
@@ -392,11 +419,20 @@ func (n *Node) Status() api.Status {
 			gossip = m.Addr.String()
 		}
 	}
+	var first netip.Prefix
+	blocks := []string{}
+	for i, c := range claims {
+		if i == 0 {
+			first = c.Block
+		}
+		blocks = append(blocks, c.Block.String())
+	}
 	return api.Status{
 		Name:         n.cfg.Name,
 		PublicKey:    n.key.PublicKey().String(),
-		OverlayIP:    ipam.OverlayAddr(claim.Subnet).String(),
-		NodeSubnet:   claim.Subnet.String(),
+		OverlayIP:    ipam.NodeAddr(first).String(),
+		FirstBlock:   first.String(),
+		Blocks:       blocks,
 		Endpoint:     n.endpoint().String(),
 		GossipAddr:   gossip,
 		ClusterCIDR:  n.pool.Cluster().String(),
@@ -420,6 +456,13 @@ func (n *Node) Peers() ([]api.Peer, error) {
 		return nil, fmt.Errorf("read WireGuard peers: %w", err)
 	}
 	dev := parseUAPIPeers(text)
+	blocks := map[string][]string{}
+	for b, c := range n.claimer.Holders() {
+		blocks[c.Node] = append(blocks[c.Node], b.String())
+	}
+	for _, bs := range blocks {
+		slices.Sort(bs)
+	}
 	var out []api.Peer
 	for _, m := range n.mesh.Members() {
 		if m.Self {
@@ -429,7 +472,8 @@ func (n *Node) Peers() ([]api.Peer, error) {
 			Name:       m.Name,
 			PublicKey:  m.Meta.PublicKey,
 			Endpoint:   m.Meta.Endpoint,
-			NodeSubnet: m.Meta.NodeSubnet,
+			FirstBlock: m.Meta.FirstBlock,
+			Blocks:     blocks[m.Meta.PublicKey],
 			OverlayIP:  m.Meta.OverlayIP,
 			State:      string(m.State),
 			AllowedIPs: []string{},

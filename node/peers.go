@@ -19,12 +19,14 @@ import (
 
 // wgPeer is one WireGuard peer as the mesh view wants it.
 type wgPeer struct {
-	Name       string
-	Key        wgtypes.Key
-	Endpoint   netip.AddrPort
-	Subnet     netip.Prefix
-	Overlay    netip.Addr
-	AllowedIPs []netip.Prefix // the node subnet and the overlay address, sorted
+	Name     string
+	Key      wgtypes.Key
+	Endpoint netip.AddrPort
+	Overlay  netip.Addr
+	// Blocks are the blocks the peer holds by the claim rule, coalesced
+	// (adjacent blocks merged): the routes through the overlay to it.
+	Blocks     []netip.Prefix
+	AllowedIPs []netip.Prefix // Blocks and, unless they cover it, the overlay address; sorted
 	// Keepalive is the persistent keepalive to set, in seconds; see
 	// keepaliveRoles.
 	Keepalive int
@@ -32,17 +34,17 @@ type wgPeer struct {
 
 // desiredPeers turns the mesh view into WireGuard peers: every alive or
 // suspect member other than this node whose meta carries a key, an endpoint
-// and a subnet. A suspect member stays (suspicion is often a lost probe; the
-// failure detector decides). When two members carry one public key (a node
-// that came back under a new name), the alive one wins, then the lexically
-// first name.
+// and an overlay address. A suspect member stays (suspicion is often a lost
+// probe; the failure detector decides). When two members carry one public
+// key (a node that came back under a new name), the alive one wins, then
+// the lexically first name.
 //
 // A prefix goes to at most one peer, since WireGuard routes each prefix to
 // one peer and assigning it to a second one silently takes it from the first:
-// a subnet goes only to the node that holds it by the claim rule (during a
-// conflict the loser gets nothing until it has renumbered, since its overlay
-// address is the winner's too), and an overlay address only when no other
-// peer's subnet or address covers it.
+// a block goes only to the node that holds it by the claim rule (holders;
+// during a conflict the loser gets nothing for it until it has renumbered),
+// and an overlay address only when no other peer's block or address covers
+// it.
 func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Prefix]ipam.Claim) []wgPeer {
 	byKey := map[wgtypes.Key]mesh.Member{}
 	for _, m := range members {
@@ -63,24 +65,26 @@ func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Pre
 		}
 		byKey[k] = m
 	}
+	blocks := map[string][]netip.Prefix{}
+	for b, c := range holders {
+		blocks[c.Node] = append(blocks[c.Node], b)
+	}
 	var out []wgPeer
+	var granted []netip.Prefix
 	for k, m := range byKey {
 		ep, err := netip.ParseAddrPort(m.Meta.Endpoint)
 		if err != nil {
 			continue
 		}
-		subnet, serr := netip.ParsePrefix(m.Meta.NodeSubnet)
-		overlay, oerr := netip.ParseAddr(m.Meta.OverlayIP)
-		if serr != nil || oerr != nil {
+		overlay, err := netip.ParseAddr(m.Meta.OverlayIP)
+		if err != nil {
 			continue
 		}
-		out = append(out, wgPeer{Name: m.Name, Key: k, Endpoint: ep, Subnet: subnet, Overlay: overlay})
+		own := ipam.Coalesce(blocks[k.String()])
+		granted = append(granted, own...)
+		out = append(out, wgPeer{Name: m.Name, Key: k, Endpoint: ep, Overlay: overlay, Blocks: own, AllowedIPs: slices.Clone(own)})
 	}
 	slices.SortFunc(out, func(a, b wgPeer) int { return strings.Compare(a.Name, b.Name) })
-
-	// Subnets first, to their holders only (or, before any claim of the
-	// subnet is known, to the first peer announcing it).
-	var granted []netip.Prefix
 	covered := func(p netip.Prefix) bool {
 		for _, g := range granted {
 			if g.Overlaps(p) {
@@ -91,18 +95,8 @@ func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Pre
 	}
 	for i := range out {
 		p := &out[i]
-		h, held := holders[p.Subnet]
-		if (!held || h.Node == p.Key.String()) && !covered(p.Subnet) {
-			p.AllowedIPs = append(p.AllowedIPs, p.Subnet)
-			granted = append(granted, p.Subnet)
-		}
-	}
-	for i := range out {
-		p := &out[i]
 		own := netip.PrefixFrom(p.Overlay, p.Overlay.BitLen())
-		if len(p.AllowedIPs) == 1 && p.Subnet.Contains(p.Overlay) {
-			p.AllowedIPs = append(p.AllowedIPs, own)
-		} else if len(p.AllowedIPs) == 0 && !covered(own) {
+		if !covered(own) {
 			p.AllowedIPs = append(p.AllowedIPs, own)
 			granted = append(granted, own)
 		}

@@ -23,18 +23,29 @@ func mustKey(t *testing.T) wgtypes.Key {
 	return k.PublicKey()
 }
 
-func member(name string, k wgtypes.Key, state mesh.MemberState, subnet string) mesh.Member {
-	p := netip.MustParsePrefix(subnet)
+func member(name string, k wgtypes.Key, state mesh.MemberState, first string) mesh.Member {
+	p := netip.MustParsePrefix(first)
 	return mesh.Member{
 		Name:  name,
 		State: state,
 		Meta: mesh.Meta{
 			PublicKey:  k.String(),
 			Endpoint:   "192.0.2.1:51820",
-			NodeSubnet: subnet,
+			FirstBlock: first,
 			OverlayIP:  p.Addr().Next().String(),
 		},
 	}
+}
+
+// held returns holders: block → a claim of node k, for each block.
+func held(h map[netip.Prefix]ipam.Claim, k wgtypes.Key, blocks ...string) map[netip.Prefix]ipam.Claim {
+	if h == nil {
+		h = map[netip.Prefix]ipam.Claim{}
+	}
+	for _, b := range blocks {
+		h[netip.MustParsePrefix(b)] = ipam.Claim{Node: k.String(), Block: netip.MustParsePrefix(b)}
+	}
+	return h
 }
 
 func TestDesiredPeers(t *testing.T) {
@@ -49,54 +60,78 @@ func TestDesiredPeers(t *testing.T) {
 			name: "alive and suspect peers, not self, not dead or left",
 			members: []mesh.Member{
 				{Name: "self", Self: true, State: mesh.StateAlive, Meta: mesh.Meta{PublicKey: self.String()}},
-				member("a", a, mesh.StateAlive, "10.200.1.0/24"),
-				member("b", b, mesh.StateSuspect, "10.200.2.0/24"),
-				member("c", c, mesh.StateDead, "10.200.3.0/24"),
-				member("d", mustKey(t), mesh.StateLeft, "10.200.4.0/24"),
+				member("a", a, mesh.StateAlive, "10.200.1.0/26"),
+				member("b", b, mesh.StateSuspect, "10.200.2.0/26"),
+				member("c", c, mesh.StateDead, "10.200.3.0/26"),
+				member("d", mustKey(t), mesh.StateLeft, "10.200.4.0/26"),
 			},
+			holders: held(held(held(nil, a, "10.200.1.0/26"), b, "10.200.2.0/26"), c, "10.200.3.0/26"),
 			want: map[string][]string{
-				"a": {"10.200.1.0/24", "10.200.1.1/32"},
-				"b": {"10.200.2.0/24", "10.200.2.1/32"},
+				"a": {"10.200.1.0/26"},
+				"b": {"10.200.2.0/26"},
 			},
 		},
 		{
-			name: "conflicting subnet goes to the holder only; the loser, sharing its overlay address, gets nothing",
+			name: "a peer's blocks, adjacent ones coalesced, and its overlay address while its claim is not known",
 			members: []mesh.Member{
-				member("a", a, mesh.StateAlive, "10.200.1.0/24"),
-				member("b", b, mesh.StateAlive, "10.200.1.0/24"),
+				member("a", a, mesh.StateAlive, "10.200.1.0/26"),
+				member("b", b, mesh.StateAlive, "10.200.2.0/26"),
 			},
-			holders: map[netip.Prefix]ipam.Claim{
-				netip.MustParsePrefix("10.200.1.0/24"): {Node: b.String()},
+			holders: held(nil, a, "10.200.1.0/26", "10.200.1.64/26", "10.200.1.128/26", "10.200.9.0/26"),
+			want: map[string][]string{
+				"a": {"10.200.1.0/25", "10.200.1.128/26", "10.200.9.0/26"},
+				"b": {"10.200.2.1/32"},
 			},
+		},
+		{
+			name: "a conflicting block goes to its holder only; the loser keeps its other blocks",
+			members: []mesh.Member{
+				member("a", a, mesh.StateAlive, "10.200.1.0/26"),
+				member("b", b, mesh.StateAlive, "10.200.5.0/26"),
+			},
+			holders: held(held(nil, b, "10.200.1.64/26", "10.200.5.0/26"), a, "10.200.1.0/26"),
+			want: map[string][]string{
+				"a": {"10.200.1.0/26"},
+				"b": {"10.200.1.64/26", "10.200.5.0/26"},
+			},
+		},
+		{
+			name: "the loser of its first block, sharing its overlay address with the holder, gets nothing for it",
+			members: []mesh.Member{
+				member("a", a, mesh.StateAlive, "10.200.1.0/26"),
+				member("b", b, mesh.StateAlive, "10.200.1.0/26"),
+			},
+			holders: held(nil, b, "10.200.1.0/26"),
 			want: map[string][]string{
 				"a": nil,
-				"b": {"10.200.1.0/24", "10.200.1.1/32"},
+				"b": {"10.200.1.0/26"},
 			},
 		},
 		{
-			name: "two announce one subnet before any claim is known: one prefix, one peer",
+			name: "two announce one overlay address before any claim is known: one prefix, one peer",
 			members: []mesh.Member{
-				member("a", a, mesh.StateAlive, "10.200.1.0/24"),
-				member("b", b, mesh.StateAlive, "10.200.1.0/24"),
+				member("a", a, mesh.StateAlive, "10.200.1.0/26"),
+				member("b", b, mesh.StateAlive, "10.200.1.0/26"),
 			},
 			want: map[string][]string{
-				"a": {"10.200.1.0/24", "10.200.1.1/32"},
+				"a": {"10.200.1.1/32"},
 				"b": nil,
 			},
 		},
 		{
 			name: "one key under two names: the alive one",
 			members: []mesh.Member{
-				member("old", a, mesh.StateSuspect, "10.200.1.0/24"),
-				member("new", a, mesh.StateAlive, "10.200.1.0/24"),
+				member("old", a, mesh.StateSuspect, "10.200.1.0/26"),
+				member("new", a, mesh.StateAlive, "10.200.1.0/26"),
 			},
-			want: map[string][]string{"new": {"10.200.1.0/24", "10.200.1.1/32"}},
+			holders: held(nil, a, "10.200.1.0/26"),
+			want:    map[string][]string{"new": {"10.200.1.0/26"}},
 		},
 		{
-			name: "meta without subnet or with a bad key is skipped",
+			name: "meta without overlay address or with a bad key is skipped",
 			members: []mesh.Member{
-				{Name: "nosubnet", State: mesh.StateAlive, Meta: mesh.Meta{PublicKey: a.String(), Endpoint: "192.0.2.1:51820"}},
-				{Name: "badkey", State: mesh.StateAlive, Meta: mesh.Meta{PublicKey: "xx", Endpoint: "192.0.2.1:51820", NodeSubnet: "10.200.9.0/24", OverlayIP: "10.200.9.1"}},
+				{Name: "nooverlay", State: mesh.StateAlive, Meta: mesh.Meta{PublicKey: a.String(), Endpoint: "192.0.2.1:51820"}},
+				{Name: "badkey", State: mesh.StateAlive, Meta: mesh.Meta{PublicKey: "xx", Endpoint: "192.0.2.1:51820", FirstBlock: "10.200.9.0/26", OverlayIP: "10.200.9.1"}},
 			},
 			want: map[string][]string{},
 		},

@@ -446,7 +446,7 @@ func portTarget(pm api.PortMapping, targets targetIndex, synced bool) (netip.Add
 }
 
 // applyNATLocked converges the kernel NAT table to the node's config: egress
-// masquerade for its subnet, and every published port whose target resolves
+// masquerade for its blocks, and every published port whose target resolves
 // now. The caller holds n.ports.mu.
 func (n *Node) applyNATLocked() error {
 	return n.applyNATWithLocked(n.targets())
@@ -458,12 +458,16 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		return errLeaving
 	}
 	n.mu.Lock()
-	claim := n.claim
+	var local []netip.Prefix
+	for _, c := range n.claims {
+		local = append(local, c.Block)
+	}
 	n.mu.Unlock()
+	first := n.firstBlock()
 	cfg := natd.Config{
 		Cluster:    n.pool.Cluster(),
-		NodeSubnet: claim.Subnet,
-		Overlay:    ipam.OverlayAddr(claim.Subnet),
+		Local:      ipam.Coalesce(local),
+		Overlay:    ipam.NodeAddr(first),
 		OverlayIf:  n.cfg.Interface,
 		Masquerade: !n.cfg.NoMasquerade,
 	}

@@ -209,7 +209,7 @@ func portsNode(t testing.TB, join bool, local []attachment, ports map[string]api
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Shutdown() })
-	pool, err := ipam.NewPool(netip.MustParsePrefix("10.200.0.0/16"), 24, 27)
+	pool, err := ipam.NewPool(netip.MustParsePrefix("10.200.0.0/16"), 26)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func portsNode(t testing.TB, join bool, local []attachment, ports map[string]api
 		ports:  p,
 		events: newEventHub(),
 		attach: &attachments{path: filepath.Join(dir, attachFile), byID: map[string]attachment{}, busy: map[string]bool{}},
-		claim:  ipam.Claim{Subnet: netip.MustParsePrefix("10.200.1.0/24")},
+		claims: []ipam.Claim{{Block: netip.MustParsePrefix("10.200.1.0/26")}},
 	}
 	for _, at := range local {
 		n.attach.byID[at.Spec.Container] = at

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
-	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -21,7 +20,7 @@ const resyncEvery = 5 * time.Second
 // is closed; Close waits for them.
 //
 //   - RoutinePeers: mesh view → WireGuard peers, routes, peer events;
-//   - RoutineClaims: a lost subnet conflict → renumbering;
+//   - RoutineClaims: a lost block conflict → renumbering;
 //   - RoutineMeshEvents: membership and record events → a kick for the
 //     peer loop;
 //   - RoutineDNS: service records, members and ports → the mesh DNS;
@@ -93,7 +92,7 @@ func (n *Node) routinePeers() {
 // reconcilePeers makes the WireGuard peers and the routes match the mesh
 // view, and reports peers coming and going. Only differences are applied.
 func (n *Node) reconcilePeers() error {
-	members := n.mesh.Members()
+	members := n.samePlan(n.mesh.Members())
 	want := desiredPeers(n.key.PublicKey(), members, n.claimer.Holders())
 
 	n.mu.Lock()
@@ -120,9 +119,7 @@ func (n *Node) reconcilePeers() error {
 	}
 	var routes []netip.Prefix
 	for _, p := range want {
-		if slices.Contains(p.AllowedIPs, p.Subnet) {
-			routes = append(routes, p.Subnet)
-		}
+		routes = append(routes, p.Blocks...)
 	}
 	slices.SortFunc(routes, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	if !slices.Equal(routes, n.routes) {
@@ -132,6 +129,28 @@ func (n *Node) reconcilePeers() error {
 		n.routes = routes
 	}
 	return nil
+}
+
+// samePlan drops the members whose address plan differs from this node's
+// (another --cluster-cidr or --block-prefix): their blocks cannot be routed
+// or contested consistently, so they get no WireGuard peer. Each is logged
+// as an error once.
+func (n *Node) samePlan(members []mesh.Member) []mesh.Member {
+	mine := n.plan()
+	return slices.DeleteFunc(members, func(m mesh.Member) bool {
+		if m.Self || m.Meta.Plan == "" || m.Meta.Plan == mine {
+			return false
+		}
+		n.mu.Lock()
+		logged := n.planWarned[m.Name] == m.Meta.Plan
+		n.planWarned[m.Name] = m.Meta.Plan
+		n.mu.Unlock()
+		if !logged {
+			n.log.Error("peer runs another address plan; ignoring it (every node of a cluster needs the same --cluster-cidr and --block-prefix)",
+				"peer", m.Name, "peer_plan", m.Meta.Plan, "plan", mine)
+		}
+		return true
+	})
 }
 
 // peerEventsLocked publishes peer_up and peer_down events for members whose
@@ -148,7 +167,7 @@ func (n *Node) peerEventsLocked(members []mesh.Member) {
 		switch {
 		case alive && (!known || !was):
 			n.events.publish(api.Event{Type: api.EventPeerUp, Peer: m.Name, Address: m.Meta.OverlayIP})
-			n.log.Info("peer up", "peer", m.Name, "subnet", m.Meta.NodeSubnet, "endpoint", m.Meta.Endpoint)
+			n.log.Info("peer up", "peer", m.Name, "first_block", m.Meta.FirstBlock, "endpoint", m.Meta.Endpoint)
 		case !alive && known && was:
 			n.events.publish(api.Event{Type: api.EventPeerDown, Peer: m.Name, Message: string(m.State)})
 			n.log.Info("peer down", "peer", m.Name, "state", m.State)
@@ -165,7 +184,8 @@ func (n *Node) peerEventsLocked(members []mesh.Member) {
 	}
 }
 
-// routineClaims renumbers the node when it loses a subnet conflict.
+// routineClaims renumbers a block's containers when the node loses it in
+// a conflict.
 func (n *Node) routineClaims() {
 	for {
 		select {
@@ -180,31 +200,29 @@ func (n *Node) routineClaims() {
 	}
 }
 
-// renumber moves the node to the subnet the claimer picked after losing a
-// conflict: leases, the TUN address and the meta follow, and the change is
-// reported as an event and a log line naming both nodes and both subnets.
+// renumber moves the node from a block it lost to the block the claimer
+// picked in its place: leases, containers (and the TUN address and the meta
+// when it was the first block) follow, and the change is reported as
+// events and a log line naming both nodes and both blocks.
 func (n *Node) renumber(ch mesh.ClaimChange) {
-	n.log.Warn("lost subnet conflict, renumbering",
-		"subnet", ch.Old.Subnet, "winner", ch.Winner.Name, "winner_key", ch.Winner.Node,
-		"loser", ch.Old.Name, "new_subnet", ch.New.Subnet)
+	n.log.Warn("lost block conflict, renumbering",
+		"block", ch.Old.Block, "winner", ch.Winner.Name, "winner_key", ch.Winner.Node,
+		"loser", ch.Old.Name, "new_block", ch.New.Block, "first", ch.First)
 	n.events.publish(api.Event{
-		Type:      api.EventConflict,
-		Winner:    ch.Winner.Name,
-		Loser:     n.cfg.Name,
-		OldSubnet: ch.Old.Subnet.String(),
-		NewSubnet: ch.New.Subnet.String(),
+		Type:     api.EventConflict,
+		Winner:   ch.Winner.Name,
+		Loser:    n.cfg.Name,
+		OldBlock: ch.Old.Block.String(),
+		NewBlock: ch.New.Block.String(),
 	})
-	if err := n.applyClaim(ch.New); err != nil {
-		n.log.Error("renumber", "err", err)
-		return
-	}
+	n.moveBlock(ch)
 	n.events.publish(api.Event{
-		Type:      api.EventRenumber,
-		Node:      n.cfg.Name,
-		OldSubnet: ch.Old.Subnet.String(),
-		NewSubnet: ch.New.Subnet.String(),
-		Address:   ipam.OverlayAddr(ch.New.Subnet).String(),
-		Message:   fmt.Sprintf("lost %s to %s", ch.Old.Subnet, ch.Winner.Name),
+		Type:     api.EventRenumber,
+		Node:     n.cfg.Name,
+		OldBlock: ch.Old.Block.String(),
+		NewBlock: ch.New.Block.String(),
+		Address:  n.alloc.NodeAddr().String(),
+		Message:  fmt.Sprintf("lost %s to %s", ch.Old.Block, ch.Winner.Name),
 	})
 	n.kickPeers()
 }

@@ -19,7 +19,10 @@ ZLMESH_PACKAGES=(
   netcat-openbsd        # nc, TCP and UDP checks in tests
   util-linux            # unshare, nsenter: the testbed's per-host mount namespaces
   procps                # ps, for the testbed's process checks
-  containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline
+  containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline; host-local and loopback for the Podman test
+  podman                # the CNI plugin's end-to-end test and benchmark (CNI backend)
+  runc                  # Podman's runtime in the test (crun cannot start here: cgroups in hybrid mode)
+  busybox-static        # the Podman test's image, imported from a directory (no registry)
 )
 
 # What scripts/test-windows.sh adds: Wine runs the Windows test binaries.

@@ -144,7 +144,7 @@ var (
 const (
 	DefaultPrefix       = "zt"
 	DefaultHosts        = 3
-	DefaultMeshDNS      = "10.200.255.53"
+	DefaultMeshDNS      = "10.203.255.53"
 	DefaultSearchDomain = "zl"
 	DefaultStopTimeout  = 10 * time.Second
 	// MaxHosts bounds Hosts and AddHost: host i gets 192.0.2.(10+i).

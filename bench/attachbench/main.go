@@ -71,8 +71,8 @@ func run(binary string, n, total, clients, services int, cniDir, stateDir, skip,
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	// A /20 per node cut in /23 slices: 7 services of 509 containers.
-	args := []string{"--node-prefix", "20", "--slice-prefix", "23", "--log-level", logLevel}
+	// The default plan: blocks of /26 claimed as the containers come.
+	args := []string{"--log-level", logLevel}
 	if stateDir != "" {
 		dir, err := os.MkdirTemp(stateDir, "zlt-attachbench-")
 		if err != nil {

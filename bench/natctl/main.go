@@ -69,9 +69,11 @@ func run() error {
 	if cfg.Cluster, err = netip.ParsePrefix(*cluster); err != nil {
 		return err
 	}
-	if cfg.NodeSubnet, err = netip.ParsePrefix(*subnet); err != nil {
+	local, err := netip.ParsePrefix(*subnet)
+	if err != nil {
 		return err
 	}
+	cfg.Local = []netip.Prefix{local}
 	if cfg.Overlay, err = netip.ParseAddr(*overlay); err != nil {
 		return err
 	}

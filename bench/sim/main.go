@@ -178,11 +178,12 @@ func clusterKey() []byte {
 
 func nodeName(i int) string { return fmt.Sprintf("node-%03d", i) }
 
-// runZlmesh measures zlmesh: meshes with Claimers on a /16 of /24s.
+// runZlmesh measures zlmesh: meshes with block Claimers on the default plan
+// (a /14 of /26 blocks).
 func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 	key := clusterKey()
 	network := meshtest.NewNetwork()
-	pool, err := ipam.NewPool(netip.MustParsePrefix(ipam.DefaultCluster), ipam.DefaultNodeBits, ipam.DefaultSliceBits)
+	pool, err := ipam.NewPool(netip.MustParsePrefix(ipam.DefaultCluster), ipam.DefaultBlockBits)
 	if err != nil {
 		res.err = err
 		return res
@@ -246,7 +247,7 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 				meshes[i] = m
 			}
 			cl := mesh.NewClaimer(m, pool, mesh.ClaimerConfig{Node: fmt.Sprintf("pk-%03d", i)})
-			if _, err := cl.Acquire(context.Background()); err != nil {
+			if _, _, err := cl.Acquire(context.Background()); err != nil {
 				startErr.Store(err)
 				return
 			}
@@ -330,16 +331,19 @@ func claimsEverywhere(meshes []*mesh.Mesh, claimers []*mesh.Claimer) bool {
 	var latest []version
 	used := make(map[netip.Prefix]bool)
 	for i, cl := range claimers {
-		cur := cl.Current()
-		if used[cur.Subnet] {
-			return false
+		node := ""
+		for _, c := range cl.Current() {
+			if used[c.Block] {
+				return false
+			}
+			used[c.Block] = true
+			node = c.Node
 		}
-		used[cur.Subnet] = true
-		clock, ok := meshes[i].Store().Version(mesh.KindClaim, cur.Node)
+		clock, ok := meshes[i].Store().Version(mesh.KindClaim, node)
 		if !ok {
 			return false
 		}
-		latest = append(latest, version{cur.Node, clock})
+		latest = append(latest, version{node, clock})
 	}
 	for _, m := range meshes {
 		for _, v := range latest {
@@ -462,10 +466,10 @@ func runMemberlist(n int, loopback bool, timeout time.Duration) (res result) {
 func debugMissing(meshes []*mesh.Mesh, claimers []*mesh.Claimer) int {
 	missing := 0
 	for i, cl := range claimers {
-		cur := cl.Current()
-		want, _ := meshes[i].Store().Version(mesh.KindClaim, cur.Node)
+		node := cl.Current()[0].Node
+		want, _ := meshes[i].Store().Version(mesh.KindClaim, node)
 		for _, m := range meshes {
-			if clock, ok := m.Store().Version(mesh.KindClaim, cur.Node); !ok || clock < want {
+			if clock, ok := m.Store().Version(mesh.KindClaim, node); !ok || clock < want {
 				missing++
 			}
 		}

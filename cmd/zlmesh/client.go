@@ -67,7 +67,7 @@ func runStatus(args []string) error {
 		row("name", st.Name)
 		row("public key", st.PublicKey)
 		row("overlay ip", st.OverlayIP)
-		row("node subnet", st.NodeSubnet)
+		row("blocks", fmt.Sprintf("%s (first %s)", strings.Join(st.Blocks, ", "), st.FirstBlock))
 		row("endpoint", st.Endpoint)
 		row("gossip", st.GossipAddr)
 		row("cluster cidr", st.ClusterCIDR)

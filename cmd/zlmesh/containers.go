@@ -71,13 +71,13 @@ func runAttachments(args []string) error {
 		return err
 	}
 	return cf.out.print(list, func(w io.Writer) {
-		fmt.Fprintln(w, "CONTAINER\tSERVICE\tADDRESS\tGATEWAY\tBRIDGE\tNETNS")
+		fmt.Fprintln(w, "CONTAINER\tSERVICE\tADDRESS\tGATEWAY\tBRIDGE\tNETNS\tORIGIN")
 		for _, a := range list {
 			ns := a.Netns
 			if a.PID != 0 {
 				ns = fmt.Sprintf("pid %d", a.PID)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s/%d\t%s\t%s\t%s\n", a.Container, a.Service, a.Address, a.Prefix, a.Gateway, a.Bridge, ns)
+			fmt.Fprintf(w, "%s\t%s\t%s/%d\t%s\t%s\t%s\t%s\n", a.Container, a.Service, a.Address, a.Prefix, a.Gateway, a.Bridge, ns, originText(a.Origin))
 		}
 	})
 }
@@ -147,11 +147,31 @@ func formatEvent(ev api.Event) string {
 	add("address", ev.Address)
 	add("winner", ev.Winner)
 	add("loser", ev.Loser)
-	add("old_subnet", ev.OldSubnet)
-	add("new_subnet", ev.NewSubnet)
+	add("old_block", ev.OldBlock)
+	add("new_block", ev.NewBlock)
 	if ev.Port != nil {
 		add("port", fmt.Sprintf("%d/%s->%s", ev.Port.HostPort, ev.Port.Protocol, ev.Port.Target))
 	}
 	add("message", ev.Message)
 	return b.String()
+}
+
+// originText shows who made an attachment: "-" for the API, "cni
+// network=N id=ID ifname=I" for the CNI plugin (the runtime's container id
+// cut to 12 characters, as runtimes show it).
+func originText(o *api.Origin) string {
+	if o == nil {
+		return "-"
+	}
+	id := o.ContainerID
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	parts := []string{o.Kind}
+	for _, kv := range [][2]string{{"network", o.Network}, {"id", id}, {"ifname", o.Ifname}} {
+		if kv[1] != "" {
+			parts = append(parts, kv[0]+"="+kv[1])
+		}
+	}
+	return strings.Join(parts, " ")
 }

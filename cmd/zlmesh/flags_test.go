@@ -27,14 +27,14 @@ join = 192.0.2.11:7946
 join = 192.0.2.12:7946, 192.0.2.13:7946
 advertise-addr "192.0.2.17"
 cluster-cidr = 10.99.0.0/16   # inline comment
-node-prefix = 20
+block-prefix = 24
 dead-grace = 1h
 masquerade = false
 `,
 			check: func(t *testing.T, cfg node.Config) {
 				if cfg.Name != "h7" || len(cfg.Join) != 3 || cfg.Join[2] != "192.0.2.13:7946" ||
 					cfg.AdvertiseAddr != netip.MustParseAddr("192.0.2.17") || cfg.ClusterCIDR != netip.MustParsePrefix("10.99.0.0/16") ||
-					cfg.NodePrefix != 20 || cfg.DeadGrace != time.Hour || !cfg.NoMasquerade {
+					cfg.BlockPrefix != 24 || cfg.DeadGrace != time.Hour || !cfg.NoMasquerade {
 					t.Errorf("parsed %+v", cfg)
 				}
 			},

@@ -39,6 +39,7 @@ var commands = map[string]func(args []string) error{
 	"unpublish": runUnpublish,
 	"ports":     runPorts,
 
+	"cni":     runCNI,
 	"service": runService,
 	"testbed": runTestbed,
 }
@@ -77,6 +78,7 @@ commands:
   publish    publish a host port to a container or service anywhere in the mesh
   unpublish  remove a published port
   ports      list every published port in the cluster
+  cni        install or uninstall the CNI plugin and a network configuration
   service    Windows: install or uninstall the zlmesh service (service install [up flags] | uninstall)
   testbed    run the network-namespace testbed (up, status, down, demo)
 

@@ -261,16 +261,16 @@ func upRest(ctx context.Context, tb *testbed.Testbed, specs []containerSpec, noS
 
 // hostStatus and tbStatusView are what `testbed status` shows.
 type hostStatus struct {
-	Name       string `json:"name"`
-	Netns      string `json:"netns"`
-	Underlay   string `json:"underlay"`
-	Overlay    string `json:"overlay"`
-	NodeSubnet string `json:"node_subnet"`
-	Socket     string `json:"socket"`
-	Running    bool   `json:"running"`
-	PID        int    `json:"pid,omitempty"`
-	Cut        bool   `json:"cut,omitempty"`
-	Log        string `json:"log"`
+	Name     string `json:"name"`
+	Netns    string `json:"netns"`
+	Underlay string `json:"underlay"`
+	Overlay  string `json:"overlay"`
+	Blocks   string `json:"blocks"`
+	Socket   string `json:"socket"`
+	Running  bool   `json:"running"`
+	PID      int    `json:"pid,omitempty"`
+	Cut      bool   `json:"cut,omitempty"`
+	Log      string `json:"log"`
 }
 
 type containerStatus struct {
@@ -300,7 +300,7 @@ func collectStatus(tb *testbed.Testbed) tbStatusView {
 	atts := make([][]api.Attachment, len(hosts))
 	var wg sync.WaitGroup
 	for i, h := range hosts {
-		v.Hosts[i] = hostStatus{Name: h.Name, Netns: h.NetnsName, Underlay: h.Underlay.String(), Overlay: "-", NodeSubnet: "-",
+		v.Hosts[i] = hostStatus{Name: h.Name, Netns: h.NetnsName, Underlay: h.Underlay.String(), Overlay: "-", Blocks: "-",
 			Socket: h.Socket, Running: h.Running(), PID: h.PID(), Cut: tb.IsCut(h), Log: h.LogFile}
 		wg.Add(1)
 		go func() {
@@ -308,7 +308,7 @@ func collectStatus(tb *testbed.Testbed) tbStatusView {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			if st, err := h.Client().Status(ctx); err == nil {
-				v.Hosts[i].Overlay, v.Hosts[i].NodeSubnet = orDash(st.OverlayIP), orDash(st.NodeSubnet)
+				v.Hosts[i].Overlay, v.Hosts[i].Blocks = orDash(st.OverlayIP), orDash(strings.Join(st.Blocks, ","))
 				atts[i], _ = h.Client().Attachments(ctx)
 			}
 		}()
@@ -347,7 +347,7 @@ func printStatus(tb *testbed.Testbed, output string) error {
 	}
 	fmt.Printf("testbed %s (dir %s)\n", v.Prefix, v.Dir)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "HOST\tNETNS\tUNDERLAY\tOVERLAY\tSUBNET\tZLMESH\tSOCKET")
+	fmt.Fprintln(w, "HOST\tNETNS\tUNDERLAY\tOVERLAY\tBLOCKS\tZLMESH\tSOCKET")
 	for _, h := range v.Hosts {
 		state := "stopped"
 		if h.Running {
@@ -356,7 +356,7 @@ func printStatus(tb *testbed.Testbed, output string) error {
 		if h.Cut {
 			state += ", cut"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, h.Underlay, h.Overlay, h.NodeSubnet, state, h.Socket)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, h.Underlay, h.Overlay, h.Blocks, state, h.Socket)
 	}
 	w.Flush()
 	if len(v.Containers) > 0 {
@@ -381,7 +381,7 @@ func tbStatus(args []string) error {
 	f := newTBFlags("status", `usage: zlmesh testbed status [-o json]
 
 Shows every host (namespace, underlay address, overlay address and node
-subnet as its zlmesh reports them, or "-" when its socket does not answer,
+blocks as its zlmesh reports them, or "-" when its socket does not answer,
 daemon state, socket) and every container.`, true)
 	pos, err := f.parse(args)
 	if err != nil {
@@ -712,7 +712,7 @@ func demo(ctx context.Context, tb *testbed.Testbed, out io.Writer) error {
 			return fmt.Errorf("peers of %s: %w", h.Name, err)
 		}
 		slices.SortFunc(peers, func(a, b api.Peer) int { return strings.Compare(a.Name, b.Name) })
-		fmt.Fprintf(out, "\n%s (%s, overlay %s, subnet %s) sees:\n", h.Name, h.Underlay, status[h].OverlayIP, status[h].NodeSubnet)
+		fmt.Fprintf(out, "\n%s (%s, overlay %s, blocks %s) sees:\n", h.Name, h.Underlay, status[h].OverlayIP, strings.Join(status[h].Blocks, ","))
 		w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(w, "  PEER\tSTATE\tENDPOINT\tOVERLAY\tALLOWED IPS\tHANDSHAKE\tRX\tTX")
 		for _, p := range peers {

@@ -105,7 +105,7 @@ func fakeNode(args []string) int {
 		mu.Lock()
 		n := len(members)
 		mu.Unlock()
-		json.NewEncoder(w).Encode(api.Status{Name: *name, OverlayIP: *advertise, NodeSubnet: *advertise + "/32", Members: n})
+		json.NewEncoder(w).Encode(api.Status{Name: *name, OverlayIP: *advertise, FirstBlock: *advertise + "/32", Blocks: []string{*advertise + "/32"}, Members: n})
 	})
 	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()

@@ -35,15 +35,16 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster (default: the hostname)")
 	fs.Var((*listFlag)(&cfg.Join), "join", "seed `host:port` to join through (repeat or comma-separate; default: start a cluster, or re-join remembered peers)")
 	keyFile = fs.String("cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
-	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, subnet claim, attachments and known peers")
+	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, block claims, attachments and known peers")
 	fs.IntVar(&cfg.ListenPort, "listen-port", node.DefaultListenPort, "WireGuard UDP port")
 	fs.IntVar(&cfg.GossipPort, "gossip-port", node.DefaultGossipPort, "gossip UDP and TCP port")
 	fs.Var(addrFlag{&cfg.AdvertiseAddr}, "advertise-addr", "underlay address peers reach this node at (default: picked from the interfaces)")
 	fs.Var(addrFlag{&cfg.BindAddr}, "bind-addr", "address gossip listens on (default: all)")
-	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "overlay address range, cut into node subnets (default "+ipam.DefaultCluster+")")
-	fs.IntVar(&cfg.NodePrefix, "node-prefix", ipam.DefaultNodeBits, "prefix length of each node's subnet")
-	fs.IntVar(&cfg.SlicePrefix, "slice-prefix", ipam.DefaultSliceBits, "prefix length of each service's slice of a node subnet")
-	fs.Var(prefixFlag{&cfg.NodeSubnet}, "node-subnet", "node subnet to ask for (default: a free one; a subnet in the state dir wins)")
+	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "overlay address range, cut into blocks that nodes claim on demand; its top /24 is reserved (default "+ipam.DefaultCluster+")")
+	fs.IntVar(&cfg.BlockPrefix, "block-prefix", ipam.DefaultBlockBits, "prefix length of an address block")
+	fs.IntVar(&cfg.MaxNodes, "max-nodes", 0, "refuse to start unless the cluster CIDR holds a block for this many nodes (0: no check)")
+	fs.Var(prefixFlag{&cfg.FirstBlock}, "first-block", "first block to ask for (default: a free one; blocks in the state dir win)")
+	fs.DurationVar(&cfg.BlockReleaseAfter, "block-release-after", node.DefaultBlockReleaseAfter, "give up a block (not the first) that stayed empty this long")
 	fs.StringVar(&cfg.Interface, "interface", tun.DefaultName, "WireGuard TUN interface name (at most 15 bytes)")
 	fs.IntVar(&cfg.MTU, "mtu", tun.DefaultMTU, "MTU of the TUN and of container interfaces")
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "control socket path (Windows: a named pipe \\\\.\\pipe\\NAME)")
@@ -57,7 +58,7 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 		cfg.NoMasquerade = !on
 		return err
 	})
-	fs.DurationVar(&cfg.DeadGrace, "dead-grace", node.DefaultDeadGrace, "how long a dead node's subnet stays reserved for it")
+	fs.DurationVar(&cfg.DeadGrace, "dead-grace", node.DefaultDeadGrace, "how long a dead node's blocks stay reserved for it")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", node.DefaultKeepalive, "WireGuard persistent keepalive")
 	fs.DurationVar(&cfg.Gossip.ProbeInterval, "gossip-probe-interval", 0, "failure detector probe interval (default: memberlist LAN, 1s)")
 	fs.DurationVar(&cfg.Gossip.ProbeTimeout, "gossip-probe-timeout", 0, "failure detector probe timeout (default: memberlist LAN, 500ms)")
@@ -142,7 +143,7 @@ func serveNode(ctx context.Context, cfg node.Config, ready func()) error {
 	select {
 	case <-ctx.Done():
 		// A signal stops the node without leaving: a restart comes back
-		// with the same subnet. `zlmesh down` leaves.
+		// with the same blocks. `zlmesh down` leaves.
 		return n.Close()
 	case <-n.Done():
 		return nil

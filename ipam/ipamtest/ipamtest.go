@@ -1,8 +1,10 @@
 // Package ipamtest has fakes for tests of code that uses package ipam: an
-// in-memory Store that counts saves and can be told to fail.
+// in-memory Store that counts saves and can be told to fail, and a
+// LeaseStore on top of it.
 package ipamtest
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/zlmesh/zlmesh/ipam"
@@ -76,4 +78,44 @@ func (s *Store) State() ipam.State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.state.Clone()
+}
+
+// LeaseStore is a Store that is also an ipam.LeaseStore: SaveLease stores
+// the whole state as Save does (failing as Save does after FailNextSave),
+// and counts the call. It checks the LeaseStore contract: the state it is
+// given must hold l under container when held is true and no lease for
+// container when it is false; a call that breaks it stores nothing and
+// returns an error.
+type LeaseStore struct {
+	*Store
+	mu     sync.Mutex
+	leases int
+}
+
+var _ ipam.LeaseStore = (*LeaseStore)(nil)
+
+// NewLeaseStore returns an empty LeaseStore.
+func NewLeaseStore() *LeaseStore { return &LeaseStore{Store: NewStore()} }
+
+// SaveLease stores st after checking that it agrees with the change.
+func (s *LeaseStore) SaveLease(st ipam.State, container string, l ipam.Lease, held bool) error {
+	got, ok := st.Leases[container]
+	if ok != held || held && (got != l || l.Container != container) {
+		return fmt.Errorf("ipamtest: SaveLease(%s, %+v, %v) with a state holding %+v, %v", container, l, held, got, ok)
+	}
+	if err := s.Store.Save(st); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.leases++
+	s.mu.Unlock()
+	return nil
+}
+
+// LeaseSaves is the number of successful SaveLease calls so far (they also
+// count in Saves).
+func (s *LeaseStore) LeaseSaves() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leases
 }

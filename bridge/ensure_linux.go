@@ -1,0 +1,378 @@
+//go:build linux
+
+package bridge
+
+// The idempotent ensure-steps that Attach, Adopt and Readdress share (the
+// CNI bridge plugin's ensureBridge / SetupVeth shape): each makes one object
+// what the Spec asks, reading first and changing only what differs, and
+// returns one short sentence per change. Attach passes fresh=true for the
+// objects it has just made, which skips the reads.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ensureBridge makes the bridge of service exist as it should: a bridge with
+// the service's alias, STP off, ICMP redirects off, the MTU (when mtu > 0),
+// exactly the gateway gw as address (IPv6 link-local ones the kernel made
+// aside), up. It returns the bridge, whether it created it (the link is
+// returned even on a later error so the caller can delete it) and what it
+// had to fix on an existing one. The caller holds the bridge's lock.
+func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netlink.Link, bool, []string, error) {
+	name := BridgeName(service)
+	alias := serviceAliasPrefix + service
+	la := netlink.NewLinkAttrs()
+	la.Name, la.MTU, la.Alias = name, mtu, alias
+	created := true
+	if err := sys.nl.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return nil, false, nil, fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		created = false
+	}
+	br, err := sys.nl.LinkByName(name)
+	if err != nil {
+		if created {
+			err = errors.Join(err, sys.delLinkByName(name))
+		}
+		return nil, false, nil, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	var repairs []string
+	fail := func(err error) (netlink.Link, bool, []string, error) { return br, created, repairs, err }
+	if !created {
+		if br.Type() != "bridge" {
+			return nil, false, nil, fmt.Errorf("link %s exists and is a %s, not a bridge: %w", name, br.Type(), ErrExists)
+		}
+		switch a := br.Attrs().Alias; {
+		case a == alias:
+		case strings.HasPrefix(a, serviceAliasPrefix):
+			return nil, false, nil, fmt.Errorf("bridge %s belongs to service %q, not %q (name hash collision): %w",
+				name, strings.TrimPrefix(a, serviceAliasPrefix), service, ErrExists)
+		default:
+			if err := sys.nl.LinkSetAlias(br, alias); err != nil {
+				return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
+			}
+			repairs = append(repairs, fmt.Sprintf("bridge %s had alias %q: set %q", name, a, alias))
+		}
+		if mtu > 0 && br.Attrs().MTU != mtu {
+			if err := sys.nl.LinkSetMTU(br, mtu); err != nil {
+				return fail(fmt.Errorf("set mtu %d on bridge %s: %w", mtu, name, err))
+			}
+			repairs = append(repairs, fmt.Sprintf("bridge %s had mtu %d: set %d", name, br.Attrs().MTU, mtu))
+		}
+	} else if br.Attrs().Alias != alias {
+		// Kernels that ignore IFLA_IFALIAS on creation.
+		if err := sys.nl.LinkSetAlias(br, alias); err != nil {
+			return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
+		}
+	}
+	stp := uint32(1)
+	if !created {
+		if stp, err = sys.raw.stpState(br.Attrs().Index); err != nil {
+			return fail(fmt.Errorf("read stp state of bridge %s: %w", name, err))
+		}
+	}
+	if stp != 0 {
+		// A new bridge starts with STP off; say so anyway, it costs one
+		// request and does not depend on the kernel's default.
+		if err := sys.raw.setSTP(br.Attrs().Index, false); err != nil {
+			return fail(fmt.Errorf("turn stp off on bridge %s: %w", name, err))
+		}
+		if !created {
+			repairs = append(repairs, fmt.Sprintf("bridge %s had stp on: turned off", name))
+		}
+	}
+	// Redirects: see Config.Forwarding. A new device copies
+	// net.ipv4.conf.default.send_redirects (1 unless the operator changed
+	// it), so a new bridge is written too.
+	wrote, err := sys.sysctl("net/ipv4/conf/"+name+"/send_redirects", "0")
+	if err != nil {
+		return fail(fmt.Errorf("bridge %s: %w", name, err))
+	}
+	if wrote && !created {
+		repairs = append(repairs, fmt.Sprintf("bridge %s sent ICMP redirects: switched off", name))
+	}
+	fixed, err := exactAddress(sys, br, gw)
+	if err != nil {
+		return fail(fmt.Errorf("bridge %s: %w", name, err))
+	}
+	if !created {
+		repairs = append(repairs, fixed...)
+	}
+	if br.Attrs().Flags&net.FlagUp == 0 {
+		if err := sys.nl.LinkSetUp(br); err != nil {
+			return fail(fmt.Errorf("set bridge %s up: %w", name, err))
+		}
+		if !created {
+			repairs = append(repairs, fmt.Sprintf("bridge %s was down: set up", name))
+		}
+	}
+	return br, created, repairs, nil
+}
+
+// exactAddress makes want the only address of link, IPv6 link-local
+// addresses the kernel made aside, and the other family's gateway too (a
+// dual-stack bridge holds both): the flush-before-add that keeps a bridge
+// surviving from an earlier life (say, a /27 gateway of the previous
+// release) from carrying two gateways. Stale addresses overlapping want go
+// first (deleting an IPv4 primary also deletes its secondaries unless
+// promote_secondaries is set, and want could be one); then want is added;
+// then the other stale ones go, so the link is never without an address
+// longer than necessary. It returns one line per change.
+func exactAddress(sys *system, link netlink.Link, want netip.Prefix) ([]string, error) {
+	addrs, err := sys.raw.addrs(link.Attrs().Index, unix.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var have bool
+	var near, far []netip.Prefix
+	for _, p := range addrs {
+		switch {
+		case p == want:
+			have = true
+		case kernelLinkLocal(p), isGateway(p) && p.Addr().Is4() != want.Addr().Is4():
+		case p.Addr().Is4() == want.Addr().Is4() && p.Masked().Overlaps(want.Masked()):
+			near = append(near, p)
+		default:
+			far = append(far, p)
+		}
+	}
+	var changes []string
+	del := func(list []netip.Prefix) error {
+		for _, p := range list {
+			if err := sys.nl.AddrDel(link, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
+				return fmt.Errorf("delete stale address %s: %w", p, err)
+			}
+			changes = append(changes, fmt.Sprintf("%s had stale address %s: removed", link.Attrs().Name, p))
+		}
+		return nil
+	}
+	if err := del(near); err != nil {
+		return changes, err
+	}
+	if !have || len(near) > 0 {
+		if err := sys.nl.AddrAdd(link, toNLAddr(want)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return changes, fmt.Errorf("add address %s: %w", want, err)
+		}
+		changes = append(changes, fmt.Sprintf("%s lacked address %s: added", link.Attrs().Name, want))
+	}
+	return changes, del(far)
+}
+
+// ensureContainerSide makes the container end inner (s's Ifname, inside t)
+// what s asks: the MTU, exactly s.Address (others of the family removed
+// only after it is added: an interface left without an IPv4 address loses
+// its routes), lo up, inner up, a link-scope route to the gateway and the
+// default route via it, onlink.
+//
+// fresh says the caller has just made inner with the MTU (down, no
+// addresses, no routes): nothing is read, the routes are added exclusively
+// so that a default route (or route to the gateway) the namespace already
+// has is ErrExists, and bringing lo up is pushed on undo. Otherwise what is
+// there is read first, only what differs is changed, routes are replaced,
+// and a line per change is returned. Steps stepInside and stepRoute run
+// their hooks.
+func (sys *system) ensureContainerSide(ctx context.Context, t *target, s Spec, inner netlink.Link, fresh bool, undo *undoList) ([]string, error) {
+	ifname := s.ifname()
+	var repairs []string
+	if err := sys.step(ctx, stepInside); err != nil {
+		return nil, err
+	}
+	if !fresh && s.MTU > 0 && inner.Attrs().MTU != s.MTU {
+		if err := t.nl.LinkSetMTU(inner, s.MTU); err != nil {
+			return repairs, fmt.Errorf("set mtu of %s in netns %s: %w", ifname, t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("%s had mtu %d: set %d", ifname, inner.Attrs().MTU, s.MTU))
+	}
+
+	// The address.
+	var have bool
+	var stale []netip.Prefix
+	if !fresh {
+		addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(s.Address)) })
+		if err != nil {
+			return repairs, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
+		}
+		for _, a := range addrs {
+			switch p := fromNLAddr(a); {
+			case p == s.Address:
+				have = true
+			case !kernelLinkLocal(p):
+				stale = append(stale, p)
+			}
+		}
+	}
+	if !have {
+		if err := t.nl.AddrAdd(inner, toNLAddr(s.Address)); err != nil && (fresh || !errors.Is(err, unix.EEXIST)) {
+			return repairs, fmt.Errorf("add address %s to %s in netns %s: %w", s.Address, ifname, t.path, err)
+		}
+		if !fresh {
+			repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, s.Address))
+		}
+	}
+	for _, p := range stale {
+		if err := t.nl.AddrDel(inner, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
+			return repairs, fmt.Errorf("delete address %s of %s in netns %s: %w", p, ifname, t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("%s had stale address %s: removed", ifname, p))
+	}
+
+	// IPv6 has no switch to stop the host sending redirects (see
+	// Config.Forwarding), so the container ignores them instead; for IPv6
+	// the interface's own switch decides.
+	if s.Address.Addr().Is6() {
+		wrote, err := sysctlIn(netns.NsHandle(t.fd), "net/ipv6/conf/"+ifname+"/accept_redirects", "0")
+		if err != nil {
+			return repairs, fmt.Errorf("netns %s: %w", t.path, err)
+		}
+		if wrote && !fresh {
+			repairs = append(repairs, fmt.Sprintf("%s accepted ICMPv6 redirects: switched off", ifname))
+		}
+	}
+
+	// lo and the link.
+	lo, err := t.nl.LinkByName("lo")
+	if err != nil {
+		return repairs, fmt.Errorf("look up lo in netns %s: %w", t.path, err)
+	}
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := t.nl.LinkSetUp(lo); err != nil {
+			return repairs, fmt.Errorf("set lo up in netns %s: %w", t.path, err)
+		}
+		if fresh {
+			undo.push("set lo up", func() error { return t.nl.LinkSetDown(lo) })
+		} else {
+			repairs = append(repairs, "lo was down: set up")
+		}
+	}
+	if fresh || inner.Attrs().Flags&net.FlagUp == 0 {
+		if err := t.nl.LinkSetUp(inner); err != nil {
+			return repairs, fmt.Errorf("set %s up in netns %s: %w", ifname, t.path, err)
+		}
+		if !fresh {
+			repairs = append(repairs, fmt.Sprintf("%s was down: set up", ifname))
+		}
+	}
+
+	// The routes. They go with the link if a later step of an attach
+	// fails.
+	if err := sys.step(ctx, stepRoute); err != nil {
+		return repairs, err
+	}
+	index := inner.Attrs().Index
+	want := []struct {
+		route *netlink.Route
+		what  string
+		match func(netlink.Route) bool
+	}{
+		{gatewayRoute(index, s.Gateway), "route to the gateway " + s.Gateway.Addr().String(), func(r netlink.Route) bool {
+			return r.Dst != nil && prefixFromNet(r.Dst) == s.Gateway && r.Gw == nil
+		}},
+		{defaultRoute(index, s.Gateway), "default route via " + s.Gateway.Addr().String(), func(r netlink.Route) bool {
+			return isDefault(r) && r.Gw.Equal(s.Gateway.Addr().AsSlice())
+		}},
+	}
+	var routes []netlink.Route
+	if !fresh {
+		routes, err = retryDump(func() ([]netlink.Route, error) { return t.nl.RouteList(inner, family(s.Address)) })
+		if err != nil {
+			return repairs, fmt.Errorf("list routes of %s in netns %s: %w", ifname, t.path, err)
+		}
+	}
+	for _, w := range want {
+		if fresh {
+			if err := t.nl.RouteAdd(w.route); err != nil {
+				if errors.Is(err, unix.EEXIST) {
+					err = fmt.Errorf("the namespace has one already: %w", ErrExists)
+				}
+				return repairs, fmt.Errorf("add %s in netns %s: %w", w.what, t.path, err)
+			}
+			continue
+		}
+		if slices.ContainsFunc(routes, w.match) {
+			continue
+		}
+		if err := t.nl.RouteReplace(w.route); err != nil {
+			return repairs, fmt.Errorf("set %s in netns %s: %w", w.what, t.path, err)
+		}
+		repairs = append(repairs, w.what+" was missing: set")
+	}
+	return repairs, nil
+}
+
+// ensureHostEnd makes the host veth host a port of br with the container's
+// alias, up, hairpin mode on and the MTU. fresh says the caller has just
+// made it (with the MTU): alias, master and up go in one request without
+// reading. Otherwise what differs is changed and listed.
+func (sys *system) ensureHostEnd(host, br netlink.Link, s Spec, fresh bool) ([]string, error) {
+	name, alias := host.Attrs().Name, containerAliasPrefix+s.Container
+	var repairs []string
+	if !fresh {
+		a := host.Attrs()
+		if a.Alias != alias {
+			repairs = append(repairs, fmt.Sprintf("host veth %s had alias %q: set %q", name, a.Alias, alias))
+		}
+		if a.MasterIndex != br.Attrs().Index {
+			repairs = append(repairs, fmt.Sprintf("host veth %s was not a port of %s: enslaved", name, br.Attrs().Name))
+		}
+		if a.Flags&net.FlagUp == 0 {
+			repairs = append(repairs, fmt.Sprintf("host veth %s was down: set up", name))
+		}
+	}
+	if fresh || len(repairs) > 0 {
+		if err := sys.raw.plugHostEnd(host.Attrs().Index, br.Attrs().Index, alias); err != nil {
+			return nil, fmt.Errorf("enslave %s to %s and set it up: %w", name, br.Attrs().Name, err)
+		}
+	}
+	// Hairpin: a container reaching itself through a published port (natd
+	// DNATs it back to its own address) must get the packet back out of its
+	// own bridge port, which the bridge only does with hairpin mode on.
+	// Protinfo exists only once the link is a port, hence after the plug.
+	hairpin := fresh
+	if !fresh {
+		pi, err := sys.nl.LinkGetProtinfo(host)
+		hairpin = err != nil || !pi.Hairpin
+	}
+	if hairpin {
+		if err := sys.nl.LinkSetHairpin(host, true); err != nil {
+			return repairs, fmt.Errorf("hairpin mode on %s: %w", name, err)
+		}
+		if !fresh {
+			repairs = append(repairs, fmt.Sprintf("host veth %s had hairpin mode off: set on", name))
+		}
+	}
+	if !fresh && s.MTU > 0 && host.Attrs().MTU != s.MTU {
+		if err := sys.nl.LinkSetMTU(host, s.MTU); err != nil {
+			return repairs, fmt.Errorf("set mtu of %s: %w", name, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("host veth %s had mtu %d: set %d", name, host.Attrs().MTU, s.MTU))
+	}
+	return repairs, nil
+}
+
+// gatewayRoute is the link-scope route to the gateway gw out of link index.
+func gatewayRoute(index int, gw netip.Prefix) *netlink.Route {
+	return &netlink.Route{LinkIndex: index, Dst: prefixNet(gw), Scope: netlink.SCOPE_LINK}
+}
+
+// defaultRoute is the default route via gw out of link index, onlink: it
+// does not depend on the route to the gateway.
+func defaultRoute(index int, gw netip.Prefix) *netlink.Route {
+	bits := gw.Addr().BitLen()
+	return &netlink.Route{
+		LinkIndex: index,
+		Dst:       &net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)},
+		Gw:        gw.Addr().AsSlice(),
+		Flags:     int(netlink.FLAG_ONLINK),
+	}
+}

@@ -1,0 +1,37 @@
+package node
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+
+	"github.com/zlmesh/zlmesh/api"
+)
+
+// serviceKind is the record-store kind of service endpoints; the key is
+// "<node>/<container>" and the value an api.ServiceEndpoint.
+const serviceKind = "svc"
+
+func (n *Node) serviceKey(container string) string { return n.cfg.Name + "/" + container }
+
+func (n *Node) putServiceRecord(at attachment) {
+	v, _ := json.Marshal(api.ServiceEndpoint{
+		Service:   at.Spec.Service,
+		Container: at.Spec.Container,
+		Address:   at.Spec.Address.Addr().String(),
+		Node:      n.cfg.Name,
+	})
+	n.mesh.Store().Put(serviceKind, n.serviceKey(at.Spec.Container), v)
+}
+
+// Services lists every service endpoint in the cluster whose node is alive.
+func (n *Node) Services() []api.ServiceEndpoint {
+	out := append([]api.ServiceEndpoint{}, records[api.ServiceEndpoint](n, serviceKind, n.mesh.Alive)...)
+	slices.SortFunc(out, func(a, b api.ServiceEndpoint) int {
+		if c := strings.Compare(a.Service, b.Service); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Container, b.Container)
+	})
+	return out
+}
