@@ -9,8 +9,8 @@
 #  2. at each of SIZES (default "0,500,1000") containers already attached
 #     (zlmesh: CLIENTS (default 8) concurrent clients over 4 services, in
 #     the default block plan, so the node claims blocks as it grows; CNI:
-#     the same number over 4 networks), N sequential attaches each into a
-#     fresh container namespace made beforehand, of
+#     the same number over 4 networks, in a second host), N sequential
+#     attaches each into a fresh container namespace made beforehand, of
 #       zlmesh    through its control socket, from this machine's namespace
 #                 to zlmesh running in a testbed host;
 #       CNI       Debian's CNI bridge plugin with host-local IPAM

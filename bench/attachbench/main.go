@@ -4,16 +4,17 @@
 //  1. the classic way, once, with nothing attached: N attaches by shelling
 //     out to `ip` from one bash script inside the host (veth created into
 //     the netns, address, lo and eth0 up, default route, master, up);
-//  2. for each size S of -sizes (default 0, 500, 1000): fill the host up to
+//  2. for each size S of -sizes (default 0, 500, 1000): fill host h1 up to
 //     S containers attached by zlmesh (C concurrent clients over 4
 //     services, through the control socket; the node claims blocks as it
-//     grows) and to S containers attached by Debian's CNI bridge plugin
-//     with host-local IPAM (4 networks, one bridge each, like the 4
-//     services), then N sequential attaches of each method, each into a
-//     fresh container namespace made beforehand: zlmesh through the
-//     control socket, from this process (the machine's namespace) to
-//     zlmesh in the testbed host; CNI invoked directly with the CNI
-//     environment from a bash script inside the host. The measured
+//     grows) and host h2 to S containers attached by Debian's CNI bridge
+//     plugin with host-local IPAM (4 networks, one bridge each, like the 4
+//     services; h2's zlmesh idles), then N sequential attaches of each
+//     method, each into a fresh container namespace made beforehand:
+//     zlmesh through h1's control socket, from this process (the
+//     machine's namespace) to zlmesh in the testbed host, with zlmesh's
+//     CPU time (user+sys) per attach over them; CNI invoked directly with
+//     the CNI environment from a bash script inside h2. The measured
 //     attaches stay attached (the next size's fill counts them);
 //  3. zlmesh's resident memory (VmRSS) idle with nothing attached, and
 //     with the largest size attached (right after the fill and -settle
@@ -97,6 +98,7 @@ type sizeResult struct {
 	size            int
 	zl, cni         []time.Duration
 	zlFill, cniFill float64 // attaches/s of the fill up to size (0: no fill)
+	zlCPU           float64 // zlmesh's CPU time (user+sys) per latency attach, ms
 	load            string
 }
 
@@ -125,7 +127,7 @@ func run(cfg config) error {
 	upCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	tb, err := testbed.Up(upCtx, testbed.Options{
 		Prefix: prefix,
-		Hosts:  1,
+		Hosts:  2,
 		Binary: cfg.binary,
 		Args:   func(*testbed.Host) []string { return args },
 	})
@@ -134,7 +136,10 @@ func run(cfg config) error {
 		return err
 	}
 	defer tb.Close()
-	h := tb.Host("h1")
+	// zlmesh's containers go to h1, the CNI plugin's to h2 (whose zlmesh
+	// idles): each host's namespace holds exactly one method's links and
+	// routes, so "at 1000" means 1000 on that host for both.
+	h, h2 := tb.Host("h1"), tb.Host("h2")
 	if cfg.keepLog != "" {
 		defer func() {
 			if b, err := os.ReadFile(h.LogFile); err == nil {
@@ -143,7 +148,7 @@ func run(cfg config) error {
 		}()
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	err = h.WaitReady(readyCtx)
+	err = tb.WaitReady(readyCtx)
 	cancel()
 	if err != nil {
 		return err
@@ -153,10 +158,10 @@ func run(cfg config) error {
 	// Container namespaces are made before each timed part (their creation
 	// is not measured).
 	var made atomic.Int64
-	mk := func(count int) ([]*testbed.Container, error) {
+	mkOn := func(on *testbed.Host, count int) ([]*testbed.Container, error) {
 		out := make([]*testbed.Container, count)
 		for i := range out {
-			c, err := tb.AddContainer(ctx, h, fmt.Sprintf("c%d", made.Add(1)))
+			c, err := tb.AddContainer(ctx, on, fmt.Sprintf("c%d", made.Add(1)))
 			if err != nil {
 				return nil, err
 			}
@@ -164,6 +169,7 @@ func run(cfg config) error {
 		}
 		return out, nil
 	}
+	mk := func(count int) ([]*testbed.Container, error) { return mkOn(h, count) }
 	rm := func(cs []*testbed.Container) error {
 		for _, c := range cs {
 			if err := c.Remove(); err != nil {
@@ -192,7 +198,7 @@ func run(cfg config) error {
 	}
 
 	// 2. Sizes.
-	cni := &cniBase{h: h, dir: cfg.cniDir, services: cfg.services}
+	cni := &cniBase{h: h2, dir: cfg.cniDir, services: cfg.services}
 	if !skipped["cni"] {
 		if err := cni.setup(); err != nil {
 			return err
@@ -224,7 +230,7 @@ func run(cfg config) error {
 		// CNI fill.
 		if !skipped["cni"] {
 			if add := size - cniCount; add > 0 {
-				cs, err := mk(add)
+				cs, err := mkOn(h2, add)
 				if err != nil {
 					return err
 				}
@@ -267,6 +273,7 @@ func run(cfg config) error {
 				if err != nil {
 					return err
 				}
+				cpu0, _ := cpuTicks(h.PID())
 				for _, c := range cs {
 					t0 := time.Now()
 					_, err := cl.Attach(ctx, api.AttachRequest{Service: "lat", Container: c.ID(), Netns: c.Netns})
@@ -276,9 +283,12 @@ func run(cfg config) error {
 					}
 					r.zl = append(r.zl, d)
 				}
+				if cpu1, err := cpuTicks(h.PID()); err == nil {
+					r.zlCPU = float64(cpu1-cpu0) * 1000 / clockTicks / float64(len(cs))
+				}
 				zlAll = append(zlAll, cs...)
 			} else if !skipped["cni"] {
-				cs, err := mk(cfg.n)
+				cs, err := mkOn(h2, cfg.n)
 				if err != nil {
 					return err
 				}
@@ -293,9 +303,9 @@ func run(cfg config) error {
 	}
 
 	// Report.
-	fmt.Printf("%6s %-8s %9s %9s %9s %12s %11s\n", "size", "method", "p50 ms", "p99 ms", "mean ms", "fill att/s", "load")
+	fmt.Printf("%6s %-8s %9s %9s %9s %12s %11s %11s\n", "size", "method", "p50 ms", "p99 ms", "mean ms", "fill att/s", "CPU ms/att", "load")
 	for _, r := range results {
-		fmt.Printf("%6d %-8s %9.2f %9.2f %9.2f %12.0f %11s\n", r.size, "zlmesh", ms(pct(r.zl, 50)), ms(pct(r.zl, 99)), ms(mean(r.zl)), r.zlFill, r.load)
+		fmt.Printf("%6d %-8s %9.2f %9.2f %9.2f %12.0f %11.2f %11s\n", r.size, "zlmesh", ms(pct(r.zl, 50)), ms(pct(r.zl, 99)), ms(mean(r.zl)), r.zlFill, r.zlCPU, r.load)
 		if r.cni != nil {
 			fmt.Printf("%6d %-8s %9.2f %9.2f %9.2f %12.0f\n", r.size, "CNI", ms(pct(r.cni, 50)), ms(pct(r.cni, 99)), ms(mean(r.cni)), r.cniFill)
 		}
@@ -487,6 +497,29 @@ func timedScript(ctx context.Context, h *testbed.Host, name, script string) ([]t
 		ds = append(ds, time.Duration(math.Round((e-s)*1e9)))
 	}
 	return ds, nil
+}
+
+// clockTicks is the kernel's USER_HZ (the unit of /proc/<pid>/stat times).
+const clockTicks = 100
+
+// cpuTicks returns utime+stime of pid, in clock ticks.
+func cpuTicks(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command (which may hold spaces) in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b)[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return u + st, nil
 }
 
 // vmRSS returns the resident set of pid in KiB.

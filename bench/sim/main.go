@@ -143,7 +143,7 @@ func run(sizesFlag string, loopback bool, timeout time.Duration) error {
 		if growNodes > 0 {
 			fmt.Fprintf(w, "%d\t%d nodes grow 1 block: known everywhere\t%s\t-\t-\t\n", r.n, min(growNodes, r.n), secs(r.zl.growth))
 		}
-		fmt.Fprintf(w, "%d\tblocks held (burst growth: every %dth node +%d)\t%d\t-\t-\t\n", r.n, growEvery, growBurst, r.zl.blocks)
+		fmt.Fprintf(w, "%d\tblocks held (1 node in %d grew %d in the burst)\t%d\t-\t-\t\n", r.n, growEvery, growBurst, r.zl.blocks)
 		fmt.Fprintf(w, "%d\tkilled node dropped everywhere\t%s\t%s\t%s\t\n", r.n, secs(r.zl.detect), secs(r.base.detect), ratio(r.zl.detect, r.base.detect))
 		fmt.Fprintf(w, "%d\tclaim conflicts resolved\t%d\t-\t-\t\n", r.n, r.zl.conflicts)
 		if !loopback {
