@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -61,6 +62,7 @@ func main() {
 	hold := flag.Duration("hold", 0, "wait this long at the largest size (to inspect the daemon)")
 	settle := flag.Duration("settle", 10*time.Second, "how long after the largest fill VmRSS is read a second time")
 	prefix := flag.String("prefix", "", "testbed prefix (default: a random one)")
+	perf := flag.String("perf", "", "record zlmesh with `perf record -g` during its latency attaches at each size, to <this>.<size>")
 	flag.Parse()
 	if *binary == "" {
 		fmt.Fprintln(os.Stderr, "attachbench: -binary is required")
@@ -76,7 +78,7 @@ func main() {
 		sizes = append(sizes, v)
 	}
 	cfg := config{binary: *binary, n: *n, sizes: sizes, clients: *clients, services: *services, cniDir: *cniDir,
-		stateDir: *stateDir, skip: *skip, logLevel: *logLevel, keepLog: *keepLog, hold: *hold, settle: *settle, prefix: *prefix}
+		stateDir: *stateDir, skip: *skip, logLevel: *logLevel, keepLog: *keepLog, hold: *hold, settle: *settle, prefix: *prefix, perf: *perf}
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "attachbench:", err)
 		os.Exit(1)
@@ -90,7 +92,7 @@ type config struct {
 	clients, services                         int
 	cniDir, stateDir, skip, logLevel, keepLog string
 	hold, settle                              time.Duration
-	prefix                                    string
+	prefix, perf                              string
 }
 
 // sizeResult is one size's latencies.
@@ -98,7 +100,7 @@ type sizeResult struct {
 	size            int
 	zl, cni         []time.Duration
 	zlFill, cniFill float64 // attaches/s of the fill up to size (0: no fill)
-	zlCPU           float64 // zlmesh's CPU time (user+sys) per latency attach, ms
+	zlUser, zlSys   float64 // zlmesh's CPU time (user, sys) per latency attach, ms
 	load            string
 }
 
@@ -273,7 +275,13 @@ func run(cfg config) error {
 				if err != nil {
 					return err
 				}
-				cpu0, _ := cpuTicks(h.PID())
+				var stopPerf func()
+				if cfg.perf != "" {
+					if stopPerf, err = startPerf(h.PID(), fmt.Sprintf("%s.%d", cfg.perf, size)); err != nil {
+						return err
+					}
+				}
+				u0, s0, _ := cpuTicks(h.PID())
 				for _, c := range cs {
 					t0 := time.Now()
 					_, err := cl.Attach(ctx, api.AttachRequest{Service: "lat", Container: c.ID(), Netns: c.Netns})
@@ -283,8 +291,12 @@ func run(cfg config) error {
 					}
 					r.zl = append(r.zl, d)
 				}
-				if cpu1, err := cpuTicks(h.PID()); err == nil {
-					r.zlCPU = float64(cpu1-cpu0) * 1000 / clockTicks / float64(len(cs))
+				if u1, s1, err := cpuTicks(h.PID()); err == nil {
+					r.zlUser = float64(u1-u0) * 1000 / clockTicks / float64(len(cs))
+					r.zlSys = float64(s1-s0) * 1000 / clockTicks / float64(len(cs))
+				}
+				if stopPerf != nil {
+					stopPerf()
 				}
 				zlAll = append(zlAll, cs...)
 			} else if !skipped["cni"] {
@@ -303,9 +315,9 @@ func run(cfg config) error {
 	}
 
 	// Report.
-	fmt.Printf("%6s %-8s %9s %9s %9s %12s %11s %11s\n", "size", "method", "p50 ms", "p99 ms", "mean ms", "fill att/s", "CPU ms/att", "load")
+	fmt.Printf("%6s %-8s %9s %9s %9s %12s %16s %11s\n", "size", "method", "p50 ms", "p99 ms", "mean ms", "fill att/s", "CPU usr+sys ms/att", "load")
 	for _, r := range results {
-		fmt.Printf("%6d %-8s %9.2f %9.2f %9.2f %12.0f %11.2f %11s\n", r.size, "zlmesh", ms(pct(r.zl, 50)), ms(pct(r.zl, 99)), ms(mean(r.zl)), r.zlFill, r.zlCPU, r.load)
+		fmt.Printf("%6d %-8s %9.2f %9.2f %9.2f %12.0f %7.2f + %6.2f %11s\n", r.size, "zlmesh", ms(pct(r.zl, 50)), ms(pct(r.zl, 99)), ms(mean(r.zl)), r.zlFill, r.zlUser, r.zlSys, r.load)
 		if r.cni != nil {
 			fmt.Printf("%6d %-8s %9.2f %9.2f %9.2f %12.0f\n", r.size, "CNI", ms(pct(r.cni, 50)), ms(pct(r.cni, 99)), ms(mean(r.cni)), r.cniFill)
 		}
@@ -502,24 +514,39 @@ func timedScript(ctx context.Context, h *testbed.Host, name, script string) ([]t
 // clockTicks is the kernel's USER_HZ (the unit of /proc/<pid>/stat times).
 const clockTicks = 100
 
-// cpuTicks returns utime+stime of pid, in clock ticks.
-func cpuTicks(pid int) (int64, error) {
+// cpuTicks returns utime and stime of pid, in clock ticks.
+func cpuTicks(pid int) (user, sys int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// Fields after the command (which may hold spaces) in parentheses.
 	i := strings.LastIndexByte(string(b), ')')
 	f := strings.Fields(string(b)[i+1:])
 	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
 	}
 	u, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("bad /proc/%d/stat", pid)
 	}
-	return u + st, nil
+	return u, st, nil
+}
+
+// startPerf runs `perf record -g -p pid -o out` until the returned func
+// stops it (SIGINT, then waits for perf to write its file).
+func startPerf(pid int, out string) (func(), error) {
+	cmd := exec.Command("perf", "record", "-q", "-g", "-p", strconv.Itoa(pid), "-o", out)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("perf record: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond) // perf attaches
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}, nil
 }
 
 // vmRSS returns the resident set of pid in KiB.
