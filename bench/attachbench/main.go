@@ -62,6 +62,7 @@ func main() {
 	hold := flag.Duration("hold", 0, "wait this long at the largest size (to inspect the daemon)")
 	settle := flag.Duration("settle", 10*time.Second, "how long after the largest fill VmRSS is read a second time")
 	prefix := flag.String("prefix", "", "testbed prefix (default: a random one)")
+	noIPv6 := flag.Bool("no-ipv6-default", false, "set net.ipv6.conf.default.disable_ipv6=1 in h1 before any attach (diagnosis: new links get no IPv6 routes)")
 	perf := flag.String("perf", "", "record zlmesh with `perf record -g` during its latency attaches at each size, to <this>.<size>")
 	flag.Parse()
 	if *binary == "" {
@@ -78,7 +79,7 @@ func main() {
 		sizes = append(sizes, v)
 	}
 	cfg := config{binary: *binary, n: *n, sizes: sizes, clients: *clients, services: *services, cniDir: *cniDir,
-		stateDir: *stateDir, skip: *skip, logLevel: *logLevel, keepLog: *keepLog, hold: *hold, settle: *settle, prefix: *prefix, perf: *perf}
+		stateDir: *stateDir, skip: *skip, logLevel: *logLevel, keepLog: *keepLog, hold: *hold, settle: *settle, prefix: *prefix, perf: *perf, noIPv6: *noIPv6}
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "attachbench:", err)
 		os.Exit(1)
@@ -93,6 +94,7 @@ type config struct {
 	cniDir, stateDir, skip, logLevel, keepLog string
 	hold, settle                              time.Duration
 	prefix, perf                              string
+	noIPv6                                    bool
 }
 
 // sizeResult is one size's latencies.
@@ -156,6 +158,11 @@ func run(cfg config) error {
 		return err
 	}
 	cl := h.Client()
+	if cfg.noIPv6 {
+		if out, err := h.Exec(ctx, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"); err != nil {
+			return fmt.Errorf("disable IPv6 on new links in h1: %w: %s", err, out)
+		}
+	}
 
 	// Container namespaces are made before each timed part (their creation
 	// is not measured).
