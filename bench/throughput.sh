@@ -7,6 +7,9 @@
 #   wg       h1 → h2 over a standalone wireguard-go of the same module
 #            version, MTU and offloads (see bench/wgpair.sh)
 #   raw      h1 → h2's underlay address (192.0.2.12, the veths and the switch)
+#   ctr      container ctr1 on h1 → container ctr2 on h2, both attached to
+#            service bench through the control API: zlmesh's path plus a
+#            veth, the service bridge and a /32 host route on each side
 #
 # iperf3, DURATION seconds (default 10), with 1 and 4 parallel streams, the
 # paths interleaved (zlmesh, wg, raw, zlmesh, wg, raw, …) for ROUNDS rounds
@@ -23,7 +26,8 @@
 # cost from its build's.
 #
 # Then CONCURRENT runs (default 5) of zlmesh and wg at the same time, one
-# stream each: both see the same load at the same instant, so their ratio
+# stream each, and likewise of ctr and zlmesh: both see the same load at
+# the same instant, so their ratio
 # does not drift with the machine's load between runs (on a shared machine
 # the sequential medians move by ±25% from one run of the script to the
 # next; with wgz, "wgz wg" pairs calibrate what 1.00 looks like).
@@ -41,8 +45,9 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-5}
 STREAMS=${STREAMS:-"1 4"}
 CONCURRENT=${CONCURRENT:-5}
+WGPAIR_CONTAINERS=h1:bench:ctr1,h2:bench:ctr2
 . "$(dirname "$0")/wgpair.sh"
-MODES=(zlmesh "${WG_INSTANCES[@]}" raw)
+MODES=(zlmesh ctr "${WG_INSTANCES[@]}" raw)
 
 echo "throughput.sh: building and starting 2 hosts (testbed $P)…" >&2
 if [ -n "${PROFILE:-}" ]; then
@@ -50,11 +55,14 @@ if [ -n "${PROFILE:-}" ]; then
 	ZLMESH_ARGS="${ZLMESH_ARGS:-} --pprof-listen 127.0.0.1:6060"
 fi
 wgpair_up
+wait_ping h1/ctr1 "$(ctr_addr ctr2)"
 
-in_host h2 iperf3 -s >"$TMP/iperf3-server.log" 2>&1 &
-BG_PIDS+=($!)
-in_host h2 iperf3 -s -p 5202 >"$TMP/iperf3-server2.log" 2>&1 &
-BG_PIDS+=($!)
+for where in h2 h2/ctr2; do
+	for port in 5201 5202; do
+		in_host "$where" iperf3 -s -p "$port" >"$TMP/iperf3-server-${where/\//-}-$port.log" 2>&1 &
+		BG_PIDS+=($!)
+	done
+done
 sleep 0.5
 off_zl=$(offloads h1 zl0)
 off_wg=$(offloads h1 "${WG_IF[wg]}")
@@ -65,13 +73,21 @@ echo "throughput.sh: offloads zlwg0: $off_wg" >&2
 addr_of() {
 	case $1 in
 	zlmesh) zl_addr h2 ;;
+	ctr) ctr_addr ctr2 ;;
 	wg | wgz) wg_addr h2 "$1" ;;
 	raw) echo 192.0.2.12 ;;
 	esac
 }
+# src_of MODE: where the iperf3 client runs.
+src_of() {
+	case $1 in
+	ctr) echo h1/ctr1 ;;
+	*) echo h1 ;;
+	esac
+}
 pids_of() {
 	case $1 in
-	zlmesh) echo "$(zl_pid h1) $(zl_pid h2)" ;;
+	zlmesh | ctr) echo "$(zl_pid h1) $(zl_pid h2)" ;;
 	wg | wgz) echo "$(wg_pid h1 "$1") $(wg_pid h2 "$1")" ;;
 	raw) echo "" ;;
 	esac
@@ -93,7 +109,7 @@ measure() {
 	read -r b0 t0 <<<"$(sys_busy)"
 	local w0 w1
 	w0=$(date +%s.%N)
-	out=$(in_host h1 iperf3 -c "$addr" -t "$DURATION" -P "$n" -J)
+	out=$(in_host "$(src_of "$mode")" iperf3 -c "$addr" -t "$DURATION" -P "$n" -J)
 	w1=$(date +%s.%N)
 	read -r b1 t1 <<<"$(sys_busy)"
 	c1=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
@@ -116,7 +132,7 @@ printf '# mode\tstreams\tGbit/s\tdaemon%%\tmachine%%\tiperf-snd%%\tiperf-rcv%%\n
 # Warm-up, not counted: the first bulk transfer of a fresh daemon grows
 # its buffer pools and heap.
 for mode in "${MODES[@]}"; do
-	in_host h1 iperf3 -c "$(addr_of "$mode")" -t 3 -P 4 >/dev/null
+	in_host "$(src_of "$mode")" iperf3 -c "$(addr_of "$mode")" -t 3 -P 4 >/dev/null
 done
 load_before=$(load_avg)
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -134,9 +150,9 @@ done
 # to $TMP/concurrent.
 concurrent() {
 	local a b
-	in_host h1 iperf3 -c "$(addr_of "$1")" -t "$DURATION" -J >"$TMP/conc-a.json" &
+	in_host "$(src_of "$1")" iperf3 -c "$(addr_of "$1")" -t "$DURATION" -J >"$TMP/conc-a.json" &
 	a=$!
-	in_host h1 iperf3 -c "$(addr_of "$2")" -p 5202 -t "$DURATION" -J >"$TMP/conc-b.json" &
+	in_host "$(src_of "$2")" iperf3 -c "$(addr_of "$2")" -p 5202 -t "$DURATION" -J >"$TMP/conc-b.json" &
 	b=$!
 	wait "$a" "$b"
 	printf '%s\t%s\t%s\t%s\n' "$1" "$2" \
@@ -144,7 +160,7 @@ concurrent() {
 		"$(jq '.end.sum_received.bits_per_second / 1e9 * 1000 | round / 1000' "$TMP/conc-b.json")" |
 		tee -a "$TMP/concurrent" >&2
 }
-PAIRS=("zlmesh wg")
+PAIRS=("zlmesh wg" "ctr zlmesh")
 [ "${WGPAIR_ZLDEPS:-}" = 1 ] && PAIRS+=("wgz wg")
 for ((r = 1; r <= CONCURRENT; r++)); do
 	for pair in "${PAIRS[@]}"; do
@@ -163,7 +179,7 @@ echo "  zlmesh $ZLMESH_REV; wireguard-go $WG_VERSION; $GO_VERSION; MTU 1420 on b
 echo "  load average before $load_before, after $load_after ($(nproc) cores)"
 echo "  TUN offloads zl0:   $off_zl"
 echo "  TUN offloads zlwg0: $off_wg"
-printf '%-8s %7s %9s %11s %11s %12s %9s %16s\n' path streams "Gbit/s" "min-max" "daemon CPU" "Gbit/s/core" "machine" "zlmesh/wg"
+printf '%-8s %7s %9s %11s %11s %12s %9s %16s\n' path streams "Gbit/s" "min-max" "daemon CPU" "Gbit/s/core" "machine" "ratio"
 for n in $STREAMS; do
 	wgm=$(col wg "$n" 3 | median)
 	for mode in "${MODES[@]}"; do
@@ -178,6 +194,9 @@ for n in $STREAMS; do
 			# Median of the per-round ratios, beside the ratio of medians.
 			pr=$(paste <(col zlmesh "$n" 3) <(col wg "$n" 3) | awk '{print $1 / $2}' | median)
 			ratio=$(awk -v a="$g" -v b="$wgm" -v p="$pr" 'BEGIN {printf "%.2f (pairs %.2f)", a / b, p}')
+		elif [ "$mode" = ctr ]; then
+			pr=$(paste <(col ctr "$n" 3) <(col zlmesh "$n" 3) | awk '{print $1 / $2}' | median)
+			ratio=$(awk -v a="$g" -v b="$(col zlmesh "$n" 3 | median)" -v p="$pr" 'BEGIN {printf "ctr/zl: %.2f (pairs %.2f)", a / b, p}')
 		elif [ "$mode" = wgz ]; then
 			ratio=$(awk -v a="$g" -v b="$wgm" 'BEGIN {printf "wgz/wg: %.2f", a / b}')
 		elif [ "$mode" = raw ]; then
@@ -201,4 +220,5 @@ if ((CONCURRENT > 0)); then
 			"$(awk '{print $1 / $2}' "$TMP/pair" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')"
 	done
 fi
-echo "  target: zlmesh >= 0.95 x wg"
+echo "  container addresses: ctr1 $(ctr_addr ctr1), ctr2 $(ctr_addr ctr2)"
+echo "  targets: zlmesh >= 0.95 x wg; ctr >= 0.95 x zlmesh (host to host over the overlay)"

@@ -31,9 +31,11 @@
 #
 # Provides: $TMP, $P (testbed prefix), tb (the zlmesh binary's testbed
 # subcommands with --prefix), in_host, zl_pid, wg_pid, zl_addr, wg_addr,
-# cpu_ticks, sys_busy, load_avg, median, percentile. The caller sets
-# WGPAIR_HOSTS (default 2) and ZLMESH_ARGS (extra `zlmesh up` arguments,
-# space-separated) and calls wgpair_up; wgpair_cleanup runs on exit.
+# ctr_addr, cpu_ticks, sys_busy, load_avg, median, percentile. The caller
+# sets WGPAIR_HOSTS (default 2), ZLMESH_ARGS (extra `zlmesh up` arguments,
+# space-separated) and WGPAIR_CONTAINERS (containers `testbed up` makes and
+# attaches through the control API, host:service:name,...) and calls
+# wgpair_up; wgpair_cleanup runs on exit.
 
 WGPAIR_HOSTS=${WGPAIR_HOSTS:-2}
 # The standalone instances: name → interface, UDP port, /24, binary.
@@ -113,7 +115,8 @@ wgpair_build() {
 wgpair_up() {
 	local i j n=$WGPAIR_HOSTS
 	wgpair_build
-	"$TMP/zlmesh" testbed up --prefix "$P" --hosts "$n" --binary "$TMP/zlmesh" --args "${ZLMESH_ARGS:-}" -o json >"$TMP/testbed.json" 2>"$TMP/testbed.log" || {
+	"$TMP/zlmesh" testbed up --prefix "$P" --hosts "$n" --binary "$TMP/zlmesh" --args "${ZLMESH_ARGS:-}" \
+		${WGPAIR_CONTAINERS:+--containers "$WGPAIR_CONTAINERS"} -o json >"$TMP/testbed.json" 2>"$TMP/testbed.log" || {
 		cat "$TMP/testbed.log" >&2
 		return 1
 	}
@@ -176,6 +179,9 @@ offloads() {
 }
 
 zl_addr() { jq -r --arg h "$1" '.hosts[] | select(.name == $h) | .overlay' "$TMP/testbed.json"; }
+# ctr_addr NAME: the address zlmesh gave testbed container NAME (made with
+# WGPAIR_CONTAINERS=host:service:name,...).
+ctr_addr() { jq -r --arg c "$1" '.containers[] | select(.name == $c) | .address' "$TMP/testbed.json"; }
 zl_pid() { jq -r --arg h "$1" '.hosts[] | select(.name == $h) | .pid' "$TMP/testbed.json"; }
 # wg_addr h<i> [instance]: the host's address on a standalone overlay.
 wg_addr() { echo "${WG_NET[${2:-wg}]}.${1#h}"; }

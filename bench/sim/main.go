@@ -1,14 +1,22 @@
 // Command sim is zlmesh's in-process cluster simulation benchmark. For each
 // cluster size it starts every node at once (a burst join through one seed)
-// and measures, for zlmesh (mesh + node-subnet Claimer on the replicated
-// store) and, in the same run, for plain memberlist with LAN defaults (no
-// zlmesh store):
+// and measures, for zlmesh (mesh + block Claimer on the replicated store,
+// in the default block plan) and, in the same run, for plain memberlist
+// with LAN defaults (no zlmesh store):
 //
 //	membership  time until every node sees every node alive
-//	claims      time until every node knows every node's final claim
-//	            (zlmesh only; no two nodes hold one subnet then)
+//	claims      time until every node knows every block claim: each node's
+//	            view of the holders (Claimer.Holders) is exactly every
+//	            node's current blocks, each held by that node (zlmesh only;
+//	            no two nodes hold one block then). Every -grow-every'th
+//	            node claims -grow-burst more blocks (Grow) during the burst,
+//	            at a random moment in its first 2s, as a node started with
+//	            many containers does
+//	growth      once claims are known everywhere, -grow-nodes nodes each
+//	            Grow one block at the same moment: time until every node
+//	            knows every grown block (zlmesh only)
 //	detect      time until every node has dropped a node killed silently
-//	conflicts   subnet conflicts resolved during the burst (zlmesh only)
+//	conflicts   block conflicts resolved (zlmesh only)
 //
 // and prints a table with the ratios zlmesh / memberlist. Both run with the
 // same timers (memberlist.DefaultLANConfig), the same AES-GCM cluster key,
@@ -16,6 +24,7 @@
 // on 127.0.0.1 with -loopback), and the same join retry (1s, ±25%).
 //
 // Usage: go run ./bench/sim [-nodes 50,200] [-loopback] [-timeout 2m]
+// [-grow-every 10] [-grow-burst 2] [-grow-nodes 20]
 // [-only zlmesh|memberlist] [-cpuprofile file]; SIM_DEBUG=1 prints progress
 // (alive members seen, claims missing, traffic) every 5s and each conflict.
 package main
@@ -48,12 +57,18 @@ import (
 // only restricts the run to one system ("" runs both).
 var only string
 
+// Growth during and after the burst (see the package doc).
+var growEvery, growBurst, growNodes int
+
 func main() {
 	sizes := flag.String("nodes", "50,200", "comma-separated cluster sizes")
 	loopback := flag.Bool("loopback", false, "use real UDP/TCP on 127.0.0.1 (random ports) instead of the memory network")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up waiting for one measure after this long")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&only, "only", "", `run only "zlmesh" or "memberlist"`)
+	flag.IntVar(&growEvery, "grow-every", 10, "every this many'th node grows during the burst (0: none)")
+	flag.IntVar(&growBurst, "grow-burst", 2, "blocks each growing node adds during the burst")
+	flag.IntVar(&growNodes, "grow-nodes", 20, "nodes that grow one block at once after convergence (0: no growth measure)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -73,10 +88,11 @@ func main() {
 
 // result is one system's figures for one cluster size.
 type result struct {
-	membership, claims, detect time.Duration
-	conflicts                  int64
-	traffic                    meshtest.Stats // memory network only
-	err                        error
+	membership, claims, records, growth, detect time.Duration
+	conflicts                                   int64
+	blocks                                      int            // blocks held when claims were known everywhere
+	traffic                                     meshtest.Stats // memory network only
+	err                                         error
 }
 
 func run(sizesFlag string, loopback bool, timeout time.Duration) error {
@@ -124,6 +140,11 @@ func run(sizesFlag string, loopback bool, timeout time.Duration) error {
 		}
 		fmt.Fprintf(w, "%d\tmembership converged\t%s\t%s\t%s\t\n", r.n, secs(r.zl.membership), secs(r.base.membership), ratio(r.zl.membership, r.base.membership))
 		fmt.Fprintf(w, "%d\tevery claim known everywhere\t%s\t%s\t%s\t\n", r.n, secs(r.zl.claims), "(membership) "+secs(r.base.membership), ratio(r.zl.claims, r.base.membership))
+		fmt.Fprintf(w, "%d\tevery node's latest claim record everywhere\t%s\t%s\t%s\t\n", r.n, secs(r.zl.records), "(membership) "+secs(r.base.membership), ratio(r.zl.records, r.base.membership))
+		if growNodes > 0 {
+			fmt.Fprintf(w, "%d\t%d nodes grow 1 block: known everywhere\t%s\t-\t-\t\n", r.n, min(growNodes, r.n), secs(r.zl.growth))
+		}
+		fmt.Fprintf(w, "%d\tblocks held (1 node in %d grew %d in the burst)\t%d\t-\t-\t\n", r.n, growEvery, growBurst, r.zl.blocks)
 		fmt.Fprintf(w, "%d\tkilled node dropped everywhere\t%s\t%s\t%s\t\n", r.n, secs(r.zl.detect), secs(r.base.detect), ratio(r.zl.detect, r.base.detect))
 		fmt.Fprintf(w, "%d\tclaim conflicts resolved\t%d\t-\t-\t\n", r.n, r.zl.conflicts)
 		if !loopback {
@@ -252,6 +273,18 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 				return
 			}
 			claimers[i] = cl
+			if growEvery > 0 && i%growEvery == 0 {
+				// A node started with many containers: it grows soon
+				// after its first block, while the burst is going on.
+				go func() {
+					time.Sleep(rand.N(2 * time.Second))
+					for range growBurst {
+						if _, err := cl.Grow(); err != nil {
+							fmt.Fprintf(os.Stderr, "  grow on %s: %v\n", m.LocalName(), err)
+						}
+					}
+				}()
+			}
 			go func() {
 				for range cl.Changes() {
 					conflicts.Add(1)
@@ -269,7 +302,7 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 	}
 
 	// Membership and claims, polled together.
-	var memDone, claimsDone time.Duration
+	var memDone, claimsDone, recordsDone time.Duration
 	lastDbg := time.Now()
 	_, res.err = waitFor(start, 50*time.Millisecond, timeout, "zlmesh convergence", func() bool {
 		if memDone == 0 && allAlive(meshes, n) {
@@ -278,19 +311,56 @@ func runZlmesh(n int, loopback bool, timeout time.Duration) (res result) {
 		if claimsDone == 0 && claimsEverywhere(meshes, claimers) {
 			claimsDone = time.Since(start)
 		}
+		if recordsDone == 0 && recordsEverywhere(meshes, claimers) {
+			recordsDone = time.Since(start)
+		}
 		if os.Getenv("SIM_DEBUG") != "" && time.Since(lastDbg) > 5*time.Second {
 			lastDbg = time.Now()
 			lo, hi := n, 0
 			for _, m := range meshes {
 				lo, hi = min(lo, m.NumAlive()), max(hi, m.NumAlive())
 			}
-			fmt.Fprintf(os.Stderr, "  %v alive seen: min %d max %d, missing claims %d, %+v\n", time.Since(start).Round(time.Second), lo, hi, debugMissing(meshes, claimers), network.Stats())
+			fmt.Fprintf(os.Stderr, "  %v alive seen: min %d max %d, nodes lacking a claim %d, %+v\n", time.Since(start).Round(time.Second), lo, hi, debugMissing(meshes, claimers), network.Stats())
 		}
 		return memDone > 0 && claimsDone > 0
 	})
-	res.membership, res.claims, res.conflicts = memDone, claimsDone, conflicts.Load()
+	res.membership, res.claims, res.records, res.conflicts = memDone, claimsDone, recordsDone, conflicts.Load()
 	if res.err != nil {
 		return res
+	}
+	for _, cl := range claimers {
+		res.blocks += len(cl.Current())
+	}
+
+	// Growth at steady state: growNodes nodes (spread over the cluster,
+	// not the victim) each claim one more block at the same moment.
+	if growNodes > 0 {
+		var growers []int
+		for k := range min(growNodes, n) {
+			if i := (k*n/min(growNodes, n) + 1) % n; i != n/2 {
+				growers = append(growers, i)
+			}
+		}
+		grown := time.Now()
+		var gwg sync.WaitGroup
+		for _, i := range growers {
+			gwg.Go(func() {
+				if _, err := claimers[i].Grow(); err != nil {
+					startErr.Store(fmt.Errorf("grow on %s: %w", meshes[i].LocalName(), err))
+				}
+			})
+		}
+		gwg.Wait()
+		if e, ok := startErr.Load().(error); ok {
+			res.err = e
+			return res
+		}
+		res.growth, res.err = waitFor(grown, 50*time.Millisecond, timeout, "zlmesh growth", func() bool {
+			return claimsEverywhere(meshes, claimers)
+		})
+		if res.err != nil {
+			return res
+		}
 	}
 
 	// Kill one node silently.
@@ -322,34 +392,64 @@ func allAlive(meshes []*mesh.Mesh, n int) bool {
 }
 
 // claimsEverywhere reports whether the current claims are pairwise distinct
-// and every node's store holds every node's latest claim record.
+// and every node knows every block claim: each node's view of the holders
+// of blocks (Claimer.Holders, what the node routes by) is exactly the set
+// of all nodes' current blocks, each held by the node that holds it.
 func claimsEverywhere(meshes []*mesh.Mesh, claimers []*mesh.Claimer) bool {
-	type version struct {
-		key   string
-		clock uint64
-	}
-	var latest []version
-	used := make(map[netip.Prefix]bool)
-	for i, cl := range claimers {
-		node := ""
+	want := make(map[netip.Prefix]string)
+	for _, cl := range claimers {
 		for _, c := range cl.Current() {
-			if used[c.Block] {
+			if _, dup := want[c.Block]; dup {
 				return false
 			}
-			used[c.Block] = true
-			node = c.Node
+			want[c.Block] = c.Node
 		}
-		clock, ok := meshes[i].Store().Version(mesh.KindClaim, node)
+	}
+	for _, cl := range claimers {
+		if !knowsAll(cl, want) {
+			return false
+		}
+	}
+	return true
+}
+
+// recordsEverywhere reports whether every node's store holds every node's
+// claim record at least at the version that node's own store has (the
+// measure before blocks: it looks at record clocks, not at what the
+// records say; kept beside claimsEverywhere for comparison).
+func recordsEverywhere(meshes []*mesh.Mesh, claimers []*mesh.Claimer) bool {
+	want := make(map[string]uint64, len(claimers))
+	for i, cl := range claimers {
+		cur := cl.Current()
+		if len(cur) == 0 {
+			return false
+		}
+		clock, ok := meshes[i].Store().Version(mesh.KindClaim, cur[0].Node)
 		if !ok {
 			return false
 		}
-		latest = append(latest, version{node, clock})
+		want[cur[0].Node] = clock
 	}
 	for _, m := range meshes {
-		for _, v := range latest {
-			if clock, ok := m.Store().Version(mesh.KindClaim, v.key); !ok || clock < v.clock {
+		for key, clock := range want {
+			if c, ok := m.Store().Version(mesh.KindClaim, key); !ok || c < clock {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// knowsAll reports whether cl's view of the block holders is exactly want
+// (block → holder's public key).
+func knowsAll(cl *mesh.Claimer, want map[netip.Prefix]string) bool {
+	h := cl.Holders()
+	if len(h) != len(want) {
+		return false
+	}
+	for b, node := range want {
+		if c, ok := h[b]; !ok || c.Node != node {
+			return false
 		}
 	}
 	return true
@@ -463,15 +563,19 @@ func runMemberlist(n int, loopback bool, timeout time.Duration) (res result) {
 	return res
 }
 
+// debugMissing counts the nodes whose view of the block holders is not
+// yet every node's current blocks.
 func debugMissing(meshes []*mesh.Mesh, claimers []*mesh.Claimer) int {
+	want := make(map[netip.Prefix]string)
+	for _, cl := range claimers {
+		for _, c := range cl.Current() {
+			want[c.Block] = c.Node
+		}
+	}
 	missing := 0
-	for i, cl := range claimers {
-		node := cl.Current()[0].Node
-		want, _ := meshes[i].Store().Version(mesh.KindClaim, node)
-		for _, m := range meshes {
-			if clock, ok := m.Store().Version(mesh.KindClaim, node); !ok || clock < want {
-				missing++
-			}
+	for _, cl := range claimers {
+		if !knowsAll(cl, want) {
+			missing++
 		}
 	}
 	return missing
