@@ -513,7 +513,7 @@ func (c *Claimer) check() {
 
 	// Our record must be our claims (a stale copy from an earlier run may
 	// have won by clock).
-	if rec, ok := c.m.store.Get(KindClaim, c.cfg.Node); !ok || !sameClaims(decodeClaimsOrNil(rec), cur) {
+	if rec, ok := c.m.store.Get(KindClaim, c.cfg.Node); !ok || !sameRecord(rec, c.cfg.Node, c.cfg.Name, cur) {
 		c.publish(cur)
 	}
 	// Forget the claims of nodes gone for twice the grace.
@@ -732,11 +732,6 @@ func decodeClaims(r Record) ([]ipam.Claim, error) {
 	return out, nil
 }
 
-func decodeClaimsOrNil(r Record) []ipam.Claim {
-	cl, _ := decodeClaims(r)
-	return cl
-}
-
 // normClaim puts the times in UTC at millisecond precision without
 // monotonic readings, as the wire brings them back.
 func normClaim(c ipam.Claim) ipam.Claim {
@@ -745,11 +740,15 @@ func normClaim(c ipam.Claim) ipam.Claim {
 	return c
 }
 
-func sameClaims(a, b []ipam.Claim) bool {
-	return slices.EqualFunc(a, b, func(x, y ipam.Claim) bool {
-		return x.Node == y.Node && x.Name == y.Name && x.Block == y.Block &&
-			x.ClaimedAt.Equal(y.ClaimedAt) && x.RenewedAt.Truncate(time.Millisecond).Equal(y.RenewedAt.Truncate(time.Millisecond))
-	})
+// sameRecord reports whether rec is exactly what publish would write for
+// cl. Comparing the encodings, not decoded claims, matters: a record holds
+// one renewal time for all blocks (the latest), so claims whose renewal
+// times differ (a block grown or replaced since the last renewal) never
+// decode back equal, and comparing them would republish an unchanged
+// record on every check.
+func sameRecord(rec Record, node, name string, cl []ipam.Claim) bool {
+	want, err := encodeClaims(node, name, cl)
+	return err == nil && !rec.Deleted && string(rec.Value) == string(want)
 }
 
 func blockList(cl []ipam.Claim) []string {

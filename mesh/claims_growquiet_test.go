@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"net/netip"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,17 +9,13 @@ import (
 
 // After a Grow a node's claim record must stay put while nothing changes.
 //
-// It does not yet: the record carries one RenewedAt for all blocks (the
+// It did not: the record carries one RenewedAt for all blocks (the
 // greatest), the grown block's RenewedAt is later than the first's, so
-// check's sameClaims never matches the decoded record and republishes it on
-// every check (every 250 ms, each write kicking the next check), until a
-// renewal (Grace/8, 3 h) aligns the times. Found by bench/sim. Skipped
-// unless ZLMESH_REPRO_GROW=1 until claims.go is fixed (compare the encoded
-// record, or give every block the same RenewedAt on Grow and on a re-pick).
+// check compared decoded claims that never matched and republished the
+// record on every check (every 250 ms, each write kicking the next check),
+// until a renewal (Grace/8, 3 h) aligned the times. Found by bench/sim;
+// check now compares the encoded record (sameRecord).
 func TestClaimRecordQuietAfterGrow(t *testing.T) {
-	if os.Getenv("ZLMESH_REPRO_GROW") == "" {
-		t.Skip("known bug (see the comment); ZLMESH_REPRO_GROW=1 runs it")
-	}
 	c := newCluster(t)
 	pool := mustPool(t, "10.200.0.0/16", 26)
 	c.startAll("a", "b")
