@@ -329,6 +329,16 @@ func (sys *system) ensureHostEnd(host, br netlink.Link, s Spec, fresh bool) ([]s
 			repairs = append(repairs, fmt.Sprintf("host veth %s was down: set up", name))
 		}
 	}
+	if fresh {
+		// No IPv6 link-local address (nor its routes) on a bridge port: it
+		// needs none, and with one per container every link change of the
+		// host walks an IPv6 route table that grows with the containers
+		// (fib6_ifdown under addrconf_notify): attach at 1000 containers
+		// measured 1.65x attach at 0 with them, 0.71x without.
+		if err := sys.nl.LinkSetIP6AddrGenMode(host, addrGenModeNone); err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EAFNOSUPPORT) {
+			return nil, fmt.Errorf("no IPv6 address generation on %s: %w", name, err)
+		}
+	}
 	if fresh || len(repairs) > 0 {
 		if err := sys.raw.plugHostEnd(host.Attrs().Index, br.Attrs().Index, alias); err != nil {
 			return nil, fmt.Errorf("enslave %s to %s and set it up: %w", name, br.Attrs().Name, err)
@@ -376,3 +386,7 @@ func defaultRoute(index int, gw netip.Prefix) *netlink.Route {
 		Flags:     int(netlink.FLAG_ONLINK),
 	}
 }
+
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE: the kernel gives the link no
+// IPv6 link-local address.
+const addrGenModeNone = 1
