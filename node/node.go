@@ -80,6 +80,7 @@ type Node struct {
 	mesh       *mesh.Mesh
 	claimer    *mesh.Claimer
 	events     *eventHub
+	us         *userspaceNode // nil in kernel mode
 
 	ctlLn  net.Listener
 	ctlSrv *http.Server
@@ -126,6 +127,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.teardown()
 		}
 	}()
+	if cfg.Userspace != nil {
+		if err := n.initUserspace(); err != nil {
+			return nil, err
+		}
+		cfg = n.cfg
+	}
 
 	// 1. State dir and key.
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
@@ -160,7 +167,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.undo = append(n.undo, n.attach.close)
-	if n.containers = cfg.Containers; n.containers == nil {
+	if n.containers = cfg.Containers; n.containers == nil && n.us == nil {
 		if n.containers, err = defaultContainers(n.log); err != nil {
 			return nil, err
 		}
@@ -176,7 +183,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.undo = append(n.undo, n.ports.close)
-	if n.nat = cfg.NAT; n.nat == nil {
+	if n.nat = cfg.NAT; n.nat == nil && n.us == nil {
 		if n.nat, err = defaultNAT(n.log); err != nil {
 			return nil, err
 		}
@@ -212,9 +219,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("WireGuard listen port %d: %w", cfg.ListenPort, err)
 	}
 	if n.uapi, err = uapiListen(cfg.Interface, n.dev, n.log); err != nil {
-		return nil, fmt.Errorf("UAPI socket for %s: %w", cfg.Interface, err)
+		if n.us == nil {
+			return nil, fmt.Errorf("UAPI socket for %s: %w", cfg.Interface, err)
+		}
+		n.log.Warn("no UAPI socket: `wg show` will not see this node", "interface", cfg.Interface, "err", err)
+	} else {
+		n.undo = append(n.undo, func() { n.uapi.Close() })
 	}
-	n.undo = append(n.undo, func() { n.uapi.Close() })
 
 	// 6. Membership.
 	mcfg := mesh.Config{
@@ -260,6 +271,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.reconcilePorts()
 	if err := n.startDNS(); err != nil {
 		return nil, err
+	}
+	if n.us != nil {
+		if err := n.startUserspace(); err != nil {
+			return nil, err
+		}
 	}
 
 	// 8. Loops and the control socket.
@@ -410,6 +426,7 @@ func (n *Node) Status() api.Status {
 		Alone:        n.mesh.Alone(),
 		Attachments:  n.attach.len(),
 		StartedAt:    n.startedAt,
+		Userspace:    n.userspaceStatus(),
 	}
 }
 

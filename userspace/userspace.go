@@ -70,14 +70,20 @@ func (n *Net) ListenUDP(family int) (net.PacketConn, error) {
 // Resolver is a resolver that sends every query to dns (the mesh DNS
 // address, port 53) through the stack, so queries take the same packet path
 // (and the same DNS hook) as a container's.
-func Resolver(n *Net, dns netip.Addr) *net.Resolver {
+func Resolver(n *Net, dns netip.Addr) netproxy.Resolver {
 	server := netip.AddrPortFrom(dns, 53).String()
-	return &net.Resolver{
+	return resolver{&net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return n.DialContext(ctx, network, server)
 		},
-	}
+	}}
+}
+
+type resolver struct{ r *net.Resolver }
+
+func (r resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	return r.r.LookupNetIP(ctx, "ip", host)
 }
 
 // Serve makes connections and UDP flows to the stack's addresses reach fw:

@@ -39,6 +39,10 @@ var commands = map[string]func(args []string) error{
 	"unpublish": runUnpublish,
 	"ports":     runPorts,
 
+	"forward":   runForward,
+	"unforward": runUnforward,
+	"forwards":  runForwards,
+
 	"testbed": runTestbed,
 }
 
@@ -76,6 +80,9 @@ commands:
   publish    publish a host port to a container or service anywhere in the mesh
   unpublish  remove a published port
   ports      list every published port in the cluster
+  forward    userspace mode: make this node's overlay address answer on a port (PORT[/tcp|udp][:LOCALADDR:LOCALPORT])
+  unforward  userspace mode: remove a forward (PORT[/tcp|udp])
+  forwards   userspace mode: list this node's forwards
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
