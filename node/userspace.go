@@ -47,7 +47,7 @@ type userspaceNode struct {
 	forwards *netproxy.Forwards
 	socksLn  net.Listener // nil when off
 	httpLn   net.Listener // nil when off
-	fileMu   sync.Mutex // serializes writes of forwardsFile
+	fileMu   sync.Mutex   // serializes writes of forwardsFile
 }
 
 // userspacePlumbing is the Plumbing of userspace mode: the address goes
