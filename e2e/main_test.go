@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if iface := os.Getenv(wgDumpEnv); iface != "" {
 		os.Exit(dumpWG(iface))
 	}
+	if spec := os.Getenv(socksUDPEnv); spec != "" {
+		os.Exit(socksUDPMain(spec))
+	}
 	code := m.Run()
 	testbed.RemoveBinary()
 	os.Exit(code)
