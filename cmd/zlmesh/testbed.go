@@ -190,6 +190,7 @@ is removed again.`, true)
 	wait := f.fs.Duration("wait", 60*time.Second, "how long to wait for the hosts to be ready (0: do not wait)")
 	var userspace listFlag
 	f.fs.Var(&userspace, "userspace", "`hosts` (e.g. h3; repeat or comma-separate) whose zlmesh runs in userspace mode as user "+testbed.UserspaceUser+" with no capabilities and no /dev/net/tun")
+	usExtra := f.fs.String("userspace-args", "", "extra `arguments` for the userspace hosts' zlmesh up only (e.g. --socks5-listen 127.0.0.1:1080 --forward 8080), space-separated")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -214,7 +215,12 @@ is removed again.`, true)
 	defer stop()
 	tb, err := testbed.Up(ctx, testbed.Options{
 		Hosts: *hosts, Prefix: f.prefix, Dir: f.dir, Binary: *binary, Seed: *seed, NoStart: *noStart,
-		Args: func(*testbed.Host) []string { return extraArgs },
+		Args: func(h *testbed.Host) []string {
+			if h.Userspace {
+				return append(slices.Clone(extraArgs), strings.Fields(*usExtra)...)
+			}
+			return extraArgs
+		},
 		Logf: stderrLogf, Userspace: userspace,
 	})
 	if err != nil {
