@@ -33,9 +33,12 @@ func link(a, b tun.Device) {
 			if err != nil {
 				return
 			}
-			for i := 0; i < n; i++ {
-				dst.Write([][]byte{bufs[i][:sizes[i]]}, 0)
+			batch := make([][]byte, n)
+			for i := range batch {
+				batch[i] = bufs[i][:sizes[i]]
 			}
+			dst.Write(batch, 0) // one batch, as wireguard-go writes
+
 		}
 	}
 	go one(a, b)
@@ -44,7 +47,7 @@ func link(a, b tun.Device) {
 
 // pair makes a client stack and a node stack on one link; the node's
 // stack serves fw.
-func pair(t *testing.T, fw *netproxy.Forwards) (client *Net, node *tun.UserStack) {
+func pair(t testing.TB, fw *netproxy.Forwards) (client *Net, node *tun.UserStack) {
 	t.Helper()
 	cs, err := tun.NewUserStack(0)
 	if err != nil {
