@@ -152,6 +152,10 @@ measure() {
 	read -r b1 t1 <<<"$(sys_busy)"
 	c1=$(cpu_ticks "${pids[@]}")
 	dt=$(awk -v a="$w0" -v b="$w1" 'BEGIN {print b - a}')
+	if ! jq -e '.end.sum_received.bits_per_second > 1e6' <<<"$out" >/dev/null; then
+		echo "userspace.sh: $mode moved (almost) nothing: $(jq -c '{error, sum_received: .end.sum_received}' <<<"$out")" >&2
+		tail -5 "/run/$P/h3/zlmesh.log" >&2
+	fi
 	jq -r --arg m "$mode" \
 		--arg cpu "$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v dt="$dt" 'BEGIN {printf "%.0f", c / hz / dt * 100}')" \
 		--arg busy "$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN {printf "%.0f", (t > 0 ? b / t * 100 : 0)}')" \
