@@ -64,6 +64,13 @@ func TestUserspace(t *testing.T) {
 	defer cancel()
 	h1, h2, h3 := tb.Host("h1"), tb.Host("h2"), tb.Host("h3")
 	waitWhole(t, tb, tb.Hosts(), 60*time.Second)
+	// WireGuard state of every host, h3's read through its UAPI socket
+	// (owned by nobody), also after the kill and restart below.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			checkInvariants(t, tb)
+		}
+	})
 
 	t.Run("unprivileged", func(t *testing.T) {
 		checkUnprivileged(t, ctx, h3)
