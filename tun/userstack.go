@@ -16,6 +16,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -47,6 +48,7 @@ const userStackQueue = 1024
 // Read and Write fail with os.ErrClosed.
 type UserStack struct {
 	ep     *channel.Endpoint
+	link   *groLink
 	st     *stack.Stack
 	mtu    int
 	events chan Event
@@ -57,7 +59,42 @@ type UserStack struct {
 	mu   sync.Mutex
 	addr netip.Prefix
 
+	// groMu serializes Write (GRO keeps per-batch state) and guards gro.
+	groMu sync.Mutex
+	gro   gro.GRO
+
 	closeOnce sync.Once
+}
+
+// groLink is the stack's link: the channel endpoint, remembering the
+// dispatcher the stack attaches (Write hands it packets through GRO) and
+// saying that received checksums need no second check. That is true of
+// what Write delivers: GRO verifies the IPv4 and TCP checksums of every
+// TCP segment it may coalesce (a coalesced segment's checksums are stale,
+// so the stack must not check them again); everything else came through
+// WireGuard, whose authentication covers the whole packet as the peer's
+// stack made it.
+type groLink struct {
+	*channel.Endpoint
+	mu   sync.Mutex
+	disp stack.NetworkDispatcher
+}
+
+func (l *groLink) Attach(d stack.NetworkDispatcher) {
+	l.mu.Lock()
+	l.disp = d
+	l.mu.Unlock()
+	l.Endpoint.Attach(d)
+}
+
+func (l *groLink) Capabilities() stack.LinkEndpointCapabilities {
+	return l.Endpoint.Capabilities() | stack.CapabilityRXChecksumOffload
+}
+
+func (l *groLink) dispatcher() stack.NetworkDispatcher {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.disp
 }
 
 var _ Device = (*UserStack)(nil)
@@ -92,7 +129,8 @@ func NewUserStack(mtu int) (*UserStack, error) {
 		return fail("send buffer", e)
 	}
 	ep := channel.New(userStackQueue, uint32(mtu), "")
-	if e := st.CreateNIC(UserStackNIC, ep); e != nil {
+	link := &groLink{Endpoint: ep}
+	if e := st.CreateNIC(UserStackNIC, link); e != nil {
 		ep.Close()
 		return fail("create NIC", e)
 	}
@@ -101,7 +139,8 @@ func NewUserStack(mtu int) (*UserStack, error) {
 		{Destination: header.IPv6EmptySubnet, NIC: UserStackNIC},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &UserStack{ep: ep, st: st, mtu: mtu, events: make(chan Event, 1), ctx: ctx, cancel: cancel}
+	s := &UserStack{ep: ep, link: link, st: st, mtu: mtu, events: make(chan Event, 1), ctx: ctx, cancel: cancel}
+	s.gro.Init(true)
 	s.events <- wgtun.EventUp
 	return s, nil
 }
@@ -181,12 +220,28 @@ func copyPacket(b []byte, pb *stack.PacketBuffer) int {
 	return n
 }
 
+// SetGRO switches receive coalescing on (the default) or off. With it, the
+// TCP segments of one flow in one batch given to Write reach the stack as
+// one larger segment (gVisor's GRO, which checks each one's checksums
+// first), so the stack's TCP runs once per batch rather than per packet.
+func (s *UserStack) SetGRO(on bool) {
+	s.groMu.Lock()
+	defer s.groMu.Unlock()
+	s.gro.Init(on)
+}
+
 // Write gives packets from WireGuard to the stack. Packets that are not
-// IPv4 or IPv6 are dropped with EAFNOSUPPORT.
+// IPv4 or IPv6 are dropped with EAFNOSUPPORT. Writes are serialized.
 func (s *UserStack) Write(bufs [][]byte, offset int) (int, error) {
 	if s.ctx.Err() != nil {
 		return 0, os.ErrClosed
 	}
+	s.groMu.Lock()
+	defer s.groMu.Unlock()
+	if s.gro.Dispatcher = s.link.dispatcher(); s.gro.Dispatcher == nil {
+		return 0, os.ErrClosed
+	}
+	defer s.gro.Flush()
 	for _, b := range bufs {
 		pkt := b[offset:]
 		if len(pkt) == 0 {
@@ -202,7 +257,8 @@ func (s *UserStack) Write(bufs [][]byte, offset int) (int, error) {
 			return 0, syscall.EAFNOSUPPORT
 		}
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-		s.ep.InjectInbound(proto, pb)
+		pb.NetworkProtocolNumber = proto
+		s.gro.Enqueue(pb)
 		pb.DecRef()
 	}
 	return len(bufs), nil

@@ -12,8 +12,14 @@ import (
 
 // BenchmarkForwardTCP moves bulk TCP from a client stack through a forward
 // of the node's stack to a loopback sink, packets handed over in batches
-// as wireguard-go does (no encryption): the netstack's own cost.
+// as wireguard-go does (no encryption): the netstack's own cost, with the
+// node stack's receive coalescing (GRO) on and off.
 func BenchmarkForwardTCP(b *testing.B) {
+	b.Run("gro=on", func(b *testing.B) { benchForwardTCP(b, true) })
+	b.Run("gro=off", func(b *testing.B) { benchForwardTCP(b, false) })
+}
+
+func benchForwardTCP(b *testing.B, gro bool) {
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -29,7 +35,8 @@ func BenchmarkForwardTCP(b *testing.B) {
 		}
 	}()
 	fw := &netproxy.Forwards{}
-	client, _ := pair(b, fw)
+	client, node := pair(b, fw)
+	node.SetGRO(gro)
 	fw.Add(netproxy.Forward{Proto: "tcp", Port: 5201, Target: sink.Addr().(*net.TCPAddr).AddrPort()})
 	c, err := client.DialContext(context.Background(), "tcp", netip.AddrPortFrom(nodeAddr.Addr(), 5201).String())
 	if err != nil {
