@@ -25,6 +25,9 @@
 //	POST   /v1/publish       PublishRequest → PortMapping
 //	DELETE /v1/publish       UnpublishRequest → 204
 //	GET    /v1/ports         []PortMapping (cluster-wide)
+//	GET    /v1/forwards      []Forward (userspace mode)
+//	POST   /v1/forwards      Forward → Forward
+//	DELETE /v1/forwards      UnforwardRequest → 204
 //	GET    /v1/events        newline-delimited Event stream
 //	GET    /metrics          Prometheus text format
 //
@@ -70,6 +73,37 @@ type Status struct {
 	// Attachments counts containers attached on this node.
 	Attachments int       `json:"attachments"`
 	StartedAt   time.Time `json:"started_at"`
+	// Userspace is set when the node runs in userspace mode (no kernel
+	// interface: a gVisor netstack).
+	Userspace *UserspaceStatus `json:"userspace,omitempty"`
+}
+
+// UserspaceStatus describes a node in userspace mode.
+type UserspaceStatus struct {
+	// SOCKS5 and HTTPProxy are the proxies' listen addresses ("" when
+	// off).
+	SOCKS5    string `json:"socks5,omitempty"`
+	HTTPProxy string `json:"http_proxy,omitempty"`
+	// Forwards are the inbound forwards ("8080/tcp:127.0.0.1:80").
+	Forwards []string `json:"forwards"`
+}
+
+// Forward makes the node's overlay address answer on Port by connecting to
+// Target, a local ip:port (userspace mode only; POST /v1/forwards).
+// Protocol is "tcp" (default) or "udp"; Target defaults to 127.0.0.1 on the
+// same port. A forward already on that port and protocol to another target
+// is CodeAlreadyExists; in kernel mode the answer is CodeUnsupported.
+type Forward struct {
+	Protocol string `json:"protocol,omitempty"`
+	Port     int    `json:"port"`
+	Target   string `json:"target,omitempty"`
+}
+
+// UnforwardRequest removes a forward (DELETE /v1/forwards); an unknown one
+// is CodeNotFound.
+type UnforwardRequest struct {
+	Protocol string `json:"protocol,omitempty"`
+	Port     int    `json:"port"`
 }
 
 // Peer states as reported in Peer.State.

@@ -146,6 +146,25 @@ func (c *Client) Ports(ctx context.Context) ([]PortMapping, error) {
 	return p, err
 }
 
+// Forwards lists the node's inbound forwards (userspace mode).
+func (c *Client) Forwards(ctx context.Context) ([]Forward, error) {
+	var f []Forward
+	err := c.Do(ctx, http.MethodGet, "/v1/forwards", nil, &f)
+	return f, err
+}
+
+// AddForward adds an inbound forward (userspace mode).
+func (c *Client) AddForward(ctx context.Context, f Forward) (Forward, error) {
+	var out Forward
+	err := c.Do(ctx, http.MethodPost, "/v1/forwards", f, &out)
+	return out, err
+}
+
+// RemoveForward removes an inbound forward.
+func (c *Client) RemoveForward(ctx context.Context, req UnforwardRequest) error {
+	return c.Do(ctx, http.MethodDelete, "/v1/forwards", req, nil)
+}
+
 // Events streams events to fn until ctx ends, the stream ends, or fn returns
 // an error (which Events returns). A stream ended by ctx returns ctx.Err().
 func (c *Client) Events(ctx context.Context, fn func(Event) error) error {

@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if iface := os.Getenv(wgDumpEnv); iface != "" {
 		os.Exit(dumpWG(iface))
 	}
+	if spec := os.Getenv(socksUDPEnv); spec != "" {
+		os.Exit(socksUDPMain(spec))
+	}
 	code := m.Run()
 	testbed.RemoveBinary()
 	removeCNIBin()

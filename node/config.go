@@ -103,6 +103,11 @@ type Config struct {
 	// Logger; nil logs to stderr at Info.
 	Logger *slog.Logger
 
+	// Userspace, when set, runs the node in userspace mode (see
+	// Userspace): NewTUN, Plumbing, Containers and NAT are then ignored.
+	// nil: kernel mode.
+	Userspace *Userspace
+
 	// NewTUN creates the packet device; nil: a kernel TUN (tun.Create).
 	// Tests pass a fake.
 	NewTUN func(name string, mtu int) (tun.Device, error)

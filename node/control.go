@@ -58,6 +58,7 @@ func (n *Node) controlHandler() http.Handler {
 			},
 		},
 	}
+	n.userspaceRoutes(routes)
 	mux := http.NewServeMux()
 	for path, methods := range routes {
 		mux.Handle(path, methodRouter(methods))

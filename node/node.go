@@ -85,6 +85,7 @@ type Node struct {
 	mesh       *mesh.Mesh
 	claimer    *mesh.Claimer
 	events     *eventHub
+	us         *userspaceNode // nil in kernel mode
 
 	ctlLn  net.Listener
 	ctlSrv *http.Server
@@ -135,6 +136,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.teardown()
 		}
 	}()
+	if cfg.Userspace != nil {
+		if err := n.initUserspace(); err != nil {
+			return nil, err
+		}
+		cfg = n.cfg
+	}
 
 	// 1. State dir and key.
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
@@ -173,7 +180,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.undo = append(n.undo, n.attach.close)
-	if n.containers = cfg.Containers; n.containers == nil {
+	if n.containers = cfg.Containers; n.containers == nil && n.us == nil {
 		if n.containers, err = defaultContainers(n.log, cfg); err != nil {
 			return nil, err
 		}
@@ -189,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.undo = append(n.undo, n.ports.close)
-	if n.nat = cfg.NAT; n.nat == nil {
+	if n.nat = cfg.NAT; n.nat == nil && n.us == nil {
 		if n.nat, err = defaultNAT(n.log); err != nil {
 			return nil, err
 		}
@@ -225,9 +232,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("WireGuard listen port %d: %w", cfg.ListenPort, err)
 	}
 	if n.uapi, err = uapiListen(cfg.Interface, n.dev, n.log); err != nil {
-		return nil, fmt.Errorf("UAPI socket for %s: %w", cfg.Interface, err)
+		if n.us == nil {
+			return nil, fmt.Errorf("UAPI socket for %s: %w", cfg.Interface, err)
+		}
+		n.log.Warn("no UAPI socket: `wg show` will not see this node", "interface", cfg.Interface, "err", err)
+	} else {
+		n.undo = append(n.undo, func() { n.uapi.Close() })
 	}
-	n.undo = append(n.undo, func() { n.uapi.Close() })
 
 	// 6. Membership.
 	mcfg := mesh.Config{
@@ -273,6 +284,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.reconcilePorts()
 	if err := n.startDNS(); err != nil {
 		return nil, err
+	}
+	if n.us != nil {
+		if err := n.startUserspace(); err != nil {
+			return nil, err
+		}
 	}
 
 	// 8. Loops and the control socket.
@@ -446,6 +462,7 @@ func (n *Node) Status() api.Status {
 		Alone:        n.mesh.Alone(),
 		Attachments:  n.attach.len(),
 		StartedAt:    n.startedAt,
+		Userspace:    n.userspaceStatus(),
 	}
 }
 

@@ -17,6 +17,7 @@ ZLMESH_PACKAGES=(
   dnsperf               # DNS benchmark
   iputils-ping          # ping
   netcat-openbsd        # nc, TCP and UDP checks in tests
+  curl                  # userspace mode e2e: curl through the SOCKS5 and HTTP proxies
   util-linux            # unshare, nsenter: the testbed's per-host mount namespaces
   procps                # ps, for the testbed's process checks
   containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline; host-local and loopback for the Podman test

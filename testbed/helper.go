@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"time"
 )
@@ -31,6 +32,7 @@ import (
 //	udp-echo ADDR       echo datagrams on ADDR; print "listening ADDR", then "udp from IP:PORT: N bytes"
 //	tcp-send ADDR MSG   connect, send MSG, half-close, print what comes back; exit 1 unless it is MSG
 //	udp-send ADDR MSG   send MSG, print the reply; exit 1 unless it is MSG
+//	http-serve ADDR     serve HTTP on ADDR: every GET answers "zltb http <path>"; print "listening ADDR"
 //
 // Servers run until killed (Process.Stop, Close); clients give up after
 // HelperTimeout.
@@ -66,10 +68,10 @@ func RunHelper() {
 }
 
 func runHelper(role string, args []string, out io.Writer) error {
-	want := map[string]int{"tcp-echo": 1, "udp-echo": 1, "tcp-send": 2, "udp-send": 2}
+	want := map[string]int{"tcp-echo": 1, "udp-echo": 1, "tcp-send": 2, "udp-send": 2, "http-serve": 1}
 	n, ok := want[role]
 	if !ok {
-		return fmt.Errorf("unknown role (want tcp-echo, udp-echo, tcp-send or udp-send)")
+		return fmt.Errorf("unknown role (want tcp-echo, udp-echo, tcp-send, udp-send or http-serve)")
 	}
 	if len(args) != n {
 		return fmt.Errorf("want %d arguments, got %q", n, args)
@@ -81,6 +83,8 @@ func runHelper(role string, args []string, out io.Writer) error {
 		return udpEcho(args[0], out)
 	case "tcp-send":
 		return tcpSend(args[0], args[1], out)
+	case "http-serve":
+		return httpServe(args[0], out)
 	default:
 		return udpSend(args[0], args[1], out)
 	}
@@ -168,4 +172,16 @@ func udpSend(addr, msg string, out io.Writer) error {
 		return errMismatch
 	}
 	return nil
+}
+
+func httpServe(addr string, out io.Writer) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "listening %s\n", ln.Addr())
+	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(out, "http from %s: %s %s\n", r.RemoteAddr, r.Method, r.URL.Path)
+		fmt.Fprintf(w, "zltb http %s", r.URL.Path)
+	}))
 }

@@ -43,6 +43,9 @@ type Host struct {
 	// ResolvConf (<Dir>/resolv.conf) is /etc/resolv.conf inside the host:
 	// the outside resolver.
 	ResolvConf string
+	// Userspace: the daemon runs in userspace mode as UserspaceUser with
+	// no capabilities, and the host has no /dev/net/tun.
+	Userspace bool
 
 	tb *Testbed
 	st *hostState // guarded by tb.mu
@@ -97,7 +100,13 @@ func (h *Host) startArgv(argv []string) error {
 	}
 	defer log.Close()
 	fmt.Fprintf(log, "=== testbed: %s start: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
-	cmd := command(nil, hostArgv(h.st.Holder.PID, argv))
+	execArgv := argv
+	if h.st.Userspace {
+		if execArgv, err = unprivilegedArgv(argv); err != nil {
+			return fmt.Errorf("start %s: %w", h.Name, err)
+		}
+	}
+	cmd := command(nil, hostArgv(h.st.Holder.PID, execArgv))
 	cmd.Stdout, cmd.Stderr = log, log
 	p, err := spawn(cmd, "", h.Name)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // Mount points bound over inside every host (made on the machine if missing).
@@ -20,11 +21,13 @@ const (
 )
 
 // holderScript runs as `sh -c holderScript zltb-holder <wireguard> <hostdir>
-// <state> <resolv.conf> <mirror>` in the host's fresh (slave) mount
+// <state> <resolv.conf> <mirror> <kind>` in the host's fresh (slave) mount
 // namespace: it makes the host's private view, says ready, and becomes the
 // sleeping holder. Its /run/netns is the testbed's mirror, a slave of a
 // shared mount, so namespaces made later appear in it. Like `ip netns exec`,
 // it mounts a fresh sysfs, so /sys/class/net shows the host's interfaces.
+// For a userspace host (kind "userspace") an empty tmpfs covers /dev/net, so
+// there is no /dev/net/tun inside it.
 const holderScript = `set -e
 mount --bind "$1" ` + wireguardRun + `
 mount --bind "$2" ` + zlmeshRun + `
@@ -32,6 +35,7 @@ mount --bind "$3" ` + zlmeshLib + `
 mount --bind "$5" /run/netns
 umount -l /sys && mount -t sysfs sysfs /sys
 if [ -e ` + resolvConf + ` ]; then mount --bind "$4" ` + resolvConf + `; fi
+if [ "$6" = userspace ] && [ -d /dev/net ]; then mount -t tmpfs -o mode=0755,size=4k zltb-nodevnet /dev/net; fi
 echo ready
 exec sleep infinity >/dev/null`
 
@@ -54,8 +58,12 @@ func (tb *Testbed) startHolderLocked(ctx context.Context, h *Host) (*procState, 
 		return nil, err
 	}
 	defer r.Close()
+	kind := "kernel"
+	if h.Userspace {
+		kind = "userspace"
+	}
 	cmd := command(nil, []string{"unshare", "--mount", "--propagation", "slave",
-		"sh", "-c", holderScript, "zltb-holder", h.WireGuardDir, h.Dir, h.StateDir, h.ResolvConf, tb.mirrorDir()})
+		"sh", "-c", holderScript, "zltb-holder", h.WireGuardDir, h.Dir, h.StateDir, h.ResolvConf, tb.mirrorDir(), kind})
 	cmd.Stdout, cmd.Stderr = w, log
 	// The holder is forked from a thread inside the host's network
 	// namespace, so it (and its mount namespace) lives there.
@@ -99,6 +107,7 @@ func (tb *Testbed) newHost(hs *hostState) *Host {
 		LogFile:      filepath.Join(dir, "zlmesh.log"),
 		WireGuardDir: filepath.Join(dir, "wireguard"),
 		ResolvConf:   filepath.Join(dir, "resolv.conf"),
+		Userspace:    hs.Userspace,
 		tb:           tb,
 		st:           hs,
 	}
@@ -110,7 +119,7 @@ func (tb *Testbed) addHostLocked(ctx context.Context, i int) (*Host, error) {
 	if i > MaxHosts {
 		return nil, fmt.Errorf("testbed %s: host h%d: at most %d hosts", tb.Prefix, i, MaxHosts)
 	}
-	hs := &hostState{Name: hostName(i), Index: i, Netns: tb.Prefix + "-" + hostName(i), Underlay: hostAddr(i)}
+	hs := &hostState{Name: hostName(i), Index: i, Netns: tb.Prefix + "-" + hostName(i), Underlay: hostAddr(i), Userspace: tb.opts.isUserspace(hostName(i))}
 	h := tb.newHost(hs)
 	for _, d := range []struct {
 		path string
@@ -123,6 +132,11 @@ func (tb *Testbed) addHostLocked(ctx context.Context, i int) (*Host, error) {
 	resolv := fmt.Sprintf("# testbed %s: the outside resolver\nnameserver %s\n", tb.Prefix, ResolverAddr)
 	if err := os.WriteFile(h.ResolvConf, []byte(resolv), 0o644); err != nil {
 		return nil, fmt.Errorf("testbed %s: host %s: %w", tb.Prefix, h.Name, err)
+	}
+	if h.Userspace {
+		if err := tb.prepareUserspaceHost(h); err != nil {
+			return nil, fmt.Errorf("testbed %s: %w", tb.Prefix, err)
+		}
 	}
 	if err := tb.addNetnsLocked(hs.Netns); err != nil {
 		return nil, fmt.Errorf("testbed %s: host %s: %w", tb.Prefix, h.Name, err)
@@ -162,6 +176,10 @@ func (tb *Testbed) commandFor(h *Host) []string {
 		"--advertise-addr", h.Underlay.String(),
 		"--cluster-key-file", tb.KeyFile,
 		"--dns-upstream", DNSUpstream,
+	}
+	if h.Userspace {
+		argv[slices.Index(argv, tb.KeyFile)] = h.userKeyFile()
+		argv = append(argv, "--userspace")
 	}
 	if h.Index != tb.st.Seed {
 		argv = append(argv, "--join", netip.AddrPortFrom(hostAddr(tb.st.Seed), GossipPort).String())

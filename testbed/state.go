@@ -62,6 +62,8 @@ type hostState struct {
 	LastArgv []string   `json:"last_argv,omitempty"`
 	Holder   *procState `json:"holder,omitempty"`
 	Daemon   *procState `json:"daemon,omitempty"`
+	// Userspace: the daemon runs unprivileged in userspace mode.
+	Userspace bool `json:"userspace,omitempty"`
 }
 
 // containerState is one container as saved.

@@ -208,6 +208,10 @@ type Options struct {
 	// StopTimeout is how long Stop waits after SIGTERM before SIGKILL
 	// (0 means DefaultStopTimeout). Close waits at most 2 s.
 	StopTimeout time.Duration
+	// Userspace names the hosts ("h3") whose zlmesh runs in userspace
+	// mode as an unprivileged user with no capabilities and no
+	// /dev/net/tun (see userspace.go).
+	Userspace []string
 
 	// ephemeral is set by New: see state.Ephemeral.
 	ephemeral bool
@@ -272,6 +276,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = DefaultStopTimeout
+	}
+	if err := o.checkUserspace(); err != nil {
+		return o, err
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}

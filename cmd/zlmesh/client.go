@@ -71,7 +71,14 @@ func runStatus(args []string) error {
 		row("endpoint", st.Endpoint)
 		row("gossip", st.GossipAddr)
 		row("cluster cidr", st.ClusterCIDR)
-		row("interface", fmt.Sprintf("%s (mtu %d)", st.Interface, st.MTU))
+		if u := st.Userspace; u != nil {
+			row("mode", "userspace (gVisor netstack, no kernel interface)")
+			row("socks5", orNone(u.SOCKS5))
+			row("http proxy", orNone(u.HTTPProxy))
+			row("forwards", orNone(strings.Join(u.Forwards, ", ")))
+		} else {
+			row("interface", fmt.Sprintf("%s (mtu %d)", st.Interface, st.MTU))
+		}
 		row("mesh dns", fmt.Sprintf("%s (search %s)", st.MeshDNS, st.SearchDomain))
 		members := fmt.Sprintf("%d alive, %d known peers", st.Members, st.KnownPeers)
 		if st.Alone {

@@ -60,7 +60,7 @@ masquerade = false
 			var cfg node.Config
 			fs := newFlagSet("up", "up")
 			fs.SetOutput(io.Discard)
-			upFlags(fs, &cfg)
+			upFlags(fs, &cfg, &node.Userspace{})
 			err := parseConfig(fs, strings.NewReader(tt.file), "cfg")
 			if err == nil {
 				err = fs.Parse(tt.args)
@@ -82,7 +82,7 @@ masquerade = false
 func TestEveryUpFlagIsDocumented(t *testing.T) {
 	var cfg node.Config
 	fs := newFlagSet("up", "up")
-	upFlags(fs, &cfg)
+	upFlags(fs, &cfg, &node.Userspace{})
 	fs.VisitAll(func(f *flag.Flag) {
 		if strings.TrimSpace(f.Usage) == "" {
 			t.Errorf("flag --%s has no help text", f.Name)

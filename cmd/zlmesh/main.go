@@ -39,8 +39,12 @@ var commands = map[string]func(args []string) error{
 	"unpublish": runUnpublish,
 	"ports":     runPorts,
 
-	"cni":     runCNI,
-	"service": runService,
+	"cni":       runCNI,
+	"service":   runService,
+	"forward":   runForward,
+	"unforward": runUnforward,
+	"forwards":  runForwards,
+
 	"testbed": runTestbed,
 }
 
@@ -80,6 +84,9 @@ commands:
   ports      list every published port in the cluster
   cni        install or uninstall the CNI plugin and a network configuration
   service    Windows: install or uninstall the zlmesh service (service install [up flags] | uninstall)
+  forward    userspace mode: make this node's overlay address answer on a port (PORT[/tcp|udp][:LOCALADDR:LOCALPORT])
+  unforward  userspace mode: remove a forward (PORT[/tcp|udp])
+  forwards   userspace mode: list this node's forwards
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env

@@ -174,7 +174,7 @@ func parseContainerSpecs(s string) ([]containerSpec, error) {
 }
 
 func tbUp(args []string) error {
-	f := newTBFlags("up", `usage: zlmesh testbed up [--hosts N] [--prefix zt] [--dir D] [--containers h1:web:web1,...]
+	f := newTBFlags("up", `usage: zlmesh testbed up [--hosts N] [--prefix zt] [--dir D] [--containers h1:web:web1,...] [--userspace h3]
 
 Builds a testbed and starts zlmesh on every host (h1 is the seed the others
 join), waits until every control socket answers, makes and attaches the
@@ -188,6 +188,9 @@ is removed again.`, true)
 	containers := f.fs.String("containers", "", "containers to make and attach, comma-separated `host:service:name` entries")
 	noStart := f.fs.Bool("no-start", false, "build the testbed but start no zlmesh (containers are made, not attached)")
 	wait := f.fs.Duration("wait", 60*time.Second, "how long to wait for the hosts to be ready (0: do not wait)")
+	var userspace listFlag
+	f.fs.Var(&userspace, "userspace", "`hosts` (e.g. h3; repeat or comma-separate) whose zlmesh runs in userspace mode as user "+testbed.UserspaceUser+" with no capabilities and no /dev/net/tun")
+	usExtra := f.fs.String("userspace-args", "", "extra `arguments` for the userspace hosts' zlmesh up only (e.g. --socks5-listen 127.0.0.1:1080 --forward 8080), space-separated")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -212,8 +215,13 @@ is removed again.`, true)
 	defer stop()
 	tb, err := testbed.Up(ctx, testbed.Options{
 		Hosts: *hosts, Prefix: f.prefix, Dir: f.dir, Binary: *binary, Seed: *seed, NoStart: *noStart,
-		Args: func(*testbed.Host) []string { return extraArgs },
-		Logf: stderrLogf,
+		Args: func(h *testbed.Host) []string {
+			if h.Userspace {
+				return append(slices.Clone(extraArgs), strings.Fields(*usExtra)...)
+			}
+			return extraArgs
+		},
+		Logf: stderrLogf, Userspace: userspace,
 	})
 	if err != nil {
 		return err
@@ -271,6 +279,8 @@ type hostStatus struct {
 	PID      int    `json:"pid,omitempty"`
 	Cut      bool   `json:"cut,omitempty"`
 	Log      string `json:"log"`
+	// Mode is "kernel" or "userspace" (unprivileged, no TUN).
+	Mode string `json:"mode"`
 }
 
 type containerStatus struct {
@@ -301,7 +311,10 @@ func collectStatus(tb *testbed.Testbed) tbStatusView {
 	var wg sync.WaitGroup
 	for i, h := range hosts {
 		v.Hosts[i] = hostStatus{Name: h.Name, Netns: h.NetnsName, Underlay: h.Underlay.String(), Overlay: "-", Blocks: "-",
-			Socket: h.Socket, Running: h.Running(), PID: h.PID(), Cut: tb.IsCut(h), Log: h.LogFile}
+			Socket: h.Socket, Running: h.Running(), PID: h.PID(), Cut: tb.IsCut(h), Log: h.LogFile, Mode: "kernel"}
+		if h.Userspace {
+			v.Hosts[i].Mode = "userspace"
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -347,7 +360,7 @@ func printStatus(tb *testbed.Testbed, output string) error {
 	}
 	fmt.Printf("testbed %s (dir %s)\n", v.Prefix, v.Dir)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "HOST\tNETNS\tUNDERLAY\tOVERLAY\tBLOCKS\tZLMESH\tSOCKET")
+	fmt.Fprintln(w, "HOST\tNETNS\tUNDERLAY\tOVERLAY\tBLOCKS\tMODE\tZLMESH\tSOCKET")
 	for _, h := range v.Hosts {
 		state := "stopped"
 		if h.Running {
@@ -356,7 +369,11 @@ func printStatus(tb *testbed.Testbed, output string) error {
 		if h.Cut {
 			state += ", cut"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, h.Underlay, h.Overlay, h.Blocks, state, h.Socket)
+		mode := h.Mode
+		if mode == "userspace" {
+			mode = "userspace (" + testbed.UserspaceUser + ", no caps)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, h.Underlay, h.Overlay, h.Blocks, mode, state, h.Socket)
 	}
 	w.Flush()
 	if len(v.Containers) > 0 {

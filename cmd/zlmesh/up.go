@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/zlmesh/zlmesh/internal/winsvc"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
+	"github.com/zlmesh/zlmesh/netproxy"
 	"github.com/zlmesh/zlmesh/node"
 	"github.com/zlmesh/zlmesh/tun"
 )
@@ -30,7 +32,7 @@ var pprofListen string
 
 // upFlags registers every `zlmesh up` flag on fs, filling cfg; it returns the
 // cluster key file and log level, which need work before they are config.
-func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
+func upFlags(fs *flag.FlagSet, cfg *node.Config, us *node.Userspace) (keyFile, logLevel *string) {
 	fs.String("config", "", "config file: `key = value` lines with the same keys as these flags")
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster (default: the hostname)")
 	fs.Var((*listFlag)(&cfg.Join), "join", "seed `host:port` to join through (repeat or comma-separate; default: start a cluster, or re-join remembered peers)")
@@ -68,6 +70,29 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.DurationVar(&cfg.Gossip.GossipToTheDeadTime, "gossip-to-the-dead", 0, "how long gossip keeps a dead member before forgetting it (default: memberlist LAN, 30s); re-joining remembered peers does not depend on it")
 	fs.DurationVar(&cfg.Gossip.DeadNodeReclaimTime, "gossip-dead-reclaim", 0, "how soon a dead member's name may come back from another address (default 5s)")
 	fs.DurationVar(&cfg.Gossip.RejoinMax, "rejoin-max", 0, "longest wait between re-join attempts to a remembered peer (default 30s)")
+	fs.BoolFunc("userspace", "run without a kernel interface (gVisor netstack): no root, no capabilities, no /dev/net/tun; local programs reach the mesh through --socks5-listen/--http-proxy-listen, the mesh reaches them through --forward", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return err
+		}
+		if !on {
+			cfg.Userspace = nil
+		} else if cfg.Userspace == nil {
+			cfg.Userspace = &node.Userspace{}
+		}
+		return nil
+	})
+	fs.StringVar(&us.SOCKS5Listen, "socks5-listen", "", "userspace mode: SOCKS5 server `ip:port` into the mesh (CONNECT, UDP ASSOCIATE; names through the mesh DNS), e.g. 127.0.0.1:1080")
+	fs.StringVar(&us.HTTPProxyListen, "http-proxy-listen", "", "userspace mode: HTTP proxy `ip:port` into the mesh (CONNECT and plain HTTP), e.g. 127.0.0.1:8080")
+	fs.BoolVar(&us.ProxyAllowRemote, "proxy-allow-remote", false, "userspace mode: allow proxy listeners on non-loopback addresses (anyone reaching them enters the mesh)")
+	fs.Func("forward", "userspace mode: `PORT[/tcp|udp][:LOCALADDR:LOCALPORT]` the overlay address answers on by connecting to a local port (repeat; default target 127.0.0.1:PORT)", func(v string) error {
+		f, err := netproxy.ParseForward(v)
+		if err != nil {
+			return err
+		}
+		us.Forwards = append(us.Forwards, f)
+		return nil
+	})
 	logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&pprofListen, "pprof-listen", "", "debugging: serve Go profiles (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060 (no authentication: loopback only)")
 	return keyFile, logLevel
@@ -75,8 +100,9 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 
 func runUp(args []string) error {
 	var cfg node.Config
+	var us node.Userspace
 	fs := newFlagSet("up", "up [flags]")
-	keyFile, logLevel := upFlags(fs, &cfg)
+	keyFile, logLevel := upFlags(fs, &cfg, &us)
 	logFile := fs.String("log-file", "", "append logs to this file instead of stderr (a Windows service has no stderr)")
 	if path := findConfigArg(args); path != "" {
 		if err := applyConfigFile(fs, path); err != nil {
@@ -87,6 +113,9 @@ func runUp(args []string) error {
 		return err
 	}
 	if err := noArgs(fs); err != nil {
+		return err
+	}
+	if err := applyUserspace(&cfg, &us); err != nil {
 		return err
 	}
 	var level slog.Level
@@ -180,5 +209,23 @@ func runGenkey(args []string) error {
 		return err
 	}
 	fmt.Println(mesh.EncodeKey(k))
+	return nil
+}
+
+// applyUserspace puts the userspace flags into cfg: with --userspace they
+// become cfg.Userspace; without it, any of them is an error.
+func applyUserspace(cfg *node.Config, us *node.Userspace) error {
+	if cfg.Userspace == nil {
+		switch {
+		case us.SOCKS5Listen != "":
+			return errors.New("--socks5-listen needs --userspace")
+		case us.HTTPProxyListen != "":
+			return errors.New("--http-proxy-listen needs --userspace")
+		case len(us.Forwards) > 0:
+			return errors.New("--forward needs --userspace")
+		}
+		return nil
+	}
+	*cfg.Userspace = *us
 	return nil
 }
