@@ -4,6 +4,10 @@
 # Sourced by scripts/demo.sh, scripts/test.sh and bench/*.sh; needs root.
 set -euo pipefail
 
+# Where tools taken out of a Debian package without installing it live
+# (promtool: see zlmesh_install_promtool). Tests look there too.
+ZLMESH_TOOLS=/var/cache/zlmesh-tools/bin
+
 ZLMESH_PACKAGES=(
   iproute2              # ip, to observe links and routes in tests (zlmesh itself uses netlink)
   nftables              # nft, to observe zlmesh's NAT table and make testbed partitions
@@ -19,7 +23,39 @@ ZLMESH_PACKAGES=(
   util-linux            # unshare, nsenter: the testbed's per-host mount namespaces
   procps                # ps, for the testbed's process checks
   containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline
+  systemd               # systemd-analyze, to verify dist/zlmesh.service (already there on Debian; installing it starts nothing where systemd is not PID 1)
 )
+
+# zlmesh_as_root re-runs the calling script as root: through sudo when the
+# caller is not root and sudo exists, else it stops with a one-line error.
+# Call it first thing, with the script's arguments: zlmesh_as_root "$@".
+zlmesh_as_root() {
+  [ "$(id -u)" = 0 ] && return 0
+  if command -v sudo >/dev/null; then
+    exec sudo -- "$(realpath "$0")" "$@"
+  fi
+  echo "zlmesh: $0 needs root (network namespaces, TUN, nftables) and there is no sudo: run it as root" >&2
+  exit 1
+}
+
+# zlmesh_install_promtool puts promtool (for `promtool check metrics` in the
+# e2e tests) in $ZLMESH_TOOLS. Debian ships it only in the prometheus
+# package, which is 96 MB installed with a dozen JavaScript packages and
+# starts a Prometheus server from its init script on install; so this takes
+# promtool alone out of that Debian package (apt-get download, dpkg-deb)
+# without installing it.
+zlmesh_install_promtool() {
+  [ -x "$ZLMESH_TOOLS/promtool" ] && return 0
+  local tmp
+  tmp=$(mktemp -d /tmp/zlmesh-promtool.XXXXXX)
+  echo "zlmesh: fetching promtool from Debian's prometheus package" >&2
+  ( cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root prometheus >/dev/null ) &&
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool &&
+    mkdir -p "$ZLMESH_TOOLS" && install -m 0755 "$tmp/usr/bin/promtool" "$ZLMESH_TOOLS/promtool"
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
 
 zlmesh_install_deps() {
   if [ "$(id -u)" != 0 ]; then
@@ -35,5 +71,6 @@ zlmesh_install_deps() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  zlmesh_install_promtool || { echo "zlmesh: could not fetch promtool" >&2; return 1; }
   command -v go >/dev/null || { echo "zlmesh: Go is not on PATH (expected /usr/local/go/bin)" >&2; return 1; }
 }
