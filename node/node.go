@@ -40,6 +40,7 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/dnsd"
+	"github.com/zlmesh/zlmesh/internal/buildinfo"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/tun"
@@ -48,8 +49,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// Version is the software version gossiped in every node's meta.
-var Version = "0.1.0-dev"
+// Version is the software version gossiped in every node's meta: the main
+// module's version from the binary's build info, as `zlmesh version` shows.
+var Version = buildinfo.Get().Version
 
 // Files in the state dir besides the private key.
 const (
@@ -432,6 +434,7 @@ func (n *Node) Peers() ([]api.Peer, error) {
 			NodeSubnet: m.Meta.NodeSubnet,
 			OverlayIP:  m.Meta.OverlayIP,
 			State:      string(m.State),
+			Version:    m.Meta.Version,
 			AllowedIPs: []string{},
 		}
 		if d, ok := dev[m.Meta.PublicKey]; ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -23,16 +24,21 @@ import (
 // --cluster-key-file is not given.
 const DefaultClusterKeyFile = "/etc/zlmesh/cluster.key"
 
-// pprofListen is `zlmesh up --pprof-listen` (see servePprof).
-var pprofListen string
+// upOptions are the `zlmesh up` settings that are not node.Config.
+type upOptions struct {
+	keyFile       string     // --cluster-key-file
+	logLevel      slog.Level // --log-level
+	pprofListen   string     // --pprof-listen (see servePprof)
+	metricsListen string     // --metrics-listen (see listenMetrics)
+}
 
-// upFlags registers every `zlmesh up` flag on fs, filling cfg; it returns the
-// cluster key file and log level, which need work before they are config.
-func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
+// upFlags registers every `zlmesh up` flag on fs, filling cfg and o (the
+// settings that need work before they are config, or are not the node's).
+func upFlags(fs *flag.FlagSet, cfg *node.Config, o *upOptions) {
 	fs.String("config", "", "config file: `key = value` lines with the same keys as these flags")
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster (default: the hostname)")
 	fs.Var((*listFlag)(&cfg.Join), "join", "seed `host:port` to join through (repeat or comma-separate; default: start a cluster, or re-join remembered peers)")
-	keyFile = fs.String("cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
+	fs.StringVar(&o.keyFile, "cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
 	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, subnet claim, attachments and known peers")
 	fs.IntVar(&cfg.ListenPort, "listen-port", node.DefaultListenPort, "WireGuard UDP port")
 	fs.IntVar(&cfg.GossipPort, "gossip-port", node.DefaultGossipPort, "gossip UDP and TCP port")
@@ -64,38 +70,44 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config) (keyFile, logLevel *string) {
 	fs.DurationVar(&cfg.Gossip.GossipToTheDeadTime, "gossip-to-the-dead", 0, "how long gossip keeps a dead member before forgetting it (default: memberlist LAN, 30s); re-joining remembered peers does not depend on it")
 	fs.DurationVar(&cfg.Gossip.DeadNodeReclaimTime, "gossip-dead-reclaim", 0, "how soon a dead member's name may come back from another address (default 5s)")
 	fs.DurationVar(&cfg.Gossip.RejoinMax, "rejoin-max", 0, "longest wait between re-join attempts to a remembered peer (default 30s)")
-	logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&pprofListen, "pprof-listen", "", "debugging: serve Go profiles (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060 (no authentication: loopback only)")
-	return keyFile, logLevel
+	fs.Func("log-level", "log level: debug, info, warn or error (default info)", func(v string) error {
+		if err := o.logLevel.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("%q: want debug, info, warn or error", v)
+		}
+		return nil
+	})
+	fs.StringVar(&o.pprofListen, "pprof-listen", "", "debugging: serve Go profiles (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060 (no authentication: loopback only)")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) over HTTP on this `address`, e.g. 127.0.0.1:9474 (default: only on the control socket)")
 }
 
 func runUp(args []string) error {
-	var cfg node.Config
+	var (
+		cfg, scratchCfg node.Config
+		o, scratchO     upOptions
+	)
 	fs := newFlagSet("up", "up [flags]")
-	keyFile, logLevel := upFlags(fs, &cfg)
-	if path := findConfigArg(args); path != "" {
-		if err := applyConfigFile(fs, path); err != nil {
-			return err
-		}
+	upFlags(fs, &cfg, &o)
+	scratch := newFlagSet("up", "up [flags]")
+	scratch.SetOutput(io.Discard)
+	upFlags(scratch, &scratchCfg, &scratchO)
+	warnings, err := layerSettings(fs, scratch, args, os.Environ())
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "zlmesh: warning:", w)
 	}
-	if err := fs.Parse(args); err != nil {
+	if err != nil {
 		return err
 	}
 	if err := noArgs(fs); err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
-	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	key, err := mesh.LoadKeyFile(*keyFile)
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	key, err := mesh.LoadKeyFile(o.keyFile)
 	if err != nil {
 		return fmt.Errorf("--cluster-key-file: %w", err)
 	}
 	cfg.ClusterKey = key
-	if pprofListen != "" {
-		if err := servePprof(pprofListen, cfg.Logger); err != nil {
+	if o.pprofListen != "" {
+		if err := servePprof(o.pprofListen, cfg.Logger); err != nil {
 			return err
 		}
 	}
