@@ -60,6 +60,10 @@ type ClaimerConfig struct {
 	SyncWait time.Duration
 	// Logger; nil uses the mesh's.
 	Logger *slog.Logger
+	// ConflictWon, when not nil, is called once for each conflict this
+	// node wins over its subnet (once per losing claim), from the
+	// claimer's goroutine; it must not block. Losses come on Changes.
+	ConflictWon func(loser ipam.Claim)
 }
 
 // ClaimChange tells that this node lost a conflict over its subnet and moved:
@@ -113,6 +117,7 @@ type Claimer struct {
 	current  ipam.Claim
 	acquired bool
 	running  bool
+	won      map[string]bool // losing claims already reported to ConflictWon
 	stopped  bool
 }
 
@@ -371,6 +376,9 @@ func (c *Claimer) check() {
 	c.mu.Unlock()
 
 	for _, cf := range ipam.Conflicts(claims, alive) {
+		if cf.Winner.Node == c.cfg.Node && cf.Subnet == cur.Subnet {
+			c.noteWon(cf.Loser)
+		}
 		if cf.Loser.Node != c.cfg.Node || cf.Subnet != cur.Subnet {
 			continue
 		}
@@ -552,4 +560,22 @@ func normClaim(c ipam.Claim) ipam.Claim {
 func sameClaim(a, b ipam.Claim) bool {
 	return a.Node == b.Node && a.Name == b.Name && a.Subnet == b.Subnet &&
 		a.ClaimedAt.Equal(b.ClaimedAt) && a.RenewedAt.Equal(b.RenewedAt)
+}
+
+// noteWon calls ConflictWon once per losing claim.
+func (c *Claimer) noteWon(loser ipam.Claim) {
+	if c.cfg.ConflictWon == nil {
+		return
+	}
+	key := loser.Node + " " + loser.Subnet.String() + " " + loser.ClaimedAt.String()
+	c.mu.Lock()
+	if c.won == nil {
+		c.won = map[string]bool{}
+	}
+	seen := c.won[key]
+	c.won[key] = true
+	c.mu.Unlock()
+	if !seen {
+		c.cfg.ConflictWon(loser)
+	}
 }

@@ -588,6 +588,7 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 			n.log.Error("record renumbered container", "container", at.Spec.Container, "err", err)
 		}
 		n.putServiceRecord(at)
+		n.metrics.renumbered(1)
 		n.events.publish(api.Event{Type: api.EventMove, Service: at.Spec.Service, Container: at.Spec.Container,
 			OldAddress: mv.Old.Addr.Addr().String(), Address: mv.New.Addr.Addr().String(), Node: n.cfg.Name})
 		n.log.Info("container moved", "container", at.Spec.Container, "from", mv.Old.Addr, "to", mv.New.Addr)

@@ -247,6 +247,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Name:      cfg.Name,
 		Grace:     cfg.DeadGrace,
 		Preferred: cfg.NodeSubnet,
+		// metrics: the claimer reports won conflicts; lost ones come as
+		// changes (renumber).
+		ConflictWon: func(ipam.Claim) { n.metrics.conflictWon() },
 	}
 	if hasStored {
 		ccfg.Stored = &stored
@@ -296,6 +299,7 @@ func (n *Node) applyClaim(claim ipam.Claim) error {
 	n.mu.Lock()
 	n.claim = claim
 	n.mu.Unlock()
+	n.metrics.setBlocksHeld(1)
 	return n.updateMeta()
 }
 

@@ -184,6 +184,7 @@ func (n *Node) routineClaims() {
 // conflict: leases, the TUN address and the meta follow, and the change is
 // reported as an event and a log line naming both nodes and both subnets.
 func (n *Node) renumber(ch mesh.ClaimChange) {
+	n.metrics.conflictLost()
 	n.log.Warn("lost subnet conflict, renumbering",
 		"subnet", ch.Old.Subnet, "winner", ch.Winner.Name, "winner_key", ch.Winner.Node,
 		"loser", ch.Old.Name, "new_subnet", ch.New.Subnet)

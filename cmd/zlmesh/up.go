@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/internal/sdnotify"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/node"
@@ -111,6 +113,13 @@ func runUp(args []string) error {
 			return err
 		}
 	}
+	var metricsLn net.Listener
+	if o.metricsListen != "" {
+		if metricsLn, err = listenMetrics(o.metricsListen); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -120,12 +129,19 @@ func runUp(args []string) error {
 	if err != nil {
 		return err
 	}
+	if metricsLn != nil {
+		defer serveMetrics(metricsLn, n, cfg.Logger).Close()
+	}
+	// Start returns once the control socket serves: the node is ready.
+	notifySystemd(sdnotify.Ready, cfg.Logger)
 	select {
 	case <-ctx.Done():
 		// A signal stops the node without leaving: a restart comes back
 		// with the same subnet. `zlmesh down` leaves.
+		notifySystemd(sdnotify.Stopping, cfg.Logger)
 		return n.Close()
 	case <-n.Done():
+		notifySystemd(sdnotify.Stopping, cfg.Logger)
 		return nil
 	}
 }
