@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if iface := os.Getenv(wgDumpEnv); iface != "" {
 		os.Exit(dumpWG(iface))
 	}
+	if url := os.Getenv(scrapeEnv); url != "" {
+		os.Exit(scrapeMain(url))
+	}
 	code := m.Run()
 	testbed.RemoveBinary()
 	os.Exit(code)

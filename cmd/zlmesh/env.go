@@ -36,7 +36,9 @@ func envName(flagName string) string {
 // value.
 func layerSettings(fs, scratch *flag.FlagSet, args, environ []string) (warnings []string, err error) {
 	if err := scratch.Parse(args); err != nil {
-		return nil, err
+		// Again on fs, whose output is the user's: -h prints the usage,
+		// a bad flag its error and the usage, as without this layering.
+		return nil, fs.Parse(args)
 	}
 	cmdline := map[string]bool{}
 	scratch.Visit(func(f *flag.Flag) { cmdline[f.Name] = true })

@@ -87,7 +87,7 @@ func runUp(args []string) error {
 		cfg, scratchCfg node.Config
 		o, scratchO     upOptions
 	)
-	fs := newFlagSet("up", "up [flags]")
+	fs := newFlagSet("up", "up [flags]\n\nEvery flag can also be set in the --config file (key = value) or as\nZLMESH_<FLAG> (dashes as underscores, e.g. ZLMESH_LISTEN_PORT); a flag\nwins over the environment, which wins over the file.")
 	upFlags(fs, &cfg, &o)
 	scratch := newFlagSet("up", "up [flags]")
 	scratch.SetOutput(io.Discard)
