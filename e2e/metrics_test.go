@@ -201,7 +201,7 @@ func TestMetrics(t *testing.T) {
 		`zlmesh_attachments`:                                         1,
 		`zlmesh_store_records{kind="port"}`:                          1,
 		`zlmesh_attach_duration_seconds_count`:                       1,
-		`zlmesh_peer_receive_bytes_total{peer="h2"}`:                 1,
+		`zlmesh_peer_receive_bytes_total{peer="h2"}`:                 0,
 		`zlmesh_member_suspect_transitions_total`:                    0,
 		`zlmesh_claim_conflicts_total{result="lost"}`:                0,
 		`zlmesh_dns_answer_duration_seconds_count{path="forwarded"}`: 0,
