@@ -5,10 +5,11 @@ package testbed
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/vishvananda/netns"
 )
 
 // netnsCaseEnv names the case TestNetnsCoexistsWithIproute2 runs when the
@@ -66,18 +67,7 @@ func netnsCase(t *testing.T, c string) {
 			t.Fatalf("ip netns %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	isMount := func() bool {
-		mi, err := os.ReadFile("/proc/self/mountinfo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range parseMountPoints(string(mi)) {
-			if p == netnsDir {
-				return true
-			}
-		}
-		return false
-	}
+	isMount := func() bool { return isMountRoot(netnsDir) }
 
 	// Names of the others' namespaces: not the testbed's prefix.
 	other := "zo" + prefix
@@ -90,14 +80,20 @@ func netnsCase(t *testing.T, c string) {
 			t.Fatal("ip netns add did not make /run/netns a mount point")
 		}
 	case "foreign":
-		// A namespace mounted on the plain directory, as `unshare
-		// --net=FILE` or an older testbed does.
-		path := filepath.Join(netnsDir, foreign)
-		if err := os.WriteFile(path, nil, 0o444); err != nil {
+		// A namespace mounted on the plain directory, as an older
+		// testbed (netns.NewNamed) does.
+		err := onThread(func() error {
+			h, err := netns.NewNamed(foreign)
+			if err == nil {
+				h.Close()
+			}
+			return err
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command("unshare", "--net="+path, "true").CombinedOutput(); err != nil {
-			t.Fatalf("unshare --net: %v: %s", err, out)
+		if isMount() {
+			t.Fatal("making a namespace with netns.NewNamed made /run/netns a mount point")
 		}
 	default:
 		t.Fatalf("unknown case %q", c)

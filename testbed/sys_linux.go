@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 const netnsDir = "/run/netns"
@@ -71,12 +73,12 @@ func ensureNetnsDir() error {
 		}
 		return nil
 	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ents, err := os.ReadDir(netnsDir)
 	if err != nil {
-		return err
+		return fmt.Errorf("list %s: %w", netnsDir, err)
 	}
-	for _, p := range parseMountPoints(string(b)) {
-		if filepath.Dir(p) == netnsDir {
+	for _, e := range ents {
+		if isMountRoot(filepath.Join(netnsDir, e.Name())) {
 			return nil // others' namespaces are mounted on the plain directory: leave it
 		}
 	}
@@ -87,6 +89,25 @@ func ensureNetnsDir() error {
 		return fmt.Errorf("make %s shared: %w", netnsDir, err)
 	}
 	return nil
+}
+
+// isMountRoot reports whether path, as it resolves now, is the root of a
+// mount (statx's STATX_ATTR_MOUNT_ROOT, Linux 5.8). Unlike a search of
+// /proc/self/mountinfo it ignores mounts hidden under later ones. On an
+// older kernel it answers from mountinfo.
+func isMountRoot(path string) bool {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &st); err != nil {
+		return false
+	}
+	if st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+		return st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	return slices.Contains(parseMountPoints(string(b)), path)
 }
 
 // removeShadowed removes path, a file under /run/netns that the machine's
