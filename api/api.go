@@ -131,6 +131,9 @@ type Peer struct {
 	State         string    `json:"state"`
 	RxBytes       int64     `json:"rx_bytes"`
 	TxBytes       int64     `json:"tx_bytes"`
+	// Version is the zlmesh version the peer gossips (its `zlmesh
+	// version`); peers of a cluster in a rolling upgrade differ.
+	Version string `json:"version"`
 }
 
 // DownRequest asks the node to leave the cluster gracefully and exit.

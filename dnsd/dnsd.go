@@ -111,6 +111,11 @@ type Config struct {
 	CacheSize int
 	// Logger receives one line per event that matters; nil discards.
 	Logger *slog.Logger
+	// Observe, when not nil, is called once per answered query with the
+	// time the server took to answer it (parse, zone or cache, upstream
+	// exchange, encode), and whether an upstream was asked. It runs on
+	// the query's path: it must be fast and safe for concurrent use.
+	Observe func(elapsed time.Duration, forwarded bool)
 }
 
 // Stats are the Server's counters since New, for metrics. Every answered
@@ -126,6 +131,10 @@ type Stats struct {
 	// Dropped counts messages that got no answer: no header, not a query,
 	// or more questions waiting on upstreams than a listener allows.
 	Dropped uint64
+	// UpstreamFailures counts failed attempts at one upstream (no answer
+	// in time, a network error, an unusable answer); a question that one
+	// upstream fails and the next answers counts one.
+	UpstreamFailures uint64
 }
 
 // Server answers DNS queries. It is safe for concurrent use: queries never
@@ -145,6 +154,7 @@ type Server struct {
 
 	stats struct {
 		queries, local, forwarded, cacheHits, servFail, formErr, dropped atomic.Uint64
+		upstreamFailures                                                 atomic.Uint64
 	}
 }
 
@@ -246,6 +256,8 @@ func (s *Server) Stats() Stats {
 		ServFail:  s.stats.servFail.Load(),
 		FormErr:   s.stats.formErr.Load(),
 		Dropped:   s.stats.dropped.Load(),
+
+		UpstreamFailures: s.stats.upstreamFailures.Load(),
 	}
 }
 
@@ -280,6 +292,14 @@ var errDropped = errors.New("dropped")
 // waiting: zone answers, cache hits, errors. When the question must be
 // forwarded it returns fwd true and dst unchanged.
 func (s *Server) answer(dst []byte, msg []byte, tcp bool) (out []byte, fwd bool, err error) {
+	if s.cfg.Observe != nil {
+		start := time.Now()
+		defer func() {
+			if err == nil && !fwd {
+				s.cfg.Observe(time.Since(start), false)
+			}
+		}()
+	}
 	var r request
 	if err := parseRequest(msg, &r); err != nil {
 		s.stats.dropped.Add(1)

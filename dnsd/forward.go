@@ -49,6 +49,9 @@ func (s *Server) answerForward(ctx context.Context, dst []byte, msg []byte, tcp 
 		// answer already accepted this message; parsing is deterministic.
 		panic("dnsd: answerForward on a message answer did not forward")
 	}
+	if s.cfg.Observe != nil {
+		defer s.observeForward(time.Now())
+	}
 	s.stats.queries.Add(1)
 	var kb [maxName + 5]byte
 	key := cacheKey(kb[:0], &r)
@@ -64,6 +67,9 @@ func (s *Server) answerForward(ctx context.Context, dst []byte, msg []byte, tcp 
 	s.stats.forwarded.Add(1)
 	return e.appendTo(dst, &r, s.now(), r.limit(tcp))
 }
+
+// observeForward reports a forwarded answer that started at start.
+func (s *Server) observeForward(start time.Time) { s.cfg.Observe(time.Since(start), true) }
 
 // resolve returns the upstream answer to r, sharing the exchange with
 // concurrent identical questions, or nil when no upstream answered.
@@ -133,11 +139,13 @@ func (s *Server) exchangeAll(r exchangeQuestion, key string) *cacheEntry {
 		up := s.upstreams[idx]
 		resp, err := s.exchange(ctx, up, q, wire)
 		if err != nil {
+			s.stats.upstreamFailures.Add(1)
 			s.log.Debug("dnsd: upstream attempt failed", "upstream", up, "name", q.Question[0].Name, "err", err)
 			continue
 		}
 		e, err := s.newEntry(resp, key)
 		if err != nil {
+			s.stats.upstreamFailures.Add(1)
 			s.log.Debug("dnsd: upstream answer unusable", "upstream", up, "name", q.Question[0].Name, "err", err)
 			continue
 		}

@@ -273,11 +273,12 @@ func TestForwardFailover(t *testing.T) {
 		upstreams func() []string
 		qname     string
 		rcode     int
+		failures  uint64 // Stats.UpstreamFailures
 	}{
-		{"dead first", func() []string { return []string{deadUpstream(t), up.addr} }, "ext.example.", dns.RcodeSuccess},
-		{"silent first", func() []string { return []string{silentUpstream(t), up.addr} }, "ext.example.", dns.RcodeSuccess},
-		{"SERVFAIL passes on", func() []string { return []string{up.addr} }, "fail.example.", dns.RcodeServerFailure},
-		{"all dead", func() []string { return []string{deadUpstream(t), deadUpstream(t)} }, "ext.example.", dns.RcodeServerFailure},
+		{"dead first", func() []string { return []string{deadUpstream(t), up.addr} }, "ext.example.", dns.RcodeSuccess, 1},
+		{"silent first", func() []string { return []string{silentUpstream(t), up.addr} }, "ext.example.", dns.RcodeSuccess, 1},
+		{"SERVFAIL passes on", func() []string { return []string{up.addr} }, "fail.example.", dns.RcodeServerFailure, 1},
+		{"all dead", func() []string { return []string{deadUpstream(t), deadUpstream(t)} }, "ext.example.", dns.RcodeServerFailure, 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -288,6 +289,9 @@ func TestForwardFailover(t *testing.T) {
 			}
 			if tc.rcode == dns.RcodeServerFailure && s.Stats().ServFail != 1 {
 				t.Errorf("stats %+v, want one servfail", s.Stats())
+			}
+			if got := s.Stats().UpstreamFailures; got != tc.failures {
+				t.Errorf("upstream failures %d, want %d", got, tc.failures)
 			}
 		})
 	}
@@ -301,6 +305,33 @@ func TestForwardFailover(t *testing.T) {
 			t.Errorf("second question took %s: the silent upstream was tried first again", d)
 		}
 	})
+}
+
+// TestObserve checks Config.Observe: one call per answered query, telling
+// forwarded answers from the others; none for a dropped message.
+func TestObserve(t *testing.T) {
+	up := startUpstream(t)
+	var mu sync.Mutex
+	got := map[bool]int{}
+	s := newTestServer(t, Config{Upstreams: []string{up.addr}, Observe: func(d time.Duration, fwd bool) {
+		if d <= 0 {
+			t.Errorf("elapsed %s", d)
+		}
+		mu.Lock()
+		got[fwd]++
+		mu.Unlock()
+	}})
+	exchange(t, s, query("ext.example.", dns.TypeA, 0, false), false) // forwarded
+	exchange(t, s, query("ext.example.", dns.TypeA, 0, false), false) // cache hit
+	exchange(t, s, query("h1.node.zl.", dns.TypeA, 0, false), false)  // zone
+	if _, err := s.Query(context.Background(), []byte{1, 2}, false); err == nil {
+		t.Error("a two-byte message was answered")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got[true] != 1 || got[false] != 2 {
+		t.Errorf("observed forwarded %d, others %d; want 1 and 2", got[true], got[false])
+	}
 }
 
 func TestForwardTimeout(t *testing.T) {

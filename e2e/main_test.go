@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if iface := os.Getenv(wgDumpEnv); iface != "" {
 		os.Exit(dumpWG(iface))
 	}
+	if url := os.Getenv(scrapeEnv); url != "" {
+		os.Exit(scrapeMain(url))
+	}
 	if spec := os.Getenv(socksUDPEnv); spec != "" {
 		os.Exit(socksUDPMain(spec))
 	}

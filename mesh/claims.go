@@ -64,6 +64,10 @@ type ClaimerConfig struct {
 	SyncWait time.Duration
 	// Logger; nil uses the mesh's.
 	Logger *slog.Logger
+	// ConflictWon, when not nil, is called once for each conflict this
+	// node wins over one of its blocks (once per losing claim), from the
+	// claimer's goroutine; it must not block. Losses come on Changes.
+	ConflictWon func(loser ipam.Claim)
 }
 
 // ClaimChange tells that this node lost one of its blocks (a conflict, or a
@@ -124,6 +128,7 @@ type Claimer struct {
 	current  []ipam.Claim // first block first
 	acquired bool
 	running  bool
+	won      map[string]bool // losing claims already reported to ConflictWon
 	stopped  bool
 }
 
@@ -477,8 +482,12 @@ func (c *Claimer) check() {
 	alive := c.aliveFunc()
 
 	var changes []ClaimChange
+	var won []ipam.Claim
 	c.mu.Lock()
 	for _, cf := range ipam.Conflicts(claims, alive) {
+		if cf.Winner.Node == c.cfg.Node && slices.ContainsFunc(c.current, func(cl ipam.Claim) bool { return cl.Block == cf.Block }) {
+			won = append(won, cf.Loser)
+		}
 		if cf.Loser.Node != c.cfg.Node {
 			continue
 		}
@@ -503,6 +512,9 @@ func (c *Claimer) check() {
 	}
 	cur := c.current
 	c.mu.Unlock()
+	for _, l := range won {
+		c.noteWon(l)
+	}
 	if len(changes) > 0 {
 		c.publish(cur)
 		for _, ch := range changes {
@@ -757,4 +769,22 @@ func blockList(cl []ipam.Claim) []string {
 		out[i] = c.Block.String()
 	}
 	return out
+}
+
+// noteWon calls ConflictWon once per losing claim.
+func (c *Claimer) noteWon(loser ipam.Claim) {
+	if c.cfg.ConflictWon == nil {
+		return
+	}
+	key := loser.Node + " " + loser.Block.String() + " " + loser.ClaimedAt.String()
+	c.mu.Lock()
+	if c.won == nil {
+		c.won = map[string]bool{}
+	}
+	seen := c.won[key]
+	c.won[key] = true
+	c.mu.Unlock()
+	if !seen {
+		c.cfg.ConflictWon(loser)
+	}
 }

@@ -168,7 +168,10 @@ func TestClaimsPartitionSamePreferred(t *testing.T) {
 	c.net.Partition([]string{"a", "b", "x"}, []string{"c", "y"})
 	eventually(t, 10*time.Second, "partitioned", func() bool { return !c.node("a").Alive("c") && !c.node("c").Alive("a") })
 
-	x := c.claimer(c.start("x", nil, c.node("a").Addr().String()), pool, ClaimerConfig{Preferred: want, SyncWait: time.Second})
+	var wonMu sync.Mutex
+	var won []ipam.Claim
+	x := c.claimer(c.start("x", nil, c.node("a").Addr().String()), pool, ClaimerConfig{Preferred: want, SyncWait: time.Second,
+		ConflictWon: func(l ipam.Claim) { wonMu.Lock(); won = append(won, l); wonMu.Unlock() }})
 	time.Sleep(10 * time.Millisecond) // x's claim is the older
 	y := c.claimer(c.start("y", nil, c.node("c").Addr().String()), pool, ClaimerConfig{Preferred: want, SyncWait: time.Second})
 	if firstOf(x).Block != want || firstOf(y).Block != want {
@@ -204,6 +207,11 @@ func TestClaimsPartitionSamePreferred(t *testing.T) {
 		}
 		return true
 	})
+	wonMu.Lock()
+	defer wonMu.Unlock()
+	if len(won) != 1 || won[0].Node != "pk-y" || won[0].Block != want {
+		t.Errorf("x's ConflictWon calls %+v, want one for y's claim of %s", won, want)
+	}
 }
 
 func TestClaimDeadNodeHeldForGrace(t *testing.T) {

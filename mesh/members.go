@@ -135,6 +135,9 @@ func (m *Mesh) memberEvent(n *memberlist.Node, typ EventType) {
 	if e.m.State != mem.State {
 		e.changed = now
 	}
+	if ok && e.m.State == StateAlive && mem.State == StateDead {
+		m.counters.died.Add(1)
+	}
 	m.members.setLocked(e, mem)
 	m.numLive.Store(int32(m.members.alive))
 	m.members.mu.Unlock()

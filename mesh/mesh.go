@@ -287,6 +287,9 @@ type Mesh struct {
 	numLive atomic.Int32 // alive members, this node included
 	book    peerBook
 
+	counters       meshCounters // Stats (stats.go)
+	unregisterSink func()
+
 	synced     chan struct{}
 	syncedOnce sync.Once
 	syncWork   chan message // summaries and digests for routineSync
@@ -363,6 +366,7 @@ func Start(cfg Config) (*Mesh, error) {
 	mlc := m.memberlistConfig(lan)
 	ml, err := memberlist.Create(mlc)
 	if err != nil {
+		m.unregisterSink()
 		return nil, fmt.Errorf("mesh: start memberlist for %s: %w", cfg.Name, err)
 	}
 	m.ml = ml
@@ -425,6 +429,7 @@ func (m *Mesh) memberlistConfig(lan *memberlist.Config) *memberlist.Config {
 	c.Events = (*eventDelegate)(m)
 	c.Conflict = (*eventDelegate)(m)
 	c.Logger = newMemberlistLogger(m.log)
+	c.MetricLabels, m.unregisterSink = m.registerSink()
 	return c
 }
 
@@ -712,6 +717,7 @@ func (m *Mesh) finishClose() {
 	m.book.touchAlive(m.members.aliveOthers(m.name), time.Now())
 	m.savePeers(true)
 	m.events.close()
+	m.unregisterSink()
 }
 
 // sortedMembers sorts members by name.

@@ -405,5 +405,10 @@ func (m *Mesh) attempt(t *target) {
 			m.log.Debug("re-join failed", "peer", name, "err", err)
 		}
 	}
+	if ok {
+		m.counters.rejoins.Add(1)
+	} else {
+		m.counters.rejoinFailures.Add(1)
+	}
 	m.book.result(t, ok, time.Now())
 }

@@ -68,6 +68,7 @@ func (n *Node) grow() error {
 	n.claims = append(slices.Clone(n.claims), c)
 	blocks := len(n.claims)
 	n.mu.Unlock()
+	n.metrics.setBlocksHeld(blocks)
 	n.events.publish(api.Event{Type: api.EventBlock, Node: n.cfg.Name, NewBlock: c.Block.String(), Message: "claimed"})
 	n.log.Info("block claimed", "block", c.Block, "blocks", blocks)
 	return nil
@@ -117,6 +118,7 @@ func (n *Node) releaseEmptyBlocks(now time.Time) {
 		delete(n.emptySince, b)
 		blocks := len(n.claims)
 		n.mu.Unlock()
+		n.metrics.setBlocksHeld(blocks)
 		n.events.publish(api.Event{Type: api.EventBlock, Node: n.cfg.Name, OldBlock: b.String(), Message: "released"})
 		n.log.Info("block released", "block", b, "empty_for", n.cfg.BlockReleaseAfter, "blocks", blocks)
 	}
@@ -190,6 +192,7 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 			n.log.Error("record renumbered container", "container", at.Spec.Container, "err", err)
 		}
 		n.putServiceRecord(at)
+		n.metrics.renumbered(1)
 		n.events.publish(api.Event{Type: api.EventMove, Service: at.Spec.Service, Container: at.Spec.Container,
 			OldAddress: mv.Old.Addr.String(), Address: mv.New.Addr.String(), Node: n.cfg.Name})
 		n.log.Info("container moved", "container", at.Spec.Container, "from", mv.Old.Addr, "to", mv.New.Addr)

@@ -29,14 +29,22 @@ func (n *Node) controlHandler() http.Handler {
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
 			}
-			return n.Attach(r.Context(), req)
+			at, err := n.Attach(r.Context(), req)
+			if err != nil {
+				n.metrics.attachFailed(err)
+			}
+			return at, err
 		}},
 		"/v1/detach": {http.MethodPost: func(r *http.Request) (any, error) {
 			var req api.DetachRequest
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
 			}
-			return nil, n.Detach(r.Context(), req.Container, "")
+			err := n.Detach(r.Context(), req.Container, "")
+			if err != nil {
+				n.metrics.detachFailed(err)
+			}
+			return nil, err
 		}},
 		"/v1/attachments": {http.MethodGet: func(*http.Request) (any, error) { return n.Attachments(), nil }},
 		"/v1/services":    {http.MethodGet: func(*http.Request) (any, error) { return n.Services(), nil }},

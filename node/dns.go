@@ -41,6 +41,7 @@ func (n *Node) startDNS() error {
 		Cluster:   n.pool.Cluster(),
 		Upstreams: upstreams,
 		Logger:    n.log.With("component", "dnsd"),
+		Observe:   n.metrics.observeDNS,
 	})
 	if err != nil {
 		return fmt.Errorf("mesh DNS: %w", err)

@@ -43,6 +43,7 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/dnsd"
+	"github.com/zlmesh/zlmesh/internal/buildinfo"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/ipam/disk"
 	"github.com/zlmesh/zlmesh/mesh"
@@ -52,8 +53,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// Version is the software version gossiped in every node's meta.
-var Version = "0.1.0-dev"
+// Version is the software version gossiped in every node's meta: the main
+// module's version from the binary's build info, as `zlmesh version` shows.
+var Version = buildinfo.Get().Version
 
 // Files in the state dir besides the private key.
 const (
@@ -269,6 +271,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Grace:     cfg.DeadGrace,
 		Preferred: cfg.FirstBlock,
 		Stored:    n.alloc.Claims(),
+		// metrics: the claimer reports won conflicts; lost ones come as
+		// changes (renumber).
+		ConflictWon: func(ipam.Claim) { n.metrics.conflictWon() },
 	}
 	n.claimer = mesh.NewClaimer(n.mesh, n.pool, ccfg)
 	claims, changes, err := n.claimer.Acquire(ctx)
@@ -323,6 +328,7 @@ func (n *Node) setClaimsLocked(claims []ipam.Claim) error {
 	n.mu.Lock()
 	n.claims = slices.Clone(claims)
 	n.mu.Unlock()
+	n.metrics.setBlocksHeld(len(claims))
 	return n.updateMeta()
 }
 
@@ -493,6 +499,7 @@ func (n *Node) Peers() ([]api.Peer, error) {
 			Blocks:     blocks[m.Meta.PublicKey],
 			OverlayIP:  m.Meta.OverlayIP,
 			State:      string(m.State),
+			Version:    m.Meta.Version,
 			AllowedIPs: []string{},
 		}
 		if d, ok := dev[m.Meta.PublicKey]; ok {

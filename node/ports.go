@@ -86,7 +86,11 @@ func (n *Node) purgeNAT() error {
 	if err := p.snapshotLocked(); err != nil {
 		return fmt.Errorf("forget published ports: %w", err)
 	}
-	return n.nat.Purge()
+	if err := n.nat.Purge(); err != nil {
+		return err
+	}
+	n.metrics.natApplied(nil)
+	return nil
 }
 
 type portsState struct {
@@ -485,7 +489,11 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		}
 		cfg.Ports = append(cfg.Ports, port)
 	}
-	return n.nat.Set(cfg)
+	if err := n.nat.Set(cfg); err != nil {
+		return err
+	}
+	n.metrics.natApplied(&cfg)
+	return nil
 }
 
 // reconcilePorts re-applies the NAT table (targets follow renumbering and

@@ -205,6 +205,7 @@ func (n *Node) routineClaims() {
 // when it was the first block) follow, and the change is reported as
 // events and a log line naming both nodes and both blocks.
 func (n *Node) renumber(ch mesh.ClaimChange) {
+	n.metrics.conflictLost()
 	n.log.Warn("lost block conflict, renumbering",
 		"block", ch.Old.Block, "winner", ch.Winner.Name, "winner_key", ch.Winner.Node,
 		"loser", ch.Old.Name, "new_block", ch.New.Block, "first", ch.First)

@@ -5,6 +5,10 @@
 # bench/*.sh; needs root.
 set -euo pipefail
 
+# Where tools taken out of a Debian package without installing it live
+# (promtool: see zlmesh_install_promtool). Tests look there too.
+ZLMESH_TOOLS=/var/cache/zlmesh-tools/bin
+
 ZLMESH_PACKAGES=(
   iproute2              # ip, to observe links and routes in tests (zlmesh itself uses netlink)
   nftables              # nft, to observe zlmesh's NAT table and make testbed partitions
@@ -24,6 +28,7 @@ ZLMESH_PACKAGES=(
   podman                # the CNI plugin's end-to-end test and benchmark (CNI backend)
   runc                  # Podman's runtime in the test (crun cannot start here: cgroups in hybrid mode)
   busybox-static        # the Podman test's image, imported from a directory (no registry)
+  systemd               # systemd-analyze, to verify dist/zlmesh.service (already there on Debian; installing it starts nothing where systemd is not PID 1)
 )
 
 # What scripts/test-windows.sh adds: Wine runs the Windows test binaries.
@@ -33,6 +38,37 @@ ZLMESH_WINDOWS_PACKAGES=(
   wine                        # the `wine` launcher that `go test -exec wine` calls
   gcc-mingw-w64-x86-64-win32  # builds scripts/wine/bcryptprimitives.dll, which Wine 8.0 lacks
 )
+
+# zlmesh_as_root re-runs the calling script as root: through sudo when the
+# caller is not root and sudo exists, else it stops with a one-line error.
+# Call it first thing, with the script's arguments: zlmesh_as_root "$@".
+zlmesh_as_root() {
+  [ "$(id -u)" = 0 ] && return 0
+  if command -v sudo >/dev/null; then
+    exec sudo -- "$(realpath "$0")" "$@"
+  fi
+  echo "zlmesh: $0 needs root (network namespaces, TUN, nftables) and there is no sudo: run it as root" >&2
+  exit 1
+}
+
+# zlmesh_install_promtool puts promtool (for `promtool check metrics` in the
+# e2e tests) in $ZLMESH_TOOLS. Debian ships it only in the prometheus
+# package, which is 96 MB installed with a dozen JavaScript packages and
+# starts a Prometheus server from its init script on install; so this takes
+# promtool alone out of that Debian package (apt-get download, dpkg-deb)
+# without installing it.
+zlmesh_install_promtool() {
+  [ -x "$ZLMESH_TOOLS/promtool" ] && return 0
+  local tmp
+  tmp=$(mktemp -d /tmp/zlmesh-promtool.XXXXXX)
+  echo "zlmesh: fetching promtool from Debian's prometheus package" >&2
+  ( cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root prometheus >/dev/null ) &&
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool &&
+    mkdir -p "$ZLMESH_TOOLS" && install -m 0755 "$tmp/usr/bin/promtool" "$ZLMESH_TOOLS/promtool"
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
 
 zlmesh_install_deps() {
   zlmesh_install_packages "${ZLMESH_PACKAGES[@]}"
@@ -57,5 +93,6 @@ zlmesh_install_packages() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  zlmesh_install_promtool || { echo "zlmesh: could not fetch promtool" >&2; return 1; }
   command -v go >/dev/null || { echo "zlmesh: Go is not on PATH (expected /usr/local/go/bin)" >&2; return 1; }
 }

@@ -12,25 +12,125 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 const netnsDir = "/run/netns"
 
 func supported() error { return nil }
 
-// ensureNetnsDir makes /run/netns if it is missing. The testbed leaves its
-// propagation alone (see makeSharedDir for how hosts see new namespaces).
+// netnsDirMu serializes ensureNetnsDir within the process (and an flock on
+// the directory across processes), so that two testbeds coming up at once
+// do not both turn /run/netns into a mount point.
+var netnsDirMu sync.Mutex
+
+// ensureNetnsDir makes /run/netns if it is missing and sets it up the way
+// iproute2 does on its first `ip netns add`, before the testbed makes a
+// namespace there: a bind mount of itself (recursive), marked shared. Had
+// the testbed mounted its namespaces on the plain directory, a later `ip
+// netns add` would bind the directory over them: each namespace would then
+// be mounted twice, the lower mount hidden under iproute2's, and removing
+// the file would fail with EBUSY and leave the namespace behind for good.
+// Made first, the mount point is the one iproute2 then finds and keeps.
+//
+// When /run/netns is not a mount point but other programs already have
+// namespaces mounted in it, it is left alone: converting it would hide
+// theirs in the same way. The testbed's own namespaces are removed in either
+// case (deleteNetns, removeShadowed).
 func ensureNetnsDir() error {
+	netnsDirMu.Lock()
+	defer netnsDirMu.Unlock()
 	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
 		return fmt.Errorf("make %s: %w", netnsDir, err)
+	}
+	d, err := os.Open(netnsDir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", netnsDir, err)
+	}
+	defer d.Close()
+	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", netnsDir, err)
+	}
+	defer syscall.Flock(int(d.Fd()), syscall.LOCK_UN)
+
+	// As iproute2's netns_add: make it shared; EINVAL means it is not a
+	// mount point yet.
+	err = syscall.Mount("", netnsDir, "none", syscall.MS_SHARED|syscall.MS_REC, "")
+	if err == nil || !errors.Is(err, syscall.EINVAL) {
+		if err != nil {
+			return fmt.Errorf("make %s shared: %w", netnsDir, err)
+		}
+		return nil
+	}
+	ents, err := os.ReadDir(netnsDir)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", netnsDir, err)
+	}
+	for _, e := range ents {
+		if isMountRoot(filepath.Join(netnsDir, e.Name())) {
+			return nil // others' namespaces are mounted on the plain directory: leave it
+		}
+	}
+	if err := syscall.Mount(netnsDir, netnsDir, "none", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s onto itself: %w", netnsDir, err)
+	}
+	if err := syscall.Mount("", netnsDir, "none", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", netnsDir, err)
+	}
+	return nil
+}
+
+// isMountRoot reports whether path, as it resolves now, is the root of a
+// mount (statx's STATX_ATTR_MOUNT_ROOT, Linux 5.8). Unlike a search of
+// /proc/self/mountinfo it ignores mounts hidden under later ones. On an
+// older kernel it answers from mountinfo.
+func isMountRoot(path string) bool {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &st); err != nil {
+		return false
+	}
+	if st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+		return st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	return slices.Contains(parseMountPoints(string(b)), path)
+}
+
+// removeShadowed removes path, a file under /run/netns that the machine's
+// mount namespace still has a mount on although every visible one was
+// detached: the mount sits under a later bind of /run/netns (iproute2's, made
+// after the namespace). unlink fails with EBUSY only for mounts in the
+// caller's own mount namespace, and a successful unlink detaches the mounts
+// on the file in every namespace. So the removal runs in a private copy of
+// the mount namespace (Go makes it private: nothing done there propagates
+// back) that first detaches its copies of the binds of /run/netns and of the
+// mounts on path, then removes the file, which detaches the hidden mounts of
+// the machine's namespace too.
+func removeShadowed(path string) error {
+	const script = `while umount -l "$1" 2>/dev/null; do :; done
+while umount -l "$2" 2>/dev/null; do :; done
+rm -f "$2"`
+	cmd := exec.Command("sh", "-c", script, "sh", netnsDir, path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("remove %s from a private mount namespace: %v: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("remove %s: still there after removing it from a private mount namespace", path)
 	}
 	return nil
 }
@@ -38,9 +138,8 @@ func ensureNetnsDir() error {
 // makeSharedDir makes dir (a directory of the testbed's own) a shared mount
 // point: dir is bind-mounted onto itself and marked shared. The hosts' slave
 // mount namespaces bind their copy of it over /run/netns, so every namespace
-// mirrored into dir later (mirrorNetns) appears there too. The machine's own
-// /run/netns keeps its propagation: converting it, as `ip netns add` does,
-// would hide namespaces other programs mounted there in the meantime.
+// mirrored into dir later (mirrorNetns) appears there too (the machine's
+// /run/netns: see ensureNetnsDir).
 func makeSharedDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("make %s: %w", dir, err)
@@ -218,16 +317,30 @@ func createNetns(name string) error {
 // deleteNetns unmounts and removes the named namespace; one that is already
 // gone is not an error. The namespace itself lives on while processes are in
 // it: kill them first.
+//
+// A namespace mounted twice on its file (see ensureNetnsDir) is unmounted
+// until no mount is left; a mount hidden under a later bind of /run/netns
+// goes with removeShadowed.
 func deleteNetns(name string) error {
 	path := netnsPath(name)
-	err := syscall.Unmount(path, syscall.MNT_DETACH)
-	if err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", path, err)
+	for {
+		err := syscall.Unmount(path, syscall.MNT_DETACH)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", path, err)
+		}
+		break
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", path, err)
+	err := os.Remove(path)
+	switch {
+	case err == nil, errors.Is(err, fs.ErrNotExist):
+		return nil
+	case errors.Is(err, syscall.EBUSY):
+		return removeShadowed(path)
 	}
-	return nil
+	return fmt.Errorf("remove %s: %w", path, err)
 }
 
 func netnsExists(name string) bool {

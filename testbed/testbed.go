@@ -54,9 +54,16 @@
 // /run/netns as usual, and each is also bind-mounted into <dir>/netns, a
 // shared mount point of the testbed's own; the holder's copy of it is a
 // slave, so a container made after the host started still appears inside
-// the host as /run/netns/<ns>, where zlmesh opens it. The machine's
-// /run/netns keeps its propagation (making it shared, as `ip netns add`
-// does, would hide namespaces other programs mounted there meanwhile).
+// the host as /run/netns/<ns>, where zlmesh opens it.
+//
+// The machine's /run/netns is set up as iproute2 sets it up on its first
+// `ip netns add` (a shared bind mount of itself) before the testbed makes a
+// namespace there, so that an `ip netns add` between `testbed up` and
+// `testbed down` binds over nothing of the testbed's. It is left a plain
+// directory when other programs already have namespaces mounted in it; then
+// a namespace of the testbed that iproute2 later binds over is removed from
+// a private mount namespace (see deleteNetns). Either way `down` removes
+// everything, whichever came first.
 //
 // Everything run "in a host" (Host.Exec, Host.Cmd, the zlmesh daemon) is
 // started as `nsenter --target <holder> --net --mount -- argv…`, so two hosts

@@ -108,10 +108,10 @@ func runPeers(args []string) error {
 		peers = []api.Peer{}
 	}
 	return cf.out.print(peers, func(w io.Writer) {
-		fmt.Fprintln(w, "NAME\tSTATE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX")
+		fmt.Fprintln(w, "NAME\tSTATE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tVERSION")
 		for _, p := range peers {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", p.Name, p.State, p.Endpoint,
-				strings.Join(p.AllowedIPs, ","), ago(p.LastHandshake), p.RxBytes, p.TxBytes)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, p.State, p.Endpoint,
+				strings.Join(p.AllowedIPs, ","), ago(p.LastHandshake), p.RxBytes, p.TxBytes, p.Version)
 		}
 	})
 }

@@ -77,18 +77,18 @@ func newFlagSet(name, usage string) *flag.FlagSet {
 
 // applyConfigFile sets flags of fs from a config file with the same keys as
 // the flags: one `key = value` per line (or `key value`), '#' starts a
-// comment, a key may repeat for list flags. Flags given on the command line
-// are applied after the file and win.
-func applyConfigFile(fs *flag.FlagSet, path string) error {
+// comment, a key may repeat for list flags. Keys in skip (set by a source
+// that wins over the file) are checked but not applied.
+func applyConfigFile(fs *flag.FlagSet, path string, skip map[string]bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
 	defer f.Close()
-	return parseConfig(fs, f, path)
+	return parseConfig(fs, f, path, skip)
 }
 
-func parseConfig(fs *flag.FlagSet, r io.Reader, name string) error {
+func parseConfig(fs *flag.FlagSet, r io.Reader, name string, skip map[string]bool) error {
 	sc := bufio.NewScanner(r)
 	line := 0
 	for sc.Scan() {
@@ -114,6 +114,9 @@ func parseConfig(fs *flag.FlagSet, r io.Reader, name string) error {
 		}
 		if fs.Lookup(key) == nil {
 			return fmt.Errorf("%s:%d: unknown key %q (keys are the flag names of `zlmesh up -h`)", name, line, key)
+		}
+		if skip[key] {
+			continue
 		}
 		if err := fs.Set(key, value); err != nil {
 			return fmt.Errorf("%s:%d: %s: %v", name, line, key, err)

@@ -60,8 +60,8 @@ masquerade = false
 			var cfg node.Config
 			fs := newFlagSet("up", "up")
 			fs.SetOutput(io.Discard)
-			upFlags(fs, &cfg, &node.Userspace{})
-			err := parseConfig(fs, strings.NewReader(tt.file), "cfg")
+			upFlags(fs, &cfg, &upOptions{})
+			err := parseConfig(fs, strings.NewReader(tt.file), "cfg", nil)
 			if err == nil {
 				err = fs.Parse(tt.args)
 			}
@@ -82,7 +82,7 @@ masquerade = false
 func TestEveryUpFlagIsDocumented(t *testing.T) {
 	var cfg node.Config
 	fs := newFlagSet("up", "up")
-	upFlags(fs, &cfg, &node.Userspace{})
+	upFlags(fs, &cfg, &upOptions{})
 	fs.VisitAll(func(f *flag.Flag) {
 		if strings.TrimSpace(f.Usage) == "" {
 			t.Errorf("flag --%s has no help text", f.Name)

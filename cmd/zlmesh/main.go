@@ -23,11 +23,12 @@ func main() {
 // commands maps subcommand names to their entry points; each parses its own
 // flags from args and returns an error for main to print.
 var commands = map[string]func(args []string) error{
-	"up":     runUp,
-	"genkey": runGenkey,
-	"status": runStatus,
-	"peers":  runPeers,
-	"down":   runDown,
+	"up":      runUp,
+	"genkey":  runGenkey,
+	"version": runVersion,
+	"status":  runStatus,
+	"peers":   runPeers,
+	"down":    runDown,
 
 	"attach":      runAttach,
 	"detach":      runDetach,
@@ -71,6 +72,7 @@ func usage() {
 commands:
   up         run the node (see zlmesh up -h)
   genkey     print a new cluster key
+  version    print this binary's version, commit, Go and library versions (-o json)
   status     show this node
   peers      show the other nodes and their WireGuard state
   down       leave the cluster gracefully and stop the node

@@ -30,10 +30,9 @@ func serviceCommand(args []string, m winsvc.Manager, exe func() (string, error))
 	case "install":
 		// Check the flags now, not when the service starts.
 		var cfg node.Config
-		var us node.Userspace
+		var o upOptions
 		fs := newFlagSet("service install", "service install [up flags]")
-		upFlags(fs, &cfg, &us)
-		fs.String("log-file", "", "")
+		upFlags(fs, &cfg, &o)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}

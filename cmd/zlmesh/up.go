@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/internal/sdnotify"
 	"github.com/zlmesh/zlmesh/internal/winsvc"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
@@ -27,16 +29,23 @@ import (
 // --cluster-key-file is not given.
 const DefaultClusterKeyFile = "/etc/zlmesh/cluster.key"
 
-// pprofListen is `zlmesh up --pprof-listen` (see servePprof).
-var pprofListen string
+// upOptions are the `zlmesh up` settings that are not node.Config.
+type upOptions struct {
+	keyFile       string         // --cluster-key-file
+	logLevel      slog.Level     // --log-level
+	pprofListen   string         // --pprof-listen (see servePprof)
+	metricsListen string         // --metrics-listen (see listenMetrics)
+	logFile       string         // --log-file
+	us            node.Userspace // --socks5-listen, --http-proxy-listen, --proxy-allow-remote, --forward (see applyUserspace)
+}
 
-// upFlags registers every `zlmesh up` flag on fs, filling cfg; it returns the
-// cluster key file and log level, which need work before they are config.
-func upFlags(fs *flag.FlagSet, cfg *node.Config, us *node.Userspace) (keyFile, logLevel *string) {
+// upFlags registers every `zlmesh up` flag on fs, filling cfg and o (the
+// settings that need work before they are config, or are not the node's).
+func upFlags(fs *flag.FlagSet, cfg *node.Config, o *upOptions) {
 	fs.String("config", "", "config file: `key = value` lines with the same keys as these flags")
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster (default: the hostname)")
 	fs.Var((*listFlag)(&cfg.Join), "join", "seed `host:port` to join through (repeat or comma-separate; default: start a cluster, or re-join remembered peers)")
-	keyFile = fs.String("cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
+	fs.StringVar(&o.keyFile, "cluster-key-file", DefaultClusterKeyFile, "file with the cluster key (from `zlmesh genkey`)")
 	fs.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for the private key, block claims, attachments and known peers")
 	fs.IntVar(&cfg.ListenPort, "listen-port", node.DefaultListenPort, "WireGuard UDP port")
 	fs.IntVar(&cfg.GossipPort, "gossip-port", node.DefaultGossipPort, "gossip UDP and TCP port")
@@ -82,65 +91,77 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config, us *node.Userspace) (keyFile, l
 		}
 		return nil
 	})
-	fs.StringVar(&us.SOCKS5Listen, "socks5-listen", "", "userspace mode: SOCKS5 server `ip:port` into the mesh (CONNECT, UDP ASSOCIATE; names through the mesh DNS), e.g. 127.0.0.1:1080")
-	fs.StringVar(&us.HTTPProxyListen, "http-proxy-listen", "", "userspace mode: HTTP proxy `ip:port` into the mesh (CONNECT and plain HTTP), e.g. 127.0.0.1:8080")
-	fs.BoolVar(&us.ProxyAllowRemote, "proxy-allow-remote", false, "userspace mode: allow proxy listeners on non-loopback addresses (anyone reaching them enters the mesh)")
+	fs.StringVar(&o.us.SOCKS5Listen, "socks5-listen", "", "userspace mode: SOCKS5 server `ip:port` into the mesh (CONNECT, UDP ASSOCIATE; names through the mesh DNS), e.g. 127.0.0.1:1080")
+	fs.StringVar(&o.us.HTTPProxyListen, "http-proxy-listen", "", "userspace mode: HTTP proxy `ip:port` into the mesh (CONNECT and plain HTTP), e.g. 127.0.0.1:8080")
+	fs.BoolVar(&o.us.ProxyAllowRemote, "proxy-allow-remote", false, "userspace mode: allow proxy listeners on non-loopback addresses (anyone reaching them enters the mesh)")
 	fs.Func("forward", "userspace mode: `PORT[/tcp|udp][:LOCALADDR:LOCALPORT]` the overlay address answers on by connecting to a local port (repeat; default target 127.0.0.1:PORT)", func(v string) error {
 		f, err := netproxy.ParseForward(v)
 		if err != nil {
 			return err
 		}
-		us.Forwards = append(us.Forwards, f)
+		o.us.Forwards = append(o.us.Forwards, f)
 		return nil
 	})
-	logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&pprofListen, "pprof-listen", "", "debugging: serve Go profiles (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060 (no authentication: loopback only)")
-	return keyFile, logLevel
+	fs.Func("log-level", "log level: debug, info, warn or error (default info)", func(v string) error {
+		if err := o.logLevel.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("%q: want debug, info, warn or error", v)
+		}
+		return nil
+	})
+	fs.StringVar(&o.pprofListen, "pprof-listen", "", "debugging: serve Go profiles (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060 (no authentication: loopback only)")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) over HTTP on this `address`, e.g. 127.0.0.1:9474 (default: only on the control socket)")
+	fs.StringVar(&o.logFile, "log-file", "", "append logs to this file instead of stderr (a Windows service has no stderr)")
 }
 
 func runUp(args []string) error {
-	var cfg node.Config
-	var us node.Userspace
-	fs := newFlagSet("up", "up [flags]")
-	keyFile, logLevel := upFlags(fs, &cfg, &us)
-	logFile := fs.String("log-file", "", "append logs to this file instead of stderr (a Windows service has no stderr)")
-	if path := findConfigArg(args); path != "" {
-		if err := applyConfigFile(fs, path); err != nil {
-			return err
-		}
+	var (
+		cfg, scratchCfg node.Config
+		o, scratchO     upOptions
+	)
+	fs := newFlagSet("up", "up [flags]\n\nEvery flag can also be set in the --config file (key = value) or as\nZLMESH_<FLAG> (dashes as underscores, e.g. ZLMESH_LISTEN_PORT); a flag\nwins over the environment, which wins over the file.")
+	upFlags(fs, &cfg, &o)
+	scratch := newFlagSet("up", "up [flags]")
+	scratch.SetOutput(io.Discard)
+	upFlags(scratch, &scratchCfg, &scratchO)
+	warnings, err := layerSettings(fs, scratch, args, os.Environ())
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "zlmesh: warning:", w)
 	}
-	if err := fs.Parse(args); err != nil {
+	if err != nil {
 		return err
 	}
 	if err := noArgs(fs); err != nil {
 		return err
 	}
-	if err := applyUserspace(&cfg, &us); err != nil {
+	if err := applyUserspace(&cfg, &o.us); err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
-	}
 	logOut := io.Writer(os.Stderr)
-	if *logFile != "" {
-		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if o.logFile != "" {
+		f, err := os.OpenFile(o.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 		if err != nil {
 			return fmt.Errorf("--log-file: %w", err)
 		}
 		defer f.Close()
 		logOut = f
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
-	key, err := mesh.LoadKeyFile(*keyFile)
+	cfg.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: o.logLevel}))
+	key, err := mesh.LoadKeyFile(o.keyFile)
 	if err != nil {
 		return fmt.Errorf("--cluster-key-file: %w", err)
 	}
 	cfg.ClusterKey = key
-	if pprofListen != "" {
-		if err := servePprof(pprofListen, cfg.Logger); err != nil {
+	if o.pprofListen != "" {
+		if err := servePprof(o.pprofListen, cfg.Logger); err != nil {
 			return err
 		}
+	}
+	var metricsLn net.Listener
+	if o.metricsListen != "" {
+		if metricsLn, err = listenMetrics(o.metricsListen); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
 	}
 
 	// Under the Windows Service Control Manager a stop request ends the
@@ -151,30 +172,38 @@ func runUp(args []string) error {
 	}
 	if isService {
 		return winsvc.Run(winsvc.Name, func(ctx context.Context, ready func()) error {
-			return serveNode(ctx, cfg, ready)
+			return serveNode(ctx, cfg, metricsLn, ready)
 		})
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return serveNode(ctx, cfg, func() {})
+	return serveNode(ctx, cfg, metricsLn, func() {})
 }
 
-// serveNode starts the node, calls ready, and runs it until ctx ends or the
+// serveNode starts the node, serves metrics on metricsLn (when not nil),
+// tells systemd and ready that it is up, and runs it until ctx ends or the
 // node is done (`zlmesh down`).
-func serveNode(ctx context.Context, cfg node.Config, ready func()) error {
+func serveNode(ctx context.Context, cfg node.Config, metricsLn net.Listener, ready func()) error {
 	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	n, err := node.Start(startCtx, cfg)
 	cancel()
 	if err != nil {
 		return err
 	}
+	if metricsLn != nil {
+		defer serveMetrics(metricsLn, n, cfg.Logger).Close()
+	}
+	// Start returns once the control socket serves: the node is ready.
+	notifySystemd(sdnotify.Ready, cfg.Logger)
 	ready()
 	select {
 	case <-ctx.Done():
 		// A signal stops the node without leaving: a restart comes back
 		// with the same blocks. `zlmesh down` leaves.
+		notifySystemd(sdnotify.Stopping, cfg.Logger)
 		return n.Close()
 	case <-n.Done():
+		notifySystemd(sdnotify.Stopping, cfg.Logger)
 		return nil
 	}
 }
