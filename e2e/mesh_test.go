@@ -288,10 +288,13 @@ func TestCLIJSON(t *testing.T) {
 	if err := json.Unmarshal(run("status"), &st); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"name", "public_key", "overlay_ip", "node_subnet", "endpoint"} {
+	for _, k := range []string{"name", "public_key", "overlay_ip", "first_block", "endpoint"} {
 		if v, ok := st[k].(string); !ok || v == "" {
 			t.Errorf("status -o json: %q is %v", k, st[k])
 		}
+	}
+	if bs, ok := st["blocks"].([]any); !ok || len(bs) == 0 || bs[0] != st["first_block"] {
+		t.Errorf("status -o json: blocks %v, first block %v", st["blocks"], st["first_block"])
 	}
 	var peers []map[string]any
 	if err := json.Unmarshal(run("peers"), &peers); err != nil {
