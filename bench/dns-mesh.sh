@@ -28,7 +28,12 @@
 #      p50 and p99 from dnsperf's per-query report, and the server's CPU time
 #      per query over that run (utime+stime of its process from /proc) and
 #      its context switches per query (all its threads).
-#   3. with CHURN=1 (default), the mesh measured again while bench/dnschurn
+#   3. forwarded names (FORWARD=1, default): every server forwards what is
+#      not its own to the testbed's outside resolver (198.51.100.53, which
+#      answers outside.test and NXDOMAIN for the rest): a cached name
+#      (outside.test, throughput and latency) and misses (a unique name
+#      per query, latency at RATE: each one crosses to the resolver);
+#   4. with CHURN=1 (default), the mesh measured again while bench/dnschurn
 #      detaches and attaches containers of a service "churn" on h1 at
 #      CHURN_RATE operations per second (default 50): the zone changes under
 #      the queries.
@@ -44,7 +49,7 @@
 # on failure or ^C.
 #
 # Env: DURATION (s), RATE (q/s), CLIENTS, OUTSTANDING, REPS (default 2),
-# HOSTS (default 2), CHURN (1/0), CHURN_RATE (ops/s), PERF (a file: perf
+# HOSTS (default 2), FORWARD (1/0), CHURN (1/0), CHURN_RATE (ops/s), PERF (a file: perf
 # record -g of h1's zlmesh during the first mesh throughput run, when perf
 # is installed).
 set -euo pipefail
@@ -56,6 +61,8 @@ OUTSTANDING=${OUTSTANDING:-200}
 REPS=${REPS:-2}
 HOSTS=${HOSTS:-2}
 CHURN=${CHURN:-1}
+FORWARD=${FORWARD:-1}
+OUTSIDE_DNS=198.51.100.53
 CHURN_RATE=${CHURN_RATE:-50}
 NAMES=100
 CHURNERS=10
@@ -130,7 +137,7 @@ awk '{print $2, "A"}' "$tmp/hosts" >"$tmp/queries"
 # dnsmasq in the dnsm container, started with ip netns exec directly so
 # that $! is its own pid.
 ip netns exec "$dnsm_ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
-	--addn-hosts="$tmp/hosts" --listen-address="$dnsm_addr" --bind-interfaces \
+	--addn-hosts="$tmp/hosts" --listen-address="$dnsm_addr" --bind-interfaces --server="$OUTSIDE_DNS" \
 	--port=53 --user=root --group=root --pid-file= \
 	--local-ttl=5 --local=/zl/ >"$tmp/dnsmasq.log" 2>&1 &
 dnsmasq_pid=$!
@@ -144,6 +151,7 @@ dnsmasq_pid=$!
 	printf '  do-ip6: no\n  local-zone: "zl." static\n'
 	awk '{printf "  local-data: \"%s. 5 IN A %s\"\n", $2, $1}' "$tmp/hosts"
 	printf 'remote-control:\n  control-enable: no\n'
+	printf 'forward-zone:\n  name: "."\n  forward-addr: %s\n' "$OUTSIDE_DNS"
 } >"$tmp/unbound.conf"
 ip netns exec "$unb_ns" "$unbound" -d -c "$tmp/unbound.conf" >"$tmp/unbound.log" 2>&1 &
 unbound_pid=$!
@@ -210,6 +218,19 @@ latency() {
 for name in $servers; do
 	latency "$name"
 done
+fwd_servers=
+if [ "$FORWARD" = 1 ]; then
+	echo "outside.test A" >"$tmp/hit"
+	awk -v n=$((RATE * DURATION + 1000)) -v p="$prefix" 'BEGIN {for (i = 0; i < n; i++) printf "m%d.%s.miss.test A\n", i, p}' >"$tmp/miss"
+	declare -A HQPS HP50 HP99 MP50 MP99 MAVG
+	for name in unbound dnsmasq mesh; do
+		HQPS[$name]=$(dns_qps "$client" "${ADDR[$name]}" "$tmp/hit" "$tmp")
+		read -r HP50[$name] HP99[$name] <<<"$(dns_latency "$client" "${ADDR[$name]}" "$tmp/hit" "$tmp")"
+		read -r MP50[$name] MP99[$name] <<<"$(dns_latency "$client" "${ADDR[$name]}" "$tmp/miss" "$tmp")"
+		MAVG[$name]=$(awk '{s += $1} END {if (NR) printf "%.3f", s * 1000 / NR}' "$tmp/lat-${ADDR[$name]}.out.sorted")
+	done
+	fwd_servers="unbound dnsmasq mesh"
+fi
 if [ "$CHURN" = 1 ]; then
 	servers+=" mesh+churn"
 	ADDR[mesh+churn]=$MESH_DNS PID[mesh+churn]=$zlmesh_pid
@@ -240,6 +261,17 @@ if [ "$CHURN" = 1 ]; then
 	awk -v a="${QPS[mesh+churn]}" -v b="${QPS[mesh]}" -v c="${P99[mesh+churn]}" -v d="${P99[mesh]}" \
 		'BEGIN { printf "ratio mesh under churn/mesh: queries/s %.2fx, p99 %.2fx\n", a / b, (d > 0 ? c / d : 0) }'
 	cat "$tmp/churn1.out" "$tmp/churn2.out"
+fi
+if [ -n "$fwd_servers" ]; then
+	echo "forwarded to the outside resolver $OUTSIDE_DNS: a cached name (outside.test) and misses (a new name per query, at $RATE q/s):"
+	printf '%-11s %16s %14s %14s %15s %15s %15s\n' server "hit queries/s" "hit p50 ms" "hit p99 ms" "miss avg ms" "miss p50 ms" "miss p99 ms"
+	for name in $fwd_servers; do
+		printf '%-11s %16s %14s %14s %15s %15s %15s\n' "$name" "${HQPS[$name]}" "${HP50[$name]}" "${HP99[$name]}" "${MAVG[$name]}" "${MP50[$name]}" "${MP99[$name]}"
+	done
+	for base in unbound dnsmasq; do
+		awk -v a="${HQPS[mesh]}" -v b="${HQPS[$base]}" -v c="${MAVG[mesh]}" -v d="${MAVG[$base]}" -v base="$base" \
+			'BEGIN { printf "ratio mesh/%s: cached forwarded queries/s %.2fx, miss avg latency %.2fx\n", base, a / b, (d > 0 ? c / d : 0) }'
+	done
 fi
 echo "targets: queries/s >= 1.0x unbound and dnsmasq; avg and p99 at $RATE q/s <= 1.1x unbound's"
 echo "load average during the run: $(cut -d' ' -f1-3 /proc/loadavg)"
