@@ -443,7 +443,7 @@ func foldAttachments(snap []byte, recs [][]byte) ([]string, error) {
 func (tb *Testbed) PingMesh(ctx context.Context, v MeshView, cs []*Container) []string {
 	type pair struct {
 		from, to, addr string
-		ping         func(context.Context, string) error
+		ping           func(context.Context, string) error
 	}
 	var pairs []pair
 	hosts := tb.Hosts()
