@@ -31,11 +31,16 @@ const (
 	// FaultPartition splits the hosts into groups that do not reach each
 	// other for the hold (Testbed.Partition).
 	FaultPartition FaultKind = "partition"
+	// FaultChurn detaches some of the host's containers (and removes
+	// them) and attaches new ones, wherever the host stands (cut off or
+	// partitioned, say): new addresses, maybe new blocks, claimed where
+	// the rest of the mesh cannot see it.
+	FaultChurn FaultKind = "churn"
 )
 
 // FaultKinds are all kinds, in the order a schedule's first faults draw
 // them from.
-var FaultKinds = []FaultKind{FaultKill, FaultRestart, FaultCut, FaultPartition}
+var FaultKinds = []FaultKind{FaultKill, FaultRestart, FaultCut, FaultPartition, FaultChurn}
 
 // Fault is one step of a chaos schedule.
 type Fault struct {
@@ -47,8 +52,16 @@ type Fault struct {
 	// Groups are a partition's groups of host names (every host in one).
 	Groups [][]string `json:",omitempty"`
 	// Hold is how long a kill, cut or partition lasts before it is undone
-	// (0 for a restart).
+	// (0 for a restart or churn).
 	Hold time.Duration `json:",omitempty"`
+	// Gone is, for a kill, how many of the host's containers are removed
+	// (their namespaces deleted) while its node is down: the node must
+	// sweep them when it starts. For churn, how many are detached and
+	// removed.
+	Gone int `json:",omitempty"`
+	// Attach are, for churn, the services of the containers made and
+	// attached on the host.
+	Attach []string `json:",omitempty"`
 }
 
 // End is when the fault is undone (At for a restart).
@@ -58,7 +71,13 @@ func (f Fault) String() string {
 	at := fmt.Sprintf("t+%v", f.At.Round(100*time.Millisecond))
 	switch f.Kind {
 	case FaultKill:
-		return fmt.Sprintf("%s kill -9 %s, start again after %v", at, f.Host, f.Hold.Round(100*time.Millisecond))
+		gone := ""
+		if f.Gone > 0 {
+			gone = fmt.Sprintf(", remove %d of its containers meanwhile", f.Gone)
+		}
+		return fmt.Sprintf("%s kill -9 %s, start again after %v%s", at, f.Host, f.Hold.Round(100*time.Millisecond), gone)
+	case FaultChurn:
+		return fmt.Sprintf("%s churn on %s: remove %d containers, attach %d to %s", at, f.Host, f.Gone, len(f.Attach), strings.Join(f.Attach, ","))
 	case FaultRestart:
 		return fmt.Sprintf("%s restart %s", at, f.Host)
 	case FaultCut:
@@ -96,8 +115,11 @@ type ChaosPlan struct {
 	// overlap the running partition (one at a time) waits for it.
 	MinGap, MaxGap time.Duration
 	// RestartBusy is how long a host is kept free of other faults after a
-	// restart (0 means 15 s, to let a clean stop finish).
+	// restart or churn (0 means 15 s, to let a clean stop finish).
 	RestartBusy time.Duration
+	// Services is how many services churn attaches to, svc0… (0 means 6,
+	// as ChaosOptions.Services).
+	Services int
 }
 
 // Defaults of ChaosPlan.
@@ -108,6 +130,7 @@ const (
 	DefaultChaosMinGap  = 2 * time.Second
 	DefaultChaosMaxGap  = 15 * time.Second
 	defaultRestartBusy  = 15 * time.Second
+	DefaultChaosServices = 6
 )
 
 func (p ChaosPlan) withDefaults() (ChaosPlan, error) {
@@ -132,6 +155,9 @@ func (p ChaosPlan) withDefaults() (ChaosPlan, error) {
 	if p.RestartBusy == 0 {
 		p.RestartBusy = defaultRestartBusy
 	}
+	if p.Services == 0 {
+		p.Services = DefaultChaosServices
+	}
 	switch {
 	case len(p.Hosts) < 2:
 		return p, fmt.Errorf("chaos plan: %d hosts: want at least 2", len(p.Hosts))
@@ -143,6 +169,8 @@ func (p ChaosPlan) withDefaults() (ChaosPlan, error) {
 		return p, fmt.Errorf("chaos plan: hold %v to %v", p.MinHold, p.MaxHold)
 	case p.MinGap < 0 || p.MaxGap < p.MinGap:
 		return p, fmt.Errorf("chaos plan: gap %v to %v", p.MinGap, p.MaxGap)
+	case p.Services < 1:
+		return p, fmt.Errorf("chaos plan: %d services", p.Services)
 	}
 	seen := map[string]bool{}
 	for _, h := range p.Hosts {
@@ -217,11 +245,21 @@ func ChaosSchedule(plan ChaosPlan) ([]Fault, error) {
 			free = []string{first}
 		}
 		f.At, f.Host = at, free[rng.IntN(len(free))]
-		if kind == FaultRestart {
+		switch kind {
+		case FaultRestart:
 			busy[f.Host] = at + p.RestartBusy
-		} else {
+		case FaultChurn:
+			f.Gone = 1 + rng.IntN(2)
+			for range 1 + rng.IntN(3) {
+				f.Attach = append(f.Attach, fmt.Sprintf("svc%d", rng.IntN(p.Services)))
+			}
+			busy[f.Host] = at + p.RestartBusy
+		default:
 			f.Hold = between(p.MinHold, p.MaxHold)
 			busy[f.Host] = f.End()
+			if kind == FaultKill {
+				f.Gone = rng.IntN(2)
+			}
 		}
 		out = append(out, f)
 	}
@@ -275,15 +313,16 @@ func ChaosEnd(faults []Fault) time.Duration {
 type chaosStep struct {
 	at    time.Duration
 	fault Fault
+	index int // of the fault in its schedule
 	undo  bool
 }
 
 func chaosSteps(faults []Fault) []chaosStep {
 	var steps []chaosStep
-	for _, f := range faults {
-		steps = append(steps, chaosStep{at: f.At, fault: f})
-		if f.Kind != FaultRestart {
-			steps = append(steps, chaosStep{at: f.End(), fault: f, undo: true})
+	for i, f := range faults {
+		steps = append(steps, chaosStep{at: f.At, fault: f, index: i})
+		if f.Kind != FaultRestart && f.Kind != FaultChurn {
+			steps = append(steps, chaosStep{at: f.End(), fault: f, index: i, undo: true})
 		}
 	}
 	// Undo before do at the same moment: a partition that ends when the
@@ -305,13 +344,19 @@ func chaosSteps(faults []Fault) []chaosStep {
 
 // Play runs a schedule on tb: each fault at its time from now, each undone
 // after its hold (a killed host is started again with its command, a cut
-// host restored, a partition healed). A step that takes long (a clean stop
-// waits for the daemon) delays the steps after it; each is logged with the
-// time it really ran. Play returns when the last fault is undone, or at the
-// first failed step or when ctx ends; then it first undoes whatever is
-// still in force (heal, restore every cut host, start every stopped host),
-// so the testbed is whole again in every case but the hosts' readiness.
-func (tb *Testbed) Play(ctx context.Context, faults []Fault) (err error) {
+// host restored, a partition healed). want are the containers expected
+// attached, with their services (nil: none); the containers a kill or churn
+// removes are deleted from it and those churn attaches added, named
+// f<fault>n<j>, so it stays what the mesh must hold. A kill or churn takes
+// the host's first containers of want by ID.
+//
+// A step that takes long (a clean stop waits for the daemon) delays the
+// steps after it; each is logged with the time it really ran. Play returns
+// when the last fault is undone, or at the first failed step or when ctx
+// ends; then it first undoes whatever is still in force (heal, restore
+// every cut host, start every stopped host), so the testbed is whole again
+// in every case but the hosts' readiness.
+func (tb *Testbed) Play(ctx context.Context, faults []Fault, want map[*Container]string) (err error) {
 	logf := func(format string, args ...any) {
 		tb.mu.Lock()
 		l := tb.opts.Logf
@@ -323,6 +368,9 @@ func (tb *Testbed) Play(ctx context.Context, faults []Fault) (err error) {
 			err = errors.Join(err, fmt.Errorf("undo chaos: %w", uerr))
 		}
 	}()
+	if want == nil {
+		want = map[*Container]string{}
+	}
 	start := time.Now()
 	for _, s := range chaosSteps(faults) {
 		select {
@@ -330,7 +378,7 @@ func (tb *Testbed) Play(ctx context.Context, faults []Fault) (err error) {
 			return fmt.Errorf("chaos stopped before %s: %w", s.fault, ctx.Err())
 		case <-time.After(time.Until(start.Add(s.at))):
 		}
-		what, err := tb.playStep(ctx, s)
+		what, err := tb.playStep(ctx, s, want)
 		logf("chaos t+%v: %s", time.Since(start).Round(100*time.Millisecond), what)
 		if err != nil {
 			return fmt.Errorf("chaos step %q (%s): %w", what, s.fault, err)
@@ -339,7 +387,7 @@ func (tb *Testbed) Play(ctx context.Context, faults []Fault) (err error) {
 	return nil
 }
 
-func (tb *Testbed) playStep(ctx context.Context, s chaosStep) (string, error) {
+func (tb *Testbed) playStep(ctx context.Context, s chaosStep, want map[*Container]string) (string, error) {
 	f := s.fault
 	var h *Host
 	if f.Host != "" {
@@ -349,11 +397,17 @@ func (tb *Testbed) playStep(ctx context.Context, s chaosStep) (string, error) {
 	}
 	switch {
 	case f.Kind == FaultKill && !s.undo:
-		return "kill -9 " + h.Name, h.Kill()
+		if err := h.Kill(); err != nil {
+			return "kill -9 " + h.Name, err
+		}
+		gone, err := removeContainers(h, f.Gone, want)
+		return fmt.Sprintf("kill -9 %s%s", h.Name, listed(", removed ", gone)), err
 	case f.Kind == FaultKill:
 		return "start " + h.Name, h.Start(ctx)
 	case f.Kind == FaultRestart:
 		return "restart " + h.Name, h.Restart(ctx)
+	case f.Kind == FaultChurn:
+		return tb.churn(ctx, h, s, want)
 	case f.Kind == FaultCut && !s.undo:
 		return "cut " + h.Name, tb.Cut(h)
 	case f.Kind == FaultCut:
@@ -376,6 +430,72 @@ func (tb *Testbed) playStep(ctx context.Context, s chaosStep) (string, error) {
 		return "heal", tb.Heal()
 	}
 	return string(f.Kind), fmt.Errorf("unknown fault kind %q", f.Kind)
+}
+
+// churn detaches and removes f.Gone of h's containers, then makes and
+// attaches one container per service of f.Attach.
+func (tb *Testbed) churn(ctx context.Context, h *Host, s chaosStep, want map[*Container]string) (string, error) {
+	f := s.fault
+	what := "churn on " + h.Name
+	var gone []string
+	for _, c := range hostContainers(h, want)[:min(f.Gone, len(hostContainers(h, want)))] {
+		if err := h.Client().Detach(ctx, c.ID()); err != nil {
+			return what, fmt.Errorf("detach %s: %w", c, err)
+		}
+		if err := c.Remove(); err != nil {
+			return what, err
+		}
+		delete(want, c)
+		gone = append(gone, c.Name)
+	}
+	var made []string
+	for j, svc := range f.Attach {
+		c, err := tb.AddContainer(ctx, h, fmt.Sprintf("f%dn%d", s.index, j+1))
+		if err != nil {
+			return what, err
+		}
+		want[c] = svc
+		a, err := c.Attach(ctx, svc)
+		if err != nil {
+			return what, fmt.Errorf("attach %s to %s: %w", c, svc, err)
+		}
+		made = append(made, fmt.Sprintf("%s=%s@%s", c.Name, a.Address, svc))
+	}
+	return what + listed(": detached ", gone) + listed(", attached ", made), nil
+}
+
+// removeContainers removes (without detaching) the first n of h's
+// containers in want.
+func removeContainers(h *Host, n int, want map[*Container]string) ([]string, error) {
+	var gone []string
+	cs := hostContainers(h, want)
+	for _, c := range cs[:min(n, len(cs))] {
+		if err := c.Remove(); err != nil {
+			return gone, err
+		}
+		delete(want, c)
+		gone = append(gone, c.Name)
+	}
+	return gone, nil
+}
+
+// hostContainers are h's containers in want, by ID.
+func hostContainers(h *Host, want map[*Container]string) []*Container {
+	var cs []*Container
+	for c := range want {
+		if c.Host == h {
+			cs = append(cs, c)
+		}
+	}
+	slices.SortFunc(cs, func(a, b *Container) int { return strings.Compare(a.ID(), b.ID()) })
+	return cs
+}
+
+func listed(label string, xs []string) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	return label + strings.Join(xs, " ")
 }
 
 func (k FaultKind) String() string { return string(k) }

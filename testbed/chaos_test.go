@@ -83,7 +83,7 @@ func checkSchedule(plan ChaosPlan, fs []Fault) error {
 			if len(f.Groups) < 2 || !slices.Equal(all, plan.Hosts) {
 				return fmt.Errorf("%s: groups do not split %v", f, plan.Hosts)
 			}
-		case FaultKill, FaultCut, FaultRestart:
+		case FaultKill, FaultCut, FaultRestart, FaultChurn:
 			if !slices.Contains(plan.Hosts, f.Host) {
 				return fmt.Errorf("%s: unknown host", f)
 			}
@@ -91,14 +91,22 @@ func checkSchedule(plan ChaosPlan, fs []Fault) error {
 				return fmt.Errorf("%s: %s is still busy until %v", f, f.Host, hostFree[f.Host])
 			}
 			hostFree[f.Host] = f.End()
-			if f.Kind == FaultRestart {
+			if f.Kind == FaultRestart || f.Kind == FaultChurn {
 				hostFree[f.Host] = f.At + defaultRestartBusy
+			}
+			switch {
+			case f.Kind == FaultChurn && (f.Gone < 1 || f.Gone > 2 || len(f.Attach) < 1 || len(f.Attach) > 3):
+				return fmt.Errorf("%s: churn out of its bounds", f)
+			case f.Kind == FaultKill && (f.Gone < 0 || f.Gone > 1 || f.Attach != nil):
+				return fmt.Errorf("%s: kill removes %d", f, f.Gone)
+			case (f.Kind == FaultCut || f.Kind == FaultRestart) && (f.Gone != 0 || f.Attach != nil):
+				return fmt.Errorf("%s: removes or attaches containers", f)
 			}
 		default:
 			return fmt.Errorf("%s: unknown kind", f)
 		}
 		hold := f.Hold
-		if f.Kind == FaultRestart {
+		if f.Kind == FaultRestart || f.Kind == FaultChurn {
 			if hold != 0 {
 				return fmt.Errorf("%s: a restart with a hold", f)
 			}
@@ -124,6 +132,7 @@ func TestChaosPlanBad(t *testing.T) {
 		{"no kinds", ChaosPlan{Hosts: hostNames(3), Kinds: []FaultKind{}}, "no fault kinds"},
 		{"unknown kind", ChaosPlan{Hosts: hostNames(3), Kinds: []FaultKind{"flood"}}, "unknown fault kind"},
 		{"hold backwards", ChaosPlan{Hosts: hostNames(3), MinHold: time.Minute, MaxHold: time.Second}, "hold"},
+		{"no services", ChaosPlan{Hosts: hostNames(3), Services: -1}, "services"},
 		{"gap backwards", ChaosPlan{Hosts: hostNames(3), MinGap: time.Minute, MaxGap: time.Second}, "gap"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +167,7 @@ func TestChaosSteps(t *testing.T) {
 		{At: 10 * time.Second, Kind: FaultPartition, Groups: [][]string{{"h2"}, {"h1"}}, Hold: 5 * time.Second},
 		{At: 3 * time.Second, Kind: FaultRestart, Host: "h2"},
 		{At: 4 * time.Second, Kind: FaultKill, Host: "h1", Hold: 6 * time.Second},
+		{At: 12 * time.Second, Kind: FaultChurn, Host: "h1", Gone: 1, Attach: []string{"svc0"}},
 	}
 	var got []string
 	for _, s := range chaosSteps(fs) {
@@ -170,6 +180,7 @@ func TestChaosSteps(t *testing.T) {
 		"10s partition undo=true", // heal the first partition …
 		"10s kill undo=true",
 		"10s partition undo=false", // … before the second begins
+		"12s churn undo=false",
 		"15s partition undo=true",
 	}
 	if !slices.Equal(got, want) {
@@ -187,6 +198,8 @@ func TestFaultString(t *testing.T) {
 	}{
 		{Fault{At: 1500 * time.Millisecond, Kind: FaultKill, Host: "h3", Hold: 45 * time.Second}, "t+1.5s kill -9 h3, start again after 45s"},
 		{Fault{Kind: FaultRestart, Host: "h1"}, "t+0s restart h1"},
+		{Fault{Kind: FaultKill, Host: "h3", Hold: 45 * time.Second, Gone: 1}, "t+0s kill -9 h3, start again after 45s, remove 1 of its containers meanwhile"},
+		{Fault{Kind: FaultChurn, Host: "h2", Gone: 2, Attach: []string{"svc1", "svc4"}}, "t+0s churn on h2: remove 2 containers, attach 2 to svc1,svc4"},
 		{Fault{At: time.Second, Kind: FaultCut, Host: "h2", Hold: time.Minute}, "t+1s cut h2 off for 1m0s"},
 		{Fault{Kind: FaultPartition, Groups: [][]string{{"h1", "h2"}, {"h3"}}, Hold: 40 * time.Second}, "t+0s partition {h1,h2} | {h3} for 40s"},
 	} {

@@ -61,7 +61,10 @@ func (tb *Testbed) Chaos(ctx context.Context, o ChaosOptions) (ChaosResult, erro
 		o.ContainersPerHost = 4
 	}
 	if o.Services == 0 {
-		o.Services = 6
+		o.Services = DefaultChaosServices
+	}
+	if o.Plan.Services == 0 {
+		o.Plan.Services = o.Services
 	}
 	if o.Ready == 0 {
 		o.Ready = 2 * time.Minute
@@ -115,7 +118,7 @@ func (tb *Testbed) Chaos(ctx context.Context, o ChaosOptions) (ChaosResult, erro
 	logf("chaos: converged before the faults (%v to attach and converge)", res.Setup.Round(100*time.Millisecond))
 
 	begin = time.Now()
-	err = tb.Play(ctx, sched)
+	err = tb.Play(ctx, sched, res.Containers)
 	res.Faults = time.Since(begin)
 	if err != nil {
 		return res, err
