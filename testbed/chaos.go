@@ -124,12 +124,12 @@ type ChaosPlan struct {
 
 // Defaults of ChaosPlan.
 const (
-	DefaultChaosFaults  = 4
-	DefaultChaosMinHold = 40 * time.Second
-	DefaultChaosMaxHold = 70 * time.Second
-	DefaultChaosMinGap  = 2 * time.Second
-	DefaultChaosMaxGap  = 15 * time.Second
-	defaultRestartBusy  = 15 * time.Second
+	DefaultChaosFaults   = 4
+	DefaultChaosMinHold  = 40 * time.Second
+	DefaultChaosMaxHold  = 70 * time.Second
+	DefaultChaosMinGap   = 2 * time.Second
+	DefaultChaosMaxGap   = 15 * time.Second
+	defaultRestartBusy   = 15 * time.Second
 	DefaultChaosServices = 6
 )
 
