@@ -38,8 +38,8 @@ const (
 	FaultChurn FaultKind = "churn"
 )
 
-// FaultKinds are all kinds, in the order a schedule's first faults draw
-// them from.
+// FaultKinds are all kinds. A schedule with at least as many faults as
+// kinds draws its first ones from them, each once, in a random order.
 var FaultKinds = []FaultKind{FaultKill, FaultRestart, FaultCut, FaultPartition, FaultChurn}
 
 // Fault is one step of a chaos schedule.
@@ -47,7 +47,7 @@ type Fault struct {
 	// At is when the fault begins, from the start of the run.
 	At   time.Duration
 	Kind FaultKind
-	// Host is the host a kill, restart or cut hits ("h3").
+	// Host is the host a kill, restart, cut or churn hits ("h3").
 	Host string `json:",omitempty"`
 	// Groups are a partition's groups of host names (every host in one).
 	Groups [][]string `json:",omitempty"`
@@ -99,7 +99,7 @@ type ChaosPlan struct {
 	Seed uint64
 	// Hosts are the host names faults hit (at least 2).
 	Hosts []string
-	// Faults is how many faults (0 means 4). When it is at least
+	// Faults is how many faults (0 means 5). When it is at least
 	// len(Kinds), every kind occurs.
 	Faults int
 	// Kinds are the kinds to draw from (nil means FaultKinds).
@@ -124,7 +124,7 @@ type ChaosPlan struct {
 
 // Defaults of ChaosPlan.
 const (
-	DefaultChaosFaults   = 4
+	DefaultChaosFaults   = 5
 	DefaultChaosMinHold  = 40 * time.Second
 	DefaultChaosMaxHold  = 70 * time.Second
 	DefaultChaosMinGap   = 2 * time.Second
