@@ -2,14 +2,16 @@
 # bench/chaos.sh: longer random chaos runs of zlmesh (bench/chaos, the same
 # runner as the e2e test TestChaos): on a fresh 7-host testbed per round,
 # containers over several services on every host, a seeded random schedule
-# of kill -9, clean restarts, link cuts and partitions of 40-70 s, then no
-# action until the mesh converges (or SETTLE passes: then the round fails,
-# its problems are printed and the hosts' logs kept under /tmp/zlmesh-chaos/).
+# of kill -9, clean restarts, link cuts and partitions of 40-70 s, and
+# container churn, then no action until the mesh converges (or SETTLE
+# passes: then the round fails, its problems are printed and the hosts'
+# logs kept under /tmp/zlmesh-chaos/<seed>/).
 # Each round prints its seed; SEED=<n> replays it exactly (round i of a run
 # uses SEED+i).
 #
 # Env: SEED (default random), ROUNDS (1), FAULTS (8), HOSTS (7), CONTAINERS
-# per host (4), SERVICES (6), KINDS (kill,restart,cut,partition), SETTLE (2m),
+# per host (4), SERVICES (6), KINDS (kill,restart,cut,partition,churn),
+# MIN_HOLD and MAX_HOLD (40s, 70s), MAX_GAP (15s), SETTLE (2m),
 # ZLMESH_ARGS (default: the chaos gossip timers, testbed.ChaosNodeArgs), V=1
 # logs every step. Needs root; run it under flock /tmp/zlmesh-testbed.lock on
 # a shared machine.
@@ -24,6 +26,9 @@ echo "chaos.sh: zlmesh $(cd "$root" && git describe --always --dirty 2>/dev/null
 args=(-binary "$TMP/zlmesh" -seed "${SEED:-0}" -rounds "${ROUNDS:-1}" -faults "${FAULTS:-8}" -hosts "${HOSTS:-7}"
 	-containers "${CONTAINERS:-4}" -services "${SERVICES:-6}" -settle "${SETTLE:-2m}")
 [ -n "${KINDS:-}" ] && args+=(-kinds "$KINDS")
+[ -n "${MIN_HOLD:-}" ] && args+=(-min-hold "$MIN_HOLD")
+[ -n "${MAX_HOLD:-}" ] && args+=(-max-hold "$MAX_HOLD")
+[ -n "${MAX_GAP:-}" ] && args+=(-max-gap "$MAX_GAP")
 [ -n "${ZLMESH_ARGS:-}" ] && args+=(-args "$ZLMESH_ARGS")
 [ -n "${V:-}" ] && args+=(-v)
 "$TMP/chaos" "${args[@]}"

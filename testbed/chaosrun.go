@@ -48,6 +48,9 @@ type ChaosResult struct {
 	Setup, Faults, Converge time.Duration
 	// View is the last view taken (the converged one on success).
 	View MeshView
+	// Lagging are the problems of the last check after the faults that
+	// found any: what converged last (nil when the first check passed).
+	Lagging []string
 }
 
 // Chaos runs one chaos test on tb, whose hosts run zlmesh (started, not
@@ -125,12 +128,13 @@ func (tb *Testbed) Chaos(ctx context.Context, o ChaosOptions) (ChaosResult, erro
 	}
 	logf("chaos: every fault undone after %v; waiting, with no action, for the mesh to converge", res.Faults.Round(100*time.Millisecond))
 	begin = time.Now()
-	res.View, err = tb.WaitConverged(ctx, res.Containers, o.Settle)
+	res.View, res.Lagging, err = tb.waitConverged(ctx, res.Containers, o.Settle)
 	res.Converge = time.Since(begin)
 	if err != nil {
 		return res, fmt.Errorf("chaos seed %d, after the faults: %w", o.Plan.Seed, err)
 	}
-	logf("chaos: converged %v after the last fault was undone", res.Converge.Round(100*time.Millisecond))
+	logf("chaos: converged %v after the last fault was undone; the last check before found %d problems:\n  %s",
+		res.Converge.Round(100*time.Millisecond), len(res.Lagging), strings.Join(res.Lagging[:min(10, len(res.Lagging))], "\n  "))
 	return res, nil
 }
 

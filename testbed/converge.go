@@ -512,7 +512,15 @@ var ErrNotConverged = errors.New("the mesh did not converge")
 // timeout it fails with ErrNotConverged and the problems of the last check
 // (at most 40 lines).
 func (tb *Testbed) WaitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (MeshView, error) {
+	v, _, err := tb.waitConverged(ctx, want, timeout)
+	return v, err
+}
+
+// waitConverged is WaitConverged that also returns the problems of the
+// last check that found any (what converged last).
+func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (MeshView, []string, error) {
 	deadline := time.Now().Add(timeout)
+	var last []string
 	cs := make([]*Container, 0, len(want))
 	for c := range want {
 		cs = append(cs, c)
@@ -527,14 +535,15 @@ func (tb *Testbed) WaitConverged(ctx context.Context, want map[*Container]string
 		}
 		cancel()
 		if len(probs) == 0 {
-			return v, nil
+			return v, last, nil
 		}
+		last = probs
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			n := len(probs)
 			if n > 40 {
 				probs = append(probs[:40], fmt.Sprintf("… and %d more", n-40))
 			}
-			return v, fmt.Errorf("%w after %v: %d problems:\n  %s", ErrNotConverged, timeout, n, strings.Join(probs, "\n  "))
+			return v, last, fmt.Errorf("%w after %v: %d problems:\n  %s", ErrNotConverged, timeout, n, strings.Join(probs, "\n  "))
 		}
 		select {
 		case <-ctx.Done():

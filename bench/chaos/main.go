@@ -118,6 +118,13 @@ func round(ctx context.Context, o options, seed uint64) error {
 	}
 	fmt.Printf("%-20d %6d %8s %9s %10s  %s\n", seed, len(res.Schedule), round1(res.Setup), round1(res.Faults), round1(res.Converge), result)
 	if err == nil {
+		for i, p := range res.Lagging {
+			if i == 3 {
+				fmt.Printf("%30s… %d more\n", "", len(res.Lagging)-3)
+				break
+			}
+			fmt.Printf("%30slast to converge: %s\n", "", p)
+		}
 		return nil
 	}
 	fmt.Fprintf(os.Stderr, "schedule of seed %d:\n", seed)
