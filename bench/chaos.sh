@@ -13,7 +13,7 @@
 # per host (4), SERVICES (6), KINDS (kill,restart,cut,partition,churn),
 # MIN_HOLD and MAX_HOLD (40s, 70s), MAX_GAP (15s), SETTLE (2m),
 # ZLMESH_ARGS (default: the chaos gossip timers, testbed.ChaosNodeArgs), V=1
-# logs every step. Needs root; run it under flock /tmp/zlmesh-testbed.lock on
+# logs every step, KEEP_LOGS=1 keeps the logs of rounds that pass too. Needs root; run it under flock /tmp/zlmesh-testbed.lock on
 # a shared machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,4 +31,5 @@ args=(-binary "$TMP/zlmesh" -seed "${SEED:-0}" -rounds "${ROUNDS:-1}" -faults "$
 [ -n "${MAX_GAP:-}" ] && args+=(-max-gap "$MAX_GAP")
 [ -n "${ZLMESH_ARGS:-}" ] && args+=(-args "$ZLMESH_ARGS")
 [ -n "${V:-}" ] && args+=(-v)
+[ -n "${KEEP_LOGS:-}" ] && args+=(-keep-logs)
 "$TMP/chaos" "${args[@]}"

@@ -512,38 +512,50 @@ var ErrNotConverged = errors.New("the mesh did not converge")
 // timeout it fails with ErrNotConverged and the problems of the last check
 // (at most 40 lines).
 func (tb *Testbed) WaitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (MeshView, error) {
-	v, _, err := tb.waitConverged(ctx, want, timeout)
-	return v, err
+	c, err := tb.waitConverged(ctx, want, timeout)
+	return c.view, err
 }
 
-// waitConverged is WaitConverged that also returns the problems of the
-// last check that found any (what converged last).
-func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (MeshView, []string, error) {
-	deadline := time.Now().Add(timeout)
-	var last []string
+// convergence is how a WaitConverged went.
+type convergence struct {
+	view MeshView
+	// lagging are the problems of the last check that found any.
+	lagging []string
+	// consistent is when the invariants (Problems, not the pings) first
+	// held, from the start of the wait (-1: never).
+	consistent time.Duration
+}
+
+func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (convergence, error) {
+	begin := time.Now()
+	deadline := begin.Add(timeout)
+	c := convergence{consistent: -1}
 	cs := make([]*Container, 0, len(want))
-	for c := range want {
-		cs = append(cs, c)
+	for x := range want {
+		cs = append(cs, x)
 	}
 	slices.SortFunc(cs, func(a, b *Container) int { return strings.Compare(a.ID(), b.ID()) })
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		v := tb.View(cctx, want)
-		probs := v.Problems()
+		c.view = tb.View(cctx, want)
+		probs := c.view.Problems()
 		if len(probs) == 0 {
-			probs = tb.PingMesh(cctx, v, cs)
+			if c.consistent < 0 {
+				c.consistent = time.Since(begin)
+			}
+			probs = tb.PingMesh(cctx, c.view, cs)
 		}
 		cancel()
 		if len(probs) == 0 {
-			return v, last, nil
+			return c, nil
 		}
-		last = probs
+		c.lagging = probs
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			n := len(probs)
 			if n > 40 {
 				probs = append(probs[:40], fmt.Sprintf("… and %d more", n-40))
 			}
-			return v, last, fmt.Errorf("%w after %v: %d problems:\n  %s", ErrNotConverged, timeout, n, strings.Join(probs, "\n  "))
+			return c, fmt.Errorf("%w after %v: %d problems:\n  %s", ErrNotConverged, timeout, n, strings.Join(probs, "\n  "))
 		}
 		select {
 		case <-ctx.Done():

@@ -40,7 +40,7 @@ type options struct {
 	minHold, maxHold     time.Duration
 	maxGap, settle       time.Duration
 	kinds, args, logs    string
-	verbose              bool
+	verbose, keep        bool
 }
 
 func main() {
@@ -60,6 +60,7 @@ func main() {
 	flag.StringVar(&o.args, "args", strings.Join(testbed.ChaosNodeArgs, " "), "`zlmesh up` arguments of every node, space-separated")
 	flag.StringVar(&o.logs, "logs", "/tmp/zlmesh-chaos", "where the logs of a failed round go (<logs>/<seed>/)")
 	flag.BoolVar(&o.verbose, "v", false, "log every testbed step")
+	flag.BoolVar(&o.keep, "keep-logs", false, "keep the logs of rounds that pass too")
 	flag.Parse()
 	if o.binary == "" || o.rounds < 1 {
 		fmt.Fprintln(os.Stderr, "usage: chaos -binary PATH [-seed N] [-rounds N] [-faults N] [-hosts N] …")
@@ -72,7 +73,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("%-20s %6s %8s %9s %10s  %s\n", "seed", "faults", "setup", "chaos", "converge", "result")
+	fmt.Printf("%-20s %6s %8s %9s %10s %10s  %s\n", "seed", "faults", "setup", "chaos", "consistent", "converge", "result")
 	for i := range o.rounds {
 		seed := o.seed + uint64(i)
 		if err := round(ctx, o, seed); err != nil {
@@ -116,14 +117,25 @@ func round(ctx context.Context, o options, seed uint64) error {
 	if err != nil {
 		result = "FAIL"
 	}
-	fmt.Printf("%-20d %6d %8s %9s %10s  %s\n", seed, len(res.Schedule), round1(res.Setup), round1(res.Faults), round1(res.Converge), result)
+	consistent := "-"
+	if res.Faults > 0 && res.Consistent >= 0 {
+		consistent = res.Consistent.Round(100 * time.Millisecond).String()
+	}
+	fmt.Printf("%-20d %6d %8s %9s %10s %10s  %s\n", seed, len(res.Schedule), round1(res.Setup), round1(res.Faults), consistent, round1(res.Converge), result)
+	if err == nil && o.keep {
+		dir := filepath.Join(o.logs, fmt.Sprint(seed))
+		if err := copyLogs(tb, dir); err != nil {
+			return err
+		}
+		fmt.Printf("%22slogs: %s\n", "", dir)
+	}
 	if err == nil {
 		for i, p := range res.Lagging {
 			if i == 3 {
-				fmt.Printf("%30s… %d more\n", "", len(res.Lagging)-3)
+				fmt.Printf("%22s… %d more\n", "", len(res.Lagging)-3)
 				break
 			}
-			fmt.Printf("%30slast to converge: %s\n", "", p)
+			fmt.Printf("%22slast to converge: %s\n", "", p)
 		}
 		return nil
 	}
