@@ -89,17 +89,14 @@ type MeshView struct {
 }
 
 // nodeBlocks returns the address blocks a node holds, as its status reports
-// them. This is the one place that knows how: today a node holds a single
-// node subnet; with address blocks claimed on demand the status lists them
-// (api.Status.Blocks), and only this function and peerBlocks change.
+// them: the one place that knows how (with peerBlocks).
 func nodeBlocks(st api.Status) ([]netip.Prefix, error) {
-	return parsePrefixes(st.NodeSubnet)
+	return parsePrefixes(st.Blocks...)
 }
 
-// peerBlocks returns the blocks a node believes a peer holds (see
-// nodeBlocks).
+// peerBlocks returns the blocks a node believes a peer holds.
 func peerBlocks(p api.Peer) ([]netip.Prefix, error) {
-	return parsePrefixes(p.NodeSubnet)
+	return parsePrefixes(p.Blocks...)
 }
 
 func parsePrefixes(ss ...string) ([]netip.Prefix, error) {

@@ -26,7 +26,7 @@ func healthyView() MeshView {
 		h := HostView{
 			Host: name, Running: true, Leases: 1,
 			Status: api.Status{Name: name, PublicKey: "key" + name, OverlayIP: fmt.Sprintf("10.200.%d.1", i),
-				NodeSubnet: fmt.Sprintf("10.200.%d.0/24", i), ClusterCIDR: "10.200.0.0/16", Interface: "zl0", Members: n},
+				FirstBlock: fmt.Sprintf("10.200.%d.0/24", i), Blocks: []string{fmt.Sprintf("10.200.%d.0/24", i)}, ClusterCIDR: "10.200.0.0/16", Interface: "zl0", Members: n},
 			Attachments: []api.Attachment{{Service: "web", Container: id, Netns: netns, Address: fmt.Sprintf("10.200.%d.34", i),
 				Prefix: 27, Gateway: fmt.Sprintf("10.200.%d.33", i), Bridge: "zlb-web", HostVeth: "zlv" + id, Node: name}},
 			Services: slices.Clone(eps),
@@ -47,7 +47,7 @@ func healthyView() MeshView {
 				continue
 			}
 			o := hostName(j)
-			h.Peers = append(h.Peers, api.Peer{Name: o, PublicKey: "key" + o, NodeSubnet: fmt.Sprintf("10.200.%d.0/24", j),
+			h.Peers = append(h.Peers, api.Peer{Name: o, PublicKey: "key" + o, Blocks: []string{fmt.Sprintf("10.200.%d.0/24", j)},
 				OverlayIP: fmt.Sprintf("10.200.%d.1", j), State: api.PeerAlive})
 			h.WireGuard["key"+o] = []netip.Prefix{pfx(fmt.Sprintf("10.200.%d.0/24", j)), pfx(fmt.Sprintf("10.200.%d.1/32", j))}
 			h.Routes = append(h.Routes, KernelRoute{Dst: pfx(fmt.Sprintf("10.200.%d.0/24", j)), Dev: "zl0", Protocol: "90"})
@@ -83,7 +83,7 @@ func TestProblems(t *testing.T) {
 		{"ghost peer", func(v *MeshView) {
 			v.Hosts[0].Peers = append(v.Hosts[0].Peers, api.Peer{Name: "h9", State: api.PeerDead})
 		}, "peer h9 (dead) that is no host"},
-		{"stale blocks of a peer", func(v *MeshView) { v.Hosts[0].Peers[0].NodeSubnet = "10.200.9.0/24" }, "h1 believes h2 holds [10.200.9.0/24]"},
+		{"stale blocks of a peer", func(v *MeshView) { v.Hosts[0].Peers[0].Blocks = []string{"10.200.9.0/24"} }, "h1 believes h2 holds [10.200.9.0/24]"},
 		{"stale overlay of a peer", func(v *MeshView) { v.Hosts[0].Peers[0].OverlayIP = "10.200.9.1" }, "h1 sees h2 as keyh2 10.200.9.1"},
 		{"missing WireGuard peer", func(v *MeshView) { delete(v.Hosts[0].WireGuard, "keyh2") }, "h1: no WireGuard peer for h2"},
 		{"foreign WireGuard peer", func(v *MeshView) { v.Hosts[0].WireGuard["keyx"] = nil }, "WireGuard peer keyx is no host"},
@@ -98,11 +98,11 @@ func TestProblems(t *testing.T) {
 			v.Hosts[0].Routes = append(v.Hosts[0].Routes, KernelRoute{Dst: pfx("10.200.9.0/24"), Dev: "zl0", Protocol: "90"})
 		}, "reach beyond"},
 		{"blocks overlap", func(v *MeshView) {
-			v.Hosts[1].Status.NodeSubnet = "10.200.1.0/24"
+			v.Hosts[1].Status.Blocks = []string{"10.200.1.0/24"}
 			for i := range v.Hosts {
 				for j := range v.Hosts[i].Peers {
 					if v.Hosts[i].Peers[j].Name == "h2" {
-						v.Hosts[i].Peers[j].NodeSubnet = "10.200.1.0/24"
+						v.Hosts[i].Peers[j].Blocks = []string{"10.200.1.0/24"}
 					}
 				}
 			}
@@ -229,5 +229,40 @@ func TestParseKernel(t *testing.T) {
 		[][]byte{[]byte(`{"put":{"spec":{"Container":"c"}}}`), []byte(`{"del":"a"}`)})
 	if err != nil || fmt.Sprint(ids) != "[b c]" {
 		t.Errorf("attachments on disk %v %v", ids, err)
+	}
+}
+
+// The routed /32 model: /26 blocks, every bridge holding the same
+// link-local gateway, one host route per container; healthy as it is, and a
+// host route left behind by a detached container is a leak.
+func TestProblemsRoutedModel(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	v := healthyView()
+	for i := range v.Hosts {
+		h := &v.Hosts[i]
+		n := i + 1
+		h.Status.FirstBlock = fmt.Sprintf("10.200.%d.0/26", n)
+		h.Status.Blocks = []string{h.Status.FirstBlock}
+		h.Links[0].Addrs = []netip.Prefix{pfx(fmt.Sprintf("10.200.%d.1/14", n))}
+		h.Links[1].Addrs = []netip.Prefix{pfx("169.254.1.1/32")}
+		h.Routes = []KernelRoute{
+			{Dst: pfx("10.200.0.0/14"), Dev: "zl0", Protocol: "kernel"},
+			{Dst: pfx(fmt.Sprintf("10.200.%d.34/32", n)), Dev: "zlb-web", Protocol: "122"},
+		}
+		for j := range h.Peers {
+			o := h.Peers[j].Name
+			blk := fmt.Sprintf("10.200.%s.0/26", o[1:])
+			h.Peers[j].Blocks = []string{blk}
+			h.WireGuard["key"+o] = []netip.Prefix{pfx(blk)}
+			h.Routes = append(h.Routes, KernelRoute{Dst: pfx(blk), Dev: "zl0", Protocol: "90"})
+		}
+	}
+	if p := v.Problems(); len(p) > 0 {
+		t.Fatalf("a healthy routed view has problems:\n%s", strings.Join(p, "\n"))
+	}
+	v.Hosts[0].Routes = append(v.Hosts[0].Routes, KernelRoute{Dst: pfx("10.200.1.40/32"), Dev: "zlb-web", Protocol: "122"})
+	p := v.Problems()
+	if !slices.ContainsFunc(p, func(s string) bool { return strings.Contains(s, "leaked host route 10.200.1.40/32 dev zlb-web") }) {
+		t.Fatalf("a stale host route is not found:\n%s", strings.Join(p, "\n"))
 	}
 }
