@@ -31,10 +31,11 @@ const (
 	// FaultPartition splits the hosts into groups that do not reach each
 	// other for the hold (Testbed.Partition).
 	FaultPartition FaultKind = "partition"
-	// FaultChurn detaches some of the host's containers (and removes
-	// them) and attaches new ones, wherever the host stands (cut off or
-	// partitioned, say): new addresses, maybe new blocks, claimed where
-	// the rest of the mesh cannot see it.
+	// FaultChurn attaches new containers on the host, then detaches some
+	// of its others (and removes them), wherever the host stands (cut off
+	// or partitioned, say): new addresses, new blocks when its blocks are
+	// full (see ChaosBlockArgs), claimed where the rest of the mesh may not
+	// see it, and blocks left empty to be released.
 	FaultChurn FaultKind = "churn"
 )
 
@@ -77,7 +78,7 @@ func (f Fault) String() string {
 		}
 		return fmt.Sprintf("%s kill -9 %s, start again after %v%s", at, f.Host, f.Hold.Round(100*time.Millisecond), gone)
 	case FaultChurn:
-		return fmt.Sprintf("%s churn on %s: remove %d containers, attach %d to %s", at, f.Host, f.Gone, len(f.Attach), strings.Join(f.Attach, ","))
+		return fmt.Sprintf("%s churn on %s: attach %d to %s, then remove %d", at, f.Host, len(f.Attach), strings.Join(f.Attach, ","), f.Gone)
 	case FaultRestart:
 		return fmt.Sprintf("%s restart %s", at, f.Host)
 	case FaultCut:
@@ -432,22 +433,13 @@ func (tb *Testbed) playStep(ctx context.Context, s chaosStep, want map[*Containe
 	return string(f.Kind), fmt.Errorf("unknown fault kind %q", f.Kind)
 }
 
-// churn detaches and removes f.Gone of h's containers, then makes and
-// attaches one container per service of f.Attach.
+// churn makes and attaches one container on h per service of f.Attach,
+// then detaches and removes f.Gone of h's other containers: attaching first
+// makes a node whose blocks are full claim another one.
 func (tb *Testbed) churn(ctx context.Context, h *Host, s chaosStep, want map[*Container]string) (string, error) {
 	f := s.fault
 	what := "churn on " + h.Name
-	var gone []string
-	for _, c := range hostContainers(h, want)[:min(f.Gone, len(hostContainers(h, want)))] {
-		if err := h.Client().Detach(ctx, c.ID()); err != nil {
-			return what, fmt.Errorf("detach %s: %w", c, err)
-		}
-		if err := c.Remove(); err != nil {
-			return what, err
-		}
-		delete(want, c)
-		gone = append(gone, c.Name)
-	}
+	old := hostContainers(h, want)
 	var made []string
 	for j, svc := range f.Attach {
 		c, err := tb.AddContainer(ctx, h, fmt.Sprintf("f%dn%d", s.index, j+1))
@@ -461,7 +453,18 @@ func (tb *Testbed) churn(ctx context.Context, h *Host, s chaosStep, want map[*Co
 		}
 		made = append(made, fmt.Sprintf("%s=%s@%s", c.Name, a.Address, svc))
 	}
-	return what + listed(": detached ", gone) + listed(", attached ", made), nil
+	var gone []string
+	for _, c := range old[:min(f.Gone, len(old))] {
+		if err := h.Client().Detach(ctx, c.ID()); err != nil {
+			return what, fmt.Errorf("detach %s: %w", c, err)
+		}
+		if err := c.Remove(); err != nil {
+			return what, err
+		}
+		delete(want, c)
+		gone = append(gone, c.Name)
+	}
+	return what + listed(": attached ", made) + listed(", detached ", gone), nil
 }
 
 // removeContainers removes (without detaching) the first n of h's

@@ -199,7 +199,7 @@ func TestFaultString(t *testing.T) {
 		{Fault{At: 1500 * time.Millisecond, Kind: FaultKill, Host: "h3", Hold: 45 * time.Second}, "t+1.5s kill -9 h3, start again after 45s"},
 		{Fault{Kind: FaultRestart, Host: "h1"}, "t+0s restart h1"},
 		{Fault{Kind: FaultKill, Host: "h3", Hold: 45 * time.Second, Gone: 1}, "t+0s kill -9 h3, start again after 45s, remove 1 of its containers meanwhile"},
-		{Fault{Kind: FaultChurn, Host: "h2", Gone: 2, Attach: []string{"svc1", "svc4"}}, "t+0s churn on h2: remove 2 containers, attach 2 to svc1,svc4"},
+		{Fault{Kind: FaultChurn, Host: "h2", Gone: 2, Attach: []string{"svc1", "svc4"}}, "t+0s churn on h2: attach 2 to svc1,svc4, then remove 2"},
 		{Fault{At: time.Second, Kind: FaultCut, Host: "h2", Hold: time.Minute}, "t+1s cut h2 off for 1m0s"},
 		{Fault{Kind: FaultPartition, Groups: [][]string{{"h1", "h2"}, {"h3"}}, Hold: 40 * time.Second}, "t+0s partition {h1,h2} | {h3} for 40s"},
 	} {

@@ -21,6 +21,13 @@ var ChaosNodeArgs = []string{
 	"--gossip-to-the-dead=4s", "--gossip-dead-reclaim=2s",
 }
 
+// ChaosBlockArgs are the zlmesh arguments a chaos run adds for addresses:
+// blocks of 8 addresses (6 given out, the first block also holds the
+// node's overlay address), so 4 containers nearly fill a node's first block
+// and churn claims more, and a block left empty is released after 10 s,
+// within the run.
+var ChaosBlockArgs = []string{"--block-prefix=29", "--block-release-after=10s"}
+
 // ChaosOptions configure Testbed.Chaos. Zero values mean the defaults.
 type ChaosOptions struct {
 	// Plan draws the schedule; Plan.Hosts nil means every host.

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -57,7 +58,7 @@ func main() {
 	flag.DurationVar(&o.maxGap, "max-gap", testbed.DefaultChaosMaxGap, "longest time from one fault's start to the next's")
 	flag.DurationVar(&o.settle, "settle", 2*time.Minute, "how long the mesh may take to converge after the last fault")
 	flag.StringVar(&o.kinds, "kinds", "", "fault kinds, comma-separated (default: kill,restart,cut,partition)")
-	flag.StringVar(&o.args, "args", strings.Join(testbed.ChaosNodeArgs, " "), "`zlmesh up` arguments of every node, space-separated")
+	flag.StringVar(&o.args, "args", strings.Join(append(slices.Clone(testbed.ChaosNodeArgs), testbed.ChaosBlockArgs...), " "), "`zlmesh up` arguments of every node, space-separated")
 	flag.StringVar(&o.logs, "logs", "/tmp/zlmesh-chaos", "where the logs of a failed round go (<logs>/<seed>/)")
 	flag.BoolVar(&o.verbose, "v", false, "log every testbed step")
 	flag.BoolVar(&o.keep, "keep-logs", false, "keep the logs of rounds that pass too")
