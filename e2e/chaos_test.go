@@ -23,8 +23,7 @@ import (
 //	t+34.7s churn on h5: attach 3 to svc4,svc1,svc1, then remove 2
 //
 // With ChaosBlockArgs the churn fills h5's first block and claims a
-// second one that only h7 sees until the heal, and the block emptied by the
-// removal is released within the run.
+// second one that only h7 sees until the heal.
 const chaosSeed = 112
 
 // Seven hosts with four containers each over six services; a seeded
