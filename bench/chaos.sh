@@ -12,7 +12,9 @@
 # Env: SEED (default random), ROUNDS (1), FAULTS (8), HOSTS (7), CONTAINERS
 # per host (4), SERVICES (6), KINDS (kill,restart,cut,partition,churn),
 # MIN_HOLD and MAX_HOLD (40s, 70s), MAX_GAP (15s), SETTLE (2m),
-# ZLMESH_ARGS (default: the chaos gossip timers, testbed.ChaosNodeArgs), V=1
+# ZLMESH_ARGS (default: the chaos gossip timers and small blocks released
+# after 10 s, testbed.ChaosNodeArgs and ChaosBlockArgs; when set, empty
+# blocks are not checked unless RELEASED=true), V=1
 # logs every step, KEEP_LOGS=1 keeps the logs of rounds that pass too. Needs root; run it under flock /tmp/zlmesh-testbed.lock on
 # a shared machine.
 set -euo pipefail
@@ -29,7 +31,7 @@ args=(-binary "$TMP/zlmesh" -seed "${SEED:-0}" -rounds "${ROUNDS:-1}" -faults "$
 [ -n "${MIN_HOLD:-}" ] && args+=(-min-hold "$MIN_HOLD")
 [ -n "${MAX_HOLD:-}" ] && args+=(-max-hold "$MAX_HOLD")
 [ -n "${MAX_GAP:-}" ] && args+=(-max-gap "$MAX_GAP")
-[ -n "${ZLMESH_ARGS:-}" ] && args+=(-args "$ZLMESH_ARGS")
+[ -n "${ZLMESH_ARGS:-}" ] && args+=(-args "$ZLMESH_ARGS" -released="${RELEASED:-false}")
 [ -n "${V:-}" ] && args+=(-v)
 [ -n "${KEEP_LOGS:-}" ] && args+=(-keep-logs)
 "$TMP/chaos" "${args[@]}"

@@ -53,7 +53,7 @@ func TestChaos(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	res, err := tb.Chaos(ctx, testbed.ChaosOptions{Plan: testbed.ChaosPlan{Seed: seed, Faults: len(testbed.FaultKinds)}})
+	res, err := tb.Chaos(ctx, testbed.ChaosOptions{Plan: testbed.ChaosPlan{Seed: seed, Faults: len(testbed.FaultKinds)}, Released: true})
 	if err != nil {
 		t.Fatalf("chaos seed %d: %v\n%s", seed, err, diagnose(tb.Hosts()))
 	}

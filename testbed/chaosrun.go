@@ -40,6 +40,10 @@ type ChaosOptions struct {
 	// Ready bounds the wait for the mesh before the chaos (0 means 2 min)
 	// and Settle the wait after the last fault was undone (0 means 2 min).
 	Ready, Settle time.Duration
+	// Released adds, after the faults, that no node holds a block other
+	// than its first with no container in it (MeshView.Released): for
+	// nodes that release empty blocks quickly (ChaosBlockArgs).
+	Released bool
 }
 
 // ChaosResult is what a chaos run did and measured.
@@ -138,7 +142,7 @@ func (tb *Testbed) Chaos(ctx context.Context, o ChaosOptions) (ChaosResult, erro
 	}
 	logf("chaos: every fault undone after %v; waiting, with no action, for the mesh to converge", res.Faults.Round(100*time.Millisecond))
 	begin = time.Now()
-	conv, err := tb.waitConverged(ctx, res.Containers, o.Settle)
+	conv, err := tb.waitConverged(ctx, res.Containers, o.Settle, o.Released)
 	res.View, res.Lagging, res.Consistent, res.Converge = conv.view, conv.lagging, conv.consistent, time.Since(begin)
 	if err != nil {
 		return res, fmt.Errorf("chaos seed %d, after the faults: %w", o.Plan.Seed, err)

@@ -86,6 +86,10 @@ type MeshView struct {
 	// Netns tells, for every attachment's netns path, whether it exists on
 	// the machine.
 	Netns map[string]bool
+	// Released makes a block other than a node's first one that holds no
+	// container a problem (a leaked block): set it when the nodes release
+	// empty blocks within the wait (ChaosBlockArgs makes them).
+	Released bool
 }
 
 // nodeBlocks returns the address blocks a node holds, as its status reports
@@ -509,7 +513,7 @@ var ErrNotConverged = errors.New("the mesh did not converge")
 // timeout it fails with ErrNotConverged and the problems of the last check
 // (at most 40 lines).
 func (tb *Testbed) WaitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (MeshView, error) {
-	c, err := tb.waitConverged(ctx, want, timeout)
+	c, err := tb.waitConverged(ctx, want, timeout, false)
 	return c.view, err
 }
 
@@ -523,7 +527,8 @@ type convergence struct {
 	consistent time.Duration
 }
 
-func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration) (convergence, error) {
+// waitConverged is WaitConverged; released sets MeshView.Released.
+func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string, timeout time.Duration, released bool) (convergence, error) {
 	begin := time.Now()
 	deadline := begin.Add(timeout)
 	c := convergence{consistent: -1}
@@ -535,6 +540,7 @@ func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		c.view = tb.View(cctx, want)
+		c.view.Released = released
 		probs := c.view.Problems()
 		if len(probs) == 0 {
 			if c.consistent < 0 {

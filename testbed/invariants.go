@@ -29,7 +29,8 @@ import (
 //     to an attachment (its host veth or bridge, a host route to its
 //     address), every attachment has its host veth on its bridge and its
 //     netns, the state dir holds exactly the attachments the node lists,
-//     and the node counts one lease per attachment;
+//     and the node counts one lease per attachment; with Released, every
+//     block but a node's first holds one of its containers;
 //   - endpoints: every node lists the same service endpoints, exactly the
 //     attachments of all nodes;
 //   - containers: each expected container is attached once, on its host,
@@ -61,6 +62,9 @@ func (v MeshView) Problems() []string {
 	v.checkMembership(&p, blocks)
 	v.checkWireGuard(&p, blocks)
 	v.checkDuplicates(&p, blocks)
+	if v.Released {
+		v.checkReleased(&p, blocks)
+	}
 	for _, h := range v.Hosts {
 		h.checkLeaks(&p, v.Netns)
 	}
@@ -212,6 +216,23 @@ func (v MeshView) checkDuplicates(p *problems, blocks map[string][]netip.Prefix)
 				if cluster.IsValid() && cluster.Contains(pr.Addr()) {
 					give(pr.Addr(), h.Host+" "+l.Name)
 				}
+			}
+		}
+	}
+}
+
+func (v MeshView) checkReleased(p *problems, blocks map[string][]netip.Prefix) {
+	for _, h := range v.Hosts {
+		first, _ := netip.ParsePrefix(h.Status.FirstBlock)
+		for _, b := range blocks[h.Host] {
+			if b == first.Masked() {
+				continue
+			}
+			if !slices.ContainsFunc(h.Attachments, func(a api.Attachment) bool {
+				addr, err := netip.ParseAddr(a.Address)
+				return err == nil && b.Contains(addr)
+			}) {
+				p.add("%s: leaked block %s: none of its containers is in it", h.Host, b)
 			}
 		}
 	}

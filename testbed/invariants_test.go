@@ -260,8 +260,36 @@ func TestProblemsRoutedModel(t *testing.T) {
 	if p := v.Problems(); len(p) > 0 {
 		t.Fatalf("a healthy routed view has problems:\n%s", strings.Join(p, "\n"))
 	}
-	v.Hosts[0].Routes = append(v.Hosts[0].Routes, KernelRoute{Dst: pfx("10.200.1.40/32"), Dev: "zlb-web", Protocol: "122"})
+	// A second block with a container in it is fine, an empty one a leak
+	// once the nodes are expected to release it.
+	v.Released = true
+	grow := func(h *HostView, block string) {
+		h.Status.Blocks = append(h.Status.Blocks, block)
+		for i := range v.Hosts {
+			for j := range v.Hosts[i].Peers {
+				if p := &v.Hosts[i].Peers[j]; p.Name == h.Host {
+					p.Blocks = append(p.Blocks, block)
+					v.Hosts[i].WireGuard["key"+h.Host] = append(v.Hosts[i].WireGuard["key"+h.Host], pfx(block))
+					v.Hosts[i].Routes = append(v.Hosts[i].Routes, KernelRoute{Dst: pfx(block), Dev: "zl0", Protocol: "90"})
+				}
+			}
+		}
+	}
+	grow(&v.Hosts[0], "10.200.1.64/26")
+	v.Hosts[0].Attachments[0].Address = "10.200.1.70"
+	v.Hosts[0].Routes[1].Dst = pfx("10.200.1.70/32")
+	v.Containers[0].Addrs = []netip.Addr{netip.MustParseAddr("10.200.1.70")}
+	for i := range v.Hosts {
+		v.Hosts[i].Services[0].Address = "10.200.1.70"
+	}
+	grow(&v.Hosts[1], "10.200.2.64/26")
 	p := v.Problems()
+	if len(p) != 1 || !strings.Contains(p[0], "h2: leaked block 10.200.2.64/26") {
+		t.Fatalf("want only h2's empty block, got:\n%s", strings.Join(p, "\n"))
+	}
+	v.Hosts[1].Status.Blocks = v.Hosts[1].Status.Blocks[:1]
+	v.Hosts[0].Routes = append(v.Hosts[0].Routes, KernelRoute{Dst: pfx("10.200.1.40/32"), Dev: "zlb-web", Protocol: "122"})
+	p = v.Problems()
 	if !slices.ContainsFunc(p, func(s string) bool { return strings.Contains(s, "leaked host route 10.200.1.40/32 dev zlb-web") }) {
 		t.Fatalf("a stale host route is not found:\n%s", strings.Join(p, "\n"))
 	}

@@ -42,6 +42,7 @@ type options struct {
 	maxGap, settle       time.Duration
 	kinds, args, logs    string
 	verbose, keep        bool
+	released             bool
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.StringVar(&o.kinds, "kinds", "", "fault kinds, comma-separated (default: kill,restart,cut,partition)")
 	flag.StringVar(&o.args, "args", strings.Join(append(slices.Clone(testbed.ChaosNodeArgs), testbed.ChaosBlockArgs...), " "), "`zlmesh up` arguments of every node, space-separated")
 	flag.StringVar(&o.logs, "logs", "/tmp/zlmesh-chaos", "where the logs of a failed round go (<logs>/<seed>/)")
+	flag.BoolVar(&o.released, "released", true, "a block but the first with no container is a leak (the default -args release empty blocks after 10 s)")
 	flag.BoolVar(&o.verbose, "v", false, "log every testbed step")
 	flag.BoolVar(&o.keep, "keep-logs", false, "keep the logs of rounds that pass too")
 	flag.Parse()
@@ -113,6 +115,7 @@ func round(ctx context.Context, o options, seed uint64) error {
 		ContainersPerHost: o.containers,
 		Services:          o.services,
 		Settle:            o.settle,
+		Released:          o.released,
 	})
 	result := "ok"
 	if err != nil {
