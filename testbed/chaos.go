@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -189,8 +190,9 @@ func (p ChaosPlan) withDefaults() (ChaosPlan, error) {
 }
 
 // ChaosSchedule draws a schedule from plan: Faults faults in order of At,
-// each host hit by at most one kill, restart or cut at a time, at most one
-// partition at a time. It is a pure function of plan (math/rand/v2's PCG,
+// each host hit by at most one kill, restart, cut or churn at a time (a
+// restart or churn keeps the host for RestartBusy), at most one partition
+// at a time. It is a pure function of plan (math/rand/v2's PCG,
 // seeded by plan.Seed).
 func ChaosSchedule(plan ChaosPlan) ([]Fault, error) {
 	p, err := plan.withDefaults()
@@ -241,7 +243,7 @@ func ChaosSchedule(plan ChaosPlan) ([]Fault, error) {
 			}
 		}
 		if len(free) == 0 {
-			first := slices.MinFunc(p.Hosts, func(a, b string) int { return int(busy[a] - busy[b]) })
+			first := slices.MinFunc(p.Hosts, func(a, b string) int { return cmp.Compare(busy[a], busy[b]) })
 			at = busy[first]
 			free = []string{first}
 		}
