@@ -360,12 +360,7 @@ func chaosSteps(faults []Fault) []chaosStep {
 // every cut host, start every stopped host), so the testbed is whole again
 // in every case but the hosts' readiness.
 func (tb *Testbed) Play(ctx context.Context, faults []Fault, want map[*Container]string) (err error) {
-	logf := func(format string, args ...any) {
-		tb.mu.Lock()
-		l := tb.opts.Logf
-		tb.mu.Unlock()
-		l(format, args...)
-	}
+	logf := tb.logf
 	defer func() {
 		if uerr := tb.undoFaults(faults); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("undo chaos: %w", uerr))

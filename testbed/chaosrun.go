@@ -101,9 +101,7 @@ func (tb *Testbed) Chaos(ctx context.Context, o ChaosOptions) (ChaosResult, erro
 		return res, err
 	}
 	res.Schedule = sched
-	tb.mu.Lock()
-	logf := tb.opts.Logf
-	tb.mu.Unlock()
+	logf := tb.logf
 	logf("chaos seed %d: %d hosts, %d containers on each over %d services, %d faults until t+%v:\n  %s",
 		o.Plan.Seed, len(hosts), o.ContainersPerHost, o.Services, len(sched), ChaosEnd(sched), strings.Join(faultLines(sched), "\n  "))
 

@@ -525,6 +525,34 @@ type convergence struct {
 	// consistent is when the invariants (Problems, not the pings) first
 	// held, from the start of the wait (-1: never).
 	consistent time.Duration
+	diagnosed  bool
+}
+
+func (tb *Testbed) logf(format string, args ...any) {
+	tb.mu.Lock()
+	l := tb.opts.Logf
+	tb.mu.Unlock()
+	l(format, args...)
+}
+
+// dataPath renders every running host's WireGuard peers (`wg show zl0
+// dump`: key, endpoint, allowed IPs, latest handshake, bytes), routes and
+// ICMP conntrack entries, for a diagnosis.
+func (tb *Testbed) dataPath(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var b strings.Builder
+	for _, h := range tb.Hosts() {
+		if !h.Running() {
+			fmt.Fprintf(&b, "--- %s: not running\n", h.Name)
+			continue
+		}
+		for _, argv := range [][]string{{"wg", "show", "zl0", "dump"}, {"ip", "route"}, {"sh", "-c", "grep icmp /proc/net/nf_conntrack"}} {
+			out, err := h.Exec(ctx, argv...)
+			fmt.Fprintf(&b, "--- %s: %s (%v)\n%s", h.Name, strings.Join(argv, " "), err, out)
+		}
+	}
+	return b.String()
 }
 
 // waitConverged is WaitConverged; released sets MeshView.Released.
@@ -553,6 +581,13 @@ func (tb *Testbed) waitConverged(ctx context.Context, want map[*Container]string
 			return c, nil
 		}
 		c.lagging = probs
+		// Consistent for 5 s and still pings fail: what the data path needs
+		// for a diagnosis, once.
+		if c.consistent >= 0 && !c.diagnosed && time.Since(begin)-c.consistent >= 5*time.Second {
+			c.diagnosed = true
+			tb.logf("mesh consistent for %v but %d pings fail (first: %s); the hosts' WireGuard and routes:\n%s",
+				(time.Since(begin) - c.consistent).Round(100*time.Millisecond), len(probs), probs[0], tb.dataPath(ctx))
+		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			n := len(probs)
 			if n > 40 {
