@@ -145,9 +145,13 @@ func (tb *Testbed) Chaos(ctx context.Context, o ChaosOptions) (ChaosResult, erro
 	if err != nil {
 		return res, fmt.Errorf("chaos seed %d, after the faults: %w", o.Plan.Seed, err)
 	}
-	logf("chaos: converged %v after the last fault was undone (consistent after %v, the rest was pings); the last check before found %d problems:\n  %s",
-		res.Converge.Round(100*time.Millisecond), res.Consistent.Round(100*time.Millisecond), len(res.Lagging),
-		strings.Join(res.Lagging[:min(10, len(res.Lagging))], "\n  "))
+	lag := "the first check passed"
+	if len(res.Lagging) > 0 {
+		lag = fmt.Sprintf("the last check before found %d problems:\n  %s", len(res.Lagging),
+			strings.Join(res.Lagging[:min(10, len(res.Lagging))], "\n  "))
+	}
+	logf("chaos: converged %v after the last fault was undone (consistent after %v, the rest was pings); %s",
+		res.Converge.Round(100*time.Millisecond), res.Consistent.Round(100*time.Millisecond), lag)
 	return res, nil
 }
 
