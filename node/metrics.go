@@ -23,6 +23,7 @@ type metrics struct {
 	attachCounts []uint64 // per bucket, plus +Inf at the end
 	attachSum    float64
 	attachTotal  uint64
+	guestAdd     guestAddHist // guests_metrics.go
 }
 
 func newMetrics() *metrics {
@@ -126,6 +127,7 @@ func (n *Node) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "# TYPE zlmesh_leases gauge")
 	fmt.Fprintf(w, "zlmesh_leases %d\n", len(n.alloc.Leases()))
 	n.metrics.writeAttach(w)
+	n.writeGuestMetrics(w)
 	if n.dns != nil {
 		writeDNS(w, n.dns.Stats())
 	}
