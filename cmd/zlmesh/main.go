@@ -39,6 +39,8 @@ var commands = map[string]func(args []string) error{
 	"unpublish": runUnpublish,
 	"ports":     runPorts,
 
+	"guest": runGuest,
+
 	"testbed": runTestbed,
 }
 
@@ -76,6 +78,7 @@ commands:
   publish    publish a host port to a container or service anywhere in the mesh
   unpublish  remove a published port
   ports      list every published port in the cluster
+  guest      add, list or remove guests: plain WireGuard clients on the mesh
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
