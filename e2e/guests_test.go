@@ -191,6 +191,32 @@ func TestGuests(t *testing.T) {
 		}
 	})
 
+	t.Run("roaming", func(t *testing.T) {
+		// The guest moves to another underlay address: h1 follows it
+		// (WireGuard roaming) and the list shows where it is now.
+		moved := testbed.GuestAddr(40)
+		for _, argv := range [][]string{
+			{"ip", "address", "add", moved.String() + "/24", "dev", "eth0"},
+			{"ip", "address", "del", guest.Addr.String() + "/24", "dev", "eth0"},
+			{"ip", "route", "replace", "default", "via", testbed.SwitchAddr.String()},
+		} {
+			if out, err := guest.Exec(ctx, argv...); err != nil {
+				t.Fatalf("%v: %v %s", argv, err, out)
+			}
+		}
+		eventually(t, 20*time.Second, func() error {
+			if err := guest.Ping(ctx, web1.Address); err != nil {
+				return fmt.Errorf("after roaming: %v", err)
+			}
+			list, err := h1.Client().Guests(ctx)
+			if err != nil || len(list) == 0 || !strings.HasPrefix(list[0].Endpoint, moved.String()+":") {
+				return fmt.Errorf("guest list after roaming: %+v %v", list, err)
+			}
+			return nil
+		})
+		time.Sleep(3 * time.Second) // RoutineGuests records the new endpoint
+	})
+
 	if err := h1.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}

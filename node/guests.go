@@ -65,6 +65,11 @@ type guest struct {
 	// OldAddress is set when the guest was renumbered after its config
 	// was handed out: the address that config holds.
 	OldAddress netip.Addr `json:"old_address,omitzero"`
+	// LastEndpoint is where the guest was last heard from (kept by
+	// RoutineGuests when it changes), so that a restarted node can start
+	// the handshake itself instead of waiting for the guest to give up on
+	// its old session (15 s or more).
+	LastEndpoint string `json:"last_endpoint,omitempty"`
 }
 
 func (g guest) key() wgtypes.Key {
@@ -311,6 +316,11 @@ func (n *Node) guestConfig(g guest, priv *wgtypes.Key) string {
 type guestPlumbing struct {
 	n   *Node
 	key wgtypes.Key
+	// dial, when valid, is the guest's last endpoint: plumb sets it with a
+	// persistent keepalive, which starts a handshake at once (a restarted
+	// node); RoutineGuests turns the keepalive off once the guest is
+	// connected (a guest that roamed or went away is not chased).
+	dial netip.AddrPort
 }
 
 func (p *guestPlumbing) plumb(_ context.Context, addr netip.Addr) error {
@@ -319,6 +329,9 @@ func (p *guestPlumbing) plumb(_ context.Context, addr netip.Addr) error {
 	defer n.mu.Unlock()
 	n.guestPeers[p.key] = addr
 	set := fmt.Sprintf("public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s\n", hex.EncodeToString(p.key[:]), hostPrefix(addr))
+	if p.dial.IsValid() {
+		set += fmt.Sprintf("endpoint=%s\npersistent_keepalive_interval=%d\n", p.dial, guestKeepalive)
+	}
 	if err := n.dev.IpcSet(set); err != nil {
 		delete(n.guestPeers, p.key)
 		n.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(p.key[:])))
@@ -399,11 +412,12 @@ func (n *Node) restoreGuests() {
 			n.events.publish(api.Event{Type: api.EventGuestMove, Guest: g.Name, OldAddress: g.OldAddress.String(), Address: g.Address.String(), Node: n.cfg.Name,
 				Message: "the guest needs its new config (zlmesh guest list)"})
 		}
-		if err := (&guestPlumbing{n: n, key: g.key()}).plumb(context.Background(), g.Address); err != nil {
+		dial, _ := netip.ParseAddrPort(g.LastEndpoint)
+		if err := (&guestPlumbing{n: n, key: g.key(), dial: dial}).plumb(context.Background(), g.Address); err != nil {
 			n.log.Error("restore guest", "guest", g.Name, "err", err)
 			continue
 		}
-		n.log.Info("guest restored", "guest", g.Name, "address", g.Address)
+		n.log.Info("guest restored", "guest", g.Name, "address", g.Address, "last_endpoint", g.LastEndpoint)
 	}
 	for _, l := range n.alloc.Leases() {
 		if name, ok := guestOfLease(l.Container); ok {
@@ -480,6 +494,7 @@ func (n *Node) guestEvents(up map[string]bool, now time.Time) {
 		seen[g.Name] = true
 		d := dev[g.PublicKey]
 		conn := guestConnected(d, now)
+		n.followGuest(g, d, conn)
 		switch {
 		case conn && !up[g.Name]:
 			n.events.publish(api.Event{Type: api.EventGuestUp, Guest: g.Name, Address: g.Address.String(), Node: n.cfg.Name, Message: d.Endpoint})
@@ -494,6 +509,41 @@ func (n *Node) guestEvents(up map[string]bool, now time.Time) {
 		if !seen[name] {
 			delete(up, name)
 		}
+	}
+}
+
+// followGuest records where a guest was last heard from when that changed
+// (it roamed, or it is new), and turns off the persistent keepalive a
+// restore set once the guest is connected.
+func (n *Node) followGuest(g guest, d *devPeer, connected bool) {
+	if d == nil {
+		return
+	}
+	if connected && d.Keepalive != 0 {
+		k := g.key()
+		n.mu.Lock()
+		if _, ok := n.guestPeers[k]; ok {
+			if err := n.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\n", hex.EncodeToString(k[:]))); err != nil {
+				n.log.Warn("guest keepalive off", "guest", g.Name, "err", err)
+			}
+		}
+		n.mu.Unlock()
+	}
+	if d.Endpoint == "" || d.Endpoint == g.LastEndpoint || !n.guests.claim(g.Name) {
+		return
+	}
+	defer n.guests.release(g.Name)
+	cur, ok := n.guests.get(g.Name)
+	if !ok || cur.PublicKey != g.PublicKey {
+		return // removed meanwhile
+	}
+	cur.LastEndpoint = d.Endpoint
+	if err := n.guests.put(cur.Name, cur); err != nil {
+		n.log.Warn("record guest endpoint", "guest", g.Name, "err", err)
+		return
+	}
+	if g.LastEndpoint != "" {
+		n.log.Info("guest roamed", "guest", g.Name, "from", g.LastEndpoint, "to", d.Endpoint)
 	}
 }
 

@@ -273,6 +273,12 @@ func TestGuestsRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// RoutineGuests saw it at an endpoint.
+	gg, _ := n.guests.get("vm1")
+	n.followGuest(gg, &devPeer{Endpoint: "192.0.2.200:40000"}, false)
+	if gg, _ = n.guests.get("vm1"); gg.LastEndpoint != "192.0.2.200:40000" {
+		t.Fatalf("last endpoint %q not recorded", gg.LastEndpoint)
+	}
 	if _, err := n.alloc.Allocate(guestService, guestLease("crashed")); err != nil { // a lease whose guest was never recorded
 		t.Fatal(err)
 	}
@@ -288,6 +294,19 @@ func TestGuestsRestore(t *testing.T) {
 	again.restoreGuests()
 	if got := devPeers(t, again); len(got) != 1 || got[pub.String()] != g.Address+"/32" {
 		t.Fatalf("peers after restart %v, want %s with %s/32", got, pub, g.Address)
+	}
+	// The restored peer dials the guest's last endpoint with a keepalive
+	// (a handshake at once), until the guest is connected.
+	text, _ := again.dev.IpcGet()
+	d := parseUAPIPeers(text)[pub.String()]
+	if !strings.HasSuffix(d.Endpoint, ":40000") || d.Keepalive != guestKeepalive { // the channel bind shows 127.0.0.1
+		t.Errorf("restored peer: endpoint %q keepalive %d", d.Endpoint, d.Keepalive)
+	}
+	gg, _ = again.guests.get("vm1")
+	again.followGuest(gg, d, true)
+	text, _ = again.dev.IpcGet()
+	if d := parseUAPIPeers(text)[pub.String()]; d.Keepalive != 0 {
+		t.Errorf("keepalive %d once connected, want 0", d.Keepalive)
 	}
 	if _, ok := again.alloc.Lease(guestLease("crashed")); ok {
 		t.Error("lease without a guest kept")
