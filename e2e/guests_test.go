@@ -196,9 +196,9 @@ func TestGuests(t *testing.T) {
 		// (WireGuard roaming) and the list shows where it is now.
 		moved := testbed.GuestAddr(40)
 		for _, argv := range [][]string{
+			{"ip", "address", "flush", "dev", "eth0"},
 			{"ip", "address", "add", moved.String() + "/24", "dev", "eth0"},
-			{"ip", "address", "del", guest.Addr.String() + "/24", "dev", "eth0"},
-			{"ip", "route", "replace", "default", "via", testbed.SwitchAddr.String()},
+			{"ip", "route", "add", "default", "via", testbed.SwitchAddr.String()},
 		} {
 			if out, err := guest.Exec(ctx, argv...); err != nil {
 				t.Fatalf("%v: %v %s", argv, err, out)
