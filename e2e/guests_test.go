@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -274,4 +275,83 @@ func fileHolding(t *testing.T, dir string, k wgtypes.Key) string {
 		t.Fatalf("read %s: %v", dir, err)
 	}
 	return found
+}
+
+// A guest whose block moves (its node lost a block conflict) gets a new
+// address: a guest_moved event, `guest list` flags it and shows the new
+// config, and with that config the guest reaches the mesh again.
+func TestGuestsRenumbered(t *testing.T) {
+	tb := cluster(t, 2, forgetFast...)
+	h1, h2 := tb.Host("h1"), tb.Host("h2")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	wgBin, err := testbed.BuildWireGuardGo(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	contested := "10.200.78.0/26"
+	a, b := contestSubnet(t, ctx, tb, contested, []*testbed.Host{h1}, []*testbed.Host{h2})
+	peer := attach(t, ctx, tb, a, "peer", "web")
+	own, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := b.Client().AddGuest(ctx, api.GuestRequest{Name: "vm", PublicKey: own.PublicKey().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !mustPrefix(t, contested).Contains(netip.MustParseAddr(g.Address)) {
+		t.Fatalf("guest address %s is not in %s", g.Address, contested)
+	}
+	events := watchEvents(t, ctx, b)
+	if err := tb.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	waitWhole(t, tb, tb.Hosts(), 90*time.Second)
+
+	var moved api.Guest
+	eventually(t, 30*time.Second, func() error {
+		list, err := b.Client().Guests(ctx)
+		if err != nil || len(list) != 1 {
+			return fmt.Errorf("guests of %s: %+v %v", b.Name, list, err)
+		}
+		moved = list[0]
+		if !moved.Renumbered || moved.OldAddress != g.Address || moved.Address == g.Address || !strings.Contains(moved.Config, "Address = "+moved.Address+"/32\n") {
+			return fmt.Errorf("guest after the conflict: %+v", moved)
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, func() error {
+		for _, ev := range events() {
+			if ev.Type == api.EventGuestMove && ev.Guest == "vm" && ev.OldAddress == g.Address && ev.Address == moved.Address {
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event for vm from %s to %s", api.EventGuestMove, g.Address, moved.Address)
+	})
+	t.Logf("guest renumbered from %s to %s", g.Address, moved.Address)
+
+	// The new config, with the guest's own private key put in.
+	conf := strings.Replace(moved.Config, "# PrivateKey = <the private key of "+own.PublicKey().String()+">", "PrivateKey = "+own.String(), 1)
+	guest, err := tb.AddGuest(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg, err := guest.RunWireGuard(ctx, wgBin, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(wg.Log)
+			t.Logf("guest's wireguard-go log:\n%s", b)
+		}
+	})
+	eventually(t, 30*time.Second, func() error { return guest.Ping(ctx, peer.addr) })
+	eventually(t, 15*time.Second, func() error {
+		if got := digShort(ctx, peer.c, "vm.guest.zl"); !slices.Equal(got, []string{moved.Address}) {
+			return fmt.Errorf("vm.guest.zl from %s: %v, want %s", a.Name, got, moved.Address)
+		}
+		return nil
+	})
 }
