@@ -20,6 +20,9 @@
 //	POST   /v1/publish       PublishRequest → PortMapping
 //	DELETE /v1/publish       UnpublishRequest → 204
 //	GET    /v1/ports         []PortMapping (cluster-wide)
+//	POST   /v1/guests        GuestRequest → Guest (with its config)
+//	GET    /v1/guests        []Guest (this node)
+//	DELETE /v1/guests/{name} 204; not_found when there is no such guest
 //	GET    /v1/events        newline-delimited Event stream
 //	GET    /metrics          Prometheus text format
 //
