@@ -28,6 +28,9 @@
 //	GET    /v1/forwards      []Forward (userspace mode)
 //	POST   /v1/forwards      Forward → Forward
 //	DELETE /v1/forwards      UnforwardRequest → 204
+//	POST   /v1/guests        GuestRequest → Guest (with its config)
+//	GET    /v1/guests        []Guest (this node)
+//	DELETE /v1/guests/{name} 204; not_found when there is no such guest
 //	GET    /v1/events        newline-delimited Event stream
 //	GET    /metrics          Prometheus text format
 //
@@ -270,6 +273,73 @@ func (p PortMapping) TargetName() string {
 	return "container " + p.Container
 }
 
+// GuestRequest adds a guest: a plain WireGuard client (a VM, a laptop, a
+// phone) that becomes a member of the mesh through this node (POST
+// /v1/guests). Name is a DNS label (the guest is NAME.guest.<zone>).
+// PublicKey is the guest's WireGuard public key (base64); empty means this
+// node makes a key pair and returns the private key in this answer only,
+// never storing it. Endpoint overrides the Endpoint of the config
+// ("host:port", for NAT or a DNS name); empty means this node's underlay
+// address and WireGuard port.
+type GuestRequest struct {
+	Name      string `json:"name"`
+	PublicKey string `json:"public_key,omitempty"`
+	Endpoint  string `json:"endpoint,omitempty"`
+}
+
+// Guest is a guest of this node (GET /v1/guests, and the answer of POST
+// /v1/guests).
+type Guest struct {
+	Name      string `json:"name"`
+	PublicKey string `json:"public_key"`
+	// Address is the guest's mesh address (a /32 from this node's blocks),
+	// DNSName its mesh name.
+	Address string `json:"address"`
+	DNSName string `json:"dns_name"`
+	Node    string `json:"node"`
+	// PrivateKey is set only in the answer of an add that made the key
+	// pair; zlmesh keeps no copy.
+	PrivateKey string `json:"private_key,omitempty"`
+	// Config is the guest's wg-quick configuration. Its PrivateKey line is
+	// there only in the answer of an add that made the key pair; otherwise
+	// the guest puts in its own.
+	Config string `json:"config"`
+	// State is GuestConnected when a handshake completed within the last
+	// GuestHandshakeWindow, else GuestWaiting.
+	State string `json:"state"`
+	// Endpoint is where the guest was last heard from ("" before its first
+	// handshake); it changes when the guest roams.
+	Endpoint      string    `json:"endpoint,omitempty"`
+	LastHandshake time.Time `json:"last_handshake"`
+	RxBytes       int64     `json:"rx_bytes"`
+	TxBytes       int64     `json:"tx_bytes"`
+	// Renumbered is set when the guest's address changed after its config
+	// was handed out (its block moved): the guest needs the new Config.
+	// OldAddress is the address it had.
+	Renumbered bool      `json:"renumbered,omitempty"`
+	OldAddress string    `json:"old_address,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// Guest states.
+const (
+	GuestConnected = "connected"
+	GuestWaiting   = "waiting"
+)
+
+// GuestHandshakeWindow is how recent a guest's last handshake must be for
+// it to count as connected (WireGuard rekeys every 2 minutes while traffic
+// flows; a keepalive of 25 s keeps traffic flowing).
+const GuestHandshakeWindow = 3 * time.Minute
+
+// GuestRecord is a guest as the replicated store carries it (every node's
+// DNS serves it as Name.guest.<zone>).
+type GuestRecord struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Node    string `json:"node"`
+}
+
 // Event types on the /v1/events stream.
 const (
 	EventPeerUp   = "peer_up"
@@ -282,6 +352,12 @@ const (
 	EventBlock    = "block"           // this node claimed (new_block) or released (old_block) a block
 	EventPublish  = "publish"
 	EventUnpub    = "unpublish"
+	// Guests (guest, address; old_address for a move).
+	EventGuestAdd    = "guest_add"
+	EventGuestRemove = "guest_remove"
+	EventGuestMove   = "guest_moved" // a guest got a new address: it needs its new config
+	EventGuestUp     = "guest_up"    // a guest's first handshake, or one after a silence
+	EventGuestDown   = "guest_down"  // no handshake within GuestHandshakeWindow
 	// EventDropped tells a slow reader how many events it lost.
 	EventDropped = "events_dropped"
 )
@@ -306,6 +382,8 @@ type Event struct {
 	OldAddress string `json:"old_address,omitempty"`
 	// Ports.
 	Port *PortMapping `json:"port,omitempty"`
+	// Guests.
+	Guest string `json:"guest,omitempty"`
 }
 
 // Stable error codes. Clients branch on these, never on messages.

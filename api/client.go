@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 )
 
 // Client talks to one node's control socket. It is safe for concurrent use.
@@ -163,6 +164,25 @@ func (c *Client) AddForward(ctx context.Context, f Forward) (Forward, error) {
 // RemoveForward removes an inbound forward.
 func (c *Client) RemoveForward(ctx context.Context, req UnforwardRequest) error {
 	return c.Do(ctx, http.MethodDelete, "/v1/forwards", req, nil)
+}
+
+// AddGuest adds a guest.
+func (c *Client) AddGuest(ctx context.Context, req GuestRequest) (Guest, error) {
+	var g Guest
+	err := c.Do(ctx, http.MethodPost, "/v1/guests", req, &g)
+	return g, err
+}
+
+// Guests lists this node's guests.
+func (c *Client) Guests(ctx context.Context) ([]Guest, error) {
+	var g []Guest
+	err := c.Do(ctx, http.MethodGet, "/v1/guests", nil, &g)
+	return g, err
+}
+
+// RemoveGuest removes a guest; CodeNotFound when there is none of that name.
+func (c *Client) RemoveGuest(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, "/v1/guests/"+url.PathEscape(name), nil, nil)
 }
 
 // Events streams events to fn until ctx ends, the stream ends, or fn returns

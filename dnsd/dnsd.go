@@ -12,6 +12,8 @@
 //	<container>.<service>.zl.  A/AAAA of that container
 //	<node>.node.zl.            A/AAAA of the node's overlay address ("node" is
 //	                           reserved: no service may be named so)
+//	<guest>.guest.zl.          A/AAAA of a guest (a plain WireGuard client of
+//	                           a node; "guest" is reserved like "node")
 //	_<proto>.<service>.zl.     SRV: one record per port and target, priority
 //	                           and weight 0, target <container>.<service>.zl.
 //	                           or <node>.node.zl.; the targets' addresses come
@@ -19,8 +21,8 @@
 //	zl.                        SOA and NS (the NS target is zl. itself, whose
 //	                           A/AAAA is Config.Addr when set)
 //	x.y.z.w.in-addr.arpa.      PTR for addresses inside Config.Cluster (and
-//	(and ip6.arpa)             Config.Cluster6): <container>.<service>.zl. or
-//	                           <node>.node.zl.; unknown addresses there are
+//	(and ip6.arpa)             Config.Cluster6): <container>.<service>.zl.,
+//	                           <node>.node.zl. or <guest>.guest.zl.; unknown addresses there are
 //	                           NXDOMAIN, never forwarded
 //
 // A name that exists with other types (including empty non-terminals such

@@ -33,6 +33,9 @@ func testSnapshot() Snapshot {
 			{Name: "a", Addr: netip.MustParseAddr("10.200.1.1")},
 			{Name: "b", Addr: netip.MustParseAddr("10.200.2.1")},
 		},
+		Guests: []GuestRecord{
+			{Name: "laptop", Node: "a", Addr: netip.MustParseAddr("10.200.1.30")},
+		},
 		Ports: []PortRecord{
 			{Service: "web", Proto: "tcp", Port: 80},
 			{Service: "db", Proto: "tcp", Port: 5432, Target: netip.MustParseAddr("10.200.1.20")},
@@ -126,6 +129,13 @@ func TestQueryNames(t *testing.T) {
 			answer: []string{"10.200.2.1"}},
 		{name: "node upper case", qname: "A.NODE.ZL.", qtype: dns.TypeA,
 			answer: []string{"10.200.1.1"}},
+		{name: "guest", qname: "laptop.guest.zl.", qtype: dns.TypeA,
+			answer: []string{"10.200.1.30"}},
+		{name: "guest upper case", qname: "LAPTOP.Guest.zl.", qtype: dns.TypeA,
+			answer: []string{"10.200.1.30"}},
+		{name: "NXDOMAIN unknown guest", qname: "phone.guest.zl.", qtype: dns.TypeA, rcode: dns.RcodeNameError, soa: "zl."},
+		{name: "NODATA guest label", qname: "guest.zl.", qtype: dns.TypeA, soa: "zl."},
+		{name: "PTR guest", qname: "30.1.200.10.in-addr.arpa.", qtype: dns.TypePTR, answer: []string{"laptop.guest.zl."}},
 		{name: "NODATA other type", qname: "db.zl.", qtype: dns.TypeAAAA, soa: "zl."},
 		{name: "NODATA MX", qname: "web-1.web.zl.", qtype: dns.TypeMX, soa: "zl."},
 		{name: "NODATA empty non-terminal", qname: "node.zl.", qtype: dns.TypeA, soa: "zl."},
@@ -440,8 +450,10 @@ func TestSetSnapshotInvalid(t *testing.T) {
 			{Service: "ok", Container: "a.b", Addr: netip.MustParseAddr("10.200.1.5")},
 			{Service: "ok", Container: "noaddr"},
 			{Service: "_srv", Container: "x", Addr: netip.MustParseAddr("10.200.1.6")},
+			{Service: "guest", Container: "y", Addr: netip.MustParseAddr("10.200.1.7")},
 		},
-		Nodes: []NodeRecord{{Name: "", Addr: netip.MustParseAddr("10.200.1.1")}},
+		Nodes:  []NodeRecord{{Name: "", Addr: netip.MustParseAddr("10.200.1.1")}},
+		Guests: []GuestRecord{{Name: "bad guest", Addr: netip.MustParseAddr("10.200.1.8")}, {Name: "noaddr-guest"}},
 		Ports: []PortRecord{
 			{Service: "ok", Proto: "tcp", Port: 0},
 			{Service: "ok", Proto: "tcp", Port: 80, Target: netip.MustParseAddr("10.200.9.9")},
@@ -452,7 +464,7 @@ func TestSetSnapshotInvalid(t *testing.T) {
 	if !errors.Is(err, ErrInvalidRecord) {
 		t.Fatalf("SetSnapshot = %v, want ErrInvalidRecord", err)
 	}
-	for _, want := range []string{`"bad name"`, `reserved`, `"a.b"`, "noaddr", `"_srv"`, `node ""`, "port 0", "10.200.9.9", "gone/tcp"} {
+	for _, want := range []string{`"bad name"`, `reserved`, `"a.b"`, "noaddr", `"_srv"`, `node ""`, "port 0", "10.200.9.9", "gone/tcp", "guest/y", `guest "bad guest"`, "guest noaddr-guest"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}

@@ -27,6 +27,14 @@ type NodeRecord struct {
 	Addr netip.Addr
 }
 
+// GuestRecord is a guest's address (a plain WireGuard client that joined
+// the mesh through Node), named <Name>.guest.<zone>.
+type GuestRecord struct {
+	Name string
+	Node string // the node it joined through; informational
+	Addr netip.Addr
+}
+
 // PortRecord is a port a service offers, served as SRV records at
 // _<Proto>.<Service>.<zone> (the SRV scheme; see the package doc).
 type PortRecord struct {
@@ -44,6 +52,7 @@ type PortRecord struct {
 type Snapshot struct {
 	Endpoints []Endpoint
 	Nodes     []NodeRecord
+	Guests    []GuestRecord
 	Ports     []PortRecord
 }
 
@@ -54,6 +63,15 @@ var ErrInvalidRecord = errors.New("invalid record")
 // nodeLabel is the reserved label under which node names live; no service
 // may be named so.
 const nodeLabel = "node"
+
+// guestLabel is the reserved label under which guest names live; no service
+// may be named so.
+const guestLabel = "guest"
+
+// reservedLabel reports whether a service may not be named s.
+func reservedLabel(s string) bool {
+	return strings.EqualFold(s, nodeLabel) || strings.EqualFold(s, guestLabel)
+}
 
 // zone is one immutable snapshot, indexed for lookup. Queries read it
 // through an atomic pointer and never lock; SetSnapshot builds a new one.
@@ -145,8 +163,8 @@ func buildZone(cfg *Config, snap *Snapshot, serial uint32) (*zone, error) {
 		case !validLabel(ep.Service):
 			b.skip("endpoint %s/%s: service name %q is not a DNS label", ep.Service, ep.Container, ep.Service)
 			continue
-		case strings.EqualFold(ep.Service, nodeLabel):
-			b.skip("endpoint %s/%s: service name %q is reserved for nodes", ep.Service, ep.Container, ep.Service)
+		case reservedLabel(ep.Service):
+			b.skip("endpoint %s/%s: service name %q is reserved (nodes and guests)", ep.Service, ep.Container, ep.Service)
 			continue
 		case !validLabel(ep.Container):
 			b.skip("endpoint %s/%s: container name %q is not a DNS label", ep.Service, ep.Container, ep.Container)
@@ -176,6 +194,24 @@ func buildZone(cfg *Config, snap *Snapshot, serial uint32) (*zone, error) {
 			continue
 		}
 		name := joinWire(nr.Name, nodesWire)
+		b.addAddr(name, addr)
+		b.addrNames[addr] = append(b.addrNames[addr], name)
+	}
+
+	guestsWire := joinWire(guestLabel, b.main.name)
+	guests := slices.Clone(snap.Guests)
+	slices.SortFunc(guests, func(x, y GuestRecord) int { return strings.Compare(x.Name, y.Name) })
+	for _, gr := range guests {
+		addr := gr.Addr.Unmap()
+		switch {
+		case !validLabel(gr.Name):
+			b.skip("guest %q: name is not a DNS label", gr.Name)
+			continue
+		case !addr.IsValid():
+			b.skip("guest %s: no address", gr.Name)
+			continue
+		}
+		name := joinWire(gr.Name, guestsWire)
 		b.addAddr(name, addr)
 		b.addrNames[addr] = append(b.addrNames[addr], name)
 	}
@@ -269,7 +305,7 @@ func (b *zoneBuilder) addPorts(ports []PortRecord) {
 		return x.Target.Compare(y.Target)
 	})
 	for _, p := range ports {
-		if !validLabel(p.Service) || strings.EqualFold(p.Service, nodeLabel) {
+		if !validLabel(p.Service) || reservedLabel(p.Service) {
 			b.skip("port %s/%s %d: service name %q is not a usable DNS label", p.Service, p.Proto, p.Port, p.Service)
 			continue
 		}

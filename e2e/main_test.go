@@ -325,6 +325,15 @@ func invariants(hosts []*testbed.Host) error {
 			}
 			want[st.PublicKey] = wantAllowedIPs(st)
 		}
+		// Guests (plain WireGuard clients) are peers of their node only,
+		// with their /32.
+		guests, err := h.Client().Guests(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: guests: %v", h.Name, err)
+		}
+		for _, g := range guests {
+			want[g.PublicKey] = []string{g.Address + "/32"}
+		}
 		if len(dev.Peers) != len(want) {
 			return fmt.Errorf("%s has %d WireGuard peers, want %d: %+v", h.Name, len(dev.Peers), len(want), dev.Peers)
 		}

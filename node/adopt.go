@@ -80,6 +80,9 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		routed[at.Spec.Address] = true
 	}
 	for _, l := range n.alloc.Leases() {
+		if _, guest := guestOfLease(l.Container); guest {
+			continue // restoreGuests' business
+		}
 		if _, ok := n.attach.get(l.Container); !ok {
 			n.log.Info("releasing address with no attachment", "container", l.Container, "address", l.Addr)
 			n.releaseLease(l.Container)

@@ -50,53 +50,61 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 		return api.Attachment{}, api.Errorf(api.CodeAlreadyExists, "container %s is already attached to service %s", req.Container, at.Spec.Service)
 	}
 
-	n.renumberMu.RLock() // no block may move under an attach
-	defer n.renumberMu.RUnlock()
-	lease, err := n.allocate(req.Service, req.Container)
-	if err != nil {
-		return api.Attachment{}, attachError(req, err)
-	}
 	spec := bridge.Spec{
 		Service:   req.Service,
 		Container: req.Container,
 		Netns:     req.Netns,
 		PID:       req.PID,
 		Ifname:    req.Ifname,
-		Address:   hostPrefix(lease.Addr),
-		Gateway:   gatewayFor(lease.Addr),
 		MTU:       n.cfg.MTU,
 	}
 	if spec.Ifname == "" {
 		spec.Ifname = bridge.DefaultIfname
 	}
-	made, err := n.containers.Attach(ctx, spec)
+	pl := &containerPlumbing{c: n.containers, spec: spec}
+	var at attachment
+	_, err := n.addEndpoint(ctx, start, endpointSteps{
+		service:  req.Service,
+		lease:    req.Container,
+		plumbing: pl,
+		journal: func(netip.Addr) error {
+			// A namespace handed over as the caller's fd is recorded by a
+			// path the node can open again, when there is one (origin.go).
+			spec := n.durableSpec(pl.spec, req.Origin, pl.made.NetnsID)
+			at = attachment{Spec: spec, Attached: pl.made, CreatedAt: time.Now().UTC(), Origin: req.Origin}
+			return n.attach.put(at)
+		},
+		record:  func(netip.Addr) { n.putServiceRecord(at) },
+		observe: n.metrics.observeAttach,
+		event: func(addr netip.Addr) api.Event {
+			return api.Event{Type: api.EventAttach, Service: req.Service, Container: req.Container, Address: addr.String(), Node: n.cfg.Name}
+		},
+		fail: func(err error) error { return attachError(req, err) },
+	})
 	if err != nil {
-		n.releaseLease(req.Container)
-		return api.Attachment{}, attachError(req, err)
-	}
-	spec = n.durableSpec(spec, req.Origin, made.NetnsID)
-	at := attachment{Spec: spec, Attached: made, CreatedAt: time.Now().UTC(), Origin: req.Origin}
-	if err := n.attach.put(at); err != nil {
-		n.undoAttach(spec)
 		return api.Attachment{}, err
 	}
-	n.putServiceRecord(at)
-	n.metrics.observeAttach(time.Since(start))
-	out := n.apiAttachment(at)
-	n.events.publish(api.Event{Type: api.EventAttach, Service: spec.Service, Container: spec.Container, Address: spec.Address.Addr().String(), Node: n.cfg.Name})
-	n.log.Info("attached", "container", spec.Container, "service", spec.Service, "address", spec.Address, "bridge", made.Bridge, "took", time.Since(start).Round(time.Microsecond))
-	return out, nil
+	n.log.Info("attached", "container", at.Spec.Container, "service", at.Spec.Service, "address", at.Spec.Address, "bridge", at.Attached.Bridge, "took", time.Since(start).Round(time.Microsecond))
+	return n.apiAttachment(at), nil
 }
 
-// undoAttach removes the plumbing of a failed attach and its lease.
-func (n *Node) undoAttach(spec bridge.Spec) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := n.containers.Detach(ctx, spec); err != nil {
-		n.log.Error("undo attach", "container", spec.Container, "err", err)
-	}
-	n.releaseLease(spec.Container)
+// containerPlumbing is a container's plumbing step: its veth on the
+// service bridge (Containers.Attach). spec is the attach's, without an
+// address until plumb; made is what Attach made.
+type containerPlumbing struct {
+	c    Containers
+	spec bridge.Spec
+	made bridge.Attached
 }
+
+func (p *containerPlumbing) plumb(ctx context.Context, addr netip.Addr) error {
+	p.spec.Address, p.spec.Gateway = hostPrefix(addr), gatewayFor(addr)
+	made, err := p.c.Attach(ctx, p.spec)
+	p.made = made
+	return err
+}
+
+func (p *containerPlumbing) unplumb(ctx context.Context) error { return p.c.Detach(ctx, p.spec) }
 
 func (n *Node) releaseLease(container string) {
 	if _, _, err := n.alloc.Release(container); err != nil {

@@ -145,6 +145,7 @@ func (n *Node) moveBlock(ch mesh.ClaimChange) {
 		return
 	}
 	n.renumberContainers(moves)
+	n.renumberGuests(moves)
 	claims := n.alloc.Claims()
 	if ch.First {
 		if err := n.setClaimsLocked(claims); err != nil {

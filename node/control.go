@@ -71,6 +71,19 @@ func (n *Node) controlHandler() http.Handler {
 	for path, methods := range routes {
 		mux.Handle(path, methodRouter(methods))
 	}
+	mux.Handle("/v1/guests", methodRouter(map[string]endpoint{
+		http.MethodGet: func(*http.Request) (any, error) { return n.Guests() },
+		http.MethodPost: func(r *http.Request) (any, error) {
+			var req api.GuestRequest
+			if err := decodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return n.AddGuest(r.Context(), req)
+		},
+	}))
+	mux.Handle("/v1/guests/{name}", methodRouter(map[string]endpoint{
+		http.MethodDelete: func(r *http.Request) (any, error) { return nil, n.RemoveGuest(r.Context(), r.PathValue("name")) },
+	}))
 	mux.HandleFunc("/v1/events", n.handleEvents)
 	mux.HandleFunc("/metrics", n.handleMetrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -207,6 +207,11 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 		serviceOf[ep.Container] = ep.Service
 		addrOf[ep.Container] = a
 	}
+	for _, g := range records[api.GuestRecord](n, guestKind, isAlive) {
+		if a, err := netip.ParseAddr(g.Address); err == nil {
+			snap.Guests = append(snap.Guests, dnsd.GuestRecord{Name: g.Name, Node: g.Node, Addr: a})
+		}
+	}
 	for _, pm := range records[api.PortMapping](n, portKind, isAlive) {
 		pr := dnsd.PortRecord{Proto: pm.Protocol, Port: uint16(pm.ContainerPort)}
 		if pm.Service != "" {
@@ -219,6 +224,7 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 		snap.Ports = append(snap.Ports, pr)
 	}
 	slices.SortFunc(snap.Nodes, func(a, b dnsd.NodeRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Guests, func(a, b dnsd.GuestRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Endpoints, func(a, b dnsd.Endpoint) int {
 		return strings.Compare(a.Service+"/"+a.Container, b.Service+"/"+b.Container)
 	})
@@ -230,5 +236,5 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 }
 
 func snapshotsEqual(a, b dnsd.Snapshot) bool {
-	return slices.Equal(a.Nodes, b.Nodes) && slices.Equal(a.Endpoints, b.Endpoints) && slices.Equal(a.Ports, b.Ports)
+	return slices.Equal(a.Nodes, b.Nodes) && slices.Equal(a.Endpoints, b.Endpoints) && slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Guests, b.Guests)
 }

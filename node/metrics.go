@@ -44,6 +44,7 @@ type metrics struct {
 	renumberedC  prometheus.Counter
 	dnsAnswer    *prometheus.HistogramVec // path: local, forwarded
 	natRules     *prometheus.GaugeVec     // kind: natd.Kind
+	guestAdd     prometheus.Histogram     // guests_metrics.go
 
 	collectorOnce sync.Once
 }
@@ -77,6 +78,7 @@ func newMetrics() *metrics {
 		natRules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "zlmesh_nat_rules", Help: "NAT rules in this node's nftables table as last applied, by kind (publish: one per published port).",
 		}, []string{"kind"}),
+		guestAdd: newGuestAddHistogram(),
 	}
 	for _, r := range []string{"won", "lost"} {
 		m.conflicts.WithLabelValues(r)
@@ -88,6 +90,7 @@ func newMetrics() *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 		m.attach, m.attachErrors, m.detachErrors, m.blocksHeld, m.conflicts, m.renumberedC, m.dnsAnswer, m.natRules,
+		m.guestAdd,
 	)
 	return m
 }
@@ -223,7 +226,7 @@ var (
 	descRx            = prometheus.NewDesc("zlmesh_peer_receive_bytes_total", "Bytes received from a peer over WireGuard.", []string{"peer"}, nil)
 	descTx            = prometheus.NewDesc("zlmesh_peer_transmit_bytes_total", "Bytes sent to a peer over WireGuard.", []string{"peer"}, nil)
 	descAttachments   = prometheus.NewDesc("zlmesh_attachments", "Containers attached on this node.", nil, nil)
-	descLeases        = prometheus.NewDesc("zlmesh_leases", "Container addresses leased from this node's blocks.", nil, nil)
+	descLeases        = prometheus.NewDesc("zlmesh_leases", "Addresses leased from this node's blocks (containers and guests).", nil, nil)
 	descDNS           = map[string]*prometheus.Desc{}
 )
 
@@ -254,6 +257,9 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range descDNS {
+		ch <- d
+	}
+	for _, d := range guestDescs {
 		ch <- d
 	}
 }
@@ -307,6 +313,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descAttachments, float64(n.attach.len()))
 	gauge(descLeases, float64(len(n.alloc.Leases())))
+	n.collectGuests(ch)
 	if n.dns != nil {
 		ds := n.dns.Stats()
 		for _, d := range dnsCounters {

@@ -73,9 +73,10 @@ type Node struct {
 
 	alloc      *ipam.Allocator
 	attach     *attachments
-	containers Containers   // nil where container plumbing is unsupported
-	renumberMu sync.RWMutex // held for writing while a block of the node moves
-	growMu     sync.Mutex   // one block claim at a time
+	guests     *journalMap[guest] // this node's guests (guests.go)
+	containers Containers         // nil where container plumbing is unsupported
+	renumberMu sync.RWMutex       // held for writing while a block of the node moves
+	growMu     sync.Mutex         // one block claim at a time
 	metrics    *metrics
 	ports      *ports
 	nat        NAT // nil where kernel NAT is unsupported
@@ -109,7 +110,8 @@ type Node struct {
 	peerEndpoints map[wgtypes.Key]netip.AddrPort // endpoint last set per peer
 	peerAdded     map[wgtypes.Key]time.Time      // when each peer was added, for keepaliveRoles
 	routes        []netip.Prefix
-	alive         map[string]bool // peer name → alive, for peer up/down events
+	alive         map[string]bool            // peer name → alive, for peer up/down events
+	guestPeers    map[wgtypes.Key]netip.Addr // guests' WireGuard peers and their addresses (guestPlumbing)
 }
 
 // Start brings a node up (see the package comment for the order). On error
@@ -129,6 +131,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		peerEndpoints: map[wgtypes.Key]netip.AddrPort{},
 		peerAdded:     map[wgtypes.Key]time.Time{},
 		alive:         map[string]bool{},
+		guestPeers:    map[wgtypes.Key]netip.Addr{},
 		emptySince:    map[netip.Prefix]time.Time{},
 		planWarned:    map[string]string{},
 		metrics:       newMetrics(),
@@ -175,6 +178,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.log.Warn("migrated ipam.json from node subnets to blocks; every container keeps its address, but containers attached before the upgrade keep their old resolver address until their runtime attaches them again",
 			"blocks", len(n.alloc.Claims()), "leases", len(n.alloc.Leases()), "mesh_dns", n.pool.MeshDNS())
 	}
+
+	// Guests of the previous life (their peers come back with the device,
+	// restoreGuests), loaded first so that adoption keeps their leases.
+	if n.guests, err = loadGuests(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	n.undo = append(n.undo, n.guests.close)
 
 	// Attachments of the previous life: adopt the live ones, forget the
 	// rest, before anything else can attach.
@@ -241,6 +251,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	} else {
 		n.undo = append(n.undo, func() { n.uapi.Close() })
 	}
+	n.undo = append(n.undo, func() { n.uapi.Close() })
+	n.restoreGuests()
 
 	// 6. Membership.
 	mcfg := mesh.Config{

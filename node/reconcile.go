@@ -32,6 +32,7 @@ func (n *Node) startLoops() {
 	n.goLoop("RoutineClaims", n.routineClaims)
 	n.goLoop("RoutineMeshEvents", n.routineMeshEvents)
 	n.goLoop("RoutineDNS", n.routineDNS)
+	n.goLoop("RoutineGuests", n.routineGuests)
 	if n.containers != nil {
 		n.goLoop("RoutineSweep", n.routineSweep)
 	}
@@ -103,6 +104,7 @@ func (n *Node) reconcilePeers() error {
 		return fmt.Errorf("read WireGuard peers: %w", err)
 	}
 	dev := parseUAPIPeers(text)
+	want = n.withoutGuestsLocked(dev, want)
 	if keepaliveRoles(n.key, want, dev, n.peerAdded, time.Now(), n.cfg.Keepalive) {
 		time.AfterFunc(handshakeSettle, n.kickPeers)
 	}

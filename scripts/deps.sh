@@ -12,7 +12,7 @@ ZLMESH_TOOLS=/var/cache/zlmesh-tools/bin
 ZLMESH_PACKAGES=(
   iproute2              # ip, to observe links and routes in tests (zlmesh itself uses netlink)
   nftables              # nft, to observe zlmesh's NAT table and make testbed partitions
-  wireguard-tools       # wg show against zlmesh's UAPI socket
+  wireguard-tools       # wg show against zlmesh's UAPI socket; wg-quick strip + wg setconf for guests (e2e/guests_test.go)
   iperf3                # throughput benchmarks
   ethtool               # the throughput benchmark shows both overlays' TUN offloads
   jq                    # the mesh-core benchmarks read `ip -j` and iperf3 JSON

@@ -143,6 +143,7 @@ func formatEvent(ev api.Event) string {
 	add("peer", ev.Peer)
 	add("service", ev.Service)
 	add("container", ev.Container)
+	add("guest", ev.Guest)
 	add("from", ev.OldAddress)
 	add("address", ev.Address)
 	add("winner", ev.Winner)

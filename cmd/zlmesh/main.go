@@ -45,6 +45,7 @@ var commands = map[string]func(args []string) error{
 	"forward":   runForward,
 	"unforward": runUnforward,
 	"forwards":  runForwards,
+	"guest":     runGuest,
 
 	"testbed": runTestbed,
 }
@@ -89,6 +90,7 @@ commands:
   forward    userspace mode: make this node's overlay address answer on a port (PORT[/tcp|udp][:LOCALADDR:LOCALPORT])
   unforward  userspace mode: remove a forward (PORT[/tcp|udp])
   forwards   userspace mode: list this node's forwards
+  guest      add, list or remove guests: plain WireGuard clients on the mesh
   testbed    run the network-namespace testbed (up, status, down, demo)
 
 Client commands talk to the node's control socket (--socket, env
