@@ -149,6 +149,9 @@ dnsmasq_pid=$!
 	printf '  do-daemonize: no\n  username: ""\n  chroot: ""\n  directory: "%s"\n  pidfile: ""\n' "$tmp"
 	printf '  use-syslog: no\n  logfile: ""\n  verbosity: 0\n  access-control: 0.0.0.0/0 allow\n'
 	printf '  do-ip6: no\n  local-zone: "zl." static\n'
+	# unbound answers test. itself (RFC 6761 default zones): forward it
+	# like everything else, as the other servers do.
+	printf '  local-zone: "test." nodefault\n  do-not-query-localhost: no\n'
 	awk '{printf "  local-data: \"%s. 5 IN A %s\"\n", $2, $1}' "$tmp/hosts"
 	printf 'remote-control:\n  control-enable: no\n'
 	printf 'forward-zone:\n  name: "."\n  forward-addr: %s\n' "$OUTSIDE_DNS"
