@@ -314,8 +314,8 @@ func TestObserve(t *testing.T) {
 	var mu sync.Mutex
 	got := map[bool]int{}
 	s := newTestServer(t, Config{Upstreams: []string{up.addr}, Observe: func(d time.Duration, fwd bool) {
-		if d <= 0 {
-			t.Errorf("elapsed %s", d)
+		if d < 0 {
+			t.Errorf("elapsed %s", d) // 0 is possible where the clock is coarse (Windows)
 		}
 		mu.Lock()
 		got[fwd]++

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -12,10 +13,14 @@ func TestListenMetricsBadAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	inUse := "address already in use"
+	if runtime.GOOS == "windows" {
+		inUse = "bind: " // Windows words it "Only one usage of each socket address…" (Wine: winapi error #10048)
+	}
 	for _, tc := range []struct{ addr, want string }{
 		{"nonsense", "--metrics-listen nonsense: "},
 		{"127.0.0.1:99999", "--metrics-listen 127.0.0.1:99999: "},
-		{busy.Addr().String(), "address already in use"},
+		{busy.Addr().String(), inUse},
 	} {
 		t.Run(tc.addr, func(t *testing.T) {
 			ln, err := listenMetrics(tc.addr)
