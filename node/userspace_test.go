@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -22,6 +23,10 @@ func TestUserspaceBadStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	inUse := "address already in use"
+	if runtime.GOOS == "windows" {
+		inUse = "bind: " // Windows words EADDRINUSE otherwise (Wine: winapi error #10048)
+	}
 	free, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +40,7 @@ func TestUserspaceBadStarts(t *testing.T) {
 	}{
 		{"socks not loopback", Userspace{SOCKS5Listen: "0.0.0.0:1080"}, "--socks5-listen 0.0.0.0:1080: not a loopback address"},
 		{"http proxy not loopback", Userspace{HTTPProxyListen: "192.0.2.1:3128"}, "--proxy-allow-remote"},
-		{"socks port in use", Userspace{SOCKS5Listen: busy.Addr().String()}, "address already in use"},
+		{"socks port in use", Userspace{SOCKS5Listen: busy.Addr().String()}, inUse},
 		{"http port in use", Userspace{SOCKS5Listen: freeAddr, HTTPProxyListen: busy.Addr().String()}, "--http-proxy-listen"},
 		{"bad address", Userspace{SOCKS5Listen: "nowhere"}, "want ip:port"},
 	}

@@ -95,8 +95,10 @@ patch_std() { # FILE PERL-SUBSTITUTION
 #   ipam/disk TestReload, TestJournal: a second store on the same path
 #     while the first is open (also: a Unix mode check);
 #   node TestAdoptAttachments, TestUnplugOrder: the node's ipam file store
-#     is never closed by the test.
-known='^(TestReload|TestJournal|TestAdoptAttachments|TestUnplugOrder)$'
+#     is never closed by the test;
+#   node TestGuestsRestore: a second node on the same state dir while the
+#     first one's stores are still open.
+known='^(TestReload|TestJournal|TestAdoptAttachments|TestUnplugOrder|TestGuestsRestore)$'
 
 echo "== GOOS=windows go test -exec wine"
 GOOS=windows go test -count=1 -timeout 20m -overlay "$work/overlay.json" -exec wine -skip "$known" "$@" ./...
