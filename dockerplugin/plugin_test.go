@@ -370,11 +370,15 @@ func TestBadInput(t *testing.T) {
 		{name: "endpoint on an unknown network", method: "NetworkDriver.CreateEndpoint",
 			body: `{"NetworkID":"` + other + `","EndpointID":"` + epID + `","Interface":{"Address":"10.200.0.10/32"}}`, wantMsg: "not a zlmesh network"},
 		{name: "endpoint with an address zlmesh did not hand out",
-			setup:  func(h *harness) { h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`)) },
+			setup: func(h *harness) {
+				h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`))
+			},
 			method: "NetworkDriver.CreateEndpoint",
 			body:   `{"NetworkID":"` + netID + `","EndpointID":"` + epID + `","Interface":{"Address":"172.18.0.2/16"}}`, wantMsg: "not handed out"},
 		{name: "endpoint without address",
-			setup:  func(h *harness) { h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`)) },
+			setup: func(h *harness) {
+				h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`))
+			},
 			method: "NetworkDriver.CreateEndpoint", body: `{"NetworkID":"` + netID + `","EndpointID":"` + epID + `","Interface":{}}`, wantMsg: "no address"},
 		{name: "endpoint id not Docker's", method: "NetworkDriver.CreateEndpoint",
 			body: `{"NetworkID":"` + netID + `","EndpointID":"../../etc","Interface":{"Address":"10.200.0.10/32"}}`, wantMsg: "not a Docker id"},
