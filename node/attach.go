@@ -32,11 +32,32 @@ type Containers interface {
 // service record, an event. A failure at any step undoes the steps before
 // it: no link, address or lease is left behind.
 func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachment, error) {
+	return n.attachVia(ctx, req, attachHow{})
+}
+
+// attachHow is how an attach differs from the control API's: the way in
+// (Docker's driver, docker.go) changes where the lease comes from and the
+// plumbing's form, not the pipeline.
+type attachHow struct {
+	// reserved is the key of a lease made before the container was named
+	// (Docker's IPAM asks for the address first): it is renamed to the
+	// container's. "" allocates.
+	reserved string
+	// hostPeer leaves the container end of the veth in the host under this
+	// name, for the runtime to move (bridge.Spec.HostPeer); the request
+	// then names no namespace.
+	hostPeer string
+	// mtu overrides Config.MTU when not 0.
+	mtu int
+}
+
+// attachVia is the attach pipeline (see Attach).
+func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachHow) (api.Attachment, error) {
 	start := time.Now()
 	if n.containers == nil {
 		return api.Attachment{}, api.Errorf(api.CodeUnsupported, "container attach is not supported on this platform")
 	}
-	if err := validateAttach(req); err != nil {
+	if err := validateAttach(req, how.hostPeer != ""); err != nil {
 		return api.Attachment{}, err
 	}
 	if !n.attach.claim(req.Container) {
@@ -49,7 +70,13 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 
 	n.renumberMu.RLock() // no block may move under an attach
 	defer n.renumberMu.RUnlock()
-	lease, err := n.allocate(req.Service, req.Container)
+	var lease ipam.Lease
+	var err error
+	if how.reserved != "" {
+		lease, err = n.alloc.Rename(how.reserved, req.Container, req.Service)
+	} else {
+		lease, err = n.allocate(req.Service, req.Container)
+	}
 	if err != nil {
 		return api.Attachment{}, attachError(req, err)
 	}
@@ -62,6 +89,10 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 		Address:   hostPrefix(lease.Addr),
 		Gateway:   gatewayFor(lease.Addr),
 		MTU:       n.cfg.MTU,
+		HostPeer:  how.hostPeer,
+	}
+	if how.mtu != 0 {
+		spec.MTU = how.mtu
 	}
 	if spec.Ifname == "" {
 		spec.Ifname = bridge.DefaultIfname
@@ -124,7 +155,7 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 	return nil
 }
 
-func validateAttach(req api.AttachRequest) error {
+func validateAttach(req api.AttachRequest, hostPeer bool) error {
 	if err := bridge.ValidateService(req.Service); err != nil {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
@@ -132,6 +163,10 @@ func validateAttach(req api.AttachRequest) error {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
 	switch {
+	case hostPeer && (req.Netns != "" || req.PID != 0):
+		return api.Errorf(api.CodeBadRequest, "a container whose runtime moves its interface names no namespace")
+	case hostPeer:
+		return nil
 	case req.Netns == "" && req.PID == 0:
 		return api.Errorf(api.CodeBadRequest, "give the container's network namespace: netns (a path) or pid")
 	case req.Netns != "" && req.PID != 0:
