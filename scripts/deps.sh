@@ -19,6 +19,8 @@ ZLMESH_PACKAGES=(
   util-linux            # unshare, nsenter: the testbed's per-host mount namespaces
   procps                # ps, for the testbed's process checks
   containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline
+  docker.io             # the Docker driver's end-to-end test and benchmark (dockerd per testbed host)
+  busybox-static        # the Docker test's image, imported from a directory (no registry)
 )
 
 zlmesh_install_deps() {
