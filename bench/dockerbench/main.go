@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command dockerbench measures `docker run --rm` on a zlmesh network
 // against Docker's default bridge network, in the same run (see
 // bench/docker.sh, which builds and runs it):
