@@ -12,8 +12,9 @@
 //
 // `docker network create -d zlmesh --ipam-driver zlmesh web`:
 //
-//  1. IpamDriver.RequestPool: the cluster CIDR as the pool (PoolID
-//     "zlmesh-v4"), with the link-local gateway every service bridge holds
+//  1. IpamDriver.RequestPool: 0.0.0.0/0 as the pool (PoolID "zlmesh-v4";
+//     see anyPool for why not the cluster CIDR, which a --subnet naming it
+//     gets), with the link-local gateway every service bridge holds
 //     (169.254.1.1/32) as the pool's gateway, so Docker asks no address for
 //     a gateway of its own;
 //  2. NetworkDriver.CreateNetwork: the network's service (-o
@@ -376,13 +377,35 @@ func (p *Plugin) requestPool(_ context.Context, req requestPoolRequest) (any, er
 	case len(req.Options) > 0:
 		return nil, fmt.Errorf("zlmesh's IPAM has no options (--ipam-opt %s)", firstKey(req.Options))
 	}
+	answer := anyPool(req.V6)
 	if req.Pool != "" {
 		want, err := netip.ParsePrefix(req.Pool)
 		if err != nil || want.Masked() != pool {
 			return nil, fmt.Errorf("zlmesh's addresses come from the cluster range %s: --subnet %s is not it (leave --subnet out)", pool, req.Pool)
 		}
+		answer = pool
 	}
-	return requestPoolResponse{PoolID: poolID(req.V6), Pool: pool.String(), Data: map[string]string{labelGateway: gw.String()}}, nil
+	return requestPoolResponse{PoolID: poolID(req.V6), Pool: answer.String(), Data: map[string]string{labelGateway: gw.String()}}, nil
+}
+
+// anyPool is the pool RequestPool answers when Docker names none:
+// 0.0.0.0/0 (::/0), as Calico's IPAM does. libnetwork checks a local
+// network's pool against the host's routes and asks again, forever, while
+// they overlap (requestPoolHelper); the cluster range always overlaps the
+// node's own routes (the TUN's, the containers' /32s), and 0.0.0.0/0 is the
+// one pool libnetwork exempts from the check (types.IsIPNetValid).
+// Addresses still come from the node's blocks (RequestAddress).
+func anyPool(v6 bool) netip.Prefix {
+	if v6 {
+		return netip.MustParsePrefix("::/0")
+	}
+	return netip.MustParsePrefix("0.0.0.0/0")
+}
+
+// ourPool reports whether a pool Docker hands back (CreateNetwork's
+// IPv4Data) is one RequestPool answered.
+func ourPool(got string, cluster netip.Prefix) bool {
+	return got == anyPool(cluster.Addr().Is6()).String() || got == cluster.String()
 }
 
 func poolID(v6 bool) string {
@@ -534,7 +557,7 @@ func (p *Plugin) networkFromOptions(req createNetworkRequest) (Network, error) {
 		return nw, errors.New("zlmesh serves no IPv6 addresses")
 	}
 	pool, _, _ := p.cfg.Node.Pool(false)
-	if len(req.IPv4Data) != 1 || req.IPv4Data[0].Pool != pool.String() {
+	if len(req.IPv4Data) != 1 || !ourPool(req.IPv4Data[0].Pool, pool) {
 		got := "none"
 		if len(req.IPv4Data) > 0 {
 			got = req.IPv4Data[0].Pool

@@ -244,7 +244,7 @@ const (
 
 func createNetworkBody(id string, opts string) string {
 	return fmt.Sprintf(`{"NetworkID":%q,"Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{%s}},`+
-		`"IPv4Data":[{"AddressSpace":"zlmesh-local","Gateway":"169.254.1.1/32","Pool":"10.200.0.0/16"}],"IPv6Data":[]}`, id, opts)
+		`"IPv4Data":[{"AddressSpace":"zlmesh-local","Gateway":"169.254.1.1/32","Pool":"0.0.0.0/0"}],"IPv6Data":[]}`, id, opts)
 }
 
 // endpoint runs RequestAddress and CreateEndpoint for epID on network id.
@@ -273,8 +273,12 @@ func TestDockerFlow(t *testing.T) {
 		t.Fatalf("address spaces: %v", sp)
 	}
 	pool := h.ok("IpamDriver.RequestPool", `{"AddressSpace":"zlmesh-local","Pool":"","SubPool":"","Options":{},"V6":false}`)
-	if pool["PoolID"] != PoolID || pool["Pool"] != "10.200.0.0/16" || pool["Data"].(map[string]any)[labelGateway] != "169.254.1.1/32" {
+	if pool["PoolID"] != PoolID || pool["Pool"] != "0.0.0.0/0" || pool["Data"].(map[string]any)[labelGateway] != "169.254.1.1/32" {
 		t.Fatalf("RequestPool: %v", pool)
+	}
+	// --subnet naming the cluster range gets it.
+	if p := h.ok("IpamDriver.RequestPool", `{"AddressSpace":"zlmesh-local","Pool":"10.200.0.0/16"}`); p["Pool"] != "10.200.0.0/16" {
+		t.Fatalf("RequestPool with --subnet: %v", p)
 	}
 	h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`))
 

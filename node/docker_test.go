@@ -83,7 +83,7 @@ func TestDockerPipeline(t *testing.T) {
 	const ep = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"
 	const key = "docker-a1b2c3d4e5f6"
 	pool := dockerCall(t, h, "IpamDriver.RequestPool", `{"AddressSpace":"zlmesh-local"}`)
-	if pool["Pool"] != "10.200.0.0/16" || pool["Data"].(map[string]any)["com.docker.network.gateway"] != "169.254.1.1/32" {
+	if pool["Pool"] != "0.0.0.0/0" || pool["Data"].(map[string]any)["com.docker.network.gateway"] != "169.254.1.1/32" {
 		t.Fatalf("RequestPool: %v", pool)
 	}
 	if out := dockerCall(t, h, "NetworkDriver.CreateNetwork", `{"NetworkID":"`+net+`","Options":{"com.docker.network.generic":{"zlmesh.service":"web"}},"IPv4Data":[{"Pool":"10.200.0.0/16","Gateway":"169.254.1.1/32"}]}`); out["Err"] != nil {
