@@ -3,6 +3,9 @@
 # default bridge network, same run, N (default 20) each, alternating
 # (bench/dockerbench does the work; see its doc).
 #
+# RESIDENT=1 keeps one container on the zlmesh network meanwhile (its
+# service bridge then stays).
+#
 # Needs root and Go; installs the packages it uses (scripts/deps.sh:
 # docker.io, busybox-static). Everything runs in a one-host testbed with a
 # random prefix and a dockerd of its own in that host's network namespace,
@@ -29,5 +32,5 @@ trap 'exit 130' INT TERM
 go build -o "$tmp/zlmesh" ./cmd/zlmesh
 go build -o "$tmp/dockerbench" ./bench/dockerbench
 echo "docker.sh: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
-"$tmp/dockerbench" -binary "$tmp/zlmesh" -prefix "$prefix" -n "$N"
+"$tmp/dockerbench" -binary "$tmp/zlmesh" -prefix "$prefix" -n "$N" ${RESIDENT:+-resident}
 echo "docker.sh: load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"

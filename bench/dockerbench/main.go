@@ -37,18 +37,19 @@ func main() {
 	binary := flag.String("binary", "", "zlmesh binary (required)")
 	n := flag.Int("n", 20, "runs per network")
 	prefix := flag.String("prefix", "", "testbed prefix (default: a random one)")
+	resident := flag.Bool("resident", false, "keep one container running on the zlmesh network meanwhile (its service bridge then stays)")
 	flag.Parse()
 	if *binary == "" {
 		fmt.Fprintln(os.Stderr, "dockerbench: -binary is required")
 		os.Exit(2)
 	}
-	if err := run(*binary, *n, *prefix); err != nil {
+	if err := run(*binary, *n, *prefix, *resident); err != nil {
 		fmt.Fprintln(os.Stderr, "dockerbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(binary string, n int, prefix string) error {
+func run(binary string, n int, prefix string, resident bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if prefix == "" {
@@ -105,6 +106,11 @@ func run(binary string, n int, prefix string) error {
 	if _, err := d.Run(ctx, "network", "create", "-d", d.Plugin, "--ipam-driver", d.Plugin, "bench"); err != nil {
 		return err
 	}
+	if resident {
+		if _, err := d.Run(ctx, "run", "-d", "--name", "resident", "--network", "bench", image, "sleep", "3600"); err != nil {
+			return err
+		}
+	}
 	nets := []string{"bench", "bridge"}
 	once := func(network string) (time.Duration, error) {
 		t0 := time.Now()
@@ -130,6 +136,11 @@ func run(binary string, n int, prefix string) error {
 			took[nw] = append(took[nw], t)
 		}
 	}
+	if resident {
+		if _, err := d.Run(ctx, "rm", "-f", "resident"); err != nil {
+			return err
+		}
+	}
 	if out, _ := d.Run(ctx, "ps", "-aq"); out != "" {
 		return fmt.Errorf("containers left after run --rm: %s", out)
 	}
@@ -141,7 +152,7 @@ func run(binary string, n int, prefix string) error {
 		return fmt.Errorf("%d attachments left after run --rm", len(atts))
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Printf("docker run --rm <busybox> true, %d runs per network, alternating (load %s)\n", n, string(load[:14]))
+	fmt.Printf("docker run --rm <busybox> true, %d runs per network, alternating, resident container %v (load %s)\n", n, resident, string(load[:14]))
 	fmt.Printf("%-14s %8s %8s %8s\n", "network", "p50 ms", "mean ms", "p90 ms")
 	stats := map[string][3]float64{}
 	for _, nw := range nets {
