@@ -278,10 +278,10 @@ func TestDocker(t *testing.T) {
 	if again, err := dockerAttachment(ctx, h1, "web"); err != nil || again.Address != a1.Address {
 		t.Fatalf("after a restart of zlmesh: %+v %v, want %s", again, err, a1.Address)
 	}
-	// web1 by its own mesh name (web.zl now also names web2, which
-	// serves nothing).
+	// web1 by its address (web.zl now also names web2, which serves
+	// nothing).
 	eventually(t, 30*time.Second, func() error {
-		_, err := d2.Run(ctx, "exec", "db1", "wget", "-q", "-T", "3", "-O", "-", "http://"+a1.Container+".web.zl/")
+		_, err := d2.Run(ctx, "exec", "db1", "wget", "-q", "-T", "3", "-O", "-", "http://"+a1.Address+"/")
 		return err
 	})
 
