@@ -260,6 +260,29 @@ type Spec struct {
 	// MTU of both veth ends and the bridge; 0 leaves the kernel's default
 	// (1500).
 	MTU int
+	// HostPeer selects the form for runtimes that move the container's
+	// interface themselves (Docker's network drivers): when set, the
+	// container end of the veth is made in the host namespace under this
+	// name (normally HostPeerName(Container)) and left there, down and
+	// without an address, for the runtime to move into the container,
+	// rename, and give Address and a route to Gateway. Netns and PID are
+	// then unset and Ifname is not used. Attach does steps 3, 4 (the peer
+	// in the host), 7, 8 and 9 of its list; Alive reports whether the host
+	// veth still exists (it dies with the container's namespace); Adopt
+	// repairs the host side only; Readdress is ErrUnsupported (the node
+	// cannot reach into a namespace it was never given). See hostpeer_linux.go.
+	HostPeer string
+}
+
+// HostPeerPrefix names the container end of a HostPeer veth while it is in
+// the host (HostPeerName). Inventory does not list these links: each dies
+// with its host veth.
+const HostPeerPrefix = "zlc"
+
+// HostPeerName is the HostPeer of a container: "zlc" and the same hash as
+// VethName.
+func HostPeerName(container string) string {
+	return HostPeerPrefix + hash32(container)[:ifnamsiz-len(HostPeerPrefix)]
 }
 
 // ifname returns Ifname or the default.
@@ -331,11 +354,31 @@ func (s Spec) validate() error {
 	if err := s.validateNames(); err != nil {
 		return err
 	}
+	if s.HostPeer != "" {
+		return s.validateHostPeer()
+	}
 	if err := s.validateNamespace(); err != nil {
 		return err
 	}
 	if err := validateIfname(s.ifname()); err != nil {
 		return fmt.Errorf("container %s: %w", s.Container, err)
+	}
+	if s.MTU < 0 || (s.MTU > 0 && s.MTU < 68) || s.MTU > 65535 {
+		return fmt.Errorf("container %s: mtu %d out of range (0, or 68 to 65535): %w", s.Container, s.MTU, ErrInvalid)
+	}
+	return validateAddrs(s.Container, s.Address, s.Gateway)
+}
+
+// validateHostPeer checks a Spec of the HostPeer form.
+func (s Spec) validateHostPeer() error {
+	switch {
+	case s.Netns != "" || s.PID != 0:
+		return fmt.Errorf("spec for container %s names a host peer %q and a namespace (netns %q, pid %d): %w", s.Container, s.HostPeer, s.Netns, s.PID, ErrInvalid)
+	case !strings.HasPrefix(s.HostPeer, HostPeerPrefix):
+		return fmt.Errorf("container %s: host peer %q does not start with %s: %w", s.Container, s.HostPeer, HostPeerPrefix, ErrInvalid)
+	}
+	if err := validateIfname(s.HostPeer); err != nil {
+		return fmt.Errorf("container %s: host peer: %w", s.Container, err)
 	}
 	if s.MTU < 0 || (s.MTU > 0 && s.MTU < 68) || s.MTU > 65535 {
 		return fmt.Errorf("container %s: mtu %d out of range (0, or 68 to 65535): %w", s.Container, s.MTU, ErrInvalid)

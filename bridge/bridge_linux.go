@@ -343,6 +343,9 @@ const (
 var attachSteps = []string{stepIfname, stepBridge, stepVeth, stepMove, stepInside, stepRoute, stepHostRoute, stepHostSide, stepForward}
 
 func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
+	if s.HostPeer != "" {
+		return m.attachHostPeer(ctx, s)
+	}
 	if err := s.validate(); err != nil {
 		return Attached{}, fmt.Errorf("attach: %w", err)
 	}
@@ -632,6 +635,9 @@ func (m *Manager) removeLink(name string) error {
 }
 
 func (m *Manager) alive(s Spec, id NetnsID) (bool, error) {
+	if s.HostPeer != "" {
+		return m.aliveHostPeer(s)
+	}
 	if id.IsZero() {
 		return false, fmt.Errorf("alive %s: netns id is zero: %w", s.Container, ErrInvalid)
 	}
@@ -646,6 +652,9 @@ func (m *Manager) alive(s Spec, id NetnsID) (bool, error) {
 }
 
 func (m *Manager) readdress(ctx context.Context, s Spec, newAddr netip.Prefix) (err error) {
+	if s.HostPeer != "" {
+		return fmt.Errorf("readdress %s: its interface was moved by its runtime, into a namespace the node was not given: %w", s.Container, ErrUnsupported)
+	}
 	if err := s.validate(); err != nil {
 		return fmt.Errorf("readdress: %w", err)
 	}
@@ -709,6 +718,9 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr netip.Prefix) (
 }
 
 func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
+	if s.HostPeer != "" {
+		return m.adoptHostPeer(ctx, s)
+	}
 	if err := s.validate(); err != nil {
 		return Attached{}, fmt.Errorf("adopt: %w", err)
 	}

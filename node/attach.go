@@ -32,11 +32,32 @@ type Containers interface {
 // service record, an event. A failure at any step undoes the steps before
 // it: no link, address or lease is left behind.
 func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachment, error) {
+	return n.attachVia(ctx, req, attachHow{})
+}
+
+// attachHow is how an attach differs from the control API's: the way in
+// (Docker's driver, docker.go) changes where the lease comes from and the
+// plumbing's form, not the pipeline.
+type attachHow struct {
+	// reserved is the key of a lease made before the container was named
+	// (Docker's IPAM asks for the address first): it is renamed to the
+	// container's. "" allocates.
+	reserved string
+	// hostPeer leaves the container end of the veth in the host under this
+	// name, for the runtime to move (bridge.Spec.HostPeer); the request
+	// then names no namespace.
+	hostPeer string
+	// mtu overrides Config.MTU when not 0.
+	mtu int
+}
+
+// attachVia is the attach pipeline (see Attach and endpoint.go).
+func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachHow) (api.Attachment, error) {
 	start := time.Now()
 	if n.containers == nil {
 		return api.Attachment{}, api.Errorf(api.CodeUnsupported, "container attach is not supported on this platform")
 	}
-	if err := validateAttach(req); err != nil {
+	if err := validateAttach(req, how.hostPeer != ""); err != nil {
 		return api.Attachment{}, err
 	}
 	if err := validateOrigin(req.Origin); err != nil {
@@ -57,6 +78,10 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 		PID:       req.PID,
 		Ifname:    req.Ifname,
 		MTU:       n.cfg.MTU,
+		HostPeer:  how.hostPeer,
+	}
+	if how.mtu != 0 {
+		spec.MTU = how.mtu
 	}
 	if spec.Ifname == "" {
 		spec.Ifname = bridge.DefaultIfname
@@ -66,6 +91,7 @@ func (n *Node) Attach(ctx context.Context, req api.AttachRequest) (api.Attachmen
 	_, err := n.addEndpoint(ctx, start, endpointSteps{
 		service:  req.Service,
 		lease:    req.Container,
+		reserved: how.reserved,
 		plumbing: pl,
 		journal: func(netip.Addr) error {
 			// A namespace handed over as the caller's fd is recorded by a
@@ -136,7 +162,7 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 	return nil
 }
 
-func validateAttach(req api.AttachRequest) error {
+func validateAttach(req api.AttachRequest, hostPeer bool) error {
 	if err := bridge.ValidateService(req.Service); err != nil {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
@@ -144,6 +170,10 @@ func validateAttach(req api.AttachRequest) error {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
 	switch {
+	case hostPeer && (req.Netns != "" || req.PID != 0):
+		return api.Errorf(api.CodeBadRequest, "a container whose runtime moves its interface names no namespace")
+	case hostPeer:
+		return nil
 	case req.Netns == "" && req.PID == 0:
 		return api.Errorf(api.CodeBadRequest, "give the container's network namespace: netns (a path) or pid")
 	case req.Netns != "" && req.PID != 0:

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/dockerplugin"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/tun"
@@ -26,6 +27,8 @@ const (
 	DefaultDeadGrace  = 24 * time.Hour
 	// DefaultBlockReleaseAfter is how long an empty block is kept.
 	DefaultBlockReleaseAfter = 10 * time.Minute
+	// DefaultDockerPluginSocket is where Docker looks for the "zlmesh" driver.
+	DefaultDockerPluginSocket = "/run/docker/plugins/zlmesh.sock"
 )
 
 // Config is everything `zlmesh up` needs. The zero value of every field but
@@ -98,6 +101,17 @@ type Config struct {
 	// mesh DNS, e.g. 127.0.0.1:53 for the host itself; the mesh DNS
 	// address on the packet path is always served.
 	DNSListen []string
+	// DockerPlugin serves Docker's network and IPAM driver protocols (the
+	// driver "zlmesh": docker network create -d zlmesh --ipam-driver zlmesh)
+	// on DockerPluginSocket. Off by default.
+	DockerPlugin bool
+	// DockerPluginSocket is the driver's socket; Docker finds it by its
+	// file name. Default /run/docker/plugins/zlmesh.sock.
+	DockerPluginSocket string
+	// DockerSocket is dockerd's engine API, read for network names and to
+	// reconcile endpoints; default /run/docker.sock; "-" for none
+	// (networks then need -o zlmesh.service=NAME).
+	DockerSocket string
 	// Gossip holds memberlist's timers; zero fields keep LAN defaults.
 	Gossip mesh.Tuning
 	// Logger; nil logs to stderr at Info.
@@ -235,6 +249,12 @@ func (c *Config) Normalize() error {
 		if err := pool.CheckBlock(c.FirstBlock); err != nil {
 			return fmt.Errorf("--first-block: %w", err)
 		}
+	}
+	if c.DockerPluginSocket == "" {
+		c.DockerPluginSocket = DefaultDockerPluginSocket
+	}
+	if c.DockerSocket == "" {
+		c.DockerSocket = dockerplugin.DefaultDockerSocket
 	}
 	if c.BlockReleaseAfter == 0 {
 		c.BlockReleaseAfter = DefaultBlockReleaseAfter

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/ipam"
 )
 
 // The endpoint pipeline: every way onto the mesh that takes an address from
@@ -48,7 +49,11 @@ type endpointSteps struct {
 	// service and lease key the address lease (ipam.Allocator.Allocate's
 	// service and container).
 	service, lease string
-	plumbing       plumbing
+	// reserved, when not "", is the key of a lease made before the
+	// endpoint had its name (Docker's IPAM): it is renamed to lease
+	// instead of allocating one.
+	reserved string
+	plumbing plumbing
 	// journal records the endpoint durably at addr; on error nothing is
 	// recorded.
 	journal func(addr netip.Addr) error
@@ -70,7 +75,13 @@ type endpointSteps struct {
 func (n *Node) addEndpoint(ctx context.Context, start time.Time, s endpointSteps) (netip.Addr, error) {
 	n.renumberMu.RLock() // no block may move under an add
 	defer n.renumberMu.RUnlock()
-	lease, err := n.allocate(s.service, s.lease)
+	var lease ipam.Lease
+	var err error
+	if s.reserved != "" {
+		lease, err = n.alloc.Rename(s.reserved, s.lease, s.service)
+	} else {
+		lease, err = n.allocate(s.service, s.lease)
+	}
 	if err != nil {
 		return netip.Addr{}, s.fail(err)
 	}

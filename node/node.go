@@ -17,7 +17,8 @@
 //     stored blocks another node took meanwhile are replaced and their
 //     containers renumbered), the TUN's overlay address, this node's meta,
 //     the NAT table, the mesh DNS hooked into the packet path;
-//  8. the reconcile loops, then the control socket starts serving.
+//  8. Docker's driver socket (docker.go) when asked for, the reconcile
+//     loops, then the control socket starts serving.
 //
 // The reconcile loops (reconcile.go) turn what the mesh says into kernel and
 // WireGuard state: members and block claims → WireGuard peers and routes; a
@@ -92,6 +93,7 @@ type Node struct {
 
 	ctlLn  net.Listener
 	ctlSrv *http.Server
+	docker *dockerServer // nil without Config.DockerPlugin
 
 	startedAt time.Time
 	kick      chan struct{} // wakes the reconcile loop; never blocks
@@ -308,7 +310,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 
-	// 8. Loops and the control socket.
+	// 8. Docker's driver socket, loops and the control socket.
+	if err := n.startDockerPlugin(); err != nil {
+		return nil, err
+	}
 	n.startLoops()
 	n.ctlSrv = &http.Server{Handler: n.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go n.ctlSrv.Serve(n.ctlLn)

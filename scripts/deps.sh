@@ -27,8 +27,9 @@ ZLMESH_PACKAGES=(
   containernetworking-plugins # the CNI bridge plugin, the attach benchmark's baseline; host-local and loopback for the Podman test
   podman                # the CNI plugin's end-to-end test and benchmark (CNI backend)
   runc                  # Podman's runtime in the test (crun cannot start here: cgroups in hybrid mode)
-  busybox-static        # the Podman test's image, imported from a directory (no registry)
+  busybox-static        # the Podman and Docker tests' image, imported from a directory (no registry)
   systemd               # systemd-analyze, to verify dist/zlmesh.service (already there on Debian; installing it starts nothing where systemd is not PID 1)
+  docker.io             # the Docker driver's end-to-end test and benchmark (dockerd per testbed host)
 )
 
 # What scripts/test-windows.sh adds: Wine runs the Windows test binaries.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/dockerplugin"
 	"github.com/zlmesh/zlmesh/internal/sdnotify"
 	"github.com/zlmesh/zlmesh/internal/winsvc"
 	"github.com/zlmesh/zlmesh/ipam"
@@ -63,6 +64,9 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config, o *upOptions) {
 	fs.Var((*listFlag)(&cfg.DNSUpstreams), "dns-upstream", "`host:port` the mesh DNS forwards other names to (repeat; default: /etc/resolv.conf without loopback entries)")
 	fs.StringVar(&cfg.DNSZone, "dns-zone", "zl.", "mesh DNS zone")
 	fs.DurationVar(&cfg.DNSTTL, "dns-ttl", 5*time.Second, "TTL of mesh DNS answers")
+	fs.BoolVar(&cfg.DockerPlugin, "docker-plugin", false, "serve Docker's network and IPAM driver \"zlmesh\" (docker network create -d zlmesh --ipam-driver zlmesh NAME)")
+	fs.StringVar(&cfg.DockerPluginSocket, "docker-plugin-socket", node.DefaultDockerPluginSocket, "the Docker driver's `socket` (Docker knows the driver by the file name)")
+	fs.StringVar(&cfg.DockerSocket, "docker-socket", dockerplugin.DefaultDockerSocket, "dockerd's API `socket`, for network names and endpoint reconciliation (\"-\": none)")
 	fs.Var((*listFlag)(&cfg.DNSListen), "dns-listen", "extra `ip:port` the mesh DNS also listens on (UDP and TCP; repeat), e.g. 127.0.0.1:53")
 	fs.BoolFunc("masquerade", "masquerade container traffic leaving the cluster (default true; --masquerade=false switches it off)", func(v string) error {
 		on, err := strconv.ParseBool(v)
