@@ -275,8 +275,17 @@ func TestDocker(t *testing.T) {
 	if err := h1.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if again, err := dockerAttachment(ctx, h1, "web"); err != nil || again.Address != a1.Address {
-		t.Fatalf("after a restart of zlmesh: %+v %v, want %s", again, err, a1.Address)
+	// web2 is on the network too now: find web1's endpoint by its id.
+	list, err := h1.Client().Attachments(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := false
+	for _, a := range list {
+		kept = kept || (a.Container == a1.Container && a.Address == a1.Address)
+	}
+	if !kept {
+		t.Fatalf("after a restart of zlmesh web1 (%s at %s) is not attached as before: %+v", a1.Container, a1.Address, list)
 	}
 	// Known defect, not fixed yet: after the restart, db1 on h2 no longer
 	// reaches web1 (by name or address), although web1 kept its address.
