@@ -342,6 +342,36 @@ const (
 
 var attachSteps = []string{stepIfname, stepBridge, stepVeth, stepMove, stepInside, stepRoute, stepHostRoute, stepHostSide, stepForward}
 
+// finishHostSide is the end of both attach forms, once the fresh veth's
+// host end exists: 7. the host route to s.Address via br, before the host
+// end comes up; 8. the host end a port of br, up; 9. the forwarding
+// switches. Each change is pushed on undo.
+func (m *Manager) finishHostSide(ctx context.Context, sys *system, s Spec, host, br netlink.Link, undo *undoList) error {
+	if err := sys.step(ctx, stepHostRoute); err != nil {
+		return err
+	}
+	_, undoRoute, err := sys.ensureHostRoute(s.Address, br)
+	if err != nil {
+		return err
+	}
+	if undoRoute != nil {
+		undo.push("host route "+s.Address.String(), undoRoute)
+	}
+	if err := sys.step(ctx, stepHostSide); err != nil {
+		return err
+	}
+	if _, err := sys.ensureHostEnd(host, br, s, true); err != nil {
+		return err
+	}
+	if err := sys.step(ctx, stepForward); err != nil {
+		return err
+	}
+	if m.cfg.Forwarding {
+		return sys.forwarding(s.Address.Addr().Is6())
+	}
+	return nil
+}
+
 func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
 	if s.HostPeer != "" {
 		return m.attachHostPeer(ctx, s)
@@ -476,34 +506,9 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 		return Attached{}, err
 	}
 
-	// 7. The host route, before the host end comes up.
-	if err := sys.step(ctx, stepHostRoute); err != nil {
+	// 7-9. The host route, the host end, forwarding.
+	if err := m.finishHostSide(ctx, sys, s, host, br, &undo); err != nil {
 		return Attached{}, err
-	}
-	_, undoRoute, err := sys.ensureHostRoute(s.Address, br)
-	if err != nil {
-		return Attached{}, err
-	}
-	if undoRoute != nil {
-		undo.push("host route "+s.Address.String(), undoRoute)
-	}
-
-	// 8. Host side.
-	if err := sys.step(ctx, stepHostSide); err != nil {
-		return Attached{}, err
-	}
-	if _, err := sys.ensureHostEnd(host, br, s, true); err != nil {
-		return Attached{}, err
-	}
-
-	// 9. Forwarding.
-	if err := sys.step(ctx, stepForward); err != nil {
-		return Attached{}, err
-	}
-	if m.cfg.Forwarding {
-		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
-			return Attached{}, err
-		}
 	}
 	return Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id}, nil
 }

@@ -80,34 +80,9 @@ func (m *Manager) attachHostPeer(ctx context.Context, s Spec) (_ Attached, err e
 	}
 	undo.push("create veth "+vethName, func() error { return sys.delLink(host) }) // the peer goes with it
 
-	// 7. The host route, before the host end comes up.
-	if err := sys.step(ctx, stepHostRoute); err != nil {
+	// 7-9. The host route, the host end, forwarding.
+	if err := m.finishHostSide(ctx, sys, s, host, br, &undo); err != nil {
 		return Attached{}, err
-	}
-	_, undoRoute, err := sys.ensureHostRoute(s.Address, br)
-	if err != nil {
-		return Attached{}, err
-	}
-	if undoRoute != nil {
-		undo.push("host route "+s.Address.String(), undoRoute)
-	}
-
-	// 8. Host side.
-	if err := sys.step(ctx, stepHostSide); err != nil {
-		return Attached{}, err
-	}
-	if _, err := sys.ensureHostEnd(host, br, s, true); err != nil {
-		return Attached{}, err
-	}
-
-	// 9. Forwarding.
-	if err := sys.step(ctx, stepForward); err != nil {
-		return Attached{}, err
-	}
-	if m.cfg.Forwarding {
-		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
-			return Attached{}, err
-		}
 	}
 	sys.notePort(brName, s.Container)
 	m.log.Info("attached", "container", s.Container, "service", s.Service, "bridge", brName,
