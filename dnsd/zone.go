@@ -180,41 +180,15 @@ func buildZone(cfg *Config, snap *Snapshot, serial uint32) (*zone, error) {
 		b.addrNames[addr] = append(b.addrNames[addr], ctr)
 	}
 
-	nodesWire := joinWire(nodeLabel, b.main.name)
-	nodes := slices.Clone(snap.Nodes)
-	slices.SortFunc(nodes, func(x, y NodeRecord) int { return strings.Compare(x.Name, y.Name) })
-	for _, nr := range nodes {
-		addr := nr.Addr.Unmap()
-		switch {
-		case !validLabel(nr.Name):
-			b.skip("node %q: name is not a DNS label", nr.Name)
-			continue
-		case !addr.IsValid():
-			b.skip("node %s: no address", nr.Name)
-			continue
-		}
-		name := joinWire(nr.Name, nodesWire)
-		b.addAddr(name, addr)
-		b.addrNames[addr] = append(b.addrNames[addr], name)
+	var nodes, guests []namedAddr
+	for _, nr := range snap.Nodes {
+		nodes = append(nodes, namedAddr{nr.Name, nr.Addr})
 	}
-
-	guestsWire := joinWire(guestLabel, b.main.name)
-	guests := slices.Clone(snap.Guests)
-	slices.SortFunc(guests, func(x, y GuestRecord) int { return strings.Compare(x.Name, y.Name) })
-	for _, gr := range guests {
-		addr := gr.Addr.Unmap()
-		switch {
-		case !validLabel(gr.Name):
-			b.skip("guest %q: name is not a DNS label", gr.Name)
-			continue
-		case !addr.IsValid():
-			b.skip("guest %s: no address", gr.Name)
-			continue
-		}
-		name := joinWire(gr.Name, guestsWire)
-		b.addAddr(name, addr)
-		b.addrNames[addr] = append(b.addrNames[addr], name)
+	for _, gr := range snap.Guests {
+		guests = append(guests, namedAddr{gr.Name, gr.Addr})
 	}
+	b.addNamed("node", nodeLabel, nodes)
+	b.addNamed("guest", guestLabel, guests)
 
 	b.addPorts(snap.Ports)
 	b.addPTRs()
@@ -527,4 +501,32 @@ func nextPrefixAddr(a netip.Addr, bits int) netip.Addr {
 	}
 	n, _ := netip.AddrFromSlice(b)
 	return n
+}
+
+// namedAddr is a name with its address: a node's or a guest's record.
+type namedAddr struct {
+	name string
+	addr netip.Addr
+}
+
+// addNamed gives each entry <name>.<label>.<zone> with its address (and the
+// reverse), in name order; entries whose name is not a DNS label or that
+// have no address are skipped, naming what (node, guest).
+func (b *zoneBuilder) addNamed(what, label string, entries []namedAddr) {
+	wire := joinWire(label, b.main.name)
+	slices.SortFunc(entries, func(x, y namedAddr) int { return strings.Compare(x.name, y.name) })
+	for _, e := range entries {
+		addr := e.addr.Unmap()
+		switch {
+		case !validLabel(e.name):
+			b.skip("%s %q: name is not a DNS label", what, e.name)
+			continue
+		case !addr.IsValid():
+			b.skip("%s %s: no address", what, e.name)
+			continue
+		}
+		name := joinWire(e.name, wire)
+		b.addAddr(name, addr)
+		b.addrNames[addr] = append(b.addrNames[addr], name)
+	}
 }
