@@ -187,14 +187,41 @@ func (d *Dockerd) start(ctx context.Context) error {
 }
 
 // Crash kills dockerd (SIGKILL, as a crash would end it) and waits until
-// it is gone; containerd and the containers' shims stay.
+// it and the containerd it started are gone; the containers' shims (and
+// so the containers) stay. containerd dies of its parent-death signal, a
+// moment after dockerd: a dockerd started again before that finds
+// containerd's pid alive, waits for its socket, which is already gone,
+// and gives up ("timeout waiting for containerd to start").
 func (d *Dockerd) Crash() error {
 	if d.PID() == 0 {
 		return fmt.Errorf("dockerd in %s is not running", d.Host.Name)
 	}
+	containerd := readPID(filepath.Join(d.Dir, "exec", "containerd", "containerd.pid"))
 	d.cmd.Process.Kill()
 	<-d.exited
+	if containerd > 0 {
+		deadline := time.Now().Add(20 * time.Second)
+		for syscall.Kill(containerd, 0) == nil {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("dockerd in %s killed, but its containerd (pid %d) is still running after 20s", d.Host.Name, containerd)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	return nil
+}
+
+// readPID reads a pid file (0 when missing or not a pid).
+func readPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0
+	}
+	return pid
 }
 
 // Restart starts dockerd again with the same flags and waits for its API.
@@ -332,10 +359,8 @@ func pidFiles(dir string) []int {
 		if err != nil || e.IsDir() || !strings.HasSuffix(path, ".pid") || path == filepath.Join(dir, "docker.pid") {
 			return nil
 		}
-		if b, err := os.ReadFile(path); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-				out = append(out, pid)
-			}
+		if pid := readPID(path); pid > 0 {
+			out = append(out, pid)
 		}
 		return nil
 	})
