@@ -7,7 +7,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +20,7 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/dockerplugin"
 	"github.com/zlmesh/zlmesh/testbed"
 )
 
@@ -157,10 +162,15 @@ func dockerAttachment(ctx context.Context, h *testbed.Host, service string) (api
 // gateway; they ping each other across the hosts by mesh name (Docker's
 // embedded resolver forwarding to the mesh DNS) and by Docker's own name
 // on one host; HTTP from db1 to web1 and from the outside network to h1's
-// port 8080; bad requests get Docker-shaped errors; docker stop + rm, and
-// run --rm, leave no attachment, veth or lease; a restart of zlmesh keeps
-// a running container's address and connectivity; a restart of dockerd
-// (its containers die with it) leaves nothing attached.
+// port 8080. Bad input (unknown options, a second network of a service
+// with another MTU, --subnet, docker run --ip, malformed JSON and a Join
+// of an endpoint never created on the plugin's socket) gets Docker-shaped
+// errors and leaves no attachment, veth, lease or saved network. A
+// restart of zlmesh keeps a running container's address, and db1 reaches
+// it again (HTTP and ping); docker stop + rm, and run --rm, leave no
+// attachment, veth, lease or port; after dockerd is killed (SIGKILL) and
+// started again nothing stays attached and a new container on the same
+// network works.
 func TestDocker(t *testing.T) {
 	start := time.Now()
 	tb, ds := dockerCluster(t, 2)
@@ -201,6 +211,40 @@ func TestDocker(t *testing.T) {
 			}
 			t.Errorf("docker %s: %v\n%s\nwant an error saying %q", strings.Join(bad.args, " "), err, out, bad.want)
 		}
+	}
+
+	// A chosen address (docker run --ip, which needs --subnet: the cluster
+	// range) is refused, with nothing made on either side; requests
+	// Docker would not send (malformed JSON, Join of an endpoint never
+	// created) get {"Err": ...} from the socket.
+	cluster := status(t, h1).ClusterCIDR
+	must(d1, "network", "create", "-d", d1.Plugin, "--ipam-driver", d1.Plugin, "--subnet", cluster, "-o", "zlmesh.service=fixed", "fixed")
+	cidr, err := netip.ParsePrefix(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a4 := cidr.Addr().As4()
+	a4[3] = 77
+	chosen := netip.AddrFrom4(a4).String()
+	if out, err := d1.Run(ctx, "run", "--name", "fixed1", "--network", "fixed", "--ip", chosen, dockerImage, "true"); err == nil || !strings.Contains(out, "chosen address") {
+		t.Errorf("docker run --ip %s: %v\n%s\nwant an error saying \"chosen address\"", chosen, err, out)
+	}
+	d1.Run(ctx, "rm", "-f", "fixed1")
+	must(d1, "network", "rm", "fixed")
+	for _, bad := range []struct{ method, body, want string }{
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID": 7`, "does not decode"},
+		{"IpamDriver.RequestAddress", `[1,2`, "does not decode"},
+		{"NetworkDriver.Join", `{"NetworkID":"1f0c2a8e3b4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f","EndpointID":"a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90","SandboxKey":"/var/run/docker/netns/x"}`, "never created"},
+	} {
+		if err := dockerRawError(ctx, filepath.Join(h1.Dir, "docker-plugin.sock"), bad.method, bad.body, bad.want); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := dockerHostClean(ctx, h1); err != nil {
+		t.Errorf("after the bad requests: %v", err)
+	}
+	if st, err := (dockerplugin.FileStore{Path: filepath.Join(h1.StateDir, "docker.json")}).Load(); err != nil || len(st.Networks) != 1 {
+		t.Errorf("h1's saved docker networks after the bad requests: %+v %v; want web's only", st.Networks, err)
 	}
 
 	t0 := time.Now()
@@ -353,6 +397,34 @@ func dockerHTTP(ctx context.Context, d *testbed.Dockerd, container, host, want s
 	}
 	if !strings.Contains(out, want) {
 		return fmt.Errorf("HTTP from %s to %s answered %q, want %q in it", container, host, out, want)
+	}
+	return nil
+}
+
+// dockerRawError posts body to method on a plugin socket, as Docker's
+// plugin client does, and fails unless the answer is a Docker-shaped
+// error ({"Err": ...}) saying want.
+func dockerRawError(ctx context.Context, socket, method, body, want string) error {
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://plugin/"+method, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/vnd.docker.plugins.v1.2+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return fmt.Errorf("%s: status %d, answer not JSON: %w", method, resp.StatusCode, err)
+	}
+	if msg, _ := out["Err"].(string); len(out) != 1 || !strings.Contains(msg, want) {
+		return fmt.Errorf("%s(%s): status %d, answer %v; want only Err saying %q", method, body, resp.StatusCode, out, want)
 	}
 	return nil
 }
