@@ -506,9 +506,10 @@ type Guard struct {
 // between steps; a cancelled attach undoes what it did. After Close every
 // method fails.
 type Manager struct {
-	log *slog.Logger
-	cfg Config
-	sys *system // platform state
+	log  *slog.Logger
+	cfg  Config
+	sys  *system // platform state
+	keep keepSet // bridges kept without ports (KeepBridges)
 }
 
 // New makes a Manager working in the caller's current network namespace, or
@@ -578,7 +579,8 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 
 // Detach disconnects a container: it deletes the host veth (the container
 // end goes with it), the host route of s.Address to the service's bridge,
-// and then the bridge if that was its last port (its routes go with it).
+// and then the bridge if that was its last port and KeepBridges does not
+// keep it (its routes go with it).
 // Only s.Service, s.Container and s.Address are used; an invalid Address
 // skips the route (Inventory finds it, RemoveRoute removes it). It is
 // idempotent: a veth or route already gone (detached before, or taken down

@@ -571,7 +571,7 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 		}
 	}
 	removed := false
-	if sys.forgetPort(brName, s.Container) == 0 {
+	if sys.forgetPort(brName, s.Container) == 0 && !m.keep.has(brName) {
 		if removed, err = m.removeBridgeIfEmptyLocked(sys, brName); err != nil {
 			return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
 		}

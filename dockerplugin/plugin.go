@@ -139,6 +139,13 @@ type Node interface {
 	Publish(container string, p Port) error
 	// UnpublishAll removes every port published to container.
 	UnpublishAll(container string) error
+	// KeepBridges says which services have a Docker network: their
+	// bridges stay while no container is on them (a network's next
+	// container then pays for no bridge, nor its last one for deleting
+	// it). Each call replaces the set of the one before; a service it no
+	// longer names loses its bridge once that has no port. The calls come
+	// one at a time, the last with the current set.
+	KeepBridges(services []string)
 }
 
 // Endpoint is an attach request of the plugin.
@@ -255,6 +262,8 @@ type Plugin struct {
 	cfg Config
 	log *slog.Logger
 
+	keepMu sync.Mutex // orders the calls of keepBridges
+
 	mu       sync.Mutex // guards the fields below
 	networks map[string]Network
 	pending  map[netip.Addr]pendingLease
@@ -288,7 +297,29 @@ func New(cfg Config) (*Plugin, error) {
 		return nil, fmt.Errorf("docker plugin: load networks: %w", err)
 	}
 	st = st.clone()
-	return &Plugin{cfg: cfg, log: log, networks: st.Networks, pending: map[netip.Addr]pendingLease{}}, nil
+	p := &Plugin{cfg: cfg, log: log, networks: st.Networks, pending: map[netip.Addr]pendingLease{}}
+	p.keepBridges()
+	return p, nil
+}
+
+// keepBridges tells the node the services of the saved networks
+// (Node.KeepBridges). It runs after every change of them, outside mu;
+// keepMu makes the last call carry the latest set.
+func (p *Plugin) keepBridges() {
+	p.keepMu.Lock()
+	defer p.keepMu.Unlock()
+	p.mu.Lock()
+	seen := map[string]bool{}
+	var services []string
+	for _, nw := range p.networks {
+		if nw.Service != "" && !seen[nw.Service] {
+			seen[nw.Service] = true
+			services = append(services, nw.Service)
+		}
+	}
+	p.mu.Unlock()
+	sort.Strings(services)
+	p.cfg.Node.KeepBridges(services)
 }
 
 // Handler returns the HTTP handler of both protocols.
@@ -502,22 +533,32 @@ func (p *Plugin) createNetwork(_ context.Context, req createNetworkRequest) (any
 	if err != nil {
 		return nil, fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
 	}
+	if err := p.addNetwork(req.NetworkID, nw); err != nil {
+		return nil, fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+	}
+	p.keepBridges()
+	return empty{}, nil
+}
+
+// addNetwork saves network id (a repeated create with the same options is
+// success).
+func (p *Plugin) addNetwork(id string, nw Network) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if old, ok := p.networks[req.NetworkID]; ok {
+	if old, ok := p.networks[id]; ok {
 		if old == nw || old.Named && nw.Named && old.MTU == nw.MTU {
-			return empty{}, nil
+			return nil
 		}
-		return nil, fmt.Errorf("create network %s: it exists with other options", short(req.NetworkID))
+		return errors.New("it exists with other options")
 	}
-	if err := p.conflictLocked(req.NetworkID, nw); err != nil {
-		return nil, fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+	if err := p.conflictLocked(id, nw); err != nil {
+		return err
 	}
-	if err := p.saveLocked(func(m map[string]Network) { m[req.NetworkID] = nw }); err != nil {
-		return nil, fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+	if err := p.saveLocked(func(m map[string]Network) { m[id] = nw }); err != nil {
+		return err
 	}
-	p.log.Info("docker: network created", "network", short(req.NetworkID), "service", nw.Service, "named", nw.Named, "mtu", nw.MTU)
-	return empty{}, nil
+	p.log.Info("docker: network created", "network", short(id), "service", nw.Service, "named", nw.Named, "mtu", nw.MTU)
+	return nil
 }
 
 // networkFromOptions reads and checks CreateNetwork's options and IPAM data.
@@ -595,14 +636,17 @@ func (p *Plugin) saveLocked(change func(map[string]Network)) error {
 
 func (p *Plugin) deleteNetwork(_ context.Context, req networkRequest) (any, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if _, ok := p.networks[req.NetworkID]; !ok {
+		p.mu.Unlock()
 		return empty{}, nil
 	}
-	if err := p.saveLocked(func(m map[string]Network) { delete(m, req.NetworkID) }); err != nil {
+	err := p.saveLocked(func(m map[string]Network) { delete(m, req.NetworkID) })
+	p.mu.Unlock()
+	if err != nil {
 		return nil, fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
 	}
 	p.log.Info("docker: network deleted", "network", short(req.NetworkID))
+	p.keepBridges()
 	return empty{}, nil
 }
 
@@ -630,24 +674,37 @@ func (p *Plugin) network(ctx context.Context, id string) (Network, error) {
 	if err := validLabel(name); err != nil {
 		return nw, fmt.Errorf("network %q cannot be a service name (%v): recreate it with -o %s=NAME", name, err, optService)
 	}
+	cur, named, err := p.nameNetwork(id, name)
+	if err != nil {
+		return nw, err
+	}
+	if named {
+		p.keepBridges()
+	}
+	return cur, nil
+}
+
+// nameNetwork saves name as network id's service, unless it has one
+// already (then named is false).
+func (p *Plugin) nameNetwork(id, name string) (_ Network, named bool, _ error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	cur, ok := p.networks[id]
 	if !ok {
-		return nw, fmt.Errorf("network %s was deleted meanwhile", short(id))
+		return cur, false, fmt.Errorf("network %s was deleted meanwhile", short(id))
 	}
 	if cur.Service != "" {
-		return cur, nil
+		return cur, false, nil
 	}
 	cur.Service = name
 	if err := p.conflictLocked(id, cur); err != nil {
-		return nw, fmt.Errorf("network %s: %w", name, err)
+		return cur, false, fmt.Errorf("network %s: %w", name, err)
 	}
 	if err := p.saveLocked(func(m map[string]Network) { m[id] = cur }); err != nil {
-		return nw, err
+		return cur, false, err
 	}
 	p.log.Info("docker: network named", "network", short(id), "service", name)
-	return cur, nil
+	return cur, true, nil
 }
 
 // --- endpoints ---
@@ -892,6 +949,7 @@ func (p *Plugin) Reconcile(ctx context.Context, grace time.Duration) ([]string, 
 		for _, id := range gone {
 			p.log.Info("docker: network gone from Docker, forgotten", "network", short(id))
 		}
+		p.keepBridges()
 	}
 	now := p.cfg.Now()
 	var detached []string

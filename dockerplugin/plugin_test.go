@@ -24,6 +24,7 @@ type fakeNode struct {
 	ports    map[string][]Port
 	failAt   string // "attach", "publish": that call fails
 	clock    func() time.Time
+	kept     [][]string // every KeepBridges call
 }
 
 var (
@@ -124,6 +125,22 @@ func (f *fakeNode) UnpublishAll(c string) error {
 	defer f.mu.Unlock()
 	delete(f.ports, c)
 	return nil
+}
+
+func (f *fakeNode) KeepBridges(services []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kept = append(f.kept, services)
+}
+
+// lastKept is the set of the last KeepBridges call, as text.
+func (f *fakeNode) lastKept() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.kept) == 0 {
+		return "never called"
+	}
+	return fmt.Sprint(f.kept[len(f.kept)-1])
 }
 
 // counts returns the numbers of leases, attachments and containers with ports.
@@ -553,6 +570,50 @@ func TestReconcile(t *testing.T) {
 	if st, _ := h.store.Load(); len(st.Networks) != 1 {
 		t.Fatalf("networks after reconcile: %v", st.Networks)
 	}
+}
+
+// TestKeepBridges: the node hears the services of the saved networks at
+// start and after each change: a network with -o zlmesh.service at its
+// create, a network named after itself at its first endpoint, one
+// service for two networks once, nothing more after they are deleted or
+// Docker lost them; a restarted plugin tells the saved set.
+func TestKeepBridges(t *testing.T) {
+	h := newHarness(t)
+	step := func(what, want string) {
+		t.Helper()
+		if got := h.node.lastKept(); got != want {
+			t.Fatalf("%s: kept %s, want %s", what, got, want)
+		}
+	}
+	step("at start", "[]")
+	const named, second, lost = "5f0c2a8e3b4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f",
+		"6f0c2a8e3b4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f", "7f0c2a8e3b4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f"
+	h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`))
+	step("network web created", "[web]")
+	h.ok("NetworkDriver.CreateNetwork", createNetworkBody(named, ``))
+	step("network named after itself created", "[web]")
+	h.docker.names[named] = "db"
+	h.docker.eps[named] = nil
+	h.endpoint(named, epID)
+	step("its first endpoint", "[db web]")
+	h.ok("NetworkDriver.CreateNetwork", createNetworkBody(second, `"zlmesh.service":"web"`))
+	step("a second network of web", "[db web]")
+	h.ok("NetworkDriver.DeleteNetwork", fmt.Sprintf(`{"NetworkID":%q}`, netID))
+	step("one of web's networks deleted", "[db web]")
+	h.ok("NetworkDriver.DeleteNetwork", fmt.Sprintf(`{"NetworkID":%q}`, second))
+	step("the other deleted", "[db]")
+	h.ok("NetworkDriver.CreateNetwork", createNetworkBody(lost, `"zlmesh.service":"old"`))
+	step("network old created", "[db old]")
+	p2, err := New(Config{Node: h.node, Docker: h.docker, Store: h.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	step("restarted", "[db old]")
+	h.docker.eps[named] = []string{epID}
+	if _, err := p2.Reconcile(context.Background(), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	step("Docker lost network old", "[db]")
 }
 
 func TestContainerKey(t *testing.T) {

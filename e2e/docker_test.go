@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -168,9 +169,9 @@ func dockerAttachment(ctx context.Context, h *testbed.Host, service string) (api
 // errors and leaves no attachment, veth, lease or saved network. A
 // restart of zlmesh keeps a running container's address, and db1 reaches
 // it again (HTTP and ping); docker stop + rm, and run --rm, leave no
-// attachment, veth, lease or port; after dockerd is killed (SIGKILL) and
-// started again nothing stays attached and a new container on the same
-// network works.
+// attachment, veth, lease or port, and the bridge stays until docker
+// network rm; after dockerd is killed (SIGKILL) and started again nothing
+// stays attached and a new container on the same network works.
 func TestDocker(t *testing.T) {
 	start := time.Now()
 	tb, ds := dockerCluster(t, 2)
@@ -362,6 +363,18 @@ func TestDocker(t *testing.T) {
 	if err := dockerHostClean(ctx, h1); err != nil {
 		t.Fatal(err)
 	}
+	// Network web exists with no container: its bridge stays, until the
+	// network is removed.
+	if _, err := h1.Exec(ctx, "ip", "link", "show", "zlb-web"); err != nil {
+		t.Errorf("the bridge of network web, which exists, is gone: %v", err)
+	}
+	must(d1, "network", "rm", "web")
+	eventually(t, 10*time.Second, func() error {
+		if _, err := h1.Exec(ctx, "ip", "link", "show", "zlb-web"); err == nil {
+			return errors.New("zlb-web stays after docker network rm web")
+		}
+		return nil
+	})
 
 	// dockerd crashes (SIGKILL) with db1 running, and comes back: without
 	// live-restore it ends db1 and deletes its endpoint, or the node's

@@ -19,6 +19,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
+	kept := n.keepDockerBridges()
 	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
@@ -72,7 +73,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		n.forgetAttachment(ctx, at)
 	}
 	owned := map[string]bool{}
-	services := map[string]bool{}
+	services := kept // bridges to keep, empty or not
 	routed := map[netip.Prefix]bool{}
 	for _, at := range n.attach.list() {
 		owned[at.Attached.HostVeth] = true

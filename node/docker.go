@@ -200,6 +200,60 @@ func (d dockerNode) Publish(container string, p dockerplugin.Port) error {
 	return err
 }
 
+// bridgeKeeper is the optional part of Containers that keeps the bridges
+// of services with no container (bridge.Manager.KeepBridges).
+type bridgeKeeper interface {
+	KeepBridges(services []string) []string
+}
+
+var _ bridgeKeeper = (*bridge.Manager)(nil)
+
+// KeepBridges keeps the bridges of the services of Docker's networks, and
+// removes those no longer kept that have no port left.
+func (d dockerNode) KeepBridges(services []string) {
+	d.n.keepBridges(services)
+}
+
+func (n *Node) keepBridges(services []string) {
+	k, ok := n.containers.(bridgeKeeper)
+	if !ok {
+		return
+	}
+	for _, br := range k.KeepBridges(services) {
+		if removed, err := n.containers.RemoveBridgeIfEmpty(br); err != nil {
+			n.log.Warn("docker: remove the bridge of a service no network keeps", "bridge", br, "err", err)
+		} else if removed {
+			n.log.Info("docker: removed the bridge of a service no network keeps", "bridge", br)
+		}
+	}
+}
+
+// keepDockerBridges runs at start, before adoption: the services of the
+// saved Docker networks keep their bridges (the plugin, started later,
+// tells the same set again). It returns their bridge names.
+func (n *Node) keepDockerBridges() map[string]bool {
+	kept := map[string]bool{}
+	if !n.cfg.DockerPlugin {
+		return kept
+	}
+	st, err := dockerplugin.FileStore{Path: filepath.Join(n.cfg.StateDir, dockerFile)}.Load()
+	if err != nil {
+		n.log.Warn("docker: saved networks unreadable; their bridges are not kept", "err", err)
+		return kept
+	}
+	var services []string
+	for _, nw := range st.Networks {
+		if nw.Service != "" {
+			services = append(services, nw.Service)
+			kept[bridge.BridgeName(nw.Service)] = true
+		}
+	}
+	if k, ok := n.containers.(bridgeKeeper); ok {
+		k.KeepBridges(services)
+	}
+	return kept
+}
+
 func (d dockerNode) UnpublishAll(container string) error {
 	d.n.unpublishContainer(container)
 	return nil
