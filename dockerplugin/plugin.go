@@ -364,6 +364,7 @@ func (p *Plugin) Handler() http.Handler {
 // protocol's shape with HTTP 200.
 func route[Req any](mux *http.ServeMux, p *Plugin, name string, ipam bool, fn func(context.Context, Req) (any, error)) {
 	mux.HandleFunc("POST /"+name, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		var req Req
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 		if err := dec.Decode(&req); err != nil {
@@ -381,7 +382,7 @@ func route[Req any](mux *http.ServeMux, p *Plugin, name string, ipam bool, fn fu
 			}
 			return
 		}
-		p.log.Debug("docker: request", "method", name)
+		p.log.Debug("docker: request", "method", name, "took", time.Since(start))
 		reply(w, http.StatusOK, out)
 	})
 }

@@ -9,11 +9,18 @@
 //     default bridge (docker0, no iptables) and the zlmesh driver
 //     registered under a name of its own;
 //  2. a busybox image imported from busybox-static, a zlmesh network
-//     "bench", one warm-up run on each network;
-//  3. N rounds of `docker run --rm <image> true` on the zlmesh network and
-//     on the default bridge, alternating which goes first, each run's wall
-//     time measured around the client;
-//  4. p50, mean and p90 of each, and the ratios zlmesh / bridge.
+//     "bench" and a user-defined bridge network "ubench", one warm-up run
+//     on each network;
+//  3. N rounds of `docker run --rm <image> true` on the zlmesh network, on
+//     the default bridge and on the user-defined bridge, the order
+//     reversed every other round, each run's wall time measured around
+//     the client;
+//  4. p50, mean and p90 of each, and the ratios zlmesh / default bridge
+//     (the target) and zlmesh / user-defined bridge (which, like zlmesh's
+//     network, gets Docker's embedded DNS resolver).
+//
+// -log-level and -keep-log run zlmesh with another log level and keep its
+// log (with debug, each plugin request's time).
 //
 // Everything lives in the testbed and dockerd's own directory, removed on
 // exit (also on ^C).
@@ -37,19 +44,21 @@ func main() {
 	binary := flag.String("binary", "", "zlmesh binary (required)")
 	n := flag.Int("n", 20, "runs per network")
 	prefix := flag.String("prefix", "", "testbed prefix (default: a random one)")
-	resident := flag.Bool("resident", false, "keep one container running on the zlmesh network meanwhile (its service bridge then stays)")
+	resident := flag.Bool("resident", false, "keep one container running on the zlmesh network meanwhile")
+	logLevel := flag.String("log-level", "warn", "zlmesh's --log-level")
+	keepLog := flag.String("keep-log", "", "copy zlmesh's log to this file at the end")
 	flag.Parse()
 	if *binary == "" {
 		fmt.Fprintln(os.Stderr, "dockerbench: -binary is required")
 		os.Exit(2)
 	}
-	if err := run(*binary, *n, *prefix, *resident); err != nil {
+	if err := run(*binary, *n, *prefix, *resident, *logLevel, *keepLog); err != nil {
 		fmt.Fprintln(os.Stderr, "dockerbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(binary string, n int, prefix string, resident bool) error {
+func run(binary string, n int, prefix string, resident bool, logLevel, keepLog string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if prefix == "" {
@@ -66,7 +75,7 @@ func run(binary string, n int, prefix string, resident bool) error {
 		Hosts:  1,
 		Binary: binary,
 		Args: func(h *testbed.Host) []string {
-			return []string{"--log-level", "warn", "--docker-plugin",
+			return []string{"--log-level", logLevel, "--docker-plugin",
 				"--docker-plugin-socket", filepath.Join(h.Dir, "docker-plugin.sock"),
 				"--docker-socket", filepath.Join(dir, "d", "docker.sock")}
 		},
@@ -77,6 +86,13 @@ func run(binary string, n int, prefix string, resident bool) error {
 	}
 	defer tb.Close()
 	h := tb.Host("h1")
+	if keepLog != "" {
+		defer func() {
+			if b, err := os.ReadFile(h.LogFile); err == nil {
+				os.WriteFile(keepLog, b, 0o644)
+			}
+		}()
+	}
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	err = h.WaitReady(rctx)
 	cancel()
@@ -111,7 +127,14 @@ func run(binary string, n int, prefix string, resident bool) error {
 			return err
 		}
 	}
-	nets := []string{"bench", "bridge"}
+	// A user-defined bridge network too: Docker gives containers of
+	// user-defined networks (zlmesh's included) its embedded DNS
+	// resolver, and the default bridge none; this column tells that
+	// cost apart from the driver's.
+	if _, err := d.Run(ctx, "network", "create", "ubench"); err != nil {
+		return err
+	}
+	nets := []string{"bench", "bridge", "ubench"}
 	once := func(network string) (time.Duration, error) {
 		t0 := time.Now()
 		_, err := d.Run(ctx, "run", "--rm", "--network", network, image, "true")
@@ -124,9 +147,9 @@ func run(binary string, n int, prefix string, resident bool) error {
 	}
 	took := map[string][]time.Duration{}
 	for i := 0; i < n; i++ {
-		order := nets
+		order := slices.Clone(nets)
 		if i%2 == 1 {
-			order = []string{nets[1], nets[0]}
+			slices.Reverse(order)
 		}
 		for _, nw := range order {
 			t, err := once(nw)
@@ -164,14 +187,12 @@ func run(binary string, n int, prefix string, resident bool) error {
 		}
 		s := [3]float64{ms(ts[len(ts)/2]), ms(sum / time.Duration(len(ts))), ms(ts[len(ts)*9/10])}
 		stats[nw] = s
-		name := nw
-		if nw == "bench" {
-			name = "zlmesh"
-		}
+		name := map[string]string{"bench": "zlmesh", "bridge": "bridge", "ubench": "user bridge"}[nw]
 		fmt.Printf("%-14s %8.1f %8.1f %8.1f\n", name, s[0], s[1], s[2])
 	}
-	z, b := stats["bench"], stats["bridge"]
+	z, b, u := stats["bench"], stats["bridge"], stats["ubench"]
 	fmt.Printf("zlmesh / bridge: p50 %.2fx, mean %.2fx, p90 %.2fx (target <= 1.1x)\n", z[0]/b[0], z[1]/b[1], z[2]/b[2])
+	fmt.Printf("zlmesh / user bridge: p50 %.2fx, mean %.2fx, p90 %.2fx\n", z[0]/u[0], z[1]/u[1], z[2]/u[2])
 	return nil
 }
 
