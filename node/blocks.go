@@ -158,8 +158,30 @@ func (n *Node) moveBlock(ch mesh.ClaimChange) {
 	n.mu.Unlock()
 }
 
+// unmovable says why the node cannot move an attachment to another address
+// of its blocks, "" when it can:
+//   - handed over as a runtime's fd (CNI) and not visible to the node: its
+//     runtime sees it detached (CHECK fails) and attaches it again;
+//   - Docker's (HostPeer): Docker moved the interface into a sandbox the
+//     node was never given, and keeps the address in its own records (its
+//     embedded DNS, docker inspect); the container stays without its
+//     mesh interface until it is restarted (docker restart, or stop and
+//     start), which makes a new endpoint with an address of this node's
+//     blocks.
+func unmovable(s bridge.Spec) string {
+	switch {
+	case s.HostPeer != "":
+		return "Docker's interface cannot be readdressed: restart the container for a new address"
+	case !reachable(s):
+		return "namespace not reachable"
+	}
+	return ""
+}
+
 // renumberContainers moves every attachment in moves to its new address;
-// each move is an event. The caller holds renumberMu.
+// each move is an event. Attachments that cannot be moved (unmovable) are
+// detached, each with a detach event saying why. The caller holds
+// renumberMu.
 func (n *Node) renumberContainers(moves []ipam.Move) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -169,19 +191,19 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 			continue
 		}
 		addr, gw := hostPrefix(mv.New.Addr), gatewayFor(mv.New.Addr)
-		if !reachable(at.Spec) {
-			// Handed over as a runtime's fd (CNI) and not visible to the
-			// node: it cannot be moved, and must not keep an address the
-			// winner of its block now gives out. Its runtime sees it
-			// detached (CHECK fails) and attaches it again.
-			n.log.Warn("renumber: container's namespace is not reachable; detaching it", "container", at.Spec.Container, "address", mv.Old.Addr)
+		if why := unmovable(at.Spec); why != "" {
+			// It cannot be moved, and must not keep an address the
+			// winner of its block now gives out: detached.
+			n.log.Warn("renumber: container cannot be moved to its new address; detaching it", "container", at.Spec.Container,
+				"service", at.Spec.Service, "address", mv.Old.Addr, "lost_to_block", mv.New.Addr, "why", why)
 			if err := n.unplug(ctx, at); err != nil {
-				n.log.Error("detach unreachable container", "container", at.Spec.Container, "err", err)
+				n.log.Error("detach unmovable container", "container", at.Spec.Container, "err", err)
 				continue
 			}
 			n.mesh.Store().Delete(serviceKind, n.serviceKey(at.Spec.Container))
+			n.unpublishContainer(at.Spec.Container)
 			n.events.publish(api.Event{Type: api.EventDetach, Service: at.Spec.Service, Container: at.Spec.Container,
-				Address: mv.Old.Addr.String(), Node: n.cfg.Name, Message: "renumbered, namespace not reachable"})
+				Address: mv.Old.Addr.String(), Node: n.cfg.Name, Message: "renumbered, " + why})
 			continue
 		}
 		if err := n.containers.Readdress(ctx, at.Spec, addr); err != nil {
