@@ -351,6 +351,26 @@ func invariants(hosts []*testbed.Host) error {
 }
 
 // mustPrefix parses a prefix or fails the test.
+// twinsOf is the IPv6 mapping of the node of st, nil when it runs IPv4 only
+// or its status does not describe one.
+func twinsOf(st api.Status) *ipam.Twins {
+	cluster, err1 := netip.ParsePrefix(st.ClusterCIDR)
+	first, err2 := netip.ParsePrefix(st.FirstBlock)
+	cluster6, err3 := netip.ParsePrefix(st.ClusterCIDR6)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil
+	}
+	pool, err := ipam.NewPool(cluster, first.Bits())
+	if err != nil {
+		return nil
+	}
+	tw, err := ipam.NewTwins(pool, cluster6)
+	if err != nil {
+		return nil
+	}
+	return tw
+}
+
 func mustPrefix(t *testing.T, s string) netip.Prefix {
 	t.Helper()
 	p, err := netip.ParsePrefix(s)
@@ -362,7 +382,8 @@ func mustPrefix(t *testing.T, s string) netip.Prefix {
 
 // wantAllowedIPs is what every other node's WireGuard peer entry for the
 // node of st must hold: its blocks, adjacent ones merged (its overlay
-// address is in its first block), sorted as readWG sorts.
+// address is in its first block), and with IPv6 on their IPv6 twins, sorted
+// as readWG sorts.
 func wantAllowedIPs(st api.Status) []string {
 	var ps []netip.Prefix
 	for _, b := range st.Blocks {
@@ -370,8 +391,12 @@ func wantAllowedIPs(st api.Status) []string {
 			ps = append(ps, p)
 		}
 	}
+	ps = ipam.Coalesce(ps)
+	if tw := twinsOf(st); tw != nil {
+		ps = append(ps, tw.Prefixes(ps)...)
+	}
 	var out []string
-	for _, p := range ipam.Coalesce(ps) {
+	for _, p := range ps {
 		out = append(out, p.String())
 	}
 	sort.Strings(out)
