@@ -351,25 +351,8 @@ func invariants(hosts []*testbed.Host) error {
 }
 
 // mustPrefix parses a prefix or fails the test.
-// twinsOf is the IPv6 mapping of the node of st, nil when it runs IPv4 only
-// or its status does not describe one.
-func twinsOf(st api.Status) *ipam.Twins {
-	cluster, err1 := netip.ParsePrefix(st.ClusterCIDR)
-	first, err2 := netip.ParsePrefix(st.FirstBlock)
-	cluster6, err3 := netip.ParsePrefix(st.ClusterCIDR6)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return nil
-	}
-	pool, err := ipam.NewPool(cluster, first.Bits())
-	if err != nil {
-		return nil
-	}
-	tw, err := ipam.NewTwins(pool, cluster6)
-	if err != nil {
-		return nil
-	}
-	return tw
-}
+// twinsOf is the IPv6 mapping of the node of st (nil: IPv4 only).
+func twinsOf(st api.Status) *ipam.Twins { return testbed.Twins(st) }
 
 func mustPrefix(t *testing.T, s string) netip.Prefix {
 	t.Helper()
