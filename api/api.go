@@ -309,8 +309,11 @@ type Guest struct {
 	// Address is the guest's mesh address (a /32 from this node's blocks),
 	// DNSName its mesh name.
 	Address string `json:"address"`
-	DNSName string `json:"dns_name"`
-	Node    string `json:"node"`
+	// Address6 is its IPv6 address, the twin of Address ("" when the node
+	// runs IPv4 only).
+	Address6 string `json:"address6,omitempty"`
+	DNSName  string `json:"dns_name"`
+	Node     string `json:"node"`
 	// PrivateKey is set only in the answer of an add that made the key
 	// pair; zlmesh keeps no copy.
 	PrivateKey string `json:"private_key,omitempty"`

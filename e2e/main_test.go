@@ -333,6 +333,9 @@ func invariants(hosts []*testbed.Host) error {
 		}
 		for _, g := range guests {
 			want[g.PublicKey] = []string{g.Address + "/32"}
+			if g.Address6 != "" {
+				want[g.PublicKey] = append(want[g.PublicKey], g.Address6+"/128")
+			}
 		}
 		if len(dev.Peers) != len(want) {
 			return fmt.Errorf("%s has %d WireGuard peers, want %d: %+v", h.Name, len(dev.Peers), len(want), dev.Peers)
