@@ -396,8 +396,16 @@ func (v MeshView) checkContainers(p *problems) {
 			p.add("container %s: %v", c.ID, c.Err)
 			continue
 		}
-		if len(c.Addrs) != 1 || c.Addrs[0].String() != w.a.Address {
-			p.add("container %s holds %v, its attachment says %s", c.ID, c.Addrs, w.a.Address)
+		want := []string{w.a.Address}
+		if w.a.Address6 != "" {
+			want = append(want, w.a.Address6)
+		}
+		var got []string
+		for _, a := range c.Addrs {
+			got = append(got, a.String())
+		}
+		if !slices.Equal(got, want) {
+			p.add("container %s holds %v, its attachment says %v", c.ID, c.Addrs, want)
 		}
 	}
 	for id, ws := range at {
