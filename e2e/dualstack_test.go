@@ -119,21 +119,42 @@ func TestDualStack(t *testing.T) {
 
 // TestIPv6Off: --ipv6=false gives IPv4 only (no IPv6 on the TUN, the
 // containers, the peers), and a node with IPv6 on beside it still reaches
-// it over IPv4; bad IPv6 prefixes are refused at start with one line.
+// it over IPv4; a node with another cluster IPv6 prefix is refused as a
+// peer by the dual-stack node (one error in its log) and kept by the
+// IPv4-only one; bad IPv6 prefixes are refused at start with one line.
 func TestIPv6Off(t *testing.T) {
 	bin := testbed.BuildZlmesh(t)
 	tb := testbed.New(t, testbed.Options{
-		Hosts:  2,
+		Hosts:  3,
 		Binary: bin,
 		Args: func(h *testbed.Host) []string {
-			if h.Name == "h1" {
+			switch h.Name {
+			case "h1":
 				return append(append([]string{}, fastGossip...), "--ipv6=false")
+			case "h3":
+				return append(append([]string{}, fastGossip...), "--cluster-cidr6", "fd00:dead:beef::/48")
 			}
 			return fastGossip
 		},
 	})
-	waitWhole(t, tb, tb.Hosts(), 60*time.Second)
-	h1, h2 := tb.Host("h1"), tb.Host("h2")
+	h1, h2, h3 := tb.Host("h1"), tb.Host("h2"), tb.Host("h3")
+	waitWhole(t, tb, []*testbed.Host{h1, h2}, 60*time.Second)
+	waitWhole(t, tb, []*testbed.Host{h1, h3}, 60*time.Second)
+	eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(h2.LogTail(200), "peer runs another cluster IPv6 prefix") {
+			return fmt.Errorf("h2 did not log h3's other IPv6 prefix:\n%s", h2.LogTail(20))
+		}
+		peers, err := h2.Client().Peers(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, p := range peers {
+			if p.Name == "h3" && len(p.AllowedIPs) > 0 {
+				return fmt.Errorf("h2 gives h3 (another IPv6 prefix) a WireGuard peer: %+v", p)
+			}
+		}
+		return nil
+	})
 	st1 := status(t, h1)
 	if st1.ClusterCIDR6 != "" || st1.OverlayIP6 != "" || st1.MeshDNS6 != "" {
 		t.Errorf("h1 with --ipv6=false: status %+v", st1)
