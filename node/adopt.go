@@ -19,6 +19,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
+	n.followBlocks() // Windows: the HCN network spans the node's blocks
 	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
@@ -76,6 +77,9 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	routed := map[netip.Prefix]bool{}
 	for _, at := range n.attach.list() {
 		owned[at.Attached.HostVeth] = true
+		if at.Attached.Endpoint != "" { // Windows: the HCN endpoint (containers_hcn.go)
+			owned[at.Attached.Endpoint] = true
+		}
 		services[bridge.BridgeName(at.Spec.Service)] = true
 		routed[at.Spec.Address] = true
 	}
