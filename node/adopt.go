@@ -19,7 +19,8 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
-	n.followBlocks() // Windows: the HCN network spans the node's blocks
+	n.followBlocks()        // Windows: the HCN network spans the node's blocks,
+	defer n.blocksChanged() // and, once adopted containers moved, only them
 	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
