@@ -129,7 +129,8 @@ type HCN interface {
 	// CreateEndpoint creates e (ID empty) on its network. Right after
 	// CreateNetwork this fails for a while (the network settles).
 	CreateEndpoint(e Endpoint) (Endpoint, error)
-	// DeleteEndpoint deletes an endpoint.
+	// DeleteEndpoint deletes an endpoint, taking it out of any container
+	// it was put into first.
 	DeleteEndpoint(id string) error
 	// CreateNamespace creates an empty namespace and returns its ID.
 	CreateNamespace() (string, error)

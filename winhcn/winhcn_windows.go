@@ -220,6 +220,13 @@ func (sysHCN) DeleteEndpoint(id string) error {
 	if err != nil {
 		return mapErr("hcn endpoint "+id, err)
 	}
+	// An endpoint hot-added into a running container (AttachContainer)
+	// is taken out of it first; a container gone meanwhile is no error.
+	if v1, err := hcsshim.GetHNSEndpointByID(id); err == nil {
+		for _, c := range v1.SharedContainers {
+			hcsshim.HotDetachEndpoint(c, id)
+		}
+	}
 	return mapErr("delete hcn endpoint "+id, e.Delete())
 }
 
