@@ -18,7 +18,7 @@ import (
 type Containers interface {
 	Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Detach(ctx context.Context, s bridge.Spec) error
-	Readdress(ctx context.Context, s bridge.Spec, newAddr netip.Prefix) error
+	Readdress(ctx context.Context, s bridge.Spec, newAddr, newAddr6 netip.Prefix) error
 	Alive(s bridge.Spec, id bridge.NetnsID) (bool, error)
 	Adopt(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Inventory() (bridge.Inventory, error)
@@ -94,6 +94,12 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		spec.Ifname = bridge.DefaultIfname
 	}
 	pl := &containerPlumbing{c: n.containers, spec: spec}
+	if how.hostPeer == "" {
+		// A runtime that moves the interface itself gives it its addresses
+		// (Docker, one address per endpoint here); any other container
+		// gets the IPv6 twin too.
+		pl.twin = n.twin
+	}
 	var at attachment
 	_, err := n.addEndpoint(ctx, start, endpointSteps{
 		service:  req.Service,
@@ -128,10 +134,15 @@ type containerPlumbing struct {
 	c    Containers
 	spec bridge.Spec
 	made bridge.Attached
+	// twin gives the IPv6 address beside the leased one; nil: none.
+	twin func(netip.Addr) netip.Addr
 }
 
 func (p *containerPlumbing) plumb(ctx context.Context, addr netip.Addr) error {
 	p.spec.Address, p.spec.Gateway = hostPrefix(addr), gatewayFor(addr)
+	if p.twin != nil {
+		p.spec.Address6 = hostPrefix6(p.twin(addr))
+	}
 	made, err := p.c.Attach(ctx, p.spec)
 	p.made = made
 	return err
@@ -228,7 +239,7 @@ func attachError(req api.AttachRequest, err error) error {
 }
 
 func (n *Node) apiAttachment(at attachment) api.Attachment {
-	return api.Attachment{
+	a := api.Attachment{
 		Service:      at.Spec.Service,
 		Container:    at.Spec.Container,
 		Netns:        at.Spec.Netns,
@@ -239,6 +250,7 @@ func (n *Node) apiAttachment(at attachment) api.Attachment {
 		Gateway:      at.Spec.Gateway.Addr().String(),
 		MTU:          at.Spec.MTU,
 		DNS:          n.pool.MeshDNS().String(),
+		DNS6:         addrString(n.twin(n.pool.MeshDNS())),
 		SearchDomain: n.searchDomain(),
 		Bridge:       at.Attached.Bridge,
 		HostVeth:     at.Attached.HostVeth,
@@ -248,6 +260,21 @@ func (n *Node) apiAttachment(at attachment) api.Attachment {
 		ContainerID:  at.Spec.ContainerID,
 		Endpoint:     at.Attached.Endpoint,
 	}
+	if at.Spec.Address6.IsValid() {
+		a.Address6 = at.Spec.Address6.Addr().String()
+		a.Gateway6 = gatewayFor(at.Spec.Address6.Addr()).Addr().String()
+	} else {
+		a.DNS6 = "" // a container without IPv6 cannot reach it
+	}
+	return a
+}
+
+// addrString is a.String(), "" for the zero Addr.
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // Attachments lists this node's attachments.

@@ -153,7 +153,11 @@ func (f *fakeContainers) Detach(_ context.Context, s bridge.Spec) error {
 	f.record("detach " + s.Container)
 	return nil
 }
-func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a netip.Prefix) error {
+func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, a6 netip.Prefix) error {
+	if a6.IsValid() {
+		f.record(fmt.Sprintf("readdress %s %s→%s %s→%s", s.Container, s.Address, a, s.Address6, a6))
+		return nil
+	}
 	f.record(fmt.Sprintf("readdress %s %s→%s", s.Container, s.Address, a))
 	return nil
 }

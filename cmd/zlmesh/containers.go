@@ -37,8 +37,13 @@ func runAttach(args []string) error {
 		return err
 	}
 	return cf.out.print(a, func(w io.Writer) {
-		fmt.Fprintf(w, "container:\t%s\nservice:\t%s\naddress:\t%s/%d\ngateway:\t%s\nmtu:\t%d\ndns:\t%s (search %s)\nbridge:\t%s\n",
-			a.Container, a.Service, a.Address, a.Prefix, a.Gateway, a.MTU, a.DNS, a.SearchDomain, a.Bridge)
+		fmt.Fprintf(w, "container:\t%s\nservice:\t%s\naddress:\t%s/%d\ngateway:\t%s\n", a.Container, a.Service, a.Address, a.Prefix, a.Gateway)
+		dns := a.DNS
+		if a.Address6 != "" {
+			fmt.Fprintf(w, "address6:\t%s/128\ngateway6:\t%s\n", a.Address6, a.Gateway6)
+			dns += ", " + a.DNS6
+		}
+		fmt.Fprintf(w, "mtu:\t%d\ndns:\t%s (search %s)\nbridge:\t%s\n", a.MTU, dns, a.SearchDomain, a.Bridge)
 	})
 }
 
