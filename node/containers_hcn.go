@@ -25,7 +25,8 @@ import (
 // bridge.ErrNoNamespace so that adoption forgets it); Netns, PID, Ifname,
 // MTU and HostPeer are not used (validateAttach refuses Netns and PID);
 // Address and Gateway are the node's as on Linux (a /32 and the link-local
-// gateway).
+// gateway); Address6 stays zero (the node gives a container attached by
+// id no IPv6 twin: IPv4 only on Windows for now).
 //
 // The node's HCN network spans the node's blocks: every attach and
 // readdress first makes it cover blocks() (adding subnets only, so a block
@@ -177,7 +178,8 @@ func (h *hcnContainers) Detach(_ context.Context, s bridge.Spec) error {
 
 // Readdress gives the container a new endpoint at newAddr (HCN cannot
 // change an endpoint's address), in the network grown to cover it.
-func (h *hcnContainers) Readdress(ctx context.Context, s bridge.Spec, newAddr netip.Prefix) error {
+// newAddr6 is always zero: the node gives HCN endpoints no IPv6 twin.
+func (h *hcnContainers) Readdress(ctx context.Context, s bridge.Spec, newAddr, _ netip.Prefix) error {
 	if err := h.ensure(); err != nil {
 		return err
 	}

@@ -42,6 +42,10 @@ func hcnNode(t *testing.T, dir string, f *winhcntest.Fake, blockBits int) (n *No
 	if err != nil {
 		t.Fatal(err)
 	}
+	twins, err := ipam.NewTwins(pool, netip.MustParsePrefix("fd7a:5c00:1::/48")) // IPv6 on: HCN endpoints stay IPv4 only
+	if err != nil {
+		t.Fatal(err)
+	}
 	store := disk.New(filepath.Join(dir, ipamFile), blockBits)
 	var closers []func()
 	stop = func() {
@@ -73,6 +77,7 @@ func hcnNode(t *testing.T, dir string, f *winhcntest.Fake, blockBits int) (n *No
 		cfg:        Config{Name: "h1", StateDir: dir, BlockReleaseAfter: time.Minute},
 		log:        log,
 		pool:       pool,
+		twins:      twins,
 		mesh:       m,
 		alloc:      alloc,
 		attach:     att,
@@ -142,7 +147,7 @@ func TestHCNAttachDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Container != "c0ffee01" || a.ContainerID != "c0ffee01" || a.Endpoint != "zlmesh-c0ffee01" || a.Bridge != "zlmesh" || a.Prefix != 32 {
+	if a.Container != "c0ffee01" || a.ContainerID != "c0ffee01" || a.Endpoint != "zlmesh-c0ffee01" || a.Bridge != "zlmesh" || a.Prefix != 32 || a.Address6 != "" {
 		t.Errorf("answer %+v", a)
 	}
 	addr := netip.MustParseAddr(a.Address)
@@ -337,6 +342,9 @@ func TestHCNAdoptAndSweep(t *testing.T) {
 	for _, c := range []string{"keep", "lost-ep", "later"} {
 		if l, ok := n.alloc.Lease(c); !ok || l.Addr.String() != addrs[c] {
 			t.Errorf("lease of %s: %v %v, want %s", c, l.Addr, ok, addrs[c])
+		}
+		if at, _ := n.attach.get(c); at.Spec.Address6.IsValid() {
+			t.Errorf("adoption gave %s an IPv6 twin %s its HCN endpoint does not have", c, at.Spec.Address6)
 		}
 	}
 
