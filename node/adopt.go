@@ -42,8 +42,9 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		if err == nil && alive {
 			spec := at.Spec
 			addr, gw := hostPrefix(lease.Addr), gatewayFor(lease.Addr)
-			var addr6 netip.Prefix                             // the IPv6 twin, unless IPv6 is off or the runtime addresses it
-			if spec.HostPeer == "" && spec.ContainerID == "" { // Windows: IPv4 only (containers_hcn.go)
+			var addr6 netip.Prefix // the IPv6 twin, unless IPv6 is off or the runtime addresses it
+			// (a container attached by id, on Windows, is IPv4 only: containers_hcn.go)
+			if spec.HostPeer == "" && spec.ContainerID == "" {
 				addr6 = hostPrefix6(n.twin(lease.Addr))
 			}
 			if addr != spec.Address || gw != spec.Gateway {
