@@ -464,3 +464,20 @@ func codeOf(err error) string {
 	}
 	return ""
 }
+
+// A failure after the plumbing (the journal cannot be written) undoes the
+// HCN endpoint through the same pipeline: no endpoint, namespace or lease.
+func TestHCNAttachJournalFails(t *testing.T) {
+	f := winhcntest.New()
+	f.AddContainer("j1")
+	n, _ := hcnNode(t, t.TempDir(), f, 26)
+	n.attach.close() // every journal write now fails
+	_, err := n.Attach(context.Background(), api.AttachRequest{Service: "web", ContainerID: "j1"})
+	if err == nil || !strings.Contains(err.Error(), "record attachment of j1") {
+		t.Fatalf("Attach = %v, want the journal's error", err)
+	}
+	nothingOf(t, n, f, "j1")
+	if _, eps, nss := f.State(); len(eps) != 0 || len(nss) != 0 || f.Calls["create-endpoint"] != 1 {
+		t.Errorf("left behind: endpoints %+v namespaces %v (endpoints made: %d)", eps, nss, f.Calls["create-endpoint"])
+	}
+}
