@@ -172,6 +172,13 @@ type AttachRequest struct {
 	Netns     string `json:"netns,omitempty"`
 	PID       int    `json:"pid,omitempty"`
 	Ifname    string `json:"ifname,omitempty"`
+	// ContainerID is how a Windows node finds the container, instead of
+	// Netns and PID: the runtime's container (HCS compute system) id. The
+	// node gives the container an HCN endpoint with its address and puts
+	// it into the container; an unknown id is CodeNotFound. Container
+	// defaults to ContainerID. On Linux a request with ContainerID is
+	// CodeUnsupported.
+	ContainerID string `json:"container_id,omitempty"`
 	// Origin, optional, says which way onto the mesh made the attachment;
 	// it is recorded with it and returned in Attachment.Origin.
 	Origin *Origin `json:"origin,omitempty"`
@@ -228,6 +235,10 @@ type Attachment struct {
 	CreatedAt    time.Time `json:"created_at"`
 	// Origin is the request's Origin, nil when it had none.
 	Origin *Origin `json:"origin,omitempty"`
+	// ContainerID and Endpoint, on Windows: the request's container id
+	// and the HCN endpoint's name (Bridge is then the HCN network).
+	ContainerID string `json:"container_id,omitempty"`
+	Endpoint    string `json:"endpoint,omitempty"`
 }
 
 // DetachRequest detaches a container by id. Detaching a container that is not

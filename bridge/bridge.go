@@ -279,6 +279,9 @@ type Spec struct {
 	// repairs the host side only; Readdress is ErrUnsupported (the node
 	// cannot reach into a namespace it was never given). See hostpeer_linux.go.
 	HostPeer string
+	// ContainerID is not this package's: a Windows node's HCN plumbing
+	// (node) finds the container by it. Always "" here.
+	ContainerID string
 }
 
 // HostPeerPrefix names the container end of a HostPeer veth while it is in
@@ -454,6 +457,9 @@ type Attached struct {
 	Bridge   string  `json:"bridge"`    // BridgeName(Service)
 	HostVeth string  `json:"host_veth"` // VethName(Container)
 	NetnsID  NetnsID `json:"netns_id"`  // the container's namespace, for Alive
+	// Endpoint is not this package's: the HCN endpoint's name of a
+	// Windows node's container (node). Always "" here.
+	Endpoint string `json:"endpoint,omitempty"`
 	// Repairs lists, after Adopt, what it found wrong and fixed (one short
 	// sentence each); empty when everything matched, and always empty after
 	// Attach.

@@ -19,6 +19,8 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	if n.containers == nil {
 		return
 	}
+	n.followBlocks()        // Windows: the HCN network spans the node's blocks,
+	defer n.blocksChanged() // and, once adopted containers moved, only them
 	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
@@ -41,7 +43,8 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 			spec := at.Spec
 			addr, gw := hostPrefix(lease.Addr), gatewayFor(lease.Addr)
 			var addr6 netip.Prefix // the IPv6 twin, unless IPv6 is off or the runtime addresses it
-			if spec.HostPeer == "" {
+			// (a container attached by id, on Windows, is IPv4 only: containers_hcn.go)
+			if spec.HostPeer == "" && spec.ContainerID == "" {
 				addr6 = hostPrefix6(n.twin(lease.Addr))
 			}
 			if addr != spec.Address || gw != spec.Gateway {
@@ -89,6 +92,9 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	routed := map[netip.Prefix]bool{}
 	for _, at := range n.attach.list() {
 		owned[at.Attached.HostVeth] = true
+		if at.Attached.Endpoint != "" { // Windows: the HCN endpoint (containers_hcn.go)
+			owned[at.Attached.Endpoint] = true
+		}
 		services[bridge.BridgeName(at.Spec.Service)] = true
 		routed[at.Spec.Address] = true
 		if at.Spec.Address6.IsValid() {

@@ -10,6 +10,7 @@ import (
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/winhcn"
 )
 
 // Containers is the container plumbing the node drives: package bridge's
@@ -57,7 +58,11 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 	if n.containers == nil {
 		return api.Attachment{}, api.Errorf(api.CodeUnsupported, "container attach is not supported on this platform")
 	}
-	if err := validateAttach(req, how.hostPeer != ""); err != nil {
+	byID := attachesByContainerID(n.containers)
+	if byID && req.Container == "" {
+		req.Container = req.ContainerID // Windows: the name defaults to the id
+	}
+	if err := validateAttach(req, how.hostPeer != "", byID); err != nil {
 		return api.Attachment{}, err
 	}
 	if err := validateOrigin(req.Origin); err != nil {
@@ -79,6 +84,8 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		Ifname:    req.Ifname,
 		MTU:       n.cfg.MTU,
 		HostPeer:  how.hostPeer,
+		// Windows: the container is found by its runtime's id.
+		ContainerID: req.ContainerID,
 	}
 	if how.mtu != 0 {
 		spec.MTU = how.mtu
@@ -87,10 +94,11 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		spec.Ifname = bridge.DefaultIfname
 	}
 	pl := &containerPlumbing{c: n.containers, spec: spec}
-	if how.hostPeer == "" {
+	if how.hostPeer == "" && !byID {
 		// A runtime that moves the interface itself gives it its addresses
-		// (Docker, one address per endpoint here); any other container
-		// gets the IPv6 twin too.
+		// (Docker, one address per endpoint here); a Windows container's
+		// HCN endpoint is IPv4 only (containers_hcn.go); any other
+		// container gets the IPv6 twin too.
 		pl.twin = n.twin
 	}
 	var at attachment
@@ -173,14 +181,22 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 	return nil
 }
 
-func validateAttach(req api.AttachRequest, hostPeer bool) error {
+// validateAttach checks req's names and how it says where the container
+// is: netns or pid on Linux, container_id where the plumbing attaches by
+// the runtime's container id (byID: Windows, containers_hcn.go).
+func validateAttach(req api.AttachRequest, hostPeer, byID bool) error {
 	if err := bridge.ValidateService(req.Service); err != nil {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
 	if err := bridge.ValidateContainer(req.Container); err != nil {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
+	if byID {
+		return validateAttachByID(req)
+	}
 	switch {
+	case req.ContainerID != "":
+		return api.Errorf(api.CodeUnsupported, "container_id (a Windows container) is not supported on this platform: give the container's network namespace as netns or pid")
 	case hostPeer && (req.Netns != "" || req.PID != 0):
 		return api.Errorf(api.CodeBadRequest, "a container whose runtime moves its interface names no namespace")
 	case hostPeer:
@@ -201,6 +217,10 @@ func validateAttach(req api.AttachRequest, hostPeer bool) error {
 func attachError(req api.AttachRequest, err error) error {
 	code := api.CodeInternal
 	switch {
+	case errors.Is(err, winhcn.ErrNoContainer):
+		code = api.CodeNotFound
+	case errors.Is(err, winhcn.ErrUnavailable), errors.Is(err, winhcn.ErrUnsupported):
+		code = api.CodeUnsupported
 	case errors.Is(err, bridge.ErrNoNamespace):
 		code = api.CodeNoNamespace
 	case errors.Is(err, bridge.ErrIfnameTaken):
@@ -238,6 +258,8 @@ func (n *Node) apiAttachment(at attachment) api.Attachment {
 		Node:         n.cfg.Name,
 		CreatedAt:    at.CreatedAt,
 		Origin:       at.Origin,
+		ContainerID:  at.Spec.ContainerID,
+		Endpoint:     at.Attached.Endpoint,
 	}
 	if at.Spec.Address6.IsValid() {
 		a.Address6 = at.Spec.Address6.Addr().String()

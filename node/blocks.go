@@ -114,6 +114,7 @@ func (n *Node) releaseEmptyBlocks(now time.Time) {
 	// in a block being given up.
 	n.renumberMu.Lock()
 	defer n.renumberMu.Unlock()
+	defer n.blocksChanged() // Windows: the HCN network gives them up too
 	for _, b := range due {
 		if err := n.alloc.RemoveBlock(b); err != nil {
 			n.log.Debug("keep block", "block", b, "err", err) // taken meanwhile
@@ -139,6 +140,7 @@ func (n *Node) releaseEmptyBlocks(now time.Time) {
 func (n *Node) moveBlock(ch mesh.ClaimChange) {
 	n.renumberMu.Lock()
 	defer n.renumberMu.Unlock()
+	defer n.blocksChanged() // Windows: the HCN network drops the old block, once empty
 	moves, err := n.alloc.MoveBlock(ch.Old.Block, ch.New)
 	if errors.Is(err, ipam.ErrNotFound) {
 		// Released while the conflict was being decided: the claimer's

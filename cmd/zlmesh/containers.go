@@ -16,20 +16,21 @@ import (
 func runAttach(args []string) error {
 	var cf clientFlags
 	var req api.AttachRequest
-	fs := newFlagSet("attach", "attach --service S --container ID (--netns PATH | --pid N) [--ifname eth0] [-o json]")
+	fs := newFlagSet("attach", "attach --service S --container ID (--netns PATH | --pid N) [--ifname eth0] [-o json]\n   or, on Windows: attach --service S --container-id ID [--container NAME] [-o json]")
 	cf.register(fs, true)
 	fs.StringVar(&req.Service, "service", "", "service name (a DNS label: lowercase letters, digits, '-')")
 	fs.StringVar(&req.Container, "container", "", "container id")
 	fs.StringVar(&req.Netns, "netns", "", "path of the container's network namespace (e.g. /run/netns/web1)")
 	fs.IntVar(&req.PID, "pid", 0, "a process in the container's network namespace")
 	fs.StringVar(&req.Ifname, "ifname", "", "interface name inside the container (default eth0)")
+	fs.StringVar(&req.ContainerID, "container-id", "", "Windows: the runtime's container id (instead of --netns/--pid); --container defaults to it")
 	ctx, cancel, cl, err := cf.parse(fs, args)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	if req.Service == "" || req.Container == "" {
-		return errors.New("--service and --container are required (see -h)")
+	if req.Service == "" || req.Container == "" && req.ContainerID == "" {
+		return errors.New("--service and --container (or, on Windows, --container-id) are required (see -h)")
 	}
 	a, err := cl.Attach(ctx, req)
 	if err != nil {
