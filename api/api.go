@@ -58,9 +58,15 @@ type Status struct {
 	Endpoint    string   `json:"endpoint"`     // underlay host:port WireGuard listens on
 	GossipAddr  string   `json:"gossip_addr"`  // underlay host:port memberlist listens on
 	ClusterCIDR string   `json:"cluster_cidr"` // e.g. 10.200.0.0/16
-	Interface   string   `json:"interface"`    // e.g. zl0
-	MTU         int      `json:"mtu"`
-	Version     string   `json:"version"`
+	// ClusterCIDR6 is the cluster's IPv6 prefix and OverlayIP6 the node's
+	// IPv6 overlay address, MeshDNS6 the mesh DNS's; all "" when the node
+	// runs IPv4 only (--ipv6=false).
+	ClusterCIDR6 string `json:"cluster_cidr6,omitempty"`
+	OverlayIP6   string `json:"overlay_ip6,omitempty"`
+	MeshDNS6     string `json:"mesh_dns6,omitempty"`
+	Interface    string `json:"interface"` // e.g. zl0
+	MTU          int    `json:"mtu"`
+	Version      string `json:"version"`
 	// MeshDNS is the resolver address every container uses; SearchDomain
 	// is the mesh zone without the trailing dot (e.g. "zl").
 	MeshDNS      string `json:"mesh_dns"`
@@ -166,6 +172,13 @@ type AttachRequest struct {
 	Netns     string `json:"netns,omitempty"`
 	PID       int    `json:"pid,omitempty"`
 	Ifname    string `json:"ifname,omitempty"`
+	// ContainerID is how a Windows node finds the container, instead of
+	// Netns and PID: the runtime's container (HCS compute system) id. The
+	// node gives the container an HCN endpoint with its address and puts
+	// it into the container; an unknown id is CodeNotFound. Container
+	// defaults to ContainerID. On Linux a request with ContainerID is
+	// CodeUnsupported.
+	ContainerID string `json:"container_id,omitempty"`
 	// Origin, optional, says which way onto the mesh made the attachment;
 	// it is recorded with it and returned in Attachment.Origin.
 	Origin *Origin `json:"origin,omitempty"`
@@ -202,11 +215,19 @@ type Attachment struct {
 	Ifname    string `json:"ifname"`
 	// Address is the container's address, Prefix its prefix length on the
 	// service bridge, Gateway the bridge's address.
-	Address      string    `json:"address"`
-	Prefix       int       `json:"prefix"`
-	Gateway      string    `json:"gateway"`
-	MTU          int       `json:"mtu"`
+	Address string `json:"address"`
+	Prefix  int    `json:"prefix"`
+	Gateway string `json:"gateway"`
+	// Address6 is the container's IPv6 address (the twin of Address; its
+	// prefix length is 128), Gateway6 the bridge's IPv6 address; both ""
+	// when the node runs IPv4 only.
+	Address6 string `json:"address6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
+	MTU      int    `json:"mtu"`
+	// DNS is the mesh DNS's address, DNS6 its IPv6 address ("" when the
+	// node runs IPv4 only): a container's resolv.conf lists both.
 	DNS          string    `json:"dns"`
+	DNS6         string    `json:"dns6,omitempty"`
 	SearchDomain string    `json:"search_domain"`
 	Bridge       string    `json:"bridge"`
 	HostVeth     string    `json:"host_veth"`
@@ -214,6 +235,10 @@ type Attachment struct {
 	CreatedAt    time.Time `json:"created_at"`
 	// Origin is the request's Origin, nil when it had none.
 	Origin *Origin `json:"origin,omitempty"`
+	// ContainerID and Endpoint, on Windows: the request's container id
+	// and the HCN endpoint's name (Bridge is then the HCN network).
+	ContainerID string `json:"container_id,omitempty"`
+	Endpoint    string `json:"endpoint,omitempty"`
 }
 
 // DetachRequest detaches a container by id. Detaching a container that is not
@@ -295,8 +320,11 @@ type Guest struct {
 	// Address is the guest's mesh address (a /32 from this node's blocks),
 	// DNSName its mesh name.
 	Address string `json:"address"`
-	DNSName string `json:"dns_name"`
-	Node    string `json:"node"`
+	// Address6 is its IPv6 address, the twin of Address ("" when the node
+	// runs IPv4 only).
+	Address6 string `json:"address6,omitempty"`
+	DNSName  string `json:"dns_name"`
+	Node     string `json:"node"`
 	// PrivateKey is set only in the answer of an add that made the key
 	// pair; zlmesh keeps no copy.
 	PrivateKey string `json:"private_key,omitempty"`

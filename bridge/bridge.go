@@ -257,6 +257,13 @@ type Spec struct {
 	// full-length link-local prefix of Address's family: normally
 	// GatewayFor(Address.Addr()). The service's bridge holds it.
 	Gateway netip.Prefix
+	// Address6, when set, makes the container dual-stack: an IPv6 address
+	// as a /128 beside an IPv4 Address, plumbed as Address is (the
+	// address on Ifname without duplicate address detection, router
+	// advertisements ignored, a route to Gateway6 and the IPv6 default
+	// route via it, the host route to the bridge, which holds Gateway6 too).
+	// The zero Prefix: Address's family only.
+	Address6 netip.Prefix `json:",omitzero"`
 	// MTU of both veth ends and the bridge; 0 leaves the kernel's default
 	// (1500).
 	MTU int
@@ -272,6 +279,9 @@ type Spec struct {
 	// repairs the host side only; Readdress is ErrUnsupported (the node
 	// cannot reach into a namespace it was never given). See hostpeer_linux.go.
 	HostPeer string
+	// ContainerID is not this package's: a Windows node's HCN plumbing
+	// (node) finds the container by it. Always "" here.
+	ContainerID string
 }
 
 // HostPeerPrefix names the container end of a HostPeer veth while it is in
@@ -349,6 +359,41 @@ func validateAddrs(container string, addr, gw netip.Prefix) error {
 	return nil
 }
 
+// addrGW is one of a container's addresses and the gateway it routes
+// through.
+type addrGW struct{ addr, gw netip.Prefix }
+
+// addrs lists the container's addresses with their gateways: Address, and
+// Address6 when set.
+func (s Spec) addrs() []addrGW {
+	out := []addrGW{{s.Address, s.Gateway}}
+	if s.Address6.IsValid() {
+		out = append(out, addrGW{s.Address6, GatewayFor(s.Address6.Addr())})
+	}
+	return out
+}
+
+// gateways lists the gateways of the container's addresses, the bridge's
+// addresses.
+func (s Spec) gateways() []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range s.addrs() {
+		out = append(out, a.gw)
+	}
+	return out
+}
+
+// validateAddress6 checks Address6 against Address.
+func (s Spec) validateAddress6() error {
+	if !s.Address6.IsValid() {
+		return nil
+	}
+	if !s.Address.Addr().Is4() || !s.Address6.Addr().Is6() {
+		return fmt.Errorf("container %s: address6 %s needs an IPv4 address beside it and must be IPv6 (address %s): %w", s.Container, s.Address6, s.Address, ErrInvalid)
+	}
+	return validateAddrs(s.Container, s.Address6, GatewayFor(s.Address6.Addr()))
+}
+
 // validate checks a Spec for Attach, Adopt and Readdress.
 func (s Spec) validate() error {
 	if err := s.validateNames(); err != nil {
@@ -366,7 +411,10 @@ func (s Spec) validate() error {
 	if s.MTU < 0 || (s.MTU > 0 && s.MTU < 68) || s.MTU > 65535 {
 		return fmt.Errorf("container %s: mtu %d out of range (0, or 68 to 65535): %w", s.Container, s.MTU, ErrInvalid)
 	}
-	return validateAddrs(s.Container, s.Address, s.Gateway)
+	if err := validateAddrs(s.Container, s.Address, s.Gateway); err != nil {
+		return err
+	}
+	return s.validateAddress6()
 }
 
 // validateHostPeer checks a Spec of the HostPeer form.
@@ -382,6 +430,9 @@ func (s Spec) validateHostPeer() error {
 	}
 	if s.MTU < 0 || (s.MTU > 0 && s.MTU < 68) || s.MTU > 65535 {
 		return fmt.Errorf("container %s: mtu %d out of range (0, or 68 to 65535): %w", s.Container, s.MTU, ErrInvalid)
+	}
+	if s.Address6.IsValid() {
+		return fmt.Errorf("container %s: a host peer carries one address (its runtime gives it the rest): %w", s.Container, ErrInvalid)
 	}
 	return validateAddrs(s.Container, s.Address, s.Gateway)
 }
@@ -406,6 +457,9 @@ type Attached struct {
 	Bridge   string  `json:"bridge"`    // BridgeName(Service)
 	HostVeth string  `json:"host_veth"` // VethName(Container)
 	NetnsID  NetnsID `json:"netns_id"`  // the container's namespace, for Alive
+	// Endpoint is not this package's: the HCN endpoint's name of a
+	// Windows node's container (node). Always "" here.
+	Endpoint string `json:"endpoint,omitempty"`
 	// Repairs lists, after Adopt, what it found wrong and fixed (one short
 	// sentence each); empty when everything matched, and always empty after
 	// Attach.
@@ -578,10 +632,10 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 }
 
 // Detach disconnects a container: it deletes the host veth (the container
-// end goes with it), the host route of s.Address to the service's bridge,
+// end goes with it), the host routes of s.Address (and s.Address6) to the service's bridge,
 // and then the bridge if that was its last port and KeepBridges does not
 // keep it (its routes go with it).
-// Only s.Service, s.Container and s.Address are used; an invalid Address
+// Only s.Service, s.Container and the addresses are used; an invalid Address
 // skips the route (Inventory finds it, RemoveRoute removes it). It is
 // idempotent: a veth or route already gone (detached before, or taken down
 // with its namespace) is success. Deleting a link waits for the kernel's
@@ -597,9 +651,10 @@ func (m *Manager) Detach(ctx context.Context, s Spec) error {
 	return m.detach(ctx, s)
 }
 
-// Readdress moves a live attachment from s.Address to newAddr without
-// detaching it; the gateway (s.Gateway) stays, so nothing else on the
-// bridge changes. In order:
+// Readdress moves a live attachment from s.Address to newAddr (and from
+// s.Address6 to newAddr6, which must be set exactly when s.Address6 is)
+// without detaching it; the gateways stay, so nothing else on the bridge
+// changes. In order, for each family:
 //
 //  1. the host route of newAddr to the service's bridge (replacing one of
 //     this package's elsewhere; ErrExists for a foreign one);
@@ -615,8 +670,8 @@ func (m *Manager) Detach(ctx context.Context, s Spec) error {
 // first). On error the attachment may be half-moved; calling Readdress
 // again with the same arguments finishes the job (every step is
 // idempotent), and so does Adopt with the new address.
-func (m *Manager) Readdress(ctx context.Context, s Spec, newAddr netip.Prefix) error {
-	return m.readdress(ctx, s, newAddr)
+func (m *Manager) Readdress(ctx context.Context, s Spec, newAddr, newAddr6 netip.Prefix) error {
+	return m.readdress(ctx, s, newAddr, newAddr6)
 }
 
 // Alive reports whether the container's namespace is still the one with id:

@@ -350,12 +350,14 @@ func (m *Manager) finishHostSide(ctx context.Context, sys *system, s Spec, host,
 	if err := sys.step(ctx, stepHostRoute); err != nil {
 		return err
 	}
-	_, undoRoute, err := sys.ensureHostRoute(s.Address, br)
-	if err != nil {
-		return err
-	}
-	if undoRoute != nil {
-		undo.push("host route "+s.Address.String(), undoRoute)
+	for _, a := range s.addrs() {
+		_, undoRoute, err := sys.ensureHostRoute(a.addr, br)
+		if err != nil {
+			return err
+		}
+		if undoRoute != nil {
+			undo.push("host route "+a.addr.String(), undoRoute)
+		}
 	}
 	if err := sys.step(ctx, stepHostSide); err != nil {
 		return err
@@ -366,8 +368,19 @@ func (m *Manager) finishHostSide(ctx context.Context, sys *system, s Spec, host,
 	if err := sys.step(ctx, stepForward); err != nil {
 		return err
 	}
-	if m.cfg.Forwarding {
-		return sys.forwarding(s.Address.Addr().Is6())
+	return m.forwarding(sys, s)
+}
+
+// forwarding sets the forwarding switches of s's families, if
+// Config.Forwarding.
+func (m *Manager) forwarding(sys *system, s Spec) error {
+	if !m.cfg.Forwarding {
+		return nil
+	}
+	for _, a := range s.addrs() {
+		if err := sys.forwarding(a.addr.Addr().Is6()); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -398,7 +411,7 @@ func (m *Manager) attach(ctx context.Context, s Spec) (Attached, error) {
 	}
 	sys.notePort(a.Bridge, s.Container)
 	m.log.Info("attached", "container", s.Container, "service", s.Service, "bridge", a.Bridge,
-		"veth", a.HostVeth, "ifname", s.ifname(), "addr", s.Address, "gateway", s.Gateway,
+		"veth", a.HostVeth, "ifname", s.ifname(), "addr", s.Address, "addr6", s.Address6, "gateway", s.Gateway,
 		"netns", t.path, "took", time.Since(start))
 	return a, nil
 }
@@ -432,7 +445,7 @@ func (m *Manager) attachLocked(ctx context.Context, sys *system, s Spec, t *targ
 	if err := sys.step(ctx, stepBridge); err != nil {
 		return Attached{}, err
 	}
-	br, created, _, err := sys.ensureBridge(s.Service, s.Gateway, s.MTU)
+	br, created, _, err := sys.ensureBridge(s.Service, s.gateways(), s.MTU)
 	if created {
 		undo.push("create bridge "+brName, func() error { return sys.delLink(br) })
 	}
@@ -557,14 +570,16 @@ func (m *Manager) detach(ctx context.Context, s Spec) error {
 	unlock := sys.locks.lock(brName)
 	defer unlock()
 	if s.Address.IsValid() {
-		// A route of ours to this bridge only; the bridge's removal below
-		// would take it along, but the bridge may stay.
-		dst := netip.PrefixFrom(s.Address.Addr(), s.Address.Addr().BitLen())
+		// Routes of ours to this bridge only; the bridge's removal below
+		// would take them along, but the bridge may stay.
 		br, err := sys.nl.LinkByName(brName)
 		switch {
 		case err == nil:
-			if err := sys.delHostRoute(dst, br.Attrs().Index); err != nil {
-				return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+			for _, a := range s.addrs() {
+				dst := netip.PrefixFrom(a.addr.Addr(), a.addr.Addr().BitLen())
+				if err := sys.delHostRoute(dst, br.Attrs().Index); err != nil {
+					return fmt.Errorf("detach %s from %s: %w", s.Container, brName, err)
+				}
 			}
 		case !gone(err):
 			return fmt.Errorf("detach %s: look up bridge %s: %w", s.Container, brName, err)
@@ -656,14 +671,19 @@ func (m *Manager) alive(s Spec, id NetnsID) (bool, error) {
 	return ok && now == id, nil
 }
 
-func (m *Manager) readdress(ctx context.Context, s Spec, newAddr netip.Prefix) (err error) {
+func (m *Manager) readdress(ctx context.Context, s Spec, newAddr, newAddr6 netip.Prefix) (err error) {
 	if s.HostPeer != "" {
 		return fmt.Errorf("readdress %s: its interface was moved by its runtime, into a namespace the node was not given: %w", s.Container, ErrUnsupported)
 	}
 	if err := s.validate(); err != nil {
 		return fmt.Errorf("readdress: %w", err)
 	}
-	if err := validateAddrs(s.Container, newAddr, s.Gateway); err != nil {
+	moved := s
+	moved.Address, moved.Address6 = newAddr, newAddr6
+	if s.Address6.IsValid() != newAddr6.IsValid() {
+		return fmt.Errorf("readdress %s: address6 %s to %s: give a new IPv6 address exactly when there is an old one: %w", s.Container, s.Address6, newAddr6, ErrInvalid)
+	}
+	if err := moved.validate(); err != nil {
 		return fmt.Errorf("readdress: %w", err)
 	}
 	sys, release, err := m.acquire()
@@ -702,23 +722,25 @@ func (m *Manager) readdress(ctx context.Context, s Spec, newAddr netip.Prefix) (
 		return err
 	}
 
-	// 1. The new host route.
-	if _, _, err := sys.ensureHostRoute(newAddr, br); err != nil {
-		return err
-	}
-	// 2. The container.
-	moved := s
-	moved.Address = newAddr
-	if _, err := sys.ensureContainerSide(ctx, t, moved, inner, false, nil); err != nil {
-		return err
-	}
-	// 3. The old host route.
-	if s.Address != newAddr {
-		if err := sys.delHostRoute(s.Address, br.Attrs().Index); err != nil {
+	// 1. The new host routes.
+	for _, a := range moved.addrs() {
+		if _, _, err := sys.ensureHostRoute(a.addr, br); err != nil {
 			return err
 		}
 	}
-	m.log.Info("readdressed", "container", s.Container, "service", s.Service, "from", s.Address, "to", newAddr)
+	// 2. The container.
+	if _, err := sys.ensureContainerSide(ctx, t, moved, inner, false, nil); err != nil {
+		return err
+	}
+	// 3. The old host routes.
+	for i, a := range s.addrs() {
+		if a.addr != moved.addrs()[i].addr {
+			if err := sys.delHostRoute(a.addr, br.Attrs().Index); err != nil {
+				return err
+			}
+		}
+	}
+	m.log.Info("readdressed", "container", s.Container, "service", s.Service, "from", s.Address, "to", newAddr, "from6", s.Address6, "to6", newAddr6)
 	return nil
 }
 
@@ -763,7 +785,7 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 	}()
 
 	// The bridge.
-	br, created, fixed, err := sys.ensureBridge(s.Service, s.Gateway, s.MTU)
+	br, created, fixed, err := sys.ensureBridge(s.Service, s.gateways(), s.MTU)
 	if err != nil {
 		return Attached{}, err
 	}
@@ -803,22 +825,22 @@ func (m *Manager) adopt(ctx context.Context, s Spec) (_ Attached, err error) {
 	if err != nil {
 		return Attached{}, err
 	}
-	change, _, err := sys.ensureHostRoute(s.Address, br)
-	if err != nil {
-		return Attached{}, err
-	}
-	if change != "" {
-		repairs = append(repairs, change)
+	for _, a := range s.addrs() {
+		change, _, err := sys.ensureHostRoute(a.addr, br)
+		if err != nil {
+			return Attached{}, err
+		}
+		if change != "" {
+			repairs = append(repairs, change)
+		}
 	}
 	fixed, err = sys.ensureHostEnd(host, br, s, false)
 	repairs = append(repairs, fixed...)
 	if err != nil {
 		return Attached{}, err
 	}
-	if m.cfg.Forwarding {
-		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
-			return Attached{}, err
-		}
+	if err := m.forwarding(sys, s); err != nil {
+		return Attached{}, err
 	}
 	a := Attached{Bridge: brName, HostVeth: vethName, NetnsID: t.id, Repairs: repairs}
 	sys.notePort(brName, s.Container)

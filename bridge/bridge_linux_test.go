@@ -204,41 +204,60 @@ func checkContainer(t *testing.T, ns *nstest.NS, s Spec) {
 	if l.Type() != "veth" || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != s.MTU {
 		t.Errorf("%s: type %s up %v mtu %d; want an up veth with mtu %d", s.ifname(), l.Type(), l.Attrs().Flags&net.FlagUp != 0, l.Attrs().MTU, s.MTU)
 	}
-	if got := globalAddrs(t, ns.NL, s.ifname()); !slices.Equal(got, []netip.Prefix{s.Address}) {
-		t.Errorf("%s addresses %v, want [%s]", s.ifname(), got, s.Address)
+	var wantAddrs []netip.Prefix
+	for _, a := range s.addrs() {
+		wantAddrs = append(wantAddrs, a.addr)
+	}
+	if got := globalAddrs(t, ns.NL, s.ifname()); !slices.Equal(got, wantAddrs) {
+		t.Errorf("%s addresses %v, want %v", s.ifname(), got, wantAddrs)
 	}
 	lo, err := ns.NL.LinkByName("lo")
 	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("lo not up: %v", err)
 	}
-	// Exactly the route to the gateway and the default route via it (the
-	// kernel's IPv6 routes of its own addresses aside): no subnet route.
-	routes, err := ns.NL.RouteList(l, family(s.Address))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, r := range routes {
-		if p := prefixFromNet(r.Dst); r.Protocol == unix.RTPROT_KERNEL && (linkLocal(p) || p == s.Address) {
-			continue
+	// Per family exactly the route to the gateway and the default route
+	// via it (the kernel's IPv6 routes of its own addresses aside): no
+	// subnet route.
+	for _, a := range s.addrs() {
+		routes, err := ns.NL.RouteList(l, family(a.addr))
+		if err != nil {
+			t.Fatal(err)
 		}
-		dst := "default"
-		if !isDefault(r) {
-			dst = prefixFromNet(r.Dst).String()
+		var got []string
+		for _, r := range routes {
+			if p := prefixFromNet(r.Dst); r.Protocol == unix.RTPROT_KERNEL && (linkLocal(p) || p == a.addr) {
+				continue
+			}
+			dst := "default"
+			if !isDefault(r) {
+				dst = prefixFromNet(r.Dst).String()
+			}
+			got = append(got, fmt.Sprintf("%s via %v scope %d", dst, r.Gw, r.Scope))
 		}
-		got = append(got, fmt.Sprintf("%s via %v scope %d", dst, r.Gw, r.Scope))
-	}
-	slices.Sort(got)
-	want := []string{
-		fmt.Sprintf("%s via <nil> scope %d", s.Gateway, netlink.SCOPE_LINK),
-		fmt.Sprintf("default via %s scope %d", s.Gateway.Addr(), netlink.SCOPE_UNIVERSE),
-	}
-	if s.Address.Addr().Is6() { // IPv6 routes carry no scope
-		want[0] = fmt.Sprintf("%s via <nil> scope %d", s.Gateway, netlink.SCOPE_UNIVERSE)
-	}
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("routes of %s in %s:\n got %q\nwant %q", s.ifname(), ns.Name, got, want)
+		slices.Sort(got)
+		want := []string{
+			fmt.Sprintf("%s via <nil> scope %d", a.gw, netlink.SCOPE_LINK),
+			fmt.Sprintf("default via %s scope %d", a.gw.Addr(), netlink.SCOPE_UNIVERSE),
+		}
+		if a.addr.Addr().Is6() { // IPv6 routes carry no scope
+			want[0] = fmt.Sprintf("%s via <nil> scope %d", a.gw, netlink.SCOPE_UNIVERSE)
+		}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("routes of %s in %s:\n got %q\nwant %q", s.ifname(), ns.Name, got, want)
+		}
+		if a.addr.Addr().Is6() {
+			for _, key := range []string{"accept_ra", "accept_redirects"} {
+				var v []byte
+				ns.Do(func() (err error) {
+					v, err = os.ReadFile("/proc/sys/net/ipv6/conf/" + s.ifname() + "/" + key)
+					return err
+				})
+				if strings.TrimSpace(string(v)) != "0" {
+					t.Errorf("%s in %s: %s = %q, want 0", s.ifname(), ns.Name, key, v)
+				}
+			}
+		}
 	}
 }
 
@@ -662,7 +681,7 @@ func TestAttachBadInput(t *testing.T) {
 		if _, err := e.m.Adopt(ctx, s); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Adopt(%s) = %v, want ErrInvalid", ns.Name, err)
 		}
-		if err := e.m.Readdress(ctx, s, netip.MustParsePrefix("10.200.1.77/32")); !errors.Is(err, ErrInvalid) {
+		if err := e.m.Readdress(ctx, s, netip.MustParsePrefix("10.200.1.77/32"), netip.Prefix{}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Readdress(%s) = %v, want ErrInvalid", ns.Name, err)
 		}
 	}
@@ -1204,7 +1223,7 @@ func TestReaddress(t *testing.T) {
 	// The node renumbers one container into another block: its neighbour
 	// and the bridge's gateway do not change.
 	n1 := netip.MustParsePrefix("10.201.7.10/32")
-	if err := e.m.Readdress(ctx, s1, n1); err != nil {
+	if err := e.m.Readdress(ctx, s1, n1, netip.Prefix{}); err != nil {
 		t.Fatal(err)
 	}
 	old := s1
@@ -1221,7 +1240,7 @@ func TestReaddress(t *testing.T) {
 	}
 	// Idempotent, from the old spec (a retry) and from the new one.
 	for _, from := range []Spec{old, s1} {
-		if err := e.m.Readdress(ctx, from, n1); err != nil {
+		if err := e.m.Readdress(ctx, from, n1, netip.Prefix{}); err != nil {
 			t.Fatal(err)
 		}
 		checkContainer(t, c1, s1)
@@ -1229,7 +1248,7 @@ func TestReaddress(t *testing.T) {
 	}
 
 	for _, bad := range []string{"10.201.7.20/26", "fd00::2/128", "169.254.7.7/32", "224.0.0.1/32"} {
-		if err := e.m.Readdress(ctx, s1, netip.MustParsePrefix(bad)); !errors.Is(err, ErrInvalid) {
+		if err := e.m.Readdress(ctx, s1, netip.MustParsePrefix(bad), netip.Prefix{}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Readdress(%s) = %v, want ErrInvalid", bad, err)
 		}
 	}
@@ -1343,7 +1362,7 @@ func TestIPv6(t *testing.T) {
 		t.Errorf("Adopt = %+v, %v; want nothing to repair", a, err)
 	}
 	n1 := netip.MustParsePrefix("fd5a::7:1/128")
-	if err := e.m.Readdress(ctx, s1, n1); err != nil {
+	if err := e.m.Readdress(ctx, s1, n1, netip.Prefix{}); err != nil {
 		t.Fatal(err)
 	}
 	s1.Address = n1
@@ -1354,6 +1373,88 @@ func TestIPv6(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkHostRoutes(t, e, "zlb-v6", s2.Address)
+}
+
+// TestDualStack attaches containers with an IPv4 address and its IPv6 twin:
+// both families reach each other across bridges, the bridge holds both
+// gateways, the host both routes; readdress moves both, an adoption of a
+// container attached IPv4-only gives it the IPv6 address (an upgrade), and
+// detach leaves no route of either family.
+func TestDualStack(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c1, c2, c3 := e.container(), e.container(), e.container()
+	dual := func(s Spec, a6 string) Spec { s.Address6 = netip.MustParsePrefix(a6); return s }
+	s1 := dual(spec("web", "d1", c1, "10.200.1.2/32"), "fd12:3456:789a::2/128")
+	s2 := dual(spec("web", "d2", c2, "10.200.1.3/32"), "fd12:3456:789a::3/128")
+	s3 := spec("db", "d3", c3, "10.200.1.4/32") // IPv4 only at first
+	for _, s := range []Spec{s1, s2, s3} {
+		if _, err := e.m.Attach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkContainer(t, c1, s1)
+	checkContainer(t, c3, s3)
+	gws := []netip.Prefix{netip.MustParsePrefix("169.254.1.1/32"), netip.MustParsePrefix("fe80::1/128")}
+	if got := globalAddrs(t, e.host.NL, "zlb-web"); !slices.Equal(got, gws) {
+		t.Errorf("zlb-web addresses %v, want %v", got, gws)
+	}
+	checkHostRoutes(t, e, "zlb-web", s1.Address, s2.Address, s1.Address6, s2.Address6)
+	mustPing(t, c1, s2.Address)
+	mustPing(t, c1, s2.Address6)
+	mustPing(t, c2, s1.Address6)
+
+	// The IPv4-only container is adopted with its twin: an upgrade.
+	s3 = dual(s3, "fd12:3456:789a::4/128")
+	a, err := e.m.Adopt(ctx, s3)
+	if err != nil || len(a.Repairs) == 0 {
+		t.Fatalf("Adopt(with address6) = %+v, %v; want repairs", a, err)
+	}
+	checkContainer(t, c3, s3)
+	checkHostRoutes(t, e, "zlb-db", s3.Address, s3.Address6)
+	mustPing(t, c1, s3.Address6)
+	mustPing(t, c3, s2.Address6)
+	if a, err := e.m.Adopt(ctx, s1); err != nil || len(a.Repairs) != 0 {
+		t.Errorf("Adopt(s1) = %+v, %v; want nothing to repair", a, err)
+	}
+
+	// Readdress moves both families.
+	n1, n16 := netip.MustParsePrefix("10.200.9.2/32"), netip.MustParsePrefix("fd12:3456:789a:24::2/128")
+	if err := e.m.Readdress(ctx, s1, n1, netip.Prefix{}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Readdress without the IPv6 address = %v, want ErrInvalid", err)
+	}
+	if err := e.m.Readdress(ctx, s1, n1, n16); err != nil {
+		t.Fatal(err)
+	}
+	s1.Address, s1.Address6 = n1, n16
+	checkContainer(t, c1, s1)
+	checkHostRoutes(t, e, "zlb-web", s1.Address, s2.Address, s1.Address6, s2.Address6)
+	mustPing(t, c2, n16)
+	mustPing(t, c3, n1)
+
+	for _, bad := range []Spec{
+		dual(spec("web", "x1", e.container(), "10.200.1.9/32"), "10.200.1.10/32"),
+		dual(spec("web", "x2", e.container(), "fd12::9/128"), "fd12::10/128"),
+		dual(spec("web", "x3", e.container(), "10.200.1.9/32"), "fd12::/64"),
+		dual(spec("web", "x4", e.container(), "10.200.1.9/32"), "fe80::9/128"),
+	} {
+		if _, err := e.m.Attach(ctx, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Attach(%s, %s) = %v, want ErrInvalid", bad.Address, bad.Address6, err)
+		}
+	}
+
+	for _, s := range []Spec{s1, s2, s3} {
+		if err := e.m.Detach(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inv, err := e.m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Routes) != 0 || len(inv.Veths) != 0 || len(inv.Bridges) != 0 {
+		t.Errorf("left after detach: %+v", inv)
+	}
 }
 
 // BenchmarkAttachDetach measures one Attach plus one Detach through netlink.

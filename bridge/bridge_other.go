@@ -17,7 +17,9 @@ func (m *Manager) attach(context.Context, Spec) (Attached, error) { return Attac
 
 func (m *Manager) detach(context.Context, Spec) error { return ErrUnsupported }
 
-func (m *Manager) readdress(context.Context, Spec, netip.Prefix) error { return ErrUnsupported }
+func (m *Manager) readdress(context.Context, Spec, netip.Prefix, netip.Prefix) error {
+	return ErrUnsupported
+}
 
 func (m *Manager) alive(Spec, NetnsID) (bool, error) { return false, ErrUnsupported }
 

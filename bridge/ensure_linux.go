@@ -24,11 +24,12 @@ import (
 
 // ensureBridge makes the bridge of service exist as it should: a bridge with
 // the service's alias, STP off, ICMP redirects off, the MTU (when mtu > 0),
-// exactly the gateway gw as address (IPv6 link-local ones the kernel made
-// aside), up. It returns the bridge, whether it created it (the link is
+// exactly the gateways gws as addresses (one per family; IPv6 link-local
+// ones the kernel made aside, and the gateway of a family gws lacks kept for
+// the containers of the bridge that have it), up. It returns the bridge, whether it created it (the link is
 // returned even on a later error so the caller can delete it) and what it
 // had to fix on an existing one. The caller holds the bridge's lock.
-func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netlink.Link, bool, []string, error) {
+func (sys *system) ensureBridge(service string, gws []netip.Prefix, mtu int) (netlink.Link, bool, []string, error) {
 	name := BridgeName(service)
 	alias := serviceAliasPrefix + service
 	la := netlink.NewLinkAttrs()
@@ -102,12 +103,14 @@ func (sys *system) ensureBridge(service string, gw netip.Prefix, mtu int) (netli
 	if wrote && !created {
 		repairs = append(repairs, fmt.Sprintf("bridge %s sent ICMP redirects: switched off", name))
 	}
-	fixed, err := exactAddress(sys, br, gw)
-	if err != nil {
-		return fail(fmt.Errorf("bridge %s: %w", name, err))
-	}
-	if !created {
-		repairs = append(repairs, fixed...)
+	for _, gw := range gws {
+		fixed, err := exactAddress(sys, br, gw)
+		if err != nil {
+			return fail(fmt.Errorf("bridge %s: %w", name, err))
+		}
+		if !created {
+			repairs = append(repairs, fixed...)
+		}
 	}
 	if br.Attrs().Flags&net.FlagUp == 0 {
 		if err := sys.nl.LinkSetUp(br); err != nil {
@@ -170,10 +173,9 @@ func exactAddress(sys *system, link netlink.Link, want netip.Prefix) ([]string, 
 }
 
 // ensureContainerSide makes the container end inner (s's Ifname, inside t)
-// what s asks: the MTU, exactly s.Address (others of the family removed
-// only after it is added: an interface left without an IPv4 address loses
-// its routes), lo up, inner up, a link-scope route to the gateway and the
-// default route via it, onlink.
+// what s asks: the MTU, exactly s.Address and s.Address6 (ensureContainerAddr),
+// lo up, inner up, per family a link-scope route to the gateway and the
+// default route via it, onlink (ensureContainerRoutes).
 //
 // fresh says the caller has just made inner with the MTU (down, no
 // addresses, no routes): nothing is read, the routes are added exclusively
@@ -195,51 +197,14 @@ func (sys *system) ensureContainerSide(ctx context.Context, t *target, s Spec, i
 		repairs = append(repairs, fmt.Sprintf("%s had mtu %d: set %d", ifname, inner.Attrs().MTU, s.MTU))
 	}
 
-	// The address.
-	var have bool
-	var stale []netip.Prefix
-	if !fresh {
-		addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(s.Address)) })
+	// The addresses, and for IPv6: redirects, router advertisements.
+	for _, a := range s.addrs() {
+		fixed, err := ensureContainerAddr(t, inner, ifname, a.addr, fresh)
+		repairs = append(repairs, fixed...)
 		if err != nil {
-			return repairs, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
-		}
-		for _, a := range addrs {
-			switch p := fromNLAddr(a); {
-			case p == s.Address:
-				have = true
-			case !kernelLinkLocal(p):
-				stale = append(stale, p)
-			}
+			return repairs, err
 		}
 	}
-	if !have {
-		if err := t.nl.AddrAdd(inner, toNLAddr(s.Address)); err != nil && (fresh || !errors.Is(err, unix.EEXIST)) {
-			return repairs, fmt.Errorf("add address %s to %s in netns %s: %w", s.Address, ifname, t.path, err)
-		}
-		if !fresh {
-			repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, s.Address))
-		}
-	}
-	for _, p := range stale {
-		if err := t.nl.AddrDel(inner, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
-			return repairs, fmt.Errorf("delete address %s of %s in netns %s: %w", p, ifname, t.path, err)
-		}
-		repairs = append(repairs, fmt.Sprintf("%s had stale address %s: removed", ifname, p))
-	}
-
-	// IPv6 has no switch to stop the host sending redirects (see
-	// Config.Forwarding), so the container ignores them instead; for IPv6
-	// the interface's own switch decides.
-	if s.Address.Addr().Is6() {
-		wrote, err := sysctlIn(netns.NsHandle(t.fd), "net/ipv6/conf/"+ifname+"/accept_redirects", "0")
-		if err != nil {
-			return repairs, fmt.Errorf("netns %s: %w", t.path, err)
-		}
-		if wrote && !fresh {
-			repairs = append(repairs, fmt.Sprintf("%s accepted ICMPv6 redirects: switched off", ifname))
-		}
-	}
-
 	// lo and the link.
 	lo, err := t.nl.LinkByName("lo")
 	if err != nil {
@@ -269,22 +234,95 @@ func (sys *system) ensureContainerSide(ctx context.Context, t *target, s Spec, i
 	if err := sys.step(ctx, stepRoute); err != nil {
 		return repairs, err
 	}
-	index := inner.Attrs().Index
+	for _, a := range s.addrs() {
+		fixed, err := ensureContainerRoutes(t, inner, ifname, a, fresh)
+		repairs = append(repairs, fixed...)
+		if err != nil {
+			return repairs, err
+		}
+	}
+	return repairs, nil
+}
+
+// ensureContainerAddr makes addr the only address of its family on inner
+// (Ifname in t), adding it before removing the others: an interface left
+// without an IPv4 address loses its routes. For IPv6 the address is added
+// without duplicate address detection (it would stall the container's
+// first packets for a second), and Ifname ignores redirects (the host has
+// no switch against sending them, see Config.Forwarding) and router
+// advertisements (no SLAAC address or route besides the ones given). fresh:
+// see ensureContainerSide.
+func ensureContainerAddr(t *target, inner netlink.Link, ifname string, addr netip.Prefix, fresh bool) ([]string, error) {
+	var repairs []string
+	var have bool
+	var stale []netip.Prefix
+	if !fresh {
+		addrs, err := retryDump(func() ([]netlink.Addr, error) { return t.nl.AddrList(inner, family(addr)) })
+		if err != nil {
+			return repairs, fmt.Errorf("list addresses of %s in netns %s: %w", ifname, t.path, err)
+		}
+		for _, a := range addrs {
+			switch p := fromNLAddr(a); {
+			case p == addr:
+				have = true
+			case !kernelLinkLocal(p):
+				stale = append(stale, p)
+			}
+		}
+	}
+	if !have {
+		if err := t.nl.AddrAdd(inner, toNLAddr(addr)); err != nil && (fresh || !errors.Is(err, unix.EEXIST)) {
+			return repairs, fmt.Errorf("add address %s to %s in netns %s: %w", addr, ifname, t.path, err)
+		}
+		if !fresh {
+			repairs = append(repairs, fmt.Sprintf("%s lacked address %s: added", ifname, addr))
+		}
+	}
+	for _, p := range stale {
+		if err := t.nl.AddrDel(inner, &netlink.Addr{IPNet: prefixNet(p)}); err != nil && !gone(err) {
+			return repairs, fmt.Errorf("delete address %s of %s in netns %s: %w", p, ifname, t.path, err)
+		}
+		repairs = append(repairs, fmt.Sprintf("%s had stale address %s: removed", ifname, p))
+	}
+	if !addr.Addr().Is6() {
+		return repairs, nil
+	}
+	for _, sw := range []struct{ key, what string }{
+		{"accept_redirects", "accepted ICMPv6 redirects"},
+		{"accept_ra", "accepted router advertisements"},
+	} {
+		wrote, err := sysctlIn(netns.NsHandle(t.fd), "net/ipv6/conf/"+ifname+"/"+sw.key, "0")
+		if err != nil {
+			return repairs, fmt.Errorf("netns %s: %w", t.path, err)
+		}
+		if wrote && !fresh {
+			repairs = append(repairs, fmt.Sprintf("%s %s: switched off", ifname, sw.what))
+		}
+	}
+	return repairs, nil
+}
+
+// ensureContainerRoutes makes the link-scope route to a.gw and the default
+// route of a's family via it exist on inner. fresh: see ensureContainerSide.
+func ensureContainerRoutes(t *target, inner netlink.Link, ifname string, a addrGW, fresh bool) ([]string, error) {
+	index, gw := inner.Attrs().Index, a.gw
 	want := []struct {
 		route *netlink.Route
 		what  string
 		match func(netlink.Route) bool
 	}{
-		{gatewayRoute(index, s.Gateway), "route to the gateway " + s.Gateway.Addr().String(), func(r netlink.Route) bool {
-			return r.Dst != nil && prefixFromNet(r.Dst) == s.Gateway && r.Gw == nil
+		{gatewayRoute(index, gw), "route to the gateway " + gw.Addr().String(), func(r netlink.Route) bool {
+			return r.Dst != nil && prefixFromNet(r.Dst) == gw && r.Gw == nil
 		}},
-		{defaultRoute(index, s.Gateway), "default route via " + s.Gateway.Addr().String(), func(r netlink.Route) bool {
-			return isDefault(r) && r.Gw.Equal(s.Gateway.Addr().AsSlice())
+		{defaultRoute(index, gw), "default route via " + gw.Addr().String(), func(r netlink.Route) bool {
+			return isDefault(r) && r.Gw.Equal(gw.Addr().AsSlice())
 		}},
 	}
+	var repairs []string
 	var routes []netlink.Route
 	if !fresh {
-		routes, err = retryDump(func() ([]netlink.Route, error) { return t.nl.RouteList(inner, family(s.Address)) })
+		var err error
+		routes, err = retryDump(func() ([]netlink.Route, error) { return t.nl.RouteList(inner, family(a.addr)) })
 		if err != nil {
 			return repairs, fmt.Errorf("list routes of %s in netns %s: %w", ifname, t.path, err)
 		}

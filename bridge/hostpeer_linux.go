@@ -52,7 +52,7 @@ func (m *Manager) attachHostPeer(ctx context.Context, s Spec) (_ Attached, err e
 	if err := sys.step(ctx, stepBridge); err != nil {
 		return Attached{}, err
 	}
-	br, created, _, err := sys.ensureBridge(s.Service, s.Gateway, s.MTU)
+	br, created, _, err := sys.ensureBridge(s.Service, s.gateways(), s.MTU)
 	if created {
 		undo.push("create bridge "+brName, func() error { return sys.delLink(br) })
 	}
@@ -135,7 +135,7 @@ func (m *Manager) adoptHostPeer(ctx context.Context, s Spec) (Attached, error) {
 		}
 		return Attached{}, fmt.Errorf("adopt %s: look up %s: %w", s.Container, vethName, err)
 	}
-	br, _, repairs, err := sys.ensureBridge(s.Service, s.Gateway, s.MTU)
+	br, _, repairs, err := sys.ensureBridge(s.Service, s.gateways(), s.MTU)
 	if err != nil {
 		return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
 	}

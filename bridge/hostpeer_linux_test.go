@@ -105,7 +105,7 @@ func TestHostPeer(t *testing.T) {
 		t.Errorf("Adopt of a host end off its bridge = %+v %v, want it enslaved again", got, err)
 	}
 	mustPing(t, sandbox, s2.Address)
-	if err := e.m.Readdress(ctx, s, netip.MustParsePrefix("10.200.1.50/32")); !errors.Is(err, ErrUnsupported) {
+	if err := e.m.Readdress(ctx, s, netip.MustParsePrefix("10.200.1.50/32"), netip.Prefix{}); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("Readdress = %v, want ErrUnsupported", err)
 	}
 

@@ -161,9 +161,11 @@ func TestCNILibrary(t *testing.T) {
 			t.Fatalf("no attachment with origin cni/zlcni/%s", rt.ContainerID)
 		case a.Container != name || a.Service != "web" || a.Origin.Ifname != "eth0" || a.Origin.Netns != nsPath:
 			t.Fatalf("attachment %+v origin %+v", a, a.Origin)
-		case len(r.IPs) != 1 || r.IPs[0].Address.IP.String() != a.Address || r.IPs[0].Gateway.String() != a.Gateway:
-			t.Fatalf("result %s, attachment %s/%d via %s", r.IPs, a.Address, a.Prefix, a.Gateway)
-		case len(r.Routes) != 1 || r.Routes[0].GW.String() != a.Gateway || len(r.DNS.Nameservers) != 1 || r.DNS.Nameservers[0] != wantDNS:
+		case a.Address6 == "" || len(r.IPs) != 2 || r.IPs[0].Address.IP.String() != a.Address || r.IPs[0].Gateway.String() != a.Gateway ||
+			r.IPs[1].Address.IP.String() != a.Address6 || r.IPs[1].Gateway.String() != a.Gateway6:
+			t.Fatalf("result %s, attachment %s/%d via %s and %s via %s", r.IPs, a.Address, a.Prefix, a.Gateway, a.Address6, a.Gateway6)
+		case len(r.Routes) != 2 || r.Routes[0].GW.String() != a.Gateway || r.Routes[1].GW.String() != a.Gateway6 ||
+			len(r.DNS.Nameservers) != 2 || r.DNS.Nameservers[0] != wantDNS || r.DNS.Nameservers[1] != a.DNS6:
 			t.Fatalf("result routes %v dns %+v", r.Routes, r.DNS)
 		case len(r.Interfaces) != 1 || r.Interfaces[0].Mac == "" || r.Interfaces[0].Sandbox != nsPath:
 			t.Fatalf("result interfaces %+v", r.Interfaces)

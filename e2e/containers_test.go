@@ -35,6 +35,7 @@ import (
 
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/internal/journal"
+	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/ipam/disk"
 	"github.com/zlmesh/zlmesh/testbed"
 )
@@ -1368,6 +1369,7 @@ func TestContainersRenumbered(t *testing.T) {
 		return nil
 	})
 	newBlock := mustPrefix(t, moved)
+	tw := twinsOf(status(t, b))
 	// Each container keeps its offset in the block; the gateway is the
 	// link-local one and does not move.
 	relocate := func(old string) string {
@@ -1408,7 +1410,8 @@ func TestContainersRenumbered(t *testing.T) {
 			if v.API[c.ID()] != w.Address || v.Leases[c.ID()] != w.Address {
 				return fmt.Errorf("%s: attachment %s, lease %s on disk; want %s", c.ID(), v.API[c.ID()], v.Leases[c.ID()], w.Address)
 			}
-			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 | default via %s dev eth0 onlink", w.Address, w.Prefix, w.Gateway); got != exp {
+			// The IPv6 address moved with the IPv4 one: the twin of the new one.
+			if got, exp := v.Containers[c.ID()], fmt.Sprintf("%s/%d@eth0 %s/128@eth0 | default via %s dev eth0 onlink", w.Address, w.Prefix, twin(tw, w.Address), w.Gateway); got != exp {
 				return fmt.Errorf("%s inside: %q, want %q", c.ID(), got, exp)
 			}
 		}
@@ -1425,6 +1428,21 @@ func TestContainersRenumbered(t *testing.T) {
 	pingContainers(t, tb, map[*testbed.Container]string{
 		ca: aa.Address, ch: ah.Address, cb1: want[cb1].Address, cb2: want[cb2].Address,
 	}, 30*time.Second)
+	pingContainers(t, tb, map[*testbed.Container]string{
+		ca: twin(tw, aa.Address), ch: twin(tw, ah.Address), cb1: twin(tw, want[cb1].Address), cb2: twin(tw, want[cb2].Address),
+	}, 30*time.Second)
+}
+
+// twin is the IPv6 twin of the IPv4 address a under tw ("" for none).
+func twin(tw *ipam.Twins, a string) string {
+	if tw == nil {
+		return ""
+	}
+	a6, ok := tw.Addr(netip.MustParseAddr(a))
+	if !ok {
+		return ""
+	}
+	return a6.String()
 }
 
 // TestContainersKillDuringChurn kills zlmesh with -9 while 8 clients attach
@@ -1489,6 +1507,7 @@ func TestContainersKillDuringChurn(t *testing.T) {
 	if err := h.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
+	tw := twinsOf(status(t, h))
 	eventually(t, 30*time.Second, func() error {
 		v, err := viewOf(ctx, h, ws)
 		if err != nil {
@@ -1501,8 +1520,9 @@ func TestContainersKillDuringChurn(t *testing.T) {
 			inside := v.Containers[c.ID()]
 			addr, attached := v.API[c.ID()]
 			switch {
-			case attached && !strings.HasPrefix(inside, addr+"/") || attached && strings.Count(inside, "@") != 1:
-				return fmt.Errorf("%s is attached with %s but holds %q", c.ID(), addr, inside)
+			case attached && !strings.HasPrefix(inside, addr+"/") || attached && strings.Count(inside, "@") != 2 ||
+				attached && !strings.Contains(inside, " "+twin(tw, addr)+"/128@"):
+				return fmt.Errorf("%s is attached with %s and its twin %s but holds %q", c.ID(), addr, twin(tw, addr), inside)
 			case !attached && inside != " | ":
 				return fmt.Errorf("%s is not attached but holds %q", c.ID(), inside)
 			}

@@ -60,10 +60,14 @@ func TestGuests(t *testing.T) {
 	if err != nil || priv.PublicKey().String() != g.PublicKey {
 		t.Fatalf("private key %q in the answer does not match public key %s (%v)", g.PrivateKey, g.PublicKey, err)
 	}
+	st1 := status(t, h1)
+	if g.Address6 != twin(twinsOf(st1), g.Address) {
+		t.Errorf("guest address6 %q, want the twin of %s", g.Address6, g.Address)
+	}
 	for _, want := range []string{
-		"PrivateKey = " + g.PrivateKey, "Address = " + g.Address + "/32", "DNS = " + meshDNS + ", zl",
-		"PublicKey = " + status(t, h1).PublicKey, "Endpoint = " + h1.Underlay.String() + ":51820",
-		"AllowedIPs = " + status(t, h1).ClusterCIDR, "PersistentKeepalive = 25",
+		"PrivateKey = " + g.PrivateKey, "Address = " + g.Address + "/32, " + g.Address6 + "/128", "DNS = " + meshDNS + ", " + st1.MeshDNS6 + ", zl",
+		"PublicKey = " + st1.PublicKey, "Endpoint = " + h1.Underlay.String() + ":51820",
+		"AllowedIPs = " + st1.ClusterCIDR + ", " + st1.ClusterCIDR6, "PersistentKeepalive = 25",
 	} {
 		if !strings.Contains(g.Config, want+"\n") {
 			t.Errorf("config lacks %q", want)
@@ -316,7 +320,7 @@ func TestGuestsRenumbered(t *testing.T) {
 			return fmt.Errorf("guests of %s: %+v %v", b.Name, list, err)
 		}
 		moved = list[0]
-		if !moved.Renumbered || moved.OldAddress != g.Address || moved.Address == g.Address || !strings.Contains(moved.Config, "Address = "+moved.Address+"/32\n") {
+		if !moved.Renumbered || moved.OldAddress != g.Address || moved.Address == g.Address || !strings.Contains(moved.Config, "Address = "+moved.Address+"/32, "+moved.Address6+"/128\n") {
 			return fmt.Errorf("guest after the conflict: %+v", moved)
 		}
 		return nil

@@ -333,6 +333,9 @@ func invariants(hosts []*testbed.Host) error {
 		}
 		for _, g := range guests {
 			want[g.PublicKey] = []string{g.Address + "/32"}
+			if g.Address6 != "" {
+				want[g.PublicKey] = append(want[g.PublicKey], g.Address6+"/128")
+			}
 		}
 		if len(dev.Peers) != len(want) {
 			return fmt.Errorf("%s has %d WireGuard peers, want %d: %+v", h.Name, len(dev.Peers), len(want), dev.Peers)
@@ -351,6 +354,9 @@ func invariants(hosts []*testbed.Host) error {
 }
 
 // mustPrefix parses a prefix or fails the test.
+// twinsOf is the IPv6 mapping of the node of st (nil: IPv4 only).
+func twinsOf(st api.Status) *ipam.Twins { return testbed.Twins(st) }
+
 func mustPrefix(t *testing.T, s string) netip.Prefix {
 	t.Helper()
 	p, err := netip.ParsePrefix(s)
@@ -362,7 +368,8 @@ func mustPrefix(t *testing.T, s string) netip.Prefix {
 
 // wantAllowedIPs is what every other node's WireGuard peer entry for the
 // node of st must hold: its blocks, adjacent ones merged (its overlay
-// address is in its first block), sorted as readWG sorts.
+// address is in its first block), and with IPv6 on their IPv6 twins, sorted
+// as readWG sorts.
 func wantAllowedIPs(st api.Status) []string {
 	var ps []netip.Prefix
 	for _, b := range st.Blocks {
@@ -370,8 +377,12 @@ func wantAllowedIPs(st api.Status) []string {
 			ps = append(ps, p)
 		}
 	}
+	ps = ipam.Coalesce(ps)
+	if tw := twinsOf(st); tw != nil {
+		ps = append(ps, tw.Prefixes(ps)...)
+	}
 	var out []string
-	for _, p := range ipam.Coalesce(ps) {
+	for _, p := range ps {
 		out = append(out, p.String())
 	}
 	sort.Strings(out)

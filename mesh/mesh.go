@@ -96,7 +96,11 @@ type Meta struct {
 	// Plan is the node's address plan, "<cluster CIDR>/<block prefix>"
 	// (10.200.0.0/14/26): nodes of one cluster must agree on it, and a node
 	// ignores a peer whose plan differs.
-	Plan      string `json:"p,omitempty"`
+	Plan string `json:"p,omitempty"`
+	// Cluster6 is the cluster's IPv6 prefix the node derives its blocks'
+	// IPv6 twins from (fd12:3456:789a::/48); "" for a node with IPv6 off.
+	// Two nodes that both carry one must carry the same.
+	Cluster6  string `json:"p6,omitempty"`
 	OverlayIP string `json:"o"`
 	Version   string `json:"v"`
 }

@@ -20,6 +20,8 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		return
 	}
 	kept := n.keepDockerBridges()
+	n.followBlocks()        // Windows: the HCN network spans the node's blocks,
+	defer n.blocksChanged() // and, once adopted containers moved, only them
 	check := n.newAliveCheck()
 	for _, at := range n.attach.list() {
 		id := at.Spec.Container
@@ -41,15 +43,29 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		if err == nil && alive {
 			spec := at.Spec
 			addr, gw := hostPrefix(lease.Addr), gatewayFor(lease.Addr)
+			var addr6 netip.Prefix // the IPv6 twin, unless IPv6 is off or the runtime addresses it
+			// (a container attached by id, on Windows, is IPv4 only: containers_hcn.go)
+			if spec.HostPeer == "" && spec.ContainerID == "" {
+				addr6 = hostPrefix6(n.twin(lease.Addr))
+			}
 			if addr != spec.Address || gw != spec.Gateway {
 				// Renumbered (the lease moved) but the container not yet,
 				// or an attachment of the previous release (a slice
-				// address and gateway): move it to its lease.
-				if err := n.containers.Readdress(ctx, spec, addr); err != nil {
+				// address and gateway): move it to its lease. The IPv6
+				// address moves along when it had one and keeps one.
+				from, new6 := spec, addr6
+				if !addr6.IsValid() || !from.Address6.IsValid() {
+					from.Address6, new6 = netip.Prefix{}, netip.Prefix{}
+				}
+				if err := n.containers.Readdress(ctx, from, addr, new6); err != nil {
 					n.log.Warn("adopt: move container to its lease's address", "container", id, "from", spec.Address, "to", addr, "err", err)
 				}
 				spec.Address, spec.Gateway = addr, gw
 			}
+			// An attachment made before IPv6 (or with another cluster
+			// IPv6 prefix) gets its twin from Adopt; with IPv6 switched
+			// off its IPv6 host route goes as a stray one below.
+			spec.Address6 = addr6
 			made, aerr := n.containers.Adopt(ctx, spec)
 			if aerr == nil {
 				for _, r := range made.Repairs {
@@ -77,8 +93,14 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 	routed := map[netip.Prefix]bool{}
 	for _, at := range n.attach.list() {
 		owned[at.Attached.HostVeth] = true
+		if at.Attached.Endpoint != "" { // Windows: the HCN endpoint (containers_hcn.go)
+			owned[at.Attached.Endpoint] = true
+		}
 		services[bridge.BridgeName(at.Spec.Service)] = true
 		routed[at.Spec.Address] = true
+		if at.Spec.Address6.IsValid() {
+			routed[at.Spec.Address6] = true
+		}
 	}
 	for _, l := range n.alloc.Leases() {
 		if _, guest := guestOfLease(l.Container); guest {

@@ -10,6 +10,7 @@ import (
 	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/ipam"
+	"github.com/zlmesh/zlmesh/winhcn"
 )
 
 // Containers is the container plumbing the node drives: package bridge's
@@ -17,7 +18,7 @@ import (
 type Containers interface {
 	Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Detach(ctx context.Context, s bridge.Spec) error
-	Readdress(ctx context.Context, s bridge.Spec, newAddr netip.Prefix) error
+	Readdress(ctx context.Context, s bridge.Spec, newAddr, newAddr6 netip.Prefix) error
 	Alive(s bridge.Spec, id bridge.NetnsID) (bool, error)
 	Adopt(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
 	Inventory() (bridge.Inventory, error)
@@ -57,7 +58,11 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 	if n.containers == nil {
 		return api.Attachment{}, api.Errorf(api.CodeUnsupported, "container attach is not supported on this platform")
 	}
-	if err := validateAttach(req, how.hostPeer != ""); err != nil {
+	byID := attachesByContainerID(n.containers)
+	if byID && req.Container == "" {
+		req.Container = req.ContainerID // Windows: the name defaults to the id
+	}
+	if err := validateAttach(req, how.hostPeer != "", byID); err != nil {
 		return api.Attachment{}, err
 	}
 	if err := validateOrigin(req.Origin); err != nil {
@@ -79,6 +84,8 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		Ifname:    req.Ifname,
 		MTU:       n.cfg.MTU,
 		HostPeer:  how.hostPeer,
+		// Windows: the container is found by its runtime's id.
+		ContainerID: req.ContainerID,
 	}
 	if how.mtu != 0 {
 		spec.MTU = how.mtu
@@ -87,6 +94,13 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		spec.Ifname = bridge.DefaultIfname
 	}
 	pl := &containerPlumbing{c: n.containers, spec: spec}
+	if how.hostPeer == "" && !byID {
+		// A runtime that moves the interface itself gives it its addresses
+		// (Docker, one address per endpoint here); a Windows container's
+		// HCN endpoint is IPv4 only (containers_hcn.go); any other
+		// container gets the IPv6 twin too.
+		pl.twin = n.twin
+	}
 	var at attachment
 	_, err := n.addEndpoint(ctx, start, endpointSteps{
 		service:  req.Service,
@@ -121,10 +135,15 @@ type containerPlumbing struct {
 	c    Containers
 	spec bridge.Spec
 	made bridge.Attached
+	// twin gives the IPv6 address beside the leased one; nil: none.
+	twin func(netip.Addr) netip.Addr
 }
 
 func (p *containerPlumbing) plumb(ctx context.Context, addr netip.Addr) error {
 	p.spec.Address, p.spec.Gateway = hostPrefix(addr), gatewayFor(addr)
+	if p.twin != nil {
+		p.spec.Address6 = hostPrefix6(p.twin(addr))
+	}
 	made, err := p.c.Attach(ctx, p.spec)
 	p.made = made
 	return err
@@ -162,14 +181,22 @@ func (n *Node) Detach(ctx context.Context, container, reason string) error {
 	return nil
 }
 
-func validateAttach(req api.AttachRequest, hostPeer bool) error {
+// validateAttach checks req's names and how it says where the container
+// is: netns or pid on Linux, container_id where the plumbing attaches by
+// the runtime's container id (byID: Windows, containers_hcn.go).
+func validateAttach(req api.AttachRequest, hostPeer, byID bool) error {
 	if err := bridge.ValidateService(req.Service); err != nil {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
 	if err := bridge.ValidateContainer(req.Container); err != nil {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
+	if byID {
+		return validateAttachByID(req)
+	}
 	switch {
+	case req.ContainerID != "":
+		return api.Errorf(api.CodeUnsupported, "container_id (a Windows container) is not supported on this platform: give the container's network namespace as netns or pid")
 	case hostPeer && (req.Netns != "" || req.PID != 0):
 		return api.Errorf(api.CodeBadRequest, "a container whose runtime moves its interface names no namespace")
 	case hostPeer:
@@ -190,6 +217,10 @@ func validateAttach(req api.AttachRequest, hostPeer bool) error {
 func attachError(req api.AttachRequest, err error) error {
 	code := api.CodeInternal
 	switch {
+	case errors.Is(err, winhcn.ErrNoContainer):
+		code = api.CodeNotFound
+	case errors.Is(err, winhcn.ErrUnavailable), errors.Is(err, winhcn.ErrUnsupported):
+		code = api.CodeUnsupported
 	case errors.Is(err, bridge.ErrNoNamespace):
 		code = api.CodeNoNamespace
 	case errors.Is(err, bridge.ErrIfnameTaken):
@@ -209,7 +240,7 @@ func attachError(req api.AttachRequest, err error) error {
 }
 
 func (n *Node) apiAttachment(at attachment) api.Attachment {
-	return api.Attachment{
+	a := api.Attachment{
 		Service:      at.Spec.Service,
 		Container:    at.Spec.Container,
 		Netns:        at.Spec.Netns,
@@ -220,13 +251,31 @@ func (n *Node) apiAttachment(at attachment) api.Attachment {
 		Gateway:      at.Spec.Gateway.Addr().String(),
 		MTU:          at.Spec.MTU,
 		DNS:          n.pool.MeshDNS().String(),
+		DNS6:         addrString(n.twin(n.pool.MeshDNS())),
 		SearchDomain: n.searchDomain(),
 		Bridge:       at.Attached.Bridge,
 		HostVeth:     at.Attached.HostVeth,
 		Node:         n.cfg.Name,
 		CreatedAt:    at.CreatedAt,
 		Origin:       at.Origin,
+		ContainerID:  at.Spec.ContainerID,
+		Endpoint:     at.Attached.Endpoint,
 	}
+	if at.Spec.Address6.IsValid() {
+		a.Address6 = at.Spec.Address6.Addr().String()
+		a.Gateway6 = gatewayFor(at.Spec.Address6.Addr()).Addr().String()
+	} else {
+		a.DNS6 = "" // a container without IPv6 cannot reach it
+	}
+	return a
+}
+
+// addrString is a.String(), "" for the zero Addr.
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // Attachments lists this node's attachments.

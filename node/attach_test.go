@@ -153,7 +153,11 @@ func (f *fakeContainers) Detach(_ context.Context, s bridge.Spec) error {
 	f.record("detach " + s.Container)
 	return nil
 }
-func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a netip.Prefix) error {
+func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, a6 netip.Prefix) error {
+	if a6.IsValid() {
+		f.record(fmt.Sprintf("readdress %s %s→%s %s→%s", s.Container, s.Address, a, s.Address6, a6))
+		return nil
+	}
 	f.record(fmt.Sprintf("readdress %s %s→%s", s.Container, s.Address, a))
 	return nil
 }
@@ -192,6 +196,7 @@ func TestAdoptAttachments(t *testing.T) {
 	dir := t.TempDir()
 	pool := ipam.DefaultPool()
 	store := disk.New(filepath.Join(dir, ipamFile), pool.BlockBits())
+	t.Cleanup(func() { store.Close() }) // before t.TempDir's removal (Windows)
 	alloc, err := ipam.NewAllocator(store, pool)
 	if err != nil {
 		t.Fatal(err)
@@ -269,8 +274,9 @@ func TestAdoptAttachments(t *testing.T) {
 	if n := att.log.Records() - recordsBefore; n != 3 {
 		t.Errorf("adoption appended %d records, want 3 (moved, unleased, dead)", n)
 	}
-	// What adoption decided survives a restart.
-	again, err := loadAttachments(dir)
+	// What adoption decided survives a restart (read from a copy: att is
+	// still open, which Windows holds against a second opener).
+	again, err := loadAttachments(copyFiles(t, dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +293,9 @@ func TestUnplugOrder(t *testing.T) {
 	dir := t.TempDir()
 	var att *attachments
 	var seen []string
-	store := &watchStore{LeaseStore: disk.New(filepath.Join(dir, ipamFile), ipam.DefaultBlockBits), onRelease: func(id string) {
+	ds := disk.New(filepath.Join(dir, ipamFile), ipam.DefaultBlockBits)
+	t.Cleanup(func() { ds.Close() }) // before t.TempDir's removal (Windows)
+	store := &watchStore{LeaseStore: ds, onRelease: func(id string) {
 		_, attached := att.get(id)
 		seen = append(seen, fmt.Sprintf("release %s: still attached %v", id, attached))
 	}}

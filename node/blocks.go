@@ -23,6 +23,15 @@ import (
 // hostPrefix is addr as a full-length prefix (a /32 route of its own).
 func hostPrefix(addr netip.Addr) netip.Prefix { return netip.PrefixFrom(addr, addr.BitLen()) }
 
+// hostPrefix6 is hostPrefix for an IPv6 twin, the zero Prefix for the zero
+// Addr (IPv6 off).
+func hostPrefix6(addr netip.Addr) netip.Prefix {
+	if !addr.IsValid() {
+		return netip.Prefix{}
+	}
+	return hostPrefix(addr)
+}
+
 // gatewayFor is the on-link gateway of a container holding addr: the same
 // link-local address on every service bridge (bridge.GatewayFor).
 func gatewayFor(addr netip.Addr) netip.Prefix { return bridge.GatewayFor(addr) }
@@ -105,6 +114,7 @@ func (n *Node) releaseEmptyBlocks(now time.Time) {
 	// in a block being given up.
 	n.renumberMu.Lock()
 	defer n.renumberMu.Unlock()
+	defer n.blocksChanged() // Windows: the HCN network gives them up too
 	for _, b := range due {
 		if err := n.alloc.RemoveBlock(b); err != nil {
 			n.log.Debug("keep block", "block", b, "err", err) // taken meanwhile
@@ -130,6 +140,7 @@ func (n *Node) releaseEmptyBlocks(now time.Time) {
 func (n *Node) moveBlock(ch mesh.ClaimChange) {
 	n.renumberMu.Lock()
 	defer n.renumberMu.Unlock()
+	defer n.blocksChanged() // Windows: the HCN network drops the old block, once empty
 	moves, err := n.alloc.MoveBlock(ch.Old.Block, ch.New)
 	if errors.Is(err, ipam.ErrNotFound) {
 		// Released while the conflict was being decided: the claimer's
@@ -191,6 +202,10 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 			continue
 		}
 		addr, gw := hostPrefix(mv.New.Addr), gatewayFor(mv.New.Addr)
+		var addr6 netip.Prefix
+		if at.Spec.Address6.IsValid() {
+			addr6 = hostPrefix6(n.twin(mv.New.Addr))
+		}
 		if why := unmovable(at.Spec); why != "" {
 			// It cannot be moved, and must not keep an address the
 			// winner of its block now gives out: detached.
@@ -206,11 +221,11 @@ func (n *Node) renumberContainers(moves []ipam.Move) {
 				Address: mv.Old.Addr.String(), Node: n.cfg.Name, Message: "renumbered, " + why})
 			continue
 		}
-		if err := n.containers.Readdress(ctx, at.Spec, addr); err != nil {
+		if err := n.containers.Readdress(ctx, at.Spec, addr, addr6); err != nil {
 			n.log.Error("renumber container", "container", at.Spec.Container, "from", mv.Old.Addr, "to", mv.New.Addr, "err", err)
 			continue
 		}
-		at.Spec.Address, at.Spec.Gateway = addr, gw
+		at.Spec.Address, at.Spec.Gateway, at.Spec.Address6 = addr, gw, addr6
 		if err := n.attach.put(at); err != nil {
 			n.log.Error("record renumbered container", "container", at.Spec.Container, "err", err)
 		}

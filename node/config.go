@@ -71,6 +71,16 @@ type Config struct {
 	ClusterCIDR netip.Prefix
 	// BlockPrefix is the prefix length of a block; default 26.
 	BlockPrefix int
+	// NoIPv6 switches the overlay's IPv6 side off (--ipv6=false): the node,
+	// its containers and its routes are then IPv4 only. By default every
+	// IPv4 address of the overlay has an IPv6 twin (ipam.Twins).
+	NoIPv6 bool
+	// ClusterCIDR6 is the cluster's IPv6 prefix, a unique local (fc00::/7)
+	// prefix of /48 or shorter with room for a /64 per block; zero: derived
+	// from ClusterKey (ipam.ULAFor), so every node of a cluster computes the
+	// same one. Every node gossips it; a peer with another one gets no
+	// WireGuard peer, as for another address plan.
+	ClusterCIDR6 netip.Prefix
 	// MaxNodes, when not 0, is the number of nodes the cluster CIDR must
 	// hold a block for: a plan with fewer claimable blocks is refused at
 	// start.
@@ -238,6 +248,20 @@ func (c *Config) Normalize() error {
 	pool, err := ipam.NewPool(c.ClusterCIDR, c.BlockPrefix)
 	if err != nil {
 		return fmt.Errorf("--cluster-cidr %s, --block-prefix %d: %w", c.ClusterCIDR, c.BlockPrefix, err)
+	}
+	if c.NoIPv6 && c.ClusterCIDR6.IsValid() {
+		return fmt.Errorf("--cluster-cidr6 %s with --ipv6=false: give one or the other", c.ClusterCIDR6)
+	}
+	if !c.NoIPv6 {
+		if !c.ClusterCIDR.Addr().Is4() {
+			return fmt.Errorf("--cluster-cidr %s is IPv6 already: IPv6 twins need an IPv4 cluster CIDR; pass --ipv6=false", c.ClusterCIDR)
+		}
+		if !c.ClusterCIDR6.IsValid() {
+			c.ClusterCIDR6 = ipam.ULAFor(c.ClusterKey)
+		}
+		if _, err := ipam.NewTwins(pool, c.ClusterCIDR6); err != nil {
+			return fmt.Errorf("--cluster-cidr6: %w", err)
+		}
 	}
 	if c.MaxNodes < 0 {
 		return fmt.Errorf("--max-nodes %d: must not be negative", c.MaxNodes)

@@ -47,14 +47,16 @@ func (n *Node) startDNS() error {
 		return fmt.Errorf("mesh DNS: %w", err)
 	}
 	n.dns = srv
-	remove, err := srv.Hook(n.wrap, n.pool.MeshDNS())
-	if err != nil {
-		return fmt.Errorf("mesh DNS on the packet path: %w", err)
-	}
-	n.undo = append(n.undo, remove)
-	if lp, ok := n.cfg.Plumbing.(LocalPlumbing); ok {
-		if err := n.serveDNSLocal(srv, lp); err != nil {
-			n.log.Warn("mesh DNS: no kernel sockets at its address; answering on the packet path only", "err", err)
+	for _, addr := range n.meshDNS() {
+		remove, err := srv.Hook(n.wrap, addr)
+		if err != nil {
+			return fmt.Errorf("mesh DNS on the packet path: %w", err)
+		}
+		n.undo = append(n.undo, remove)
+		if lp, ok := n.cfg.Plumbing.(LocalPlumbing); ok {
+			if err := n.serveDNSLocal(srv, lp, addr); err != nil {
+				n.log.Warn("mesh DNS: no kernel sockets at its address; answering on the packet path only", "address", addr, "err", err)
+			}
 		}
 	}
 	for _, addr := range n.cfg.DNSListen {
@@ -72,11 +74,21 @@ func (n *Node) startDNS() error {
 		go srv.Serve(ctx, pc, l)
 	}
 	n.refreshDNS()
-	n.log.Info("mesh DNS", "address", n.pool.MeshDNS(), "zone", n.zone(), "upstreams", upstreams, "listen", n.cfg.DNSListen)
+	n.log.Info("mesh DNS", "address", n.meshDNS(), "zone", n.zone(), "upstreams", upstreams, "listen", n.cfg.DNSListen)
 	return nil
 }
 
-// serveDNSLocal serves the mesh DNS address from kernel sockets: the
+// meshDNS lists the mesh DNS's addresses: the reserved IPv4 one and, with
+// IPv6 on, its twin.
+func (n *Node) meshDNS() []netip.Addr {
+	out := []netip.Addr{n.pool.MeshDNS()}
+	if a6 := n.twin(n.pool.MeshDNS()); a6.IsValid() {
+		out = append(out, a6)
+	}
+	return out
+}
+
+// serveDNSLocal serves a mesh DNS address from kernel sockets: the
 // address is made local to the host (on its loopback) and answered by
 // GOMAXPROCS UDP sockets sharing it (SO_REUSEPORT, batched reads and
 // writes) and a TCP listener, with the same resolver core as the packet
@@ -85,8 +97,7 @@ func (n *Node) startDNS() error {
 // what does arrive there. If the sockets cannot be opened (another
 // resolver bound the wildcard address on port 53), the address is released
 // again, so that queries never reach a foreign server.
-func (n *Node) serveDNSLocal(srv *dnsd.Server, lp LocalPlumbing) error {
-	addr := n.pool.MeshDNS()
+func (n *Node) serveDNSLocal(srv *dnsd.Server, lp LocalPlumbing, addr netip.Addr) error {
 	if err := lp.HoldLocal(addr); err != nil {
 		return err
 	}

@@ -255,6 +255,7 @@ func (n *Node) apiGuest(g guest, d *devPeer, priv *wgtypes.Key) api.Guest {
 		Name:      g.Name,
 		PublicKey: g.PublicKey,
 		Address:   g.Address.String(),
+		Address6:  addrString(n.twin(g.Address)),
 		DNSName:   g.Name + "." + guestKind + "." + n.searchDomain(),
 		Node:      n.cfg.Name,
 		Config:    n.guestConfig(g, priv),
@@ -284,7 +285,8 @@ func guestConnected(d *devPeer, now time.Time) bool {
 
 // guestConfig renders g's wg-quick configuration: its only peer is this
 // node, through which the whole cluster CIDR (the mesh DNS address
-// included) is reached.
+// included) is reached, and with IPv6 on the cluster's IPv6 prefix, the
+// guest holding its IPv6 twin too.
 func (n *Node) guestConfig(g guest, priv *wgtypes.Key) string {
 	ep := g.Endpoint
 	if ep == "" {
@@ -298,12 +300,18 @@ func (n *Node) guestConfig(g guest, priv *wgtypes.Key) string {
 	} else {
 		fmt.Fprintf(&b, "# PrivateKey = <the private key of %s>\n", g.PublicKey)
 	}
-	fmt.Fprintf(&b, "Address = %s\n", hostPrefix(g.Address))
-	fmt.Fprintf(&b, "DNS = %s, %s\n", n.pool.MeshDNS(), n.searchDomain())
+	addrs, dns, allowed := hostPrefix(g.Address).String(), n.pool.MeshDNS().String(), n.pool.Cluster().String()
+	if a6 := n.twin(g.Address); a6.IsValid() {
+		addrs += ", " + hostPrefix(a6).String()
+		dns += ", " + n.twin(n.pool.MeshDNS()).String()
+		allowed += ", " + n.twins.Cluster6().String()
+	}
+	fmt.Fprintf(&b, "Address = %s\n", addrs)
+	fmt.Fprintf(&b, "DNS = %s, %s\n", dns, n.searchDomain())
 	b.WriteString("\n[Peer]\n")
 	fmt.Fprintf(&b, "PublicKey = %s\n", n.key.PublicKey())
 	fmt.Fprintf(&b, "Endpoint = %s\n", ep)
-	fmt.Fprintf(&b, "AllowedIPs = %s\n", n.pool.Cluster())
+	fmt.Fprintf(&b, "AllowedIPs = %s\n", allowed)
 	fmt.Fprintf(&b, "PersistentKeepalive = %d\n", guestKeepalive)
 	return b.String()
 }
@@ -329,6 +337,9 @@ func (p *guestPlumbing) plumb(_ context.Context, addr netip.Addr) error {
 	defer n.mu.Unlock()
 	n.guestPeers[p.key] = addr
 	set := fmt.Sprintf("public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s\n", hex.EncodeToString(p.key[:]), hostPrefix(addr))
+	if a6 := n.twin(addr); a6.IsValid() {
+		set += fmt.Sprintf("allowed_ip=%s\n", hostPrefix(a6))
+	}
 	if p.dial.IsValid() {
 		set += fmt.Sprintf("endpoint=%s\npersistent_keepalive_interval=%d\n", p.dial, guestKeepalive)
 	}

@@ -290,7 +290,10 @@ func TestGuestsRestore(t *testing.T) {
 	n.claimer.Close()
 	n.mesh.Shutdown()
 
-	again := guestsNode(t, dir, "10.200.0.0/16", 26)
+	// The restarted node gets a copy of the state dir: the first one's
+	// ipam store is closed only at the test's end, and Windows refuses a
+	// second opener of its journal.
+	again := guestsNode(t, copyFiles(t, dir), "10.200.0.0/16", 26)
 	again.restoreGuests()
 	if got := devPeers(t, again); len(got) != 1 || got[pub.String()] != g.Address+"/32" {
 		t.Fatalf("peers after restart %v, want %s with %s/32", got, pub, g.Address)

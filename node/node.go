@@ -71,6 +71,9 @@ type Node struct {
 	log  *slog.Logger
 	key  wgtypes.Key
 	pool *ipam.Pool
+	// twins maps the overlay's IPv4 addresses and blocks to their IPv6
+	// twins; nil with IPv6 off (Config.NoIPv6).
+	twins *ipam.Twins
 
 	alloc      *ipam.Allocator
 	attach     *attachments
@@ -170,6 +173,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// 2. Allocator.
 	if n.pool, err = ipam.NewPool(cfg.ClusterCIDR, cfg.BlockPrefix); err != nil {
 		return nil, err
+	}
+	if !cfg.NoIPv6 {
+		if n.twins, err = ipam.NewTwins(n.pool, cfg.ClusterCIDR6); err != nil {
+			return nil, err
+		}
 	}
 	store := disk.New(filepath.Join(cfg.StateDir, ipamFile), cfg.BlockPrefix)
 	n.undo = append(n.undo, func() { store.Close() })
@@ -342,11 +350,35 @@ func (n *Node) setClaimsLocked(claims []ipam.Claim) error {
 	if err := n.cfg.Plumbing.SetAddress(n.cfg.Interface, netip.PrefixFrom(overlay, n.pool.Cluster().Bits())); err != nil {
 		return fmt.Errorf("address %s on %s: %w", overlay, n.cfg.Interface, err)
 	}
+	if overlay6 := n.twin(overlay); overlay6.IsValid() {
+		if err := n.cfg.Plumbing.SetAddress(n.cfg.Interface, netip.PrefixFrom(overlay6, n.twins.Cluster6().Bits())); err != nil {
+			return fmt.Errorf("address %s on %s: %w", overlay6, n.cfg.Interface, err)
+		}
+	}
 	n.mu.Lock()
 	n.claims = slices.Clone(claims)
 	n.mu.Unlock()
 	n.metrics.setBlocksHeld(len(claims))
 	return n.updateMeta()
+}
+
+// twin is the IPv6 twin of an overlay address; the zero Addr with IPv6 off
+// or for an address outside the cluster.
+func (n *Node) twin(a netip.Addr) netip.Addr {
+	if n.twins == nil {
+		return netip.Addr{}
+	}
+	a6, _ := n.twins.Addr(a)
+	return a6
+}
+
+// cluster6 is this node's IPv6 cluster prefix as Meta.Cluster6 carries it
+// ("" with IPv6 off).
+func (n *Node) cluster6() string {
+	if n.twins == nil {
+		return ""
+	}
+	return n.twins.Cluster6().String()
 }
 
 // plan is this node's address plan as Meta.Plan carries it.
@@ -373,6 +405,7 @@ func (n *Node) updateMeta() error {
 		FirstBlock: first.String(),
 		OverlayIP:  ipam.NodeAddr(first).String(),
 		Plan:       n.plan(),
+		Cluster6:   n.cluster6(),
 		Version:    Version,
 	}
 	if err := n.mesh.UpdateMeta(meta); err != nil {
@@ -475,6 +508,9 @@ func (n *Node) Status() api.Status {
 		Endpoint:     n.endpoint().String(),
 		GossipAddr:   gossip,
 		ClusterCIDR:  n.pool.Cluster().String(),
+		ClusterCIDR6: n.cluster6(),
+		OverlayIP6:   addrString(n.twin(ipam.NodeAddr(first))),
+		MeshDNS6:     addrString(n.twin(n.pool.MeshDNS())),
 		Interface:    n.cfg.Interface,
 		MTU:          n.cfg.MTU,
 		Version:      Version,

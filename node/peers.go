@@ -23,8 +23,10 @@ type wgPeer struct {
 	Key      wgtypes.Key
 	Endpoint netip.AddrPort
 	Overlay  netip.Addr
+	Overlay6 netip.Addr // the IPv6 twin of Overlay; zero when either side runs IPv4 only
 	// Blocks are the blocks the peer holds by the claim rule, coalesced
-	// (adjacent blocks merged): the routes through the overlay to it.
+	// (adjacent blocks merged), then their IPv6 twins: the routes through
+	// the overlay to it.
 	Blocks     []netip.Prefix
 	AllowedIPs []netip.Prefix // Blocks and, unless they cover it, the overlay address; sorted
 	// Keepalive is the persistent keepalive to set, in seconds; see
@@ -45,7 +47,11 @@ type wgPeer struct {
 // during a conflict the loser gets nothing for it until it has renumbered),
 // and an overlay address only when no other peer's block or address covers
 // it.
-func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Prefix]ipam.Claim) []wgPeer {
+//
+// With twins (IPv6 on), a peer that gossips the same cluster IPv6 prefix
+// also gets the IPv6 twins of its blocks and of its overlay address; a peer
+// with IPv6 off stays IPv4 only.
+func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Prefix]ipam.Claim, twins *ipam.Twins) []wgPeer {
 	byKey := map[wgtypes.Key]mesh.Member{}
 	for _, m := range members {
 		if m.Self || (m.State != mesh.StateAlive && m.State != mesh.StateSuspect) {
@@ -81,8 +87,14 @@ func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Pre
 			continue
 		}
 		own := ipam.Coalesce(blocks[k.String()])
+		p := wgPeer{Name: m.Name, Key: k, Endpoint: ep, Overlay: overlay}
+		if twins != nil && m.Meta.Cluster6 == twins.Cluster6().String() {
+			p.Overlay6, _ = twins.Addr(overlay)
+			own = append(own, twins.Prefixes(own)...)
+		}
+		p.Blocks, p.AllowedIPs = own, slices.Clone(own)
 		granted = append(granted, own...)
-		out = append(out, wgPeer{Name: m.Name, Key: k, Endpoint: ep, Overlay: overlay, Blocks: own, AllowedIPs: slices.Clone(own)})
+		out = append(out, p)
 	}
 	slices.SortFunc(out, func(a, b wgPeer) int { return strings.Compare(a.Name, b.Name) })
 	covered := func(p netip.Prefix) bool {
@@ -95,10 +107,12 @@ func desiredPeers(self wgtypes.Key, members []mesh.Member, holders map[netip.Pre
 	}
 	for i := range out {
 		p := &out[i]
-		own := netip.PrefixFrom(p.Overlay, p.Overlay.BitLen())
-		if !covered(own) {
-			p.AllowedIPs = append(p.AllowedIPs, own)
-			granted = append(granted, own)
+		for _, a := range []netip.Addr{p.Overlay, p.Overlay6} {
+			own := netip.PrefixFrom(a, a.BitLen())
+			if a.IsValid() && !covered(own) {
+				p.AllowedIPs = append(p.AllowedIPs, own)
+				granted = append(granted, own)
+			}
 		}
 		slices.SortFunc(p.AllowedIPs, comparePrefix)
 	}

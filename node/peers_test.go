@@ -138,7 +138,7 @@ func TestDesiredPeers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := desiredPeers(self, tt.members, tt.holders)
+			got := desiredPeers(self, tt.members, tt.holders, nil)
 			if len(got) != len(tt.want) {
 				t.Fatalf("got %d peers %+v, want %d", len(got), got, len(tt.want))
 			}
@@ -262,7 +262,7 @@ func TestDesiredPeersNeverShareAPrefix(t *testing.T) {
 			}
 		}
 		var granted []netip.Prefix
-		for _, p := range desiredPeers(mustKey(t), members, holders) {
+		for _, p := range desiredPeers(mustKey(t), members, holders, nil) {
 			for _, a := range p.AllowedIPs {
 				for _, g := range granted {
 					if g.Overlaps(a) {
@@ -271,6 +271,42 @@ func TestDesiredPeersNeverShareAPrefix(t *testing.T) {
 				}
 			}
 			granted = append(granted, p.AllowedIPs...)
+		}
+	}
+}
+
+// With IPv6 on, a peer of the same cluster IPv6 prefix gets the twins of
+// its blocks and overlay address beside them; one with IPv6 off or (never
+// reached: samePlan drops it first) another prefix stays IPv4 only.
+func TestDesiredPeersDualStack(t *testing.T) {
+	self, a, b, c := mustKey(t), mustKey(t), mustKey(t), mustKey(t)
+	cluster6 := netip.MustParsePrefix("fd12:3456:789a::/48")
+	twins, err := ipam.NewTwins(ipam.DefaultPool(), cluster6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dual := member("dual", a, mesh.StateAlive, "10.200.1.0/26")
+	dual.Meta.Cluster6 = cluster6.String()
+	v4only := member("v4only", b, mesh.StateAlive, "10.200.2.0/26")
+	fresh := member("fresh", c, mesh.StateAlive, "10.200.3.0/26") // no claim known yet
+	fresh.Meta.Cluster6 = cluster6.String()
+	holders := held(held(nil, a, "10.200.1.0/26", "10.200.1.64/26"), b, "10.200.2.0/26")
+	want := map[string]string{
+		"dual":   "10.200.1.0/25,fd12:3456:789a:4::/63",
+		"v4only": "10.200.2.0/26",
+		"fresh":  "10.200.3.1/32,fd12:3456:789a:c::1/128",
+	}
+	got := desiredPeers(self, []mesh.Member{dual, v4only, fresh}, holders, twins)
+	if len(got) != len(want) {
+		t.Fatalf("got %d peers %+v, want %d", len(got), got, len(want))
+	}
+	for _, p := range got {
+		var ips []string
+		for _, a := range p.AllowedIPs {
+			ips = append(ips, a.String())
+		}
+		if strings.Join(ips, ",") != want[p.Name] {
+			t.Errorf("peer %s: allowed %v, want %s", p.Name, ips, want[p.Name])
 		}
 	}
 }

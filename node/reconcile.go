@@ -94,7 +94,7 @@ func (n *Node) routinePeers() {
 // view, and reports peers coming and going. Only differences are applied.
 func (n *Node) reconcilePeers() error {
 	members := n.samePlan(n.mesh.Members())
-	want := desiredPeers(n.key.PublicKey(), members, n.claimer.Holders())
+	want := desiredPeers(n.key.PublicKey(), members, n.claimer.Holders(), n.twins)
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -134,22 +134,33 @@ func (n *Node) reconcilePeers() error {
 }
 
 // samePlan drops the members whose address plan differs from this node's
-// (another --cluster-cidr or --block-prefix): their blocks cannot be routed
-// or contested consistently, so they get no WireGuard peer. Each is logged
-// as an error once.
+// (another --cluster-cidr or --block-prefix, or another --cluster-cidr6 when
+// both run IPv6): their blocks cannot be routed or contested consistently,
+// so they get no WireGuard peer. Each is logged as an error once.
 func (n *Node) samePlan(members []mesh.Member) []mesh.Member {
-	mine := n.plan()
+	mine, mine6 := n.plan(), n.cluster6()
 	return slices.DeleteFunc(members, func(m mesh.Member) bool {
-		if m.Self || m.Meta.Plan == "" || m.Meta.Plan == mine {
+		if m.Self {
 			return false
 		}
+		other4 := m.Meta.Plan != "" && m.Meta.Plan != mine
+		other6 := m.Meta.Cluster6 != "" && mine6 != "" && m.Meta.Cluster6 != mine6
+		if !other4 && !other6 {
+			return false
+		}
+		theirs := m.Meta.Plan + " " + m.Meta.Cluster6
 		n.mu.Lock()
-		logged := n.planWarned[m.Name] == m.Meta.Plan
-		n.planWarned[m.Name] = m.Meta.Plan
+		logged := n.planWarned[m.Name] == theirs
+		n.planWarned[m.Name] = theirs
 		n.mu.Unlock()
-		if !logged {
+		switch {
+		case logged:
+		case other4:
 			n.log.Error("peer runs another address plan; ignoring it (every node of a cluster needs the same --cluster-cidr and --block-prefix)",
 				"peer", m.Name, "peer_plan", m.Meta.Plan, "plan", mine)
+		default:
+			n.log.Error("peer runs another cluster IPv6 prefix; ignoring it (every node of a cluster needs the same --cluster-cidr6, or the same cluster key when it is derived)",
+				"peer", m.Name, "peer_cluster6", m.Meta.Cluster6, "cluster6", mine6)
 		}
 		return true
 	})

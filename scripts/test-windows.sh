@@ -88,17 +88,5 @@ patch_std() { # FILE PERL-SUBSTITUTION
   printf '}}\n'
 } >"$work/overlay.json"
 
-# Known failures on Windows, skipped here until fixed (a -skip among the
-# extra arguments replaces this list). Each leaves a journal open, which
-# Windows cannot delete or rename over (Go opens files without
-# FILE_SHARE_DELETE), so t.TempDir's cleanup fails ("Sharing violation"):
-#   ipam/disk TestReload, TestJournal: a second store on the same path
-#     while the first is open (also: a Unix mode check);
-#   node TestAdoptAttachments, TestUnplugOrder: the node's ipam file store
-#     is never closed by the test;
-#   node TestGuestsRestore: a second node on the same state dir while the
-#     first one's stores are still open.
-known='^(TestReload|TestJournal|TestAdoptAttachments|TestUnplugOrder|TestGuestsRestore)$'
-
 echo "== GOOS=windows go test -exec wine"
-GOOS=windows go test -count=1 -timeout 20m -overlay "$work/overlay.json" -exec wine -skip "$known" "$@" ./...
+GOOS=windows go test -count=1 -timeout 20m -overlay "$work/overlay.json" -exec wine "$@" ./...

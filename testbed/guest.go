@@ -124,7 +124,11 @@ func (g *Guest) RunWireGuard(ctx context.Context, binary, config string) (*Proce
 	fmt.Fprintf(&s, "wg-quick strip %q > %q\n", conf, conf+".stripped")
 	fmt.Fprintf(&s, "wg setconf %s %q\n", WireGuardIfname, conf+".stripped")
 	for _, a := range addrs {
-		fmt.Fprintf(&s, "ip address add %s dev %s\n", a, WireGuardIfname)
+		nodad := "" // an IPv6 address usable at once, as wg-quick's would become after DAD
+		if a.Addr().Is6() {
+			nodad = " nodad"
+		}
+		fmt.Fprintf(&s, "ip address add %s dev %s%s\n", a, WireGuardIfname, nodad)
 	}
 	fmt.Fprintf(&s, "ip link set mtu %d up dev %s\n", mtu, WireGuardIfname)
 	for _, r := range routes {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/zlmesh/zlmesh/api"
+	"github.com/zlmesh/zlmesh/ipam"
 )
 
 // Problems checks a view against what a whole, quiet mesh holds, and returns
@@ -120,6 +121,10 @@ func (v MeshView) checkWireGuard(p *problems, blocks map[string][]netip.Prefix) 
 		if a, err := netip.ParseAddr(h.Status.OverlayIP); err == nil {
 			w = append(w, netip.PrefixFrom(a, a.BitLen()))
 		}
+		if tw := Twins(h.Status); tw != nil {
+			// Dual-stack: the IPv6 twins of all of it.
+			w = append(w, tw.Prefixes(w)...)
+		}
 		want[h.Status.PublicKey] = w
 		hostOf[h.Status.PublicKey] = h.Host
 	}
@@ -159,6 +164,26 @@ func (v MeshView) checkWireGuard(p *problems, blocks map[string][]netip.Prefix) 
 			p.add("%s: routes through %s %v reach beyond the other nodes' blocks and overlay addresses %v", h.Host, h.Status.Interface, mine, othersAll)
 		}
 	}
+}
+
+// Twins is the IPv6 mapping of the node whose status is st (ipam.Twins), nil
+// when it runs IPv4 only or its status does not describe one.
+func Twins(st api.Status) *ipam.Twins {
+	cluster, err1 := netip.ParsePrefix(st.ClusterCIDR)
+	first, err2 := netip.ParsePrefix(st.FirstBlock)
+	cluster6, err3 := netip.ParsePrefix(st.ClusterCIDR6)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil
+	}
+	pool, err := ipam.NewPool(cluster, first.Bits())
+	if err != nil {
+		return nil
+	}
+	tw, err := ipam.NewTwins(pool, cluster6)
+	if err != nil {
+		return nil
+	}
+	return tw
 }
 
 func (v MeshView) checkDuplicates(p *problems, blocks map[string][]netip.Prefix) {
@@ -371,8 +396,16 @@ func (v MeshView) checkContainers(p *problems) {
 			p.add("container %s: %v", c.ID, c.Err)
 			continue
 		}
-		if len(c.Addrs) != 1 || c.Addrs[0].String() != w.a.Address {
-			p.add("container %s holds %v, its attachment says %s", c.ID, c.Addrs, w.a.Address)
+		want := []string{w.a.Address}
+		if w.a.Address6 != "" {
+			want = append(want, w.a.Address6)
+		}
+		var got []string
+		for _, a := range c.Addrs {
+			got = append(got, a.String())
+		}
+		if !slices.Equal(got, want) {
+			p.add("container %s holds %v, its attachment says %v", c.ID, c.Addrs, want)
 		}
 	}
 	for id, ws := range at {

@@ -140,7 +140,7 @@ func TestProblems(t *testing.T) {
 		{"container on another service", func(v *MeshView) { v.Containers[0].Service = "db" }, `want h1 and "db"`},
 		{"container holds another address", func(v *MeshView) {
 			v.Containers[0].Addrs = []netip.Addr{netip.MustParseAddr("10.200.1.99")}
-		}, "container c1 holds [10.200.1.99], its attachment says 10.200.1.34"},
+		}, "container c1 holds [10.200.1.99], its attachment says [10.200.1.34]"},
 		{"unexpected attachment", func(v *MeshView) { v.Containers = v.Containers[1:] }, "unexpected attachment c1 on h1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

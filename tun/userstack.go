@@ -55,9 +55,9 @@ type UserStack struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// mu guards addr.
-	mu   sync.Mutex
-	addr netip.Prefix
+	// mu guards addrs.
+	mu    sync.Mutex
+	addrs [2]netip.Prefix // by family: IPv4, IPv6
 
 	// groMu serializes Write (GRO keeps per-batch state) and guards gro.
 	groMu sync.Mutex
@@ -149,26 +149,41 @@ func NewUserStack(mtu int) (*UserStack, error) {
 // caller must not remove its NIC or close it; Close does.
 func (s *UserStack) Stack() *stack.Stack { return s.st }
 
-// Addr is the stack's current address (zero before the first SetAddress).
+// Addr is the stack's current IPv4 address (zero before the first
+// SetAddress of one).
 func (s *UserStack) Addr() netip.Prefix {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.addr
+	return s.addrs[0]
+}
+
+// Addr6 is the stack's current IPv6 address (zero before the first
+// SetAddress of one).
+func (s *UserStack) Addr6() netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addrs[1]
 }
 
 // SetAddress makes addr the stack's only address of its family, replacing
-// the previous one (connections bound to it then fail). Idempotent.
+// the previous one of that family (connections bound to it then fail); the
+// other family's address stays. Idempotent.
 func (s *UserStack) SetAddress(addr netip.Prefix) error {
 	if err := checkAddress(addr); err != nil {
 		return fmt.Errorf("userspace stack address: %w", err)
 	}
+	fam := 0
+	if addr.Addr().Is6() {
+		fam = 1
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.addr == addr {
+	old := s.addrs[fam]
+	if old == addr {
 		return nil
 	}
 	proto := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
-	if addr.Addr().Is6() {
+	if fam == 1 {
 		proto = ipv6.ProtocolNumber
 	}
 	pa := tcpip.ProtocolAddress{
@@ -180,10 +195,10 @@ func (s *UserStack) SetAddress(addr netip.Prefix) error {
 			return fmt.Errorf("userspace stack: add address %s: %v", addr, e)
 		}
 	}
-	if s.addr.IsValid() && s.addr.Addr() != addr.Addr() && s.addr.Addr().Is6() == addr.Addr().Is6() {
-		s.st.RemoveAddress(UserStackNIC, tcpip.AddrFromSlice(s.addr.Addr().AsSlice()))
+	if old.IsValid() && old.Addr() != addr.Addr() {
+		s.st.RemoveAddress(UserStackNIC, tcpip.AddrFromSlice(old.Addr().AsSlice()))
 	}
-	s.addr = addr
+	s.addrs[fam] = addr
 	// The stack only routes (and so answers) through the NIC: the
 	// default routes stay; the prefix adds nothing to them.
 	return nil

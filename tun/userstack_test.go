@@ -38,6 +38,13 @@ func TestUserStackAddress(t *testing.T) {
 	if got := s.Addr(); got != netip.MustParsePrefix("10.200.2.1/16") {
 		t.Fatalf("Addr %s", got)
 	}
+	// The IPv6 twin goes beside it; the IPv4 address stays.
+	if err := s.SetAddress(netip.MustParsePrefix("fd12:3456:789a:8::1/48")); err != nil {
+		t.Fatal(err)
+	}
+	if got, got6 := s.Addr(), s.Addr6(); got != netip.MustParsePrefix("10.200.2.1/16") || got6 != netip.MustParsePrefix("fd12:3456:789a:8::1/48") {
+		t.Fatalf("Addr %s, Addr6 %s", got, got6)
+	}
 	// Only the new address answers an echo request.
 	for _, dst := range []string{"10.200.1.1", "10.200.2.1"} {
 		s.Write([][]byte{tuntest.ICMPEcho(netip.MustParseAddr("10.200.9.9"), netip.MustParseAddr(dst), 1, 1, nil)}, 0)

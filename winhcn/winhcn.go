@@ -60,6 +60,9 @@ var (
 	ErrNoNetwork = errors.New("no network (EnsureNetwork with at least one block first)")
 	// ErrNotInBlocks: an attach address outside every block.
 	ErrNotInBlocks = errors.New("address outside the node's blocks")
+	// ErrNoContainer: Spec.ContainerID names no container the host's
+	// compute service knows.
+	ErrNoContainer = errors.New("no such container")
 )
 
 // EndpointPrefix starts the name of every endpoint zlmesh makes; the rest
@@ -126,7 +129,8 @@ type HCN interface {
 	// CreateEndpoint creates e (ID empty) on its network. Right after
 	// CreateNetwork this fails for a while (the network settles).
 	CreateEndpoint(e Endpoint) (Endpoint, error)
-	// DeleteEndpoint deletes an endpoint.
+	// DeleteEndpoint deletes an endpoint, taking it out of any container
+	// it was put into first.
 	DeleteEndpoint(id string) error
 	// CreateNamespace creates an empty namespace and returns its ID.
 	CreateNamespace() (string, error)
@@ -136,6 +140,12 @@ type HCN interface {
 	NamespaceExists(id string) (bool, error)
 	// DeleteNamespace deletes a namespace.
 	DeleteNamespace(id string) error
+	// ContainerExists reports whether the host compute service knows a
+	// container (compute system) of this id.
+	ContainerExists(id string) (bool, error)
+	// AttachContainer puts the endpoint into the running container (a
+	// hot add); an endpoint already in it is success.
+	AttachContainer(containerID, endpointID string) error
 }
 
 // Config of a Manager. Zero fields take the defaults.
@@ -160,8 +170,14 @@ type Config struct {
 
 // Spec is one attach request.
 type Spec struct {
-	// Container is the container id (a DNS-label-like string).
+	// Container names the attachment (a DNS-label-like string); the
+	// endpoint is EndpointPrefix+Container.
 	Container string
+	// ContainerID, when not "", is the runtime's container (its compute
+	// system id): Attach fails with ErrNoContainer when there is no such
+	// container, and puts the endpoint into it. "" leaves the namespace
+	// for the runtime to give to a container it has yet to start.
+	ContainerID string
 	// Address is the container's address with the prefix length it sees
 	// (a /32 with a link-local gateway, or a block-sized prefix).
 	Address netip.Prefix
@@ -318,6 +334,18 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 	if err := checkContainer(s.Container); err != nil {
 		return fail(err)
 	}
+	if s.ContainerID != "" {
+		if err := checkContainer(s.ContainerID); err != nil {
+			return fail(err)
+		}
+		ok, err := m.hcn.ContainerExists(s.ContainerID)
+		if err != nil {
+			return fail(fmt.Errorf("look up container %s: %w", s.ContainerID, err))
+		}
+		if !ok {
+			return fail(fmt.Errorf("container id %s: %w", s.ContainerID, ErrNoContainer))
+		}
+	}
 	if !s.Address.IsValid() || !s.Gateway.IsValid() {
 		return fail(errors.New("address and gateway are required"))
 	}
@@ -338,6 +366,11 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 		}
 		if e.Address == s.Address && e.NamespaceID != "" {
 			if ok, err := m.hcn.NamespaceExists(e.NamespaceID); err == nil && ok {
+				if s.ContainerID != "" {
+					if err := m.hcn.AttachContainer(s.ContainerID, e.ID); err != nil {
+						return fail(fmt.Errorf("put endpoint %s into container %s: %w", e.ID, s.ContainerID, err))
+					}
+				}
 				return Attached{Container: s.Container, EndpointID: e.ID, NamespaceID: e.NamespaceID, Address: e.Address}, nil
 			}
 		}
@@ -361,6 +394,13 @@ func (m *Manager) Attach(ctx context.Context, s Spec) (Attached, error) {
 		m.hcn.DeleteEndpoint(ep.ID)
 		m.hcn.DeleteNamespace(ns)
 		return fail(fmt.Errorf("put endpoint %s in namespace %s: %w", ep.ID, ns, err))
+	}
+	if s.ContainerID != "" {
+		if err := m.hcn.AttachContainer(s.ContainerID, ep.ID); err != nil {
+			m.hcn.DeleteEndpoint(ep.ID)
+			m.hcn.DeleteNamespace(ns)
+			return fail(fmt.Errorf("put endpoint %s into container %s: %w", ep.ID, s.ContainerID, err))
+		}
 	}
 	m.log.Info("hcn endpoint attached", "container", s.Container, "endpoint", ep.ID, "namespace", ns, "address", s.Address)
 	return Attached{Container: s.Container, EndpointID: ep.ID, NamespaceID: ns, Address: s.Address}, nil
@@ -454,6 +494,29 @@ func (m *Manager) Inventory() ([]Attached, error) {
 	slices.SortFunc(out, func(a, b Attached) int { return strings.Compare(a.Container, b.Container) })
 	return out, nil
 }
+
+// ContainerAlive reports whether the host compute service still knows the
+// container id (a container attached by ContainerID is alive while it does).
+func (m *Manager) ContainerAlive(id string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ok, err := m.hcn.ContainerExists(id)
+	if err != nil {
+		return false, fmt.Errorf("look up container %s: %w", id, err)
+	}
+	return ok, nil
+}
+
+// Subnets returns the node's network's subnets as the last EnsureNetwork
+// left them (nil before).
+func (m *Manager) Subnets() []netip.Prefix {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.network.Subnets)
+}
+
+// NetworkName is the node's HCN network's name.
+func (m *Manager) NetworkName() string { return m.cfg.NetworkName }
 
 // Alive reports whether a's namespace still exists (the container's
 // network is there).

@@ -21,3 +21,5 @@ func (noHCN) CreateNamespace() (string, error)               { return "", ErrUns
 func (noHCN) AttachNamespace(string, string) error           { return ErrUnsupported }
 func (noHCN) NamespaceExists(string) (bool, error)           { return false, ErrUnsupported }
 func (noHCN) DeleteNamespace(string) error                   { return ErrUnsupported }
+func (noHCN) ContainerExists(string) (bool, error)           { return false, ErrUnsupported }
+func (noHCN) AttachContainer(string, string) error           { return ErrUnsupported }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -326,4 +327,67 @@ func equalEndpoint(a, b winhcn.Endpoint) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.NetworkID == b.NetworkID && a.NamespaceID == b.NamespaceID &&
 		a.Address == b.Address && slices.Equal(a.Routes, b.Routes) && slices.Equal(a.DNSServers, b.DNSServers) &&
 		slices.Equal(a.DNSSearch, b.DNSSearch) && slices.Equal(a.NATExceptions, b.NATExceptions) && slices.Equal(a.AllowIn, b.AllowIn)
+}
+
+// Attach by container id: an unknown id is ErrNoContainer before anything
+// is made; a known one gets its endpoint put into the container; a failure
+// to put it there leaves no endpoint and no namespace.
+func TestAttachByContainerID(t *testing.T) {
+	cases := []struct {
+		name     string
+		known    bool
+		failHot  bool
+		wantErr  error
+		wantEps  int
+		inserted bool
+	}{
+		{name: "known container", known: true, wantEps: 1, inserted: true},
+		{name: "unknown container", wantErr: winhcn.ErrNoContainer},
+		{name: "hot add fails", known: true, failHot: true, wantErr: winhcn.ErrUnavailable},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := winhcntest.New()
+			if tc.known {
+				f.AddContainer("3f1c0a")
+			}
+			if tc.failHot {
+				f.Fail = func(op string) error {
+					if op == "attach-container" {
+						return winhcn.ErrUnavailable
+					}
+					return nil
+				}
+			}
+			m := newManager(f)
+			if err := m.EnsureNetwork([]netip.Prefix{blockA}); err != nil {
+				t.Fatal(err)
+			}
+			s := spec("web-1", "10.200.4.7/32")
+			s.ContainerID = "3f1c0a"
+			a, err := m.Attach(context.Background(), s)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("Attach = %v, want %v", err, tc.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "web-1") {
+				t.Errorf("error %q does not name the container", err)
+			}
+			_, eps, nss := f.State()
+			if len(eps) != tc.wantEps || len(nss) != tc.wantEps {
+				t.Fatalf("endpoints %v namespaces %v, want %d of each", eps, nss, tc.wantEps)
+			}
+			if tc.inserted && f.Container(a.EndpointID) != "3f1c0a" {
+				t.Errorf("endpoint %s not put into the container", a.EndpointID)
+			}
+			if tc.known {
+				if ok, err := m.ContainerAlive("3f1c0a"); !ok || err != nil {
+					t.Errorf("ContainerAlive = %v, %v", ok, err)
+				}
+				f.RemoveContainer("3f1c0a")
+				if ok, err := m.ContainerAlive("3f1c0a"); ok || err != nil {
+					t.Errorf("ContainerAlive after removal = %v, %v", ok, err)
+				}
+			}
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/Microsoft/hcsshim"
 	"github.com/Microsoft/hcsshim/hcn"
 	"golang.org/x/sys/windows"
 )
@@ -219,6 +220,13 @@ func (sysHCN) DeleteEndpoint(id string) error {
 	if err != nil {
 		return mapErr("hcn endpoint "+id, err)
 	}
+	// An endpoint hot-added into a running container (AttachContainer)
+	// is taken out of it first; a container gone meanwhile is no error.
+	if v1, err := hcsshim.GetHNSEndpointByID(id); err == nil {
+		for _, c := range v1.SharedContainers {
+			hcsshim.HotDetachEndpoint(c, id)
+		}
+	}
 	return mapErr("delete hcn endpoint "+id, e.Delete())
 }
 
@@ -253,4 +261,27 @@ func (sysHCN) DeleteNamespace(id string) error {
 		return mapErr("hcn namespace "+id, err)
 	}
 	return mapErr("delete hcn namespace "+id, ns.Delete())
+}
+
+// ContainerExists asks the host compute service (vmcompute) for the
+// compute system of this id.
+func (sysHCN) ContainerExists(id string) (bool, error) {
+	cs, err := hcsshim.GetContainers(hcsshim.ComputeSystemQuery{IDs: []string{id}})
+	if err != nil {
+		return false, mapErr("look up compute system "+id, err)
+	}
+	for _, c := range cs {
+		if strings.EqualFold(c.ID, id) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// AttachContainer hot-adds the endpoint to the running container
+// (hcsshim.HotAttachEndpoint, which is a no-op when it is attached
+// already). Not verified on a Windows host.
+func (sysHCN) AttachContainer(containerID, endpointID string) error {
+	return mapErr("attach hcn endpoint "+endpointID+" to container "+containerID,
+		hcsshim.HotAttachEndpoint(containerID, endpointID))
 }

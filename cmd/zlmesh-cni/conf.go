@@ -104,7 +104,8 @@ func ours(a api.Attachment, network, containerID, ifname string) bool {
 
 // buildResult is the ADD result for attachment a: the interface in the
 // sandbox, its address with the prefix length and gateway the node gave,
-// the default route via the gateway, and the mesh DNS.
+// the default route via the gateway, the same for its IPv6 address when it
+// has one, and the mesh DNS's addresses.
 func buildResult(a api.Attachment, ifname, sandbox, mac string) (*current.Result, error) {
 	ip := net.ParseIP(a.Address)
 	gw := net.ParseIP(a.Gateway)
@@ -131,8 +132,23 @@ func buildResult(a api.Attachment, ifname, sandbox, mac string) (*current.Result
 		}},
 		Routes: []*types.Route{{Dst: *dst, GW: gw}},
 	}
-	if a.DNS != "" {
-		r.DNS.Nameservers = []string{a.DNS}
+	if a.Address6 != "" {
+		ip6, gw6 := net.ParseIP(a.Address6), net.ParseIP(a.Gateway6)
+		if ip6 == nil || ip6.To4() != nil || gw6 == nil || gw6.To4() != nil {
+			return nil, fmt.Errorf("node answered address6 %q gateway6 %q", a.Address6, a.Gateway6)
+		}
+		_, dst6, _ := net.ParseCIDR("::/0")
+		r.IPs = append(r.IPs, &current.IPConfig{
+			Interface: current.Int(0),
+			Address:   net.IPNet{IP: ip6, Mask: net.CIDRMask(128, 128)},
+			Gateway:   gw6,
+		})
+		r.Routes = append(r.Routes, &types.Route{Dst: *dst6, GW: gw6})
+	}
+	for _, ns := range []string{a.DNS, a.DNS6} {
+		if ns != "" {
+			r.DNS.Nameservers = append(r.DNS.Nameservers, ns)
+		}
 	}
 	if a.SearchDomain != "" {
 		r.DNS.Search = []string{a.SearchDomain}

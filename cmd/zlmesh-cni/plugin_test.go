@@ -298,3 +298,30 @@ func TestAddDelGC(t *testing.T) {
 		t.Fatalf("STATUS without a node: %s", out)
 	}
 }
+
+// A dual-stack attachment gives a result with both addresses, both default
+// routes and both mesh DNS addresses; a malformed IPv6 answer is an error.
+func TestBuildResultDualStack(t *testing.T) {
+	a := api.Attachment{Address: "10.200.0.7", Prefix: 32, Gateway: "169.254.1.1", Address6: "fd12:3456:789a::7", Gateway6: "fe80::1",
+		DNS: "10.203.255.53", DNS6: "fd12:3456:789a:ffc::35", SearchDomain: "zl"}
+	r, err := buildResult(a, "eth0", "/run/netns/x", "02:00:00:00:00:01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ips, routes []string
+	for _, ip := range r.IPs {
+		ips = append(ips, ip.Address.String()+" via "+ip.Gateway.String())
+	}
+	for _, rt := range r.Routes {
+		routes = append(routes, rt.Dst.String()+" via "+rt.GW.String())
+	}
+	if !slices.Equal(ips, []string{"10.200.0.7/32 via 169.254.1.1", "fd12:3456:789a::7/128 via fe80::1"}) ||
+		!slices.Equal(routes, []string{"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::1"}) ||
+		!slices.Equal(r.DNS.Nameservers, []string{"10.203.255.53", "fd12:3456:789a:ffc::35"}) {
+		t.Fatalf("ips %v routes %v dns %v", ips, routes, r.DNS.Nameservers)
+	}
+	a.Gateway6 = "169.254.1.1"
+	if _, err := buildResult(a, "eth0", "/run/netns/x", "02:00:00:00:00:01"); err == nil {
+		t.Error("an IPv4 gateway6 was accepted")
+	}
+}

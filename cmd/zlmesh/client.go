@@ -67,10 +67,16 @@ func runStatus(args []string) error {
 		row("name", st.Name)
 		row("public key", st.PublicKey)
 		row("overlay ip", st.OverlayIP)
+		if st.OverlayIP6 != "" {
+			row("overlay ip6", st.OverlayIP6)
+		}
 		row("blocks", fmt.Sprintf("%s (first %s)", strings.Join(st.Blocks, ", "), st.FirstBlock))
 		row("endpoint", st.Endpoint)
 		row("gossip", st.GossipAddr)
 		row("cluster cidr", st.ClusterCIDR)
+		if st.ClusterCIDR6 != "" {
+			row("cluster cidr6", st.ClusterCIDR6)
+		}
 		if u := st.Userspace; u != nil {
 			row("mode", "userspace (gVisor netstack, no kernel interface)")
 			row("socks5", orNone(u.SOCKS5))
@@ -79,7 +85,11 @@ func runStatus(args []string) error {
 		} else {
 			row("interface", fmt.Sprintf("%s (mtu %d)", st.Interface, st.MTU))
 		}
-		row("mesh dns", fmt.Sprintf("%s (search %s)", st.MeshDNS, st.SearchDomain))
+		dns := st.MeshDNS
+		if st.MeshDNS6 != "" {
+			dns += ", " + st.MeshDNS6
+		}
+		row("mesh dns", fmt.Sprintf("%s (search %s)", dns, st.SearchDomain))
 		members := fmt.Sprintf("%d alive, %d known peers", st.Members, st.KnownPeers)
 		if st.Alone {
 			members += " — ALONE: no remembered peer answers; re-joining"

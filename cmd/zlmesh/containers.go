@@ -16,28 +16,34 @@ import (
 func runAttach(args []string) error {
 	var cf clientFlags
 	var req api.AttachRequest
-	fs := newFlagSet("attach", "attach --service S --container ID (--netns PATH | --pid N) [--ifname eth0] [-o json]")
+	fs := newFlagSet("attach", "attach --service S --container ID (--netns PATH | --pid N) [--ifname eth0] [-o json]\n   or, on Windows: attach --service S --container-id ID [--container NAME] [-o json]")
 	cf.register(fs, true)
 	fs.StringVar(&req.Service, "service", "", "service name (a DNS label: lowercase letters, digits, '-')")
 	fs.StringVar(&req.Container, "container", "", "container id")
 	fs.StringVar(&req.Netns, "netns", "", "path of the container's network namespace (e.g. /run/netns/web1)")
 	fs.IntVar(&req.PID, "pid", 0, "a process in the container's network namespace")
 	fs.StringVar(&req.Ifname, "ifname", "", "interface name inside the container (default eth0)")
+	fs.StringVar(&req.ContainerID, "container-id", "", "Windows: the runtime's container id (instead of --netns/--pid); --container defaults to it")
 	ctx, cancel, cl, err := cf.parse(fs, args)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	if req.Service == "" || req.Container == "" {
-		return errors.New("--service and --container are required (see -h)")
+	if req.Service == "" || req.Container == "" && req.ContainerID == "" {
+		return errors.New("--service and --container (or, on Windows, --container-id) are required (see -h)")
 	}
 	a, err := cl.Attach(ctx, req)
 	if err != nil {
 		return err
 	}
 	return cf.out.print(a, func(w io.Writer) {
-		fmt.Fprintf(w, "container:\t%s\nservice:\t%s\naddress:\t%s/%d\ngateway:\t%s\nmtu:\t%d\ndns:\t%s (search %s)\nbridge:\t%s\n",
-			a.Container, a.Service, a.Address, a.Prefix, a.Gateway, a.MTU, a.DNS, a.SearchDomain, a.Bridge)
+		fmt.Fprintf(w, "container:\t%s\nservice:\t%s\naddress:\t%s/%d\ngateway:\t%s\n", a.Container, a.Service, a.Address, a.Prefix, a.Gateway)
+		dns := a.DNS
+		if a.Address6 != "" {
+			fmt.Fprintf(w, "address6:\t%s/128\ngateway6:\t%s\n", a.Address6, a.Gateway6)
+			dns += ", " + a.DNS6
+		}
+		fmt.Fprintf(w, "mtu:\t%d\ndns:\t%s (search %s)\nbridge:\t%s\n", a.MTU, dns, a.SearchDomain, a.Bridge)
 	})
 }
 

@@ -290,7 +290,9 @@ type containerStatus struct {
 	// Address is the container's eth0 address as the host's zlmesh knows it
 	// ("-" when not attached or the node does not answer).
 	Address string `json:"address"`
-	Service string `json:"service,omitempty"`
+	// Address6 is its IPv6 address ("" when it has none).
+	Address6 string `json:"address6,omitempty"`
+	Service  string `json:"service,omitempty"`
 }
 
 type tbStatusView struct {
@@ -335,7 +337,7 @@ func collectStatus(tb *testbed.Testbed) tbStatusView {
 			}
 			for _, a := range atts[i] {
 				if a.Container == c.ID() {
-					cs.Address, cs.Service = a.Address, a.Service
+					cs.Address, cs.Address6, cs.Service = a.Address, a.Address6, a.Service
 				}
 			}
 		}

@@ -54,6 +54,12 @@ func upFlags(fs *flag.FlagSet, cfg *node.Config, o *upOptions) {
 	fs.Var(addrFlag{&cfg.BindAddr}, "bind-addr", "address gossip listens on (default: all)")
 	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "overlay address range, cut into blocks that nodes claim on demand; its top /24 is reserved (default "+ipam.DefaultCluster+")")
 	fs.IntVar(&cfg.BlockPrefix, "block-prefix", ipam.DefaultBlockBits, "prefix length of an address block")
+	fs.BoolFunc("ipv6", "give the node and every container an IPv6 address beside its IPv4 one, the twin of it in --cluster-cidr6 (default true; --ipv6=false for hosts without IPv6)", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		cfg.NoIPv6 = !on
+		return err
+	})
+	fs.Var(prefixFlag{&cfg.ClusterCIDR6}, "cluster-cidr6", "the overlay's IPv6 prefix, a unique local prefix (fc00::/7) with a /64 for every IPv4 block (a /48 holds 65536 blocks) (default: a /48 derived from the cluster key, the same on every node)")
 	fs.IntVar(&cfg.MaxNodes, "max-nodes", 0, "refuse to start unless the cluster CIDR holds a block for this many nodes (0: no check)")
 	fs.Var(prefixFlag{&cfg.FirstBlock}, "first-block", "first block to ask for (default: a free one; blocks in the state dir win)")
 	fs.DurationVar(&cfg.BlockReleaseAfter, "block-release-after", node.DefaultBlockReleaseAfter, "give up a block (not the first) that stayed empty this long")

@@ -23,6 +23,8 @@ type Fake struct {
 	endpoints  map[string]*winhcn.Endpoint
 	namespaces map[string]bool
 	settling   map[string]int // network id → CreateEndpoint failures left
+	containers map[string]bool
+	inside     map[string]string // endpoint id → container id it was put into
 
 	// SettleFailures is how many CreateEndpoint calls fail on a network
 	// after CreateNetwork (HNS's settle time).
@@ -32,7 +34,8 @@ type Fake struct {
 	// Fail, when it returns an error for an operation ("networks",
 	// "create-network", "set-subnets", "delete-network", "endpoints",
 	// "create-endpoint", "delete-endpoint", "create-namespace",
-	// "attach-namespace", "namespace-exists", "delete-namespace"), makes
+	// "attach-namespace", "namespace-exists", "delete-namespace",
+	// "container-exists", "attach-container"), makes
 	// that call fail with it.
 	Fail func(op string) error
 	// Calls counts calls per operation.
@@ -48,6 +51,8 @@ func New() *Fake {
 		endpoints:  map[string]*winhcn.Endpoint{},
 		namespaces: map[string]bool{},
 		settling:   map[string]int{},
+		containers: map[string]bool{},
+		inside:     map[string]string{},
 		Calls:      map[string]int{},
 	}
 }
@@ -97,6 +102,28 @@ func (f *Fake) RemoveNamespace(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.namespaces, id)
+}
+
+// AddContainer makes a container (compute system) of this id known, as a
+// runtime does when it creates one.
+func (f *Fake) AddContainer(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.containers[id] = true
+}
+
+// RemoveContainer forgets a container (it was removed).
+func (f *Fake) RemoveContainer(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.containers, id)
+}
+
+// Container returns the container an endpoint was put into ("" for none).
+func (f *Fake) Container(endpointID string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.inside[endpointID]
 }
 
 // State returns copies of every network and endpoint and the namespace IDs.
@@ -259,6 +286,7 @@ func (f *Fake) DeleteEndpoint(id string) error {
 		return notFound("endpoint", id)
 	}
 	delete(f.endpoints, id)
+	delete(f.inside, id)
 	return nil
 }
 
@@ -309,5 +337,30 @@ func (f *Fake) DeleteNamespace(id string) error {
 		return notFound("namespace", id)
 	}
 	delete(f.namespaces, id)
+	return nil
+}
+
+func (f *Fake) ContainerExists(id string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.enter("container-exists"); err != nil {
+		return false, err
+	}
+	return f.containers[id], nil
+}
+
+func (f *Fake) AttachContainer(containerID, endpointID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.enter("attach-container"); err != nil {
+		return err
+	}
+	if _, ok := f.endpoints[endpointID]; !ok {
+		return notFound("endpoint", endpointID)
+	}
+	if !f.containers[containerID] {
+		return notFound("container", containerID)
+	}
+	f.inside[endpointID] = containerID
 	return nil
 }
