@@ -169,8 +169,8 @@ func dockerAttachment(ctx context.Context, h *testbed.Host, service string) (api
 // errors and leaves no attachment, veth, lease or saved network. A
 // restart of zlmesh keeps a running container's address, and db1 reaches
 // it again (HTTP and ping); docker stop + rm, and run --rm, leave no
-// attachment, veth, lease or port, and the bridge stays until docker
-// network rm; after dockerd is killed (SIGKILL) and started again nothing
+// attachment, veth, lease or port, and the bridge stays (across a
+// zlmesh restart too) until docker network rm; after dockerd is killed (SIGKILL) and started again nothing
 // stays attached and a new container on the same network works.
 func TestDocker(t *testing.T) {
 	start := time.Now()
@@ -367,6 +367,17 @@ func TestDocker(t *testing.T) {
 	// network is removed.
 	if _, err := h1.Exec(ctx, "ip", "link", "show", "zlb-web"); err != nil {
 		t.Errorf("the bridge of network web, which exists, is gone: %v", err)
+	}
+	// It stays across a restart of zlmesh too (adoption removes empty
+	// bridges of no attachment, not those of Docker's networks).
+	if err := h1.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h1.Exec(ctx, "ip", "link", "show", "zlb-web"); err != nil {
+		t.Errorf("the bridge of network web is gone after a restart of zlmesh: %v", err)
 	}
 	must(d1, "network", "rm", "web")
 	eventually(t, 10*time.Second, func() error {
