@@ -54,6 +54,8 @@ func TestHookRealTUN(t *testing.T) {
 		t.Fatalf("tun in %s: %v", ns.Name, err)
 	}
 	w := tun.NewWrapper(dev)
+	ns.WaitLocal(t, netip.MustParseAddr("10.200.1.1"))
+	ns.WaitLocal(t, twin6("10.200.1.1"))
 
 	up := startUpstream(t)
 	s := newTestServer(t, Config{Upstreams: []string{up.addr}, Addr: DefaultAddr, Addr6: testDNS6, Cluster6: testCluster6})
