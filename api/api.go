@@ -253,7 +253,11 @@ type ServiceEndpoint struct {
 	Service   string `json:"service"`
 	Container string `json:"container"`
 	Address   string `json:"address"`
-	Node      string `json:"node"`
+	// Address6 is the container's IPv6 address (the twin of Address);
+	// empty when it has none (IPv6 off, runtimes that address the
+	// interface themselves, records of older releases).
+	Address6 string `json:"address6,omitempty"`
+	Node     string `json:"node"`
 }
 
 // PublishRequest publishes a port: connections to HostPort on the node's

@@ -19,11 +19,17 @@
 //	                           or <node>.node.zl.; the targets' addresses come
 //	                           as additional records
 //	zl.                        SOA and NS (the NS target is zl. itself, whose
-//	                           A/AAAA is Config.Addr when set)
+//	                           A/AAAA are Config.Addr and Config.Addr6 when set)
 //	x.y.z.w.in-addr.arpa.      PTR for addresses inside Config.Cluster (and
 //	(and ip6.arpa)             Config.Cluster6): <container>.<service>.zl.,
 //	                           <node>.node.zl. or <guest>.guest.zl.; unknown addresses there are
 //	                           NXDOMAIN, never forwarded
+//
+// Dual stack: a record's IPv6 twin (Endpoint.Addr6, NodeRecord.Addr6,
+// GuestRecord.Addr6) is served as AAAA at the same names as its A, with its
+// own PTR under ip6.arpa, and SRV answers carry both as additional records.
+// A name with A records but no twin answers AAAA with NODATA, never
+// NXDOMAIN.
 //
 // A name that exists with other types (including empty non-terminals such
 // as node.zl.) answers NOERROR with no records; a name that does not exist
@@ -95,6 +101,11 @@ type Config struct {
 	// Addr is the mesh DNS address, served as the A or AAAA record of the
 	// zone apex (the NS target). Zero: the apex has no address.
 	Addr netip.Addr
+	// Addr6 is the mesh DNS's IPv6 address (the twin of Addr), served as
+	// the apex's AAAA record beside Addr. It must be IPv6. Zero: none.
+	// Config only names the addresses; the node answers at each of them
+	// with Hook and ListenShared.
+	Addr6 netip.Addr
 	// Cluster is the cluster CIDR: PTR names of addresses inside it are
 	// answered locally (NXDOMAIN when unknown) and never forwarded. Zero:
 	// no reverse zone. Cluster6 is the same for an IPv6 cluster prefix.
@@ -174,6 +185,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.TTL < time.Second || cfg.TTL > maxTTL || cfg.TTL%time.Second != 0 {
 		return nil, fmt.Errorf("dnsd: ttl %s: must be whole seconds between 1s and %s", cfg.TTL, maxTTL)
+	}
+	if cfg.Addr6.IsValid() && (!cfg.Addr6.Is6() || cfg.Addr6.Is4In6()) {
+		return nil, fmt.Errorf("dnsd: addr6 %s: not an IPv6 address", cfg.Addr6)
 	}
 	if cfg.Cluster.IsValid() && !cfg.Cluster.Addr().Is4() {
 		return nil, fmt.Errorf("dnsd: cluster %s: not an IPv4 prefix (use Cluster6)", cfg.Cluster)

@@ -17,6 +17,9 @@ func FuzzQuery(f *testing.F) {
 		query("WEB.zl.", dns.TypeAAAA, 1232, true),
 		query("_tcp.web.zl.", dns.TypeSRV, 4096, false),
 		query("10.1.200.10.in-addr.arpa.", dns.TypePTR, 0, false),
+		query(mustReverse("fd5a:1:0:8::28"), dns.TypePTR, 0, false),
+		query("v6-1.v6only.zl.", dns.TypeAAAA, 1232, false),
+		query("zl.", dns.TypeANY, 0, false),
 		query("nope.zl.", dns.TypeANY, 512, false),
 		query("big.zl.", dns.TypeA, 0, false),
 		query("example.com.", dns.TypeA, 0, false),
@@ -27,9 +30,12 @@ func FuzzQuery(f *testing.F) {
 	}
 	f.Add([]byte{}, false)
 	f.Add(make([]byte, 12), false)
-	s := newTestServer(f, Config{Cluster6: testCluster6, Addr: DefaultAddr})
+	s := newTestServer(f, Config{Cluster6: testCluster6, Addr: DefaultAddr, Addr6: testDNS6})
 	snap := testSnapshot()
 	snap.Endpoints = append(snap.Endpoints, bigSnapshot(60).Endpoints...)
+	dual := dualSnapshot()
+	snap.Endpoints = append(snap.Endpoints, dual.Endpoints[3]) // IPv6 only
+	snap.Nodes = dual.Nodes                                    // with twins
 	if err := s.SetSnapshot(snap); err != nil {
 		f.Fatal(err)
 	}

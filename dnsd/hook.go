@@ -42,8 +42,12 @@ type packetPath interface {
 //     protocols): dropped.
 //
 // Packets to other destinations are accepted untouched after one address
-// comparison. addr must be a valid address; it is usually DefaultAddr, and
-// the OS must route it into w's device. remove uninstalls the hook, stops
+// comparison. addr must be a valid address, IPv4 or IPv6; it is usually
+// DefaultAddr, and the OS must route it into w's device. A dual-stack node
+// installs one hook at Config.Addr and one at Config.Addr6: each hook
+// handles one family (UDP answers are built as IPv4 or IPv6 packets from
+// the query's addressing; an IPv6 query behind extension headers gets a
+// plain IPv6 answer) and has its own TCP stack for that family. remove uninstalls the hook, stops
 // the TCP stack and waits for its connections and pending forwards to end;
 // it may be called more than once. Several hooks (for example one per
 // address) may be installed on one Server.

@@ -2,6 +2,7 @@ package dnsd
 
 import (
 	"context"
+	"encoding/binary"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/zlmesh/zlmesh/tun"
+	"github.com/zlmesh/zlmesh/tun/tuntest"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -316,48 +318,64 @@ func TestHookRejects(t *testing.T) {
 	}
 }
 
-// FuzzHook feeds arbitrary packets to the hook, addressed to the DNS
-// address or not: no panic, other destinations always pass, and anything
-// injected is a well-formed answer from the DNS address.
+// FuzzHook feeds arbitrary packets to two hooks, one at the IPv4 and one
+// at the IPv6 DNS address (as the node installs them): no panic, packets to
+// other destinations always pass, and anything injected is a well-formed
+// answer from the hook's address.
 func FuzzHook(f *testing.F) {
-	s := newTestServer(f, Config{})
-	if err := s.SetSnapshot(testSnapshot()); err != nil {
+	s := newTestServer(f, Config{Cluster6: testCluster6, Addr: DefaultAddr, Addr6: testDNS6})
+	if err := s.SetSnapshot(dualSnapshot()); err != nil {
 		f.Fatal(err)
 	}
 	var injected [][]byte
 	var mu sync.Mutex
-	path := &fakePath{inject: func(b []byte) { mu.Lock(); injected = append(injected, b); mu.Unlock() }}
-	remove, err := s.hook(path, DefaultAddr)
-	if err != nil {
-		f.Fatal(err)
+	var paths []*fakePath
+	for _, a := range []netip.Addr{DefaultAddr, testDNS6} {
+		path := &fakePath{inject: func(b []byte) { mu.Lock(); injected = append(injected, b); mu.Unlock() }}
+		remove, err := s.hook(path, a)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Cleanup(remove)
+		paths = append(paths, path)
 	}
-	f.Cleanup(remove)
 	q, _ := query("web.zl.", dns.TypeA, 0, false).Pack()
+	q6, _ := query("web-1.web.zl.", dns.TypeAAAA, 1232, false).Pack()
 	// A query from 10.200.1.1:4000 to the DNS address: the "reply" to a
 	// packet going the other way.
 	udpPkt := func(dport uint16, payload []byte) []byte {
 		p := tun.Packet{Version: 4, Proto: tun.ProtoUDP, Src: DefaultAddr, Dst: netip.MustParseAddr("10.200.1.1"), SrcPort: dport, DstPort: 4000}
 		return tun.UDPReply(&p, payload)
 	}
+	client6 := netip.AddrPortFrom(twin6("10.200.1.1"), 4000)
+	dns6 := netip.AddrPortFrom(testDNS6, 53)
 	f.Add(udpPkt(53, q))
 	f.Add(udpPkt(53, []byte{1, 2, 3}))
 	f.Add(udpPkt(54, q))
 	f.Add([]byte{0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 200, 1, 1, 10, 200, 255, 53, 0x9c, 0x40, 0, 53, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0})
 	f.Add([]byte{0x60})
+	f.Add(tuntest.UDP(client6, dns6, q6))
+	f.Add(hopByHop(tuntest.UDP(client6, dns6, q)))
+	f.Add(tuntest.UDP(client6, netip.AddrPortFrom(testDNS6, 54), q6))
+	f.Add(tuntest.TCPSYN(client6, dns6))
+	f.Add(tuntest.ICMPEcho(client6.Addr(), testDNS6, 1, 1, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		mu.Lock()
 		injected = injected[:0]
 		mu.Unlock()
-		p := decodePacket(b)
-		v, _ := path.run(&p)
-		if p.Dst != DefaultAddr && v != tun.Accept {
-			t.Fatalf("packet to %v: verdict %v, want accept", p.Dst, v)
+		for i, path := range paths {
+			addr := []netip.Addr{DefaultAddr, testDNS6}[i]
+			p := decodePacket(b)
+			v, _ := path.run(&p)
+			if p.Dst != addr && v != tun.Accept {
+				t.Fatalf("packet to %v at the hook for %v: verdict %v, want accept", p.Dst, addr, v)
+			}
 		}
 		mu.Lock()
 		defer mu.Unlock()
 		for _, pkt := range injected {
 			r := decodePacket(pkt)
-			if r.Src != DefaultAddr || r.Proto != tun.ProtoUDP && r.Proto != tun.ProtoTCP {
+			if r.Src != DefaultAddr && r.Src != testDNS6 || r.Proto != tun.ProtoUDP && r.Proto != tun.ProtoTCP {
 				continue // the TCP stack's answers come asynchronously
 			}
 			if r.Proto == tun.ProtoUDP {
@@ -365,9 +383,23 @@ func FuzzHook(f *testing.F) {
 				if err := m.Unpack(r.Payload); err != nil || len(r.Payload) > 512 {
 					t.Fatalf("injected answer of %d bytes does not parse: %v", len(r.Payload), err)
 				}
+				if !tuntest.ValidChecksums(pkt) {
+					t.Fatalf("injected answer %x: checksums wrong", pkt)
+				}
 			}
 		}
 	})
+}
+
+// hopByHop inserts an IPv6 hop-by-hop options header (8 bytes of padding)
+// in front of the transport header of pkt.
+func hopByHop(pkt []byte) []byte {
+	out := append([]byte(nil), pkt[:40]...)
+	out = append(out, pkt[6], 0, 1, 4, 0, 0, 0, 0)
+	out = append(out, pkt[40:]...)
+	out[6] = 0
+	binary.BigEndian.PutUint16(out[4:], uint16(len(out)-40))
+	return out
 }
 
 // TestHookCalledAfterRemove: the Wrapper may run a hook briefly after its
@@ -392,4 +424,84 @@ func TestHookCalledAfterRemove(t *testing.T) {
 		0x9c, 0x40, 0, 53, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0})
 	fn(&syn)
 	time.Sleep(50 * time.Millisecond) // anything injected late fails the test
+}
+
+// TestHookIPv6Packets hands the hook at the IPv6 DNS address hand-made
+// IPv6 packets, as the OS writes them to the TUN: queries over UDP (also
+// behind a hop-by-hop header) are answered inline with a plain IPv6 UDP
+// packet with a valid checksum; the rest gets the verdicts Hook documents.
+func TestHookIPv6Packets(t *testing.T) {
+	s := newTestServer(t, Config{Cluster6: testCluster6, Addr: DefaultAddr, Addr6: testDNS6})
+	if err := s.SetSnapshot(dualSnapshot()); err != nil {
+		t.Fatal(err)
+	}
+	var injected [][]byte
+	var mu sync.Mutex
+	path := &fakePath{inject: func(b []byte) { mu.Lock(); injected = append(injected, b); mu.Unlock() }}
+	remove, err := s.hook(path, testDNS6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(remove)
+	client := netip.AddrPortFrom(twin6("10.200.1.10"), 33000)
+	dns53 := netip.AddrPortFrom(testDNS6, 53)
+	q, _ := query("web-1.web.zl.", dns.TypeAAAA, 0, false).Pack()
+	qptr, _ := query(mustReverse("fd5a:1:0:8::1"), dns.TypePTR, 1232, false).Pack()
+	frag := hopByHop(tuntest.UDP(client, dns53, q))
+	frag[40] = 44 // the hop-by-hop header now says a fragment header follows
+	frag = append(frag[:48], append([]byte{tun.ProtoUDP, 0, 0, 1, 0, 0, 0, 7}, frag[48:]...)...)
+	binary.BigEndian.PutUint16(frag[4:], uint16(len(frag)-40))
+
+	for _, tc := range []struct {
+		name   string
+		pkt    []byte
+		want   tun.Verdict
+		answer string // rdata of the one answer record; "" when none is injected
+	}{
+		{"udp AAAA", tuntest.UDP(client, dns53, q), tun.Consumed, "fd5a:1:0:4::a"},
+		{"udp behind hop-by-hop", hopByHop(tuntest.UDP(client, dns53, qptr)), tun.Consumed, "b.node.zl."},
+		{"udp fragment", frag, tun.Drop, ""},
+		{"udp other port", tuntest.UDP(client, netip.AddrPortFrom(testDNS6, 5353), q), tun.Drop, ""},
+		{"icmpv6 echo", tuntest.ICMPEcho(client.Addr(), testDNS6, 1, 1, nil), tun.Drop, ""},
+		{"not a DNS message", tuntest.UDP(client, dns53, []byte{1, 2}), tun.Drop, ""},
+		{"other IPv6 destination", tuntest.UDP(client, netip.AddrPortFrom(twin6("10.200.2.10"), 53), q), tun.Accept, ""},
+		{"the IPv4 DNS address", tuntest.UDP(netip.MustParseAddrPort("10.200.1.10:33000"), netip.AddrPortFrom(DefaultAddr, 53), q), tun.Accept, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			injected = nil
+			mu.Unlock()
+			p := decodePacket(tc.pkt)
+			if v, _ := path.run(&p); v != tc.want {
+				t.Fatalf("verdict %v, want %v", v, tc.want)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.answer == "" {
+				if len(injected) != 0 {
+					t.Fatalf("%d packets injected, want none", len(injected))
+				}
+				return
+			}
+			if len(injected) != 1 {
+				t.Fatalf("%d packets injected, want 1", len(injected))
+			}
+			pkt := injected[0]
+			r := decodePacket(pkt)
+			if r.Version != 6 || pkt[6] != tun.ProtoUDP || r.Src != testDNS6 || r.Dst != client.Addr() || r.SrcPort != 53 || r.DstPort != client.Port() {
+				t.Fatalf("answer %v:%d -> %v:%d (next header %d), want a plain UDP packet from %v to %v",
+					r.Src, r.SrcPort, r.Dst, r.DstPort, pkt[6], dns53, client)
+			}
+			if !tuntest.ValidChecksums(pkt) {
+				t.Fatalf("answer checksum wrong")
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(r.Payload); err != nil {
+				t.Fatal(err)
+			}
+			if got := rdata(m.Answer); len(got) != 1 || got[0] != tc.answer {
+				t.Fatalf("answer %q, want %q", got, tc.answer)
+			}
+		})
+	}
 }

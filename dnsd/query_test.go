@@ -104,17 +104,7 @@ func TestQueryNames(t *testing.T) {
 	if err := s.SetSnapshot(testSnapshot()); err != nil {
 		t.Fatalf("SetSnapshot: %v", err)
 	}
-	tests := []struct {
-		name   string
-		qname  string
-		qtype  uint16
-		rcode  int
-		answer []string // sorted rdata; nil means no answer records
-		// soa is the owner of the SOA wanted in the authority section
-		// ("" means none).
-		soa   string
-		extra []string // rdata of additional records (OPT excluded)
-	}{
+	runNameCases(t, s, []nameCase{
 		{name: "service A", qname: "web.zl.", qtype: dns.TypeA,
 			answer: []string{"10.200.1.10", "10.200.2.10", "10.200.2.11"}},
 		{name: "service AAAA", qname: "web.zl.", qtype: dns.TypeAAAA,
@@ -165,7 +155,27 @@ func TestQueryNames(t *testing.T) {
 		{name: "outside without upstreams", qname: "example.com.", qtype: dns.TypeA, rcode: dns.RcodeServerFailure},
 		{name: "PTR outside cluster is forwarded", qname: "1.0.0.127.in-addr.arpa.", qtype: dns.TypePTR, rcode: dns.RcodeServerFailure},
 		{name: "zone transfer refused", qname: "zl.", qtype: dns.TypeAXFR, rcode: dns.RcodeRefused},
-	}
+	})
+}
+
+// nameCase is one question to the zone and the answer it must get.
+type nameCase struct {
+	name   string
+	qname  string
+	qtype  uint16
+	rcode  int
+	answer []string // sorted rdata; nil means no answer records
+	// soa is the owner of the SOA wanted in the authority section ("" means
+	// none).
+	soa   string
+	extra []string // rdata of additional records (OPT excluded)
+}
+
+// runNameCases asks s each question over UDP and checks rcode, answer
+// (owners echo the question, TTL 5), AA, the authority SOA and the
+// additional records.
+func runNameCases(t *testing.T, s *Server, tests []nameCase) {
+	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, _ := exchange(t, s, query(tc.qname, tc.qtype, 0, false), false)

@@ -12,27 +12,35 @@ import (
 
 // Endpoint is one container of a service: it is named
 // <Container>.<Service>.<zone> and counts among the addresses of
-// <Service>.<zone>. A container with an IPv4 and an IPv6 address is two
-// Endpoints.
+// <Service>.<zone>. A dual-stack container is one Endpoint with Addr and
+// Addr6 set (or, equally, two Endpoints with one address each).
 type Endpoint struct {
 	Service   string
 	Container string
 	Node      string // the node that hosts it; informational
-	Addr      netip.Addr
+	// Addr is served as A (IPv4) or AAAA (IPv6); Addr6 is the IPv6 twin,
+	// served as AAAA. Either may be zero, not both. Both get PTR records
+	// when inside Config.Cluster or Config.Cluster6.
+	Addr  netip.Addr
+	Addr6 netip.Addr
 }
 
-// NodeRecord is a node's overlay address, named <Name>.node.<zone>.
+// NodeRecord is a node's overlay address, named <Name>.node.<zone>; Addr6
+// is its IPv6 twin (zero: none), as in Endpoint.
 type NodeRecord struct {
-	Name string
-	Addr netip.Addr
+	Name  string
+	Addr  netip.Addr
+	Addr6 netip.Addr
 }
 
 // GuestRecord is a guest's address (a plain WireGuard client that joined
-// the mesh through Node), named <Name>.guest.<zone>.
+// the mesh through Node), named <Name>.guest.<zone>; Addr6 is its IPv6
+// twin (zero: none), as in Endpoint.
 type GuestRecord struct {
-	Name string
-	Node string // the node it joined through; informational
-	Addr netip.Addr
+	Name  string
+	Node  string // the node it joined through; informational
+	Addr  netip.Addr
+	Addr6 netip.Addr
 }
 
 // PortRecord is a port a service offers, served as SRV records at
@@ -42,8 +50,9 @@ type PortRecord struct {
 	Proto   string // "tcp" or "udp"; any valid label is accepted
 	Port    uint16
 	// Target is the address that offers the port; it must be the address
-	// of a known endpoint or node, whose name becomes the SRV target. The
-	// zero Addr means every endpoint of the service.
+	// (Addr or Addr6) of a known endpoint or node, whose name becomes the
+	// SRV target; the target's A and AAAA records come as additional
+	// records. The zero Addr means every endpoint of the service.
 	Target netip.Addr
 }
 
@@ -137,8 +146,10 @@ func buildZone(cfg *Config, snap *Snapshot, serial uint32) (*zone, error) {
 	}
 	zoneWire := mustWireName(cfg.Zone)
 	b.main = b.addApex(zoneWire, zoneWire)
-	if cfg.Addr.IsValid() {
-		b.addAddr(zoneWire, cfg.Addr)
+	for _, a := range []netip.Addr{cfg.Addr, cfg.Addr6} {
+		if a.IsValid() {
+			b.addAddr(zoneWire, a.Unmap())
+		}
 	}
 	for _, p := range b.z.reverse {
 		for _, rz := range reverseZones(p) {
@@ -155,10 +166,12 @@ func buildZone(cfg *Config, snap *Snapshot, serial uint32) (*zone, error) {
 		if c := strings.Compare(x.Container, y.Container); c != 0 {
 			return c
 		}
-		return x.Addr.Compare(y.Addr)
+		if c := x.Addr.Compare(y.Addr); c != 0 {
+			return c
+		}
+		return x.Addr6.Compare(y.Addr6)
 	})
 	for _, ep := range eps {
-		addr := ep.Addr.Unmap()
 		switch {
 		case !validLabel(ep.Service):
 			b.skip("endpoint %s/%s: service name %q is not a DNS label", ep.Service, ep.Container, ep.Service)
@@ -169,23 +182,26 @@ func buildZone(cfg *Config, snap *Snapshot, serial uint32) (*zone, error) {
 		case !validLabel(ep.Container):
 			b.skip("endpoint %s/%s: container name %q is not a DNS label", ep.Service, ep.Container, ep.Container)
 			continue
-		case !addr.IsValid():
-			b.skip("endpoint %s/%s: no address", ep.Service, ep.Container)
+		}
+		addrs := b.addrs(ep.Addr, ep.Addr6, "endpoint %s/%s", ep.Service, ep.Container)
+		if len(addrs) == 0 {
 			continue
 		}
 		svc := joinWire(ep.Service, b.main.name)
 		ctr := joinWire(ep.Container, svc)
-		b.addAddr(svc, addr)
-		b.addAddr(ctr, addr)
-		b.addrNames[addr] = append(b.addrNames[addr], ctr)
+		for _, addr := range addrs {
+			b.addAddr(svc, addr)
+			b.addAddr(ctr, addr)
+			b.addName(addr, ctr)
+		}
 	}
 
 	var nodes, guests []namedAddr
 	for _, nr := range snap.Nodes {
-		nodes = append(nodes, namedAddr{nr.Name, nr.Addr})
+		nodes = append(nodes, namedAddr{nr.Name, nr.Addr, nr.Addr6})
 	}
 	for _, gr := range snap.Guests {
-		guests = append(guests, namedAddr{gr.Name, gr.Addr})
+		guests = append(guests, namedAddr{gr.Name, gr.Addr, gr.Addr6})
 	}
 	b.addNamed("node", nodeLabel, nodes)
 	b.addNamed("guest", guestLabel, guests)
@@ -503,10 +519,10 @@ func nextPrefixAddr(a netip.Addr, bits int) netip.Addr {
 	return n
 }
 
-// namedAddr is a name with its address: a node's or a guest's record.
+// namedAddr is a name with its addresses: a node's or a guest's record.
 type namedAddr struct {
-	name string
-	addr netip.Addr
+	name        string
+	addr, addr6 netip.Addr
 }
 
 // addNamed gives each entry <name>.<label>.<zone> with its address (and the
@@ -516,17 +532,43 @@ func (b *zoneBuilder) addNamed(what, label string, entries []namedAddr) {
 	wire := joinWire(label, b.main.name)
 	slices.SortFunc(entries, func(x, y namedAddr) int { return strings.Compare(x.name, y.name) })
 	for _, e := range entries {
-		addr := e.addr.Unmap()
-		switch {
-		case !validLabel(e.name):
+		if !validLabel(e.name) {
 			b.skip("%s %q: name is not a DNS label", what, e.name)
-			continue
-		case !addr.IsValid():
-			b.skip("%s %s: no address", what, e.name)
 			continue
 		}
 		name := joinWire(e.name, wire)
-		b.addAddr(name, addr)
+		for _, addr := range b.addrs(e.addr, e.addr6, "%s %s", what, e.name) {
+			b.addAddr(name, addr)
+			b.addName(addr, name)
+		}
+	}
+}
+
+// addrs returns the usable addresses of a record: addr (either family) and
+// addr6, which must be IPv6 (an IPv4-mapped address is not). A bad addr6
+// is reported and left out, the rest served; a record with no usable
+// address is reported and gets none. what and args name the record.
+func (b *zoneBuilder) addrs(addr, addr6 netip.Addr, what string, args ...any) []netip.Addr {
+	var out []netip.Addr
+	if addr.IsValid() {
+		out = append(out, addr.Unmap())
+	}
+	switch {
+	case !addr6.IsValid():
+	case !addr6.Is6() || addr6.Is4In6():
+		b.skip(what+": IPv6 address %s is not IPv6", append(args, addr6)...)
+	default:
+		out = append(out, addr6)
+	}
+	if len(out) == 0 && !addr6.IsValid() {
+		b.skip(what+": no address", args...)
+	}
+	return out
+}
+
+// addName records name as a name of addr (for PTR and SRV targets), once.
+func (b *zoneBuilder) addName(addr netip.Addr, name []byte) {
+	if !containsBytes(b.addrNames[addr], name) {
 		b.addrNames[addr] = append(b.addrNames[addr], name)
 	}
 }

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -49,9 +50,17 @@ func TestDNS(t *testing.T) {
 	allWeb := []string{web["h1"].addr, web["h2"].addr, web["h3"].addr}
 	slices.Sort(allWeb)
 	overlay := map[string]string{}
+	// getent hosts asks for AAAA first (glibc): with IPv6 on it lists
+	// the IPv6 twins, with IPv6 off the IPv4 addresses.
+	getentWeb, getentOverlay := map[string]string{}, map[string]string{}
+	var allGetent []string
 	for _, h := range tb.Hosts() {
-		overlay[h.Name] = status(t, h).OverlayIP
+		st := status(t, h)
+		overlay[h.Name] = st.OverlayIP
+		getentWeb[h.Name], getentOverlay[h.Name] = cmp.Or(web[h.Name].addr6, web[h.Name].addr), cmp.Or(st.OverlayIP6, st.OverlayIP)
+		allGetent = append(allGetent, getentWeb[h.Name])
 	}
+	slices.Sort(allGetent)
 
 	// Records travel by gossip: wait until every host answers for every
 	// web container.
@@ -88,11 +97,18 @@ func TestDNS(t *testing.T) {
 		if len(firsts) < 2 {
 			t.Errorf("web.zl: the first address was always %v over 6 queries; want the order rotated", firsts)
 		}
-		// web.zl has no AAAA: NODATA (NOERROR, no answer, the SOA).
+		// web.zl AAAA: the IPv6 twins of the same containers.
 		r := dig(t, ctx, c1, "web.zl", "AAAA")
 		r.want(t, "NOERROR", "aa")
+		allWeb6 := []string{web["h1"].addr6, web["h2"].addr6, web["h3"].addr6}
+		if got := r.data(r.Answer, "AAAA"); !slices.Equal(sorted(got), sorted(allWeb6)) {
+			t.Errorf("web.zl AAAA = %v, want %v\n%s", got, allWeb6, r.Out)
+		}
+		// A name without AAAA: NODATA (NOERROR, no answer, the SOA).
+		r = dig(t, ctx, c1, "node.zl", "AAAA")
+		r.want(t, "NOERROR", "aa")
 		if len(r.Answer) != 0 || len(r.data(r.Authority, "SOA")) != 1 {
-			t.Errorf("web.zl AAAA: want NODATA with the SOA\n%s", r.Out)
+			t.Errorf("node.zl AAAA: want NODATA with the SOA\n%s", r.Out)
 		}
 	})
 
@@ -190,20 +206,20 @@ func TestDNS(t *testing.T) {
 	t.Run("getent with the search domain", func(t *testing.T) {
 		for _, name := range []string{"web.zl", "web"} {
 			addrs, names := getentHosts(t, ctx, c1, name)
-			if !slices.Equal(sorted(addrs), allWeb) {
-				t.Errorf("getent hosts %s: %v, want %v", name, addrs, allWeb)
+			if !slices.Equal(sorted(addrs), allGetent) {
+				t.Errorf("getent hosts %s: %v, want %v", name, addrs, allGetent)
 			}
 			if !slices.Equal(slices.Compact(names), []string{"web.zl"}) {
 				t.Errorf("getent hosts %s: names %v, want web.zl", name, names)
 			}
 		}
 		addrs, _ := getentHosts(t, ctx, c1, web["h2"].c.ID()+".web")
-		if !slices.Equal(addrs, []string{web["h2"].addr}) {
-			t.Errorf("getent hosts <container>.web: %v, want %s", addrs, web["h2"].addr)
+		if !slices.Equal(addrs, []string{getentWeb["h2"]}) {
+			t.Errorf("getent hosts <container>.web: %v, want %s", addrs, getentWeb["h2"])
 		}
 		addrs, _ = getentHosts(t, ctx, c1, "h2.node")
-		if !slices.Equal(addrs, []string{overlay["h2"]}) {
-			t.Errorf("getent hosts h2.node: %v, want %s", addrs, overlay["h2"])
+		if !slices.Equal(addrs, []string{getentOverlay["h2"]}) {
+			t.Errorf("getent hosts h2.node: %v, want %s", addrs, getentOverlay["h2"])
 		}
 	})
 
@@ -241,8 +257,8 @@ func TestDNS(t *testing.T) {
 			t.Errorf("H3.NODE.ZL: %v, want %s", got, overlay["h3"])
 		}
 		addrs, _ := getentHosts(t, ctx, c1, "WEB")
-		if !slices.Equal(sorted(addrs), allWeb) {
-			t.Errorf("getent hosts WEB: %v, want %v", addrs, allWeb)
+		if !slices.Equal(sorted(addrs), allGetent) {
+			t.Errorf("getent hosts WEB: %v, want %v", addrs, allGetent)
 		}
 	})
 
@@ -524,8 +540,9 @@ func (w *wgCounter) read(t *testing.T) wgCount {
 
 // attached is a container attached to a service, with its address.
 type attached struct {
-	c    *testbed.Container
-	addr string
+	c     *testbed.Container
+	addr  string
+	addr6 string // "" with IPv6 off
 }
 
 func attach(t *testing.T, ctx context.Context, tb *testbed.Testbed, h *testbed.Host, name, service string) *attached {
@@ -541,7 +558,7 @@ func attach(t *testing.T, ctx context.Context, tb *testbed.Testbed, h *testbed.H
 	if at.DNS != meshDNS || at.SearchDomain != "zl" {
 		t.Errorf("attach %s: DNS %q search %q, want %s and zl", c, at.DNS, at.SearchDomain, meshDNS)
 	}
-	return &attached{c: c, addr: at.Address}
+	return &attached{c: c, addr: at.Address, addr6: at.Address6}
 }
 
 // attachMany attaches n containers b0…b<n-1> to service, spread over the

@@ -84,6 +84,33 @@ func TestDualStack(t *testing.T) {
 		}
 	}
 
+	// The mesh DNS, asked by containers of every host at its IPv4 address
+	// and at its IPv6 twin: AAAA for containers, nodes and the zone, PTR
+	// under ip6.arpa.
+	for _, server := range []string{meshDNS, att[web2].DNS6} {
+		for _, q := range []struct {
+			from *testbed.Container
+			args []string
+			typ  string
+			want string
+		}{
+			{web2, []string{web1.ID() + ".web.zl", "AAAA"}, "AAAA", addrs6[web1]},
+			{web1, []string{"+tcp", db1.ID() + ".db.zl", "AAAA"}, "AAAA", addrs6[db1]},
+			{web1, []string{"h2.node.zl", "AAAA"}, "AAAA", st2.OverlayIP6},
+			{db1, []string{"-x", addrs6[web2]}, "PTR", web2.ID() + ".web.zl."},
+			{web1, []string{"zl", "AAAA"}, "AAAA", att[web1].DNS6},
+		} {
+			args := append([]string{"@" + server}, q.args...)
+			eventually(t, 20*time.Second, func() error {
+				r := digE(ctx, q.from, args...)
+				if got := r.data(r.Answer, q.typ); len(got) != 1 || got[0] != q.want {
+					return fmt.Errorf("dig %v in %s: %s %v, want %s\n%s", args, q.from, r.Status, got, q.want, r.Out)
+				}
+				return nil
+			})
+		}
+	}
+
 	// What the kernel holds: the container's two addresses and default
 	// routes, the TUN's two overlay addresses.
 	got, err := web1.Exec(ctx, "ip", "-6", "route", "show", "default")
@@ -175,6 +202,18 @@ func TestIPv6Off(t *testing.T) {
 		t.Errorf("the IPv4-only container has IPv6: %q, %v", got, err)
 	}
 	pingContainers(t, tb, map[*testbed.Container]string{c1: a1.Address, c2: a2.Address}, 30*time.Second)
+	// The mesh DNS has no IPv6 address for the IPv4-only container:
+	// AAAA is NODATA (not NXDOMAIN), A answers.
+	eventually(t, 20*time.Second, func() error {
+		r := digE(ctx, c2, c1.ID()+".web.zl", "AAAA")
+		if r.Status != "NOERROR" || len(r.Answer) != 0 || len(r.data(r.Authority, "SOA")) != 1 {
+			return fmt.Errorf("%s.web.zl AAAA from h2: want NODATA with the SOA\n%s", c1.ID(), r.Out)
+		}
+		if got := digShort(ctx, c2, c1.ID()+".web.zl"); len(got) != 1 || got[0] != a1.Address {
+			return fmt.Errorf("%s.web.zl A from h2: %v, want %s", c1.ID(), got, a1.Address)
+		}
+		return nil
+	})
 
 	// Start errors: one line each, nothing made.
 	for _, c := range []struct{ args, want string }{

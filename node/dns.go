@@ -34,15 +34,20 @@ func (n *Node) startDNS() error {
 			n.log.Warn("no DNS upstreams from /etc/resolv.conf; names outside the mesh answer SERVFAIL", "err", err)
 		}
 	}
-	srv, err := dnsd.New(dnsd.Config{
+	cfg := dnsd.Config{
 		Zone:      n.cfg.DNSZone,
 		TTL:       n.cfg.DNSTTL,
 		Addr:      n.pool.MeshDNS(),
+		Addr6:     n.twin(n.pool.MeshDNS()), // zero with IPv6 off
 		Cluster:   n.pool.Cluster(),
 		Upstreams: upstreams,
 		Logger:    n.log.With("component", "dnsd"),
 		Observe:   n.metrics.observeDNS,
-	})
+	}
+	if n.twins != nil {
+		cfg.Cluster6 = n.twins.Cluster6() // PTR under ip6.arpa
+	}
+	srv, err := dnsd.New(cfg)
 	if err != nil {
 		return fmt.Errorf("mesh DNS: %w", err)
 	}
@@ -197,13 +202,24 @@ func (n *Node) refreshDNS() {
 func (n *Node) dnsSnapshot() dnsd.Snapshot {
 	var snap dnsd.Snapshot
 	alive := map[string]bool{}
+	// A node holds the twin of its overlay address when it runs IPv6 with
+	// our prefix (as for its WireGuard peer).
+	mine6 := n.cluster6()
+	dual := map[string]bool{}
+	twinOn := func(node string, a netip.Addr) netip.Addr {
+		if !dual[node] {
+			return netip.Addr{}
+		}
+		return n.twin(a)
+	}
 	for _, m := range n.mesh.Members() {
 		if m.State != mesh.StateAlive && m.State != mesh.StateSuspect {
 			continue
 		}
 		alive[m.Name] = true
+		dual[m.Name] = mine6 != "" && m.Meta.Cluster6 == mine6
 		if a, err := netip.ParseAddr(m.Meta.OverlayIP); err == nil {
-			snap.Nodes = append(snap.Nodes, dnsd.NodeRecord{Name: m.Name, Addr: a})
+			snap.Nodes = append(snap.Nodes, dnsd.NodeRecord{Name: m.Name, Addr: a, Addr6: twinOn(m.Name, a)})
 		}
 	}
 	serviceOf := map[string]string{} // container → service
@@ -214,12 +230,19 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 		if err != nil {
 			continue
 		}
-		snap.Endpoints = append(snap.Endpoints, dnsd.Endpoint{Service: ep.Service, Container: ep.Container, Node: ep.Node, Addr: a})
+		a6, _ := netip.ParseAddr(ep.Address6) // zero when it has none: no AAAA
+		snap.Endpoints = append(snap.Endpoints, dnsd.Endpoint{Service: ep.Service, Container: ep.Container, Node: ep.Node, Addr: a, Addr6: a6})
 		serviceOf[ep.Container] = ep.Service
 		addrOf[ep.Container] = a
 	}
 	for _, g := range records[api.GuestRecord](n, guestKind, isAlive) {
 		if a, err := netip.ParseAddr(g.Address); err == nil {
+			// No AAAA for guests yet, though they hold their twins: a
+			// node without containers does not forward IPv6 (the
+			// first bridge attach switches it on), so names that
+			// resolve to a guest's IPv6 address would not answer.
+			// Once a node forwards IPv6 from its start, add
+			// Addr6: twinOn(g.Node, a).
 			snap.Guests = append(snap.Guests, dnsd.GuestRecord{Name: g.Name, Node: g.Node, Addr: a})
 		}
 	}

@@ -19,6 +19,7 @@ func (n *Node) putServiceRecord(at attachment) {
 		Service:   at.Spec.Service,
 		Container: at.Spec.Container,
 		Address:   at.Spec.Address.Addr().String(),
+		Address6:  address6(at),
 		Node:      n.cfg.Name,
 	})
 	n.mesh.Store().Put(serviceKind, n.serviceKey(at.Spec.Container), v)
@@ -34,4 +35,13 @@ func (n *Node) Services() []api.ServiceEndpoint {
 		return strings.Compare(a.Container, b.Container)
 	})
 	return out
+}
+
+// address6 is the attachment's IPv6 address as service records carry it
+// ("" when it has none).
+func address6(at attachment) string {
+	if !at.Spec.Address6.IsValid() {
+		return ""
+	}
+	return at.Spec.Address6.Addr().String()
 }

@@ -68,7 +68,7 @@ func (n *Node) syncServiceRecords() {
 			continue
 		}
 		var ep api.ServiceEndpoint
-		if json.Unmarshal(r.Value, &ep) == nil && ep.Address == at.Spec.Address.Addr().String() && ep.Service == at.Spec.Service && r.Owner == n.cfg.Name {
+		if json.Unmarshal(r.Value, &ep) == nil && ep.Address == at.Spec.Address.Addr().String() && ep.Address6 == address6(at) && ep.Service == at.Spec.Service && r.Owner == n.cfg.Name {
 			delete(want, r.Key)
 		}
 	}

@@ -244,14 +244,16 @@ func ipv4Options(pkt []byte) []byte {
 	return out
 }
 
-// ipv6ExtHeaders inserts a hop-by-hop header (8 bytes) and a destination
-// options header (16 bytes) in front of the transport header.
+// ipv6ExtHeaders inserts a hop-by-hop header (8 bytes, padding) and a
+// destination options header (16 bytes: one experimental option, RFC 4727,
+// that receivers skip) in front of the transport header. Both pass the
+// Linux kernel's checks (padding is at most 7 bytes there).
 func ipv6ExtHeaders(pkt []byte) []byte {
 	proto := pkt[6]
 	out := make([]byte, 0, len(pkt)+24)
 	out = append(out, pkt[:40]...)
-	out = append(out, ipv6DestOpts, 0, 1, 4, 0, 0, 0, 0)                   // hop-by-hop, PadN
-	out = append(out, proto, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) // dest opts, PadN
+	out = append(out, ipv6DestOpts, 0, 1, 4, 0, 0, 0, 0)                      // hop-by-hop, PadN
+	out = append(out, proto, 1, 0x1e, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) // dest opts, experiment
 	out = append(out, pkt[40:]...)
 	out[6] = ipv6HopByHop
 	binary.BigEndian.PutUint16(out[4:], uint16(len(out)-40))

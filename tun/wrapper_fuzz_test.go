@@ -3,6 +3,7 @@ package tun
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"os"
 	"slices"
 	"testing"
@@ -67,6 +68,11 @@ func FuzzWrapper(f *testing.F) {
 	f.Add(frames(tuntest.UDP(a6, b6, []byte("q6")), v6Fragment(tuntest.UDP(a6, b6, data), false, 2), []byte{0x45}))
 	f.Add(frames(tuntest.ICMPEcho(a4.Addr(), b4.Addr(), 1, 1, nil), udpTo(54, "xyz")[:29], []byte{}, udpTo(81, "y")))
 	f.Add(frames(udpTo(9, "a"), udpTo(9, "b"), udpTo(9, "c"), udpTo(9, "d")))
+	// IPv6: answered queries (port 9) with and without extension headers,
+	// TCP (consumed inbound), ICMPv6, fragments, a cut header.
+	q6 := tuntest.UDP(a6, netip.AddrPortFrom(b6.Addr(), 9), []byte("q6"))
+	f.Add(frames(q6, ipv6ExtHeaders(q6), tuntest.TCPSYN(a6, b6), tuntest.ICMPEcho(a6.Addr(), b6.Addr(), 1, 1, data)))
+	f.Add(frames(v6Fragment(q6, true, 0), ipv6ExtHeaders(tuntest.UDP(a6, b6, data)), q6[:45], udpTo(9, "v4"), q6))
 	f.Fuzz(fuzzWrapper)
 }
 
