@@ -460,17 +460,17 @@ func (t *nftTable) diff(have, want *state) ([]op, []staleUDP, string) {
 			for k, hv := range h {
 				if wv, ok := w[k]; !ok || wv != hv {
 					del = append(del, nftables.SetElement{Key: keyBytes(name, k)})
-					stale = appendUDP(stale, name, k, hv)
+					stale = appendUDP(stale, k, hv)
 				}
 			}
 		}
 		added += len(add)
 		removed += len(del)
-		set := nftSet(t.table, name)
-		for chunk := range slices.Chunk(del, elemChunk) {
+		set, per := nftSet(t.table, name), portSets[name].perMessage()
+		for chunk := range slices.Chunk(del, per) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetDeleteElements(set, chunk) })
 		}
-		for chunk := range slices.Chunk(add, elemChunk) {
+		for chunk := range slices.Chunk(add, per) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })
 		}
 	}
@@ -485,21 +485,11 @@ type staleUDP struct {
 	target   netip.AddrPort
 }
 
-func appendUDP(s []staleUDP, set string, k elemKey, v elemVal) []staleUDP {
-	if uint8(k>>16) != unix.IPPROTO_UDP {
+func appendUDP(s []staleUDP, k elemKey, v elemVal) []staleUDP {
+	if k.proto != unix.IPPROTO_UDP {
 		return s
 	}
-	u := staleUDP{hostPort: uint16(k), target: netip.AddrPortFrom(addrOf(uint32(v>>16)), uint16(v))}
-	if set == setPortsAddr {
-		u.hostAddr = addrOf(uint32(k >> 24))
-	}
-	return append(s, u)
-}
-
-func addrOf(a uint32) netip.Addr {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], a)
-	return netip.AddrFrom4(b)
+	return append(s, staleUDP{hostAddr: k.addr, hostPort: k.port, target: v})
 }
 
 // staleAll is every UDP element of have that want does not hold as it is.
@@ -508,7 +498,7 @@ func staleAll(have, want *state) []staleUDP {
 	for name, h := range have.Elems {
 		for k, hv := range h {
 			if wv, ok := want.Elems[name][k]; !ok || wv != hv {
-				s = appendUDP(s, name, k, hv)
+				s = appendUDP(s, k, hv)
 			}
 		}
 	}
@@ -526,13 +516,31 @@ func (t *nftTable) forgetUDP(stale []staleUDP) {
 	if len(stale) == 0 {
 		return
 	}
-	n, err := t.ct.ConntrackDeleteFilters(vnl.ConntrackTable, unix.AF_INET, udpFlows(stale))
-	if err != nil {
-		t.log.Warn("forget conntrack entries of unpublished udp ports", "ports", len(stale), "err", err)
-		return
+	// One walk per family that has stale ports: the conntrack dump is
+	// per family.
+	var v4, v6 udpFlows
+	for _, u := range stale {
+		if u.target.Addr().Is6() {
+			v6 = append(v6, u)
+		} else {
+			v4 = append(v4, u)
+		}
 	}
-	if n > 0 {
-		t.log.Info("forgot conntrack entries of unpublished udp ports", "ports", len(stale), "entries", n)
+	for _, f := range []struct {
+		family vnl.InetFamily
+		flows  udpFlows
+	}{{unix.AF_INET, v4}, {unix.AF_INET6, v6}} {
+		if len(f.flows) == 0 {
+			continue
+		}
+		n, err := t.ct.ConntrackDeleteFilters(vnl.ConntrackTable, f.family, f.flows)
+		if err != nil {
+			t.log.Warn("forget conntrack entries of unpublished udp ports", "ports", len(f.flows), "family", f.family, "err", err)
+			continue
+		}
+		if n > 0 {
+			t.log.Info("forgot conntrack entries of unpublished udp ports", "ports", len(f.flows), "family", f.family, "entries", n)
+		}
 	}
 }
 
@@ -561,12 +569,6 @@ func (u udpFlows) MatchConntrackFlow(f *vnl.ConntrackFlow) bool {
 	return false
 }
 
-// elemChunk bounds the elements in one netlink message of a batch. The
-// elements of a message sit in one nested attribute, whose length is 16
-// bits: at ~40 bytes an element, more than ~1600 would overflow it, and
-// the kernel would silently take only the first ones.
-const elemChunk = 1024
-
 func (t *nftTable) createOps(want *state) []op {
 	tbl := t.table
 	ops := []op{func(c *nftables.Conn) error { c.AddTable(tbl); return nil }}
@@ -577,7 +579,7 @@ func (t *nftTable) createOps(want *state) []op {
 		for k, v := range want.Elems[name] {
 			add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(v)})
 		}
-		for chunk := range slices.Chunk(add, elemChunk) {
+		for chunk := range slices.Chunk(add, portSets[name].perMessage()) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })
 		}
 	}
@@ -608,10 +610,10 @@ func ruleOps(tbl *nftables.Table, chain *nftables.Chain, rules []ruleSpec) []op 
 }
 
 // warnForwardDrop logs every base chain of another nftables table that
-// drops forwarded IPv4 packets by default: zlmesh's forwarding cannot pass
+// drops forwarded IPv4 or IPv6 packets by default: zlmesh's forwarding cannot pass
 // it unless that table accepts it (see the package doc).
 func (t *nftTable) warnForwardDrop() {
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyINet} {
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6, nftables.TableFamilyINet} {
 		chains, err := t.conn.ListChainsOfTableFamily(fam)
 		if err != nil {
 			continue
@@ -630,8 +632,11 @@ func (t *nftTable) warnForwardDrop() {
 }
 
 func familyName(f nftables.TableFamily) string {
-	if f == nftables.TableFamilyINet {
+	switch f {
+	case nftables.TableFamilyINet:
 		return "inet"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
 	}
 	return "ip"
 }

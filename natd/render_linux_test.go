@@ -18,10 +18,19 @@ func TestElemEncoding(t *testing.T) {
 			setPortsAny, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}},
 		{Port{Proto: "udp", HostAddr: netip.MustParseAddr("192.0.2.10"), HostPort: 65535, Target: netip.MustParseAddrPort("10.200.255.254:65535")},
 			setPortsAddr, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0xff, 0xff, 0, 0}, []byte{10, 200, 255, 254, 0xff, 0xff, 0, 0}},
+		{Port{Proto: "tcp", HostPort: 8080, Target6: netip.MustParseAddrPort("[fd00:200:0:3::22]:80")},
+			setPorts6Any, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{0xfd, 0, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0x22, 0, 80, 0, 0}},
+		{Port{Proto: "udp", HostAddr: netip.MustParseAddr("2001:db8::10"), HostPort: 53, Target6: netip.MustParseAddrPort("[fd00:200:0:5::7]:5353")},
+			setPorts6Addr, []byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 17, 0, 0, 0, 0, 53, 0, 0},
+			[]byte{0xfd, 0, 2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 7, 0x14, 0xe9, 0, 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.port.String(), func(t *testing.T) {
-			set, k, v := portElem(Rule{Kind: KindPublish, Proto: tt.port.Proto, HostAddr: tt.port.HostAddr, HostPort: tt.port.HostPort, Target: tt.port.Target})
+			target := tt.port.Target
+			if tt.port.Target6.IsValid() {
+				target = tt.port.Target6
+			}
+			set, k, v := portElem(Rule{Kind: KindPublish, Proto: tt.port.Proto, HostAddr: tt.port.HostAddr, HostPort: tt.port.HostPort, Target: target})
 			if set != tt.set {
 				t.Fatalf("set %s, want %s", set, tt.set)
 			}
@@ -30,7 +39,7 @@ func TestElemEncoding(t *testing.T) {
 			}
 			k2, v2, ok := parseElem(set, tt.key, tt.val)
 			if !ok || k2 != k || v2 != v {
-				t.Errorf("parse %x : %x = %x, %x, %v; want %x, %x", tt.key, tt.val, k2, v2, ok, k, v)
+				t.Errorf("parse %x : %x = %+v, %v, %v; want %+v, %v", tt.key, tt.val, k2, v2, ok, k, v)
 			}
 		})
 	}
@@ -43,21 +52,33 @@ func TestElemEncoding(t *testing.T) {
 			t.Errorf("parseElem accepted %x : %x", bad[0], bad[1])
 		}
 	}
+	for _, bad := range []struct {
+		set      string
+		key, val []byte
+	}{
+		{setPorts6Any, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}}, // IPv4 value
+		{setPortsAny, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, make([]byte, 20)},                    // IPv6 value
+		{setPorts6Addr, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0, 53, 0, 0}, make([]byte, 20)},       // IPv4 key
+		{"ports7_any", []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, make([]byte, 20)},
+	} {
+		if _, _, ok := parseElem(bad.set, bad.key, bad.val); ok {
+			t.Errorf("parseElem(%s) accepted %x : %x", bad.set, bad.key, bad.val)
+		}
+	}
 }
 
 // FuzzKernelData feeds arbitrary bytes to the parsers of what natd reads
 // back from the kernel (rule comments, port map elements): no panic, and
 // whatever parseElem accepts encodes back to the same bytes.
 func FuzzKernelData(f *testing.F) {
-	f.Add(commentData("zlmesh hairpin #0123456789ab"), []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}, false)
-	f.Add([]byte{0, 200, 'x'}, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0, 53, 0, 0}, []byte{10, 200, 5, 7, 0, 53, 0, 0}, true)
-	f.Add([]byte{3, 1, 0, 0, 2, 'a', 0}, []byte{}, []byte{1}, true)
-	f.Fuzz(func(t *testing.T, ud, key, val []byte, addrSet bool) {
+	f.Add(commentData("zlmesh hairpin #0123456789ab"), []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}, uint8(0))
+	f.Add([]byte{0, 200, 'x'}, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0, 53, 0, 0}, []byte{10, 200, 5, 7, 0, 53, 0, 0}, uint8(1))
+	f.Add([]byte{3, 1, 0, 0, 2, 'a', 0}, []byte{}, []byte{1}, uint8(1))
+	f.Add([]byte{}, []byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 17, 0, 0, 0, 0, 53, 0, 0},
+		[]byte{0xfd, 0, 2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 7, 0x14, 0xe9, 0, 0}, uint8(3))
+	f.Fuzz(func(t *testing.T, ud, key, val []byte, which uint8) {
 		_ = comment(ud)
-		set := setPortsAny
-		if addrSet {
-			set = setPortsAddr
-		}
+		set := setOrder[int(which)%len(setOrder)]
 		k, v, ok := parseElem(set, key, val)
 		if !ok {
 			return
