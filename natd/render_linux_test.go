@@ -57,8 +57,8 @@ func TestElemEncoding(t *testing.T) {
 		key, val []byte
 	}{
 		{setPorts6Any, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, []byte{10, 200, 3, 34, 0, 80, 0, 0}}, // IPv4 value
-		{setPortsAny, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, make([]byte, 20)},                    // IPv6 value
-		{setPorts6Addr, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0, 53, 0, 0}, make([]byte, 20)},       // IPv4 key
+		{setPortsAny, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, make([]byte, 20)},                     // IPv6 value
+		{setPorts6Addr, []byte{192, 0, 2, 10, 17, 0, 0, 0, 0, 53, 0, 0}, make([]byte, 20)},        // IPv4 key
 		{"ports7_any", []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}, make([]byte, 20)},
 	} {
 		if _, _, ok := parseElem(bad.set, bad.key, bad.val); ok {
