@@ -453,14 +453,14 @@ func (t *nftTable) diff(have, want *state) ([]op, []staleUDP, string) {
 			if hv, ok := h[k]; ok && hv == wv {
 				same++
 			} else {
-				add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(wv)})
+				add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(name, wv)})
 			}
 		}
 		if same < len(h) { // some of have is not wanted as it is
 			for k, hv := range h {
 				if wv, ok := w[k]; !ok || wv != hv {
 					del = append(del, nftables.SetElement{Key: keyBytes(name, k)})
-					stale = appendUDP(stale, k, hv)
+					stale = appendUDP(stale, name, k, hv)
 				}
 			}
 		}
@@ -485,11 +485,16 @@ type staleUDP struct {
 	target   netip.AddrPort
 }
 
-func appendUDP(s []staleUDP, k elemKey, v elemVal) []staleUDP {
-	if k.proto != unix.IPPROTO_UDP {
+func appendUDP(s []staleUDP, set string, k elemKey, v elemVal) []staleUDP {
+	if k.pp>>16 != unix.IPPROTO_UDP {
 		return s
 	}
-	return append(s, staleUDP{hostAddr: k.addr, hostPort: k.port, target: v})
+	p := portSets[set]
+	u := staleUDP{hostPort: uint16(k.pp), target: netip.AddrPortFrom(addrOf(v.addr, p.six), uint16(v.port))}
+	if p.byAddr {
+		u.hostAddr = addrOf(k.addr, p.six)
+	}
+	return append(s, u)
 }
 
 // staleAll is every UDP element of have that want does not hold as it is.
@@ -498,7 +503,7 @@ func staleAll(have, want *state) []staleUDP {
 	for name, h := range have.Elems {
 		for k, hv := range h {
 			if wv, ok := want.Elems[name][k]; !ok || wv != hv {
-				s = appendUDP(s, k, hv)
+				s = appendUDP(s, name, k, hv)
 			}
 		}
 	}
@@ -577,7 +582,7 @@ func (t *nftTable) createOps(want *state) []op {
 		ops = append(ops, func(c *nftables.Conn) error { return c.AddSet(set, nil) })
 		var add []nftables.SetElement
 		for k, v := range want.Elems[name] {
-			add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(v)})
+			add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(name, v)})
 		}
 		for chunk := range slices.Chunk(add, portSets[name].perMessage()) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })

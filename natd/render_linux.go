@@ -130,17 +130,39 @@ type ruleSpec struct {
 	Exprs []expr.Any
 }
 
-// elemKey and elemVal are a port map element's key and value (comparable,
-// cheap to hash; the maps hold thousands). The set's name says the family
-// and whether the key holds an address (the zero Addr in the *_any maps).
+// elemKey and elemVal are a port map element's key and value, plain bytes
+// without pointers or padding (cheap to hash and compare, nothing for the
+// garbage collector to scan; the maps hold thousands). The set's name says
+// the family: an IPv6 address fills addr, an IPv4 one its last 4 bytes;
+// the key's addr is zero in the *_any maps.
 type (
 	elemKey struct {
-		addr  netip.Addr
-		proto uint8
-		port  uint16
+		addr [16]byte
+		pp   uint32 // protocol<<16 | host port
 	}
-	elemVal = netip.AddrPort
+	elemVal struct {
+		addr [16]byte
+		port uint32
+	}
 )
+
+// addr16 is a as elemKey and elemVal hold it.
+func addr16(a netip.Addr) (b [16]byte) {
+	if a.Is4() {
+		a4 := a.As4()
+		copy(b[12:], a4[:])
+		return b
+	}
+	return a.As16()
+}
+
+// addrOf is the inverse of addr16 for the family six says.
+func addrOf(b [16]byte, six bool) netip.Addr {
+	if six {
+		return netip.AddrFrom16(b)
+	}
+	return netip.AddrFrom4([4]byte(b[12:]))
+}
 
 // state is the content of zlmesh's table: wanted (rendered from a Plan) or
 // read from the kernel.
@@ -220,7 +242,11 @@ func render(rules iter.Seq[Rule], nports int) *state {
 // portElem is the map element of one KindPublish rule.
 func portElem(r Rule) (set string, k elemKey, v elemVal) {
 	proto, _ := protoNumber(r.Proto)
-	k = elemKey{addr: r.HostAddr, proto: proto, port: r.HostPort}
+	k = elemKey{pp: uint32(proto)<<16 | uint32(r.HostPort)}
+	if r.HostAddr.IsValid() {
+		k.addr = addr16(r.HostAddr)
+	}
+	v = elemVal{addr: addr16(r.Target.Addr()), port: uint32(r.Target.Port())}
 	switch six, one := r.Is6(), r.HostAddr.IsValid(); {
 	case six && one:
 		set = setPorts6Addr
@@ -231,7 +257,7 @@ func portElem(r Rule) (set string, k elemKey, v elemVal) {
 	default:
 		set = setPortsAny
 	}
-	return set, k, r.Target
+	return set, k, v
 }
 
 // keyBytes is k as the kernel holds it in set: each field in network
@@ -239,19 +265,19 @@ func portElem(r Rule) (set string, k elemKey, v elemVal) {
 // inet_service).
 func keyBytes(set string, k elemKey) []byte {
 	b := make([]byte, 0, 24)
-	if portSets[set].byAddr {
-		b = append(b, k.addr.AsSlice()...)
+	if p := portSets[set]; p.byAddr {
+		b = append(b, k.addr[16-p.addrLen():]...)
 	}
-	b = append(b, k.proto, 0, 0, 0)
-	b = binary.BigEndian.AppendUint16(b, k.port)
+	b = append(b, byte(k.pp>>16), 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(k.pp))
 	return append(b, 0, 0)
 }
 
 // valBytes is v as the kernel holds it (ipv4_addr or ipv6_addr .
 // inet_service).
-func valBytes(v elemVal) []byte {
-	b := append(make([]byte, 0, 20), v.Addr().AsSlice()...)
-	return append(binary.BigEndian.AppendUint16(b, v.Port()), 0, 0)
+func valBytes(set string, v elemVal) []byte {
+	b := append(make([]byte, 0, 20), v.addr[16-portSets[set].addrLen():]...)
+	return append(binary.BigEndian.AppendUint16(b, uint16(v.port)), 0, 0)
 }
 
 // parseElem is the inverse of keyBytes and valBytes; ok is false for an
@@ -270,15 +296,16 @@ func parseElem(set string, key, val []byte) (k elemKey, v elemVal, ok bool) {
 		return k, v, false
 	}
 	if p.byAddr {
-		k.addr, _ = netip.AddrFromSlice(key[:alen])
+		copy(k.addr[16-alen:], key[:alen])
 		key = key[alen:]
 	}
 	if key[1]|key[2]|key[3]|key[6]|key[7] != 0 {
 		return elemKey{}, v, false
 	}
-	k.proto, k.port = key[0], binary.BigEndian.Uint16(key[4:])
-	a, _ := netip.AddrFromSlice(val[:alen])
-	return k, netip.AddrPortFrom(a, binary.BigEndian.Uint16(val[alen:])), true
+	k.pp = uint32(key[0])<<16 | uint32(binary.BigEndian.Uint16(key[4:]))
+	copy(v.addr[16-alen:], val[:alen])
+	v.port = uint32(binary.BigEndian.Uint16(val[alen:]))
+	return k, v, true
 }
 
 // postroutingRule renders a source-NAT rule, remembering the last few (they

@@ -34,7 +34,7 @@ func TestElemEncoding(t *testing.T) {
 			if set != tt.set {
 				t.Fatalf("set %s, want %s", set, tt.set)
 			}
-			if kb, vb := keyBytes(set, k), valBytes(v); !bytes.Equal(kb, tt.key) || !bytes.Equal(vb, tt.val) {
+			if kb, vb := keyBytes(set, k), valBytes(set, v); !bytes.Equal(kb, tt.key) || !bytes.Equal(vb, tt.val) {
 				t.Errorf("encoded %x : %x, want %x : %x", kb, vb, tt.key, tt.val)
 			}
 			k2, v2, ok := parseElem(set, tt.key, tt.val)
@@ -83,7 +83,7 @@ func FuzzKernelData(f *testing.F) {
 		if !ok {
 			return
 		}
-		if kb, vb := keyBytes(set, k), valBytes(v); !bytes.Equal(kb, key) || !bytes.Equal(vb, val) {
+		if kb, vb := keyBytes(set, k), valBytes(set, v); !bytes.Equal(kb, key) || !bytes.Equal(vb, val) {
 			t.Fatalf("%x : %x parsed and encoded back as %x : %x", key, val, kb, vb)
 		}
 	})

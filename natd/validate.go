@@ -161,17 +161,17 @@ func checkOverlay(what string, a netip.Addr, cluster netip.Prefix, six bool) err
 }
 
 // checkFamily accepts an address of the wanted family, without a zone;
-// IPv4-mapped IPv6 addresses are neither.
-// shown is the value as the error names it (the address, prefix or
-// address and port it came from).
-func checkFamily(what string, shown any, a netip.Addr, six bool) error {
+// IPv4-mapped IPv6 addresses are neither. shown is the value as the error
+// names it (the address, prefix or address and port it came from); it is
+// formatted only on failure (Validate runs over thousands of ports).
+func checkFamily[T fmt.Stringer](what string, shown T, a netip.Addr, six bool) error {
 	switch {
 	case a.Zone() != "":
-		return fmt.Errorf("%s %s: no zone allowed", what, shown)
+		return fmt.Errorf("%s %s: no zone allowed", what, shown.String())
 	case six && (!a.Is6() || a.Is4In6()):
-		return fmt.Errorf("%s %s: want an IPv6 address", what, shown)
+		return fmt.Errorf("%s %s: want an IPv6 address", what, shown.String())
 	case !six && !a.Is4():
-		return fmt.Errorf("%s %s: want an IPv4 address", what, shown)
+		return fmt.Errorf("%s %s: want an IPv4 address", what, shown.String())
 	}
 	return nil
 }
