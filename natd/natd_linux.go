@@ -140,7 +140,11 @@ func (t *nftTable) Set(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	return t.convergeLocked(render(rulesOf(cfg), len(cfg.Ports)))
+	n6 := 0
+	if cfg.Cluster6.IsValid() {
+		n6 = len(cfg.Ports)
+	}
+	return t.convergeLocked(render(rulesOf(cfg), len(cfg.Ports), n6))
 }
 
 func (t *nftTable) Purge() error {
@@ -342,6 +346,7 @@ func (t *nftTable) readContent(s *state) error {
 	s.Rules = map[string][]ruleSpec{}
 	s.Sets = map[string]setSpec{}
 	s.Elems = map[string]map[elemKey]elemVal{}
+	s.Elems6 = map[string]map[elemKey6]elemVal6{}
 	chains, err := t.conn.ListChainsOfTableFamily(family)
 	if err != nil {
 		return fmt.Errorf("list chains: %w", err)
@@ -394,15 +399,9 @@ func (t *nftTable) readContent(s *state) error {
 		if err != nil {
 			return fmt.Errorf("list elements of %s: %w", set.Name, err)
 		}
-		m := make(map[elemKey]elemVal, len(elems))
-		for _, e := range elems {
-			k, v, ok := parseElem(set.Name, e.Key, e.Val)
-			if !ok {
-				return fmt.Errorf("set %s: element %x : %x is not one zlmesh writes", set.Name, e.Key, e.Val)
-			}
-			m[k] = v
+		if err := readElems(set.Name, elems, s); err != nil {
+			return err
 		}
-		s.Elems[set.Name] = m
 	}
 	return nil
 }
@@ -446,24 +445,8 @@ func (t *nftTable) diff(have, want *state) ([]op, []staleUDP, string) {
 	added, removed := 0, 0
 	var stale []staleUDP
 	for _, name := range setOrder {
-		var del, add []nftables.SetElement
-		h, w := have.Elems[name], want.Elems[name]
-		same := 0
-		for k, wv := range w {
-			if hv, ok := h[k]; ok && hv == wv {
-				same++
-			} else {
-				add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(name, wv)})
-			}
-		}
-		if same < len(h) { // some of have is not wanted as it is
-			for k, hv := range h {
-				if wv, ok := w[k]; !ok || wv != hv {
-					del = append(del, nftables.SetElement{Key: keyBytes(name, k)})
-					stale = appendUDP(stale, name, k, hv)
-				}
-			}
-		}
+		del, add, st := setDiff(name, have, want)
+		stale = append(stale, st...)
 		added += len(add)
 		removed += len(del)
 		set, per := nftSet(t.table, name), portSets[name].perMessage()
@@ -483,31 +466,6 @@ type staleUDP struct {
 	hostAddr netip.Addr // zero: any
 	hostPort uint16
 	target   netip.AddrPort
-}
-
-func appendUDP(s []staleUDP, set string, k elemKey, v elemVal) []staleUDP {
-	if k.pp>>16 != unix.IPPROTO_UDP {
-		return s
-	}
-	p := portSets[set]
-	u := staleUDP{hostPort: uint16(k.pp), target: netip.AddrPortFrom(addrOf(v.addr, p.six), uint16(v.port))}
-	if p.byAddr {
-		u.hostAddr = addrOf(k.addr, p.six)
-	}
-	return append(s, u)
-}
-
-// staleAll is every UDP element of have that want does not hold as it is.
-func staleAll(have, want *state) []staleUDP {
-	var s []staleUDP
-	for name, h := range have.Elems {
-		for k, hv := range h {
-			if wv, ok := want.Elems[name][k]; !ok || wv != hv {
-				s = appendUDP(s, name, k, hv)
-			}
-		}
-	}
-	return s
 }
 
 // forgetUDP deletes the conntrack entries of stale UDP ports. A UDP "flow"
@@ -580,11 +538,7 @@ func (t *nftTable) createOps(want *state) []op {
 	for _, name := range setOrder {
 		set := nftSet(tbl, name)
 		ops = append(ops, func(c *nftables.Conn) error { return c.AddSet(set, nil) })
-		var add []nftables.SetElement
-		for k, v := range want.Elems[name] {
-			add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(name, v)})
-		}
-		for chunk := range slices.Chunk(add, portSets[name].perMessage()) {
+		for chunk := range slices.Chunk(setElems(name, want), portSets[name].perMessage()) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })
 		}
 	}

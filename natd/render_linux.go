@@ -130,40 +130,6 @@ type ruleSpec struct {
 	Exprs []expr.Any
 }
 
-// elemKey and elemVal are a port map element's key and value, plain bytes
-// without pointers or padding (cheap to hash and compare, nothing for the
-// garbage collector to scan; the maps hold thousands). The set's name says
-// the family: an IPv6 address fills addr, an IPv4 one its last 4 bytes;
-// the key's addr is zero in the *_any maps.
-type (
-	elemKey struct {
-		addr [16]byte
-		pp   uint32 // protocol<<16 | host port
-	}
-	elemVal struct {
-		addr [16]byte
-		port uint32
-	}
-)
-
-// addr16 is a as elemKey and elemVal hold it.
-func addr16(a netip.Addr) (b [16]byte) {
-	if a.Is4() {
-		a4 := a.As4()
-		copy(b[12:], a4[:])
-		return b
-	}
-	return a.As16()
-}
-
-// addrOf is the inverse of addr16 for the family six says.
-func addrOf(b [16]byte, six bool) netip.Addr {
-	if six {
-		return netip.AddrFrom16(b)
-	}
-	return netip.AddrFrom4([4]byte(b[12:]))
-}
-
 // state is the content of zlmesh's table: wanted (rendered from a Plan) or
 // read from the kernel.
 type state struct {
@@ -173,12 +139,17 @@ type state struct {
 	Chains     map[string]chainSpec
 	Rules      map[string][]ruleSpec
 	Sets       map[string]setSpec
-	Elems      map[string]map[elemKey]elemVal
+	Elems      map[string]map[elemKey]elemVal   // the IPv4 maps
+	Elems6     map[string]map[elemKey6]elemVal6 // the IPv6 maps
 }
 
+// ports counts the elements of all port maps.
 func (s *state) ports() int {
 	n := 0
 	for _, e := range s.Elems {
+		n += len(e)
+	}
+	for _, e := range s.Elems6 {
 		n += len(e)
 	}
 	return n
@@ -211,16 +182,17 @@ func nftSet(t *nftables.Table, name string) *nftables.Set {
 	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: p.key, DataType: p.data}
 }
 
-// render turns the rules of a Plan (in any order; nports of them
-// KindPublish, a size hint) into the wanted table content.
-func render(rules iter.Seq[Rule], nports int) *state {
+// render turns the rules of a Plan (in any order; about n4 IPv4 and n6
+// IPv6 of them KindPublish on all addresses, size hints) into the wanted
+// table content.
+func render(rules iter.Seq[Rule], n4, n6 int) *state {
 	s := &state{
 		Exists: true,
 		Chains: wantChains,
 		Sets:   wantSets,
 		Rules:  make(map[string][]ruleSpec, len(wantChains)),
-		Elems: map[string]map[elemKey]elemVal{setPortsAny: make(map[elemKey]elemVal, nports), setPortsAddr: {},
-			setPorts6Any: {}, setPorts6Addr: {}},
+		Elems:  map[string]map[elemKey]elemVal{setPortsAny: make(map[elemKey]elemVal, n4), setPortsAddr: {}},
+		Elems6: map[string]map[elemKey6]elemVal6{setPorts6Any: make(map[elemKey6]elemVal6, n6), setPorts6Addr: {}},
 	}
 	s.Rules[chainPublish] = publishRules
 	s.Rules[chainPre] = preroutingRules
@@ -229,83 +201,19 @@ func render(rules iter.Seq[Rule], nports int) *state {
 	for r := range rules {
 		switch r.Kind {
 		case KindPublish:
-			set, k, v := portElem(r)
-			s.Elems[set][k] = v
+			if r.Is6() {
+				set, k, v := portElem6(r)
+				s.Elems6[set][k] = v
+			} else {
+				set, k, v := portElem(r)
+				s.Elems[set][k] = v
+			}
 		case KindHairpin, KindOverlayKeep, KindOverlaySNAT, KindMasquerade:
 			post = append(post, postroutingRule(r))
 		}
 	}
 	s.Rules[chainPost] = post
 	return s
-}
-
-// portElem is the map element of one KindPublish rule.
-func portElem(r Rule) (set string, k elemKey, v elemVal) {
-	proto, _ := protoNumber(r.Proto)
-	k = elemKey{pp: uint32(proto)<<16 | uint32(r.HostPort)}
-	if r.HostAddr.IsValid() {
-		k.addr = addr16(r.HostAddr)
-	}
-	v = elemVal{addr: addr16(r.Target.Addr()), port: uint32(r.Target.Port())}
-	switch six, one := r.Is6(), r.HostAddr.IsValid(); {
-	case six && one:
-		set = setPorts6Addr
-	case six:
-		set = setPorts6Any
-	case one:
-		set = setPortsAddr
-	default:
-		set = setPortsAny
-	}
-	return set, k, v
-}
-
-// keyBytes is k as the kernel holds it in set: each field in network
-// order, padded to 4 bytes ([ipv4_addr or ipv6_addr .] inet_proto .
-// inet_service).
-func keyBytes(set string, k elemKey) []byte {
-	b := make([]byte, 0, 24)
-	if p := portSets[set]; p.byAddr {
-		b = append(b, k.addr[16-p.addrLen():]...)
-	}
-	b = append(b, byte(k.pp>>16), 0, 0, 0)
-	b = binary.BigEndian.AppendUint16(b, uint16(k.pp))
-	return append(b, 0, 0)
-}
-
-// valBytes is v as the kernel holds it (ipv4_addr or ipv6_addr .
-// inet_service).
-func valBytes(set string, v elemVal) []byte {
-	b := append(make([]byte, 0, 20), v.addr[16-portSets[set].addrLen():]...)
-	return append(binary.BigEndian.AppendUint16(b, uint16(v.port)), 0, 0)
-}
-
-// parseElem is the inverse of keyBytes and valBytes; ok is false for an
-// element zlmesh cannot have written.
-func parseElem(set string, key, val []byte) (k elemKey, v elemVal, ok bool) {
-	p, known := portSets[set]
-	if !known {
-		return k, v, false
-	}
-	alen := p.addrLen()
-	want := 8
-	if p.byAddr {
-		want += alen
-	}
-	if len(key) != want || len(val) != alen+4 || val[alen+2]|val[alen+3] != 0 {
-		return k, v, false
-	}
-	if p.byAddr {
-		copy(k.addr[16-alen:], key[:alen])
-		key = key[alen:]
-	}
-	if key[1]|key[2]|key[3]|key[6]|key[7] != 0 {
-		return elemKey{}, v, false
-	}
-	k.pp = uint32(key[0])<<16 | uint32(binary.BigEndian.Uint16(key[4:]))
-	copy(v.addr[16-alen:], val[:alen])
-	v.port = uint32(binary.BigEndian.Uint16(val[alen:]))
-	return k, v, true
 }
 
 // postroutingRule renders a source-NAT rule, remembering the last few (they
