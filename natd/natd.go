@@ -36,10 +36,11 @@
 // never lets a loopback source leave the host; a link-local destination is
 // translated too, but the kernel does not forward packets from a
 // link-local source, so clients use a global address) and reaches the
-// container's IPv6 twin. IPv6 egress masquerade is switched apart (Masquerade6): the
-// node turns it on only where the host has IPv6 egress (HasIPv6Egress).
-// IPv6 forwarding has a side effect on router advertisements; see
-// Sysctls6.
+// container's IPv6 twin. The source-NAT table below holds for IPv6 as it
+// stands, read with the IPv6 fields (Overlay6 for Overlay, and so on).
+// IPv6 egress masquerade is switched apart (Masquerade6): the node turns
+// it on only where the host has IPv6 egress (HasIPv6Egress). IPv6
+// forwarding has a side effect on router advertisements; see Sysctls6.
 //
 // # Which flows are source-NATed, and why
 //
