@@ -3,9 +3,12 @@
 package natd
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/nftables"
@@ -184,5 +187,31 @@ func TestMaxPortsInOneBatch6(t *testing.T) {
 		if per, size := p.perMessage(), 20+int(p.key.Bytes)+int(p.data.Bytes); per*size > 65535-4 {
 			t.Errorf("%s: %d elements of %d bytes overflow a netlink attribute", name, per, size)
 		}
+	}
+}
+
+// TestWarnForwardDrop6: an ip6 table whose forward chain drops by default
+// is named in New's warning, as ip and inet ones are.
+func TestWarnForwardDrop6(t *testing.T) {
+	ns := nstest.New(t, "zlt-natd")
+	c := nftConn(t, ns)
+	other := c.AddTable(&nftables.Table{Name: "zlt-other6", Family: nftables.TableFamilyIPv6})
+	drop := nftables.ChainPolicyDrop
+	c.AddChain(&nftables.Chain{Name: "forward", Table: other, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	tb, err := New(Options{NetNS: int(ns.Handle), Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if l := logs.String(); !strings.Contains(l, "other_table=zlt-other6 family=ip6") {
+		t.Errorf("no warning about the ip6 forward drop policy:\n%s", l)
 	}
 }
