@@ -3,7 +3,6 @@
 package natd
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -80,21 +79,35 @@ func BenchmarkPublish(b *testing.B) {
 // BenchmarkPublishCPU is the in-memory part of one publish (validate, plan,
 // render, diff against the cached table), without netlink, for 0 and 1000
 // ports already published: the part of a Set that grows with the config.
+// dualstack=1000 is 1000 ports published in both families (2000 elements)
+// and one more port in both.
 func BenchmarkPublishCPU(b *testing.B) {
-	for _, n := range []int{0, 1000} {
-		b.Run(fmt.Sprintf("ports=%d", n), func(b *testing.B) {
-			base := withPorts(n)
-			have := render(rulesOf(base), n)
+	for _, tt := range []struct {
+		name string
+		base Config
+	}{{"ports=0", withPorts(0)}, {"ports=1000", withPorts(1000)}, {"dualstack=1000", withPorts6(1000)}} {
+		b.Run(tt.name, func(b *testing.B) {
+			base := tt.base
+			n6 := 0
+			p := Port{Proto: "udp", HostPort: 30000, Target: netip.MustParseAddrPort("10.200.3.40:1")}
+			if base.Cluster6.IsValid() {
+				n6 = len(base.Ports) + 1
+				p.Target6 = netip.MustParseAddrPort("[fd00:200:0:3::40]:1")
+			}
+			have := render(rulesOf(base), len(base.Ports), n6)
 			cfg := base
-			cfg.Ports = append(slices.Clone(base.Ports), Port{Proto: "udp", HostPort: 30000,
-				Target: netip.MustParseAddrPort("10.200.3.40:1")})
+			cfg.Ports = append(slices.Clone(base.Ports), p)
 			t := &nftTable{table: &nftables.Table{Name: "zlmesh", Family: family}}
+			msgs := 1
+			if n6 > 0 {
+				msgs = 2
+			}
 			for b.Loop() {
 				if err := cfg.Validate(); err != nil {
 					b.Fatal(err)
 				}
-				if ops, _, _ := t.diff(have, render(rulesOf(cfg), len(cfg.Ports))); len(ops) != 1 {
-					b.Fatalf("%d ops, want 1", len(ops))
+				if ops, _, _ := t.diff(have, render(rulesOf(cfg), len(cfg.Ports), n6)); len(ops) != msgs {
+					b.Fatalf("%d ops, want %d", len(ops), msgs)
 				}
 			}
 		})

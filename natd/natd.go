@@ -24,6 +24,24 @@
 //     reach services bound to 127.0.0.1 (CVE-2020-8558); use one of the
 //     host's addresses instead.
 //
+// # IPv6
+//
+// With Config.Cluster6 set, the same NAT is done for IPv6 with the IPv6
+// twins of every address: Local6 for Local, Overlay6 for Overlay, Cluster6
+// for Cluster, Port.Target6 for Port.Target, the bridges' IPv6 gateways for
+// their IPv4 ones. Both families live in the one inet table and never mix:
+// an IPv4 connection is only ever translated to an IPv4 address, an IPv6
+// one to an IPv6 address (no NAT64). A port published on all addresses with
+// a Target6 answers on every IPv6 address of the host (not ::1: the kernel
+// never lets a loopback source leave the host; a link-local destination is
+// translated too, but the kernel does not forward packets from a
+// link-local source, so clients use a global address) and reaches the
+// container's IPv6 twin. The source-NAT table below holds for IPv6 as it
+// stands, read with the IPv6 fields (Overlay6 for Overlay, and so on).
+// IPv6 egress masquerade is switched apart (Masquerade6): the node turns
+// it on only where the host has IPv6 egress (HasIPv6Egress). IPv6
+// forwarding has a side effect on router advertisements; see Sysctls6.
+//
 // # Which flows are source-NATed, and why
 //
 // After a destination NAT the reply must come back through this host, or
@@ -71,7 +89,8 @@
 //
 // # Forwarding and firewalls
 //
-// The data path needs net.ipv4.ip_forward=1 (Sysctls, ApplySysctls). natd
+// The data path needs net.ipv4.ip_forward=1 (Sysctls, ApplySysctls), and
+// for IPv6 net.ipv6.conf.all.forwarding=1 (Sysctls6, ApplySysctls6). natd
 // adds no filter chain: in nftables an accept in one table never overrides
 // a drop in another (every base chain at a hook sees the packet and any drop
 // is final), so no rule in zlmesh's table can open a host whose own firewall
@@ -80,9 +99,9 @@
 // to DROP) the operator must accept forwarding from and to the overlay and
 // bridge interfaces there (for example in DOCKER-USER:
 // `-i zl0 -j ACCEPT`, `-o zl0 -j ACCEPT`, `-i zlb+ -j ACCEPT`,
-// `-o zlb+ -j ACCEPT`). New logs a warning naming every nftables base chain
-// on the forward hook whose policy is drop (iptables-legacy chains are not
-// visible through nftables).
+// `-o zlb+ -j ACCEPT`, and the same in ip6tables for IPv6). New logs a
+// warning naming every nftables base chain on the forward hook whose policy
+// is drop (iptables-legacy chains are not visible through nftables).
 package natd
 
 import (
@@ -121,22 +140,48 @@ var (
 )
 
 // Port is one published port: a new Proto connection to HostAddr:HostPort on
-// this host reaches Target.
+// this host reaches Target (IPv4) or Target6 (IPv6).
+//
+// Which host addresses answer:
+//
+//	HostAddr        Target6   published on                        forwarded to
+//	zero            zero      every IPv4 address of the host      Target
+//	zero            set       every IPv4 and every IPv6 address   Target (IPv4), Target6 (IPv6)
+//	IPv4 address    any       that address only                   Target
+//	IPv6 address    any       that address only                   Target6
+//
+// With HostAddr set only the target of its family is used, and it must be
+// set; the other may be set as well and is then unused (a caller may always
+// fill both). With HostAddr zero, Target may be zero too: then the port is
+// published on the IPv6 addresses only.
 type Port struct {
 	// Proto is "tcp" or "udp" (lower case).
 	Proto string
-	// HostAddr is the local IPv4 address the port is published on. The zero
-	// Addr publishes on every local address of the host (except loopback).
+	// HostAddr is the local address the port is published on, IPv4 or
+	// IPv6 (see the table above). The zero Addr publishes on every local
+	// address of the host (except loopback) of each family that has a
+	// target.
 	HostAddr netip.Addr
 	// HostPort is the port on the host, never 0.
 	HostPort uint16
-	// Target is the overlay address and port connections are forwarded to:
-	// an IPv4 address inside Config.Cluster, port never 0.
+	// Target is the overlay address and port IPv4 connections are
+	// forwarded to: an IPv4 address inside Config.Cluster, port never 0.
+	// Zero: no IPv4 (HostAddr zero or IPv6, Target6 set).
 	Target netip.AddrPort
+	// Target6 is the IPv6 twin of Target, where IPv6 connections are
+	// forwarded to: an IPv6 address inside Config.Cluster6 (which must be
+	// set), port never 0. Zero: the port is IPv4 only.
+	Target6 netip.AddrPort
 }
 
 // Config is the whole NAT state of one host. Set converges the kernel to it.
-// Only IPv4 is supported for now; an IPv6 prefix or address is an error.
+//
+// IPv4 is always on: Cluster, Local and Overlay are required. IPv6 is on
+// when Cluster6 is set; then Local6 and Overlay6 are required too, and the
+// IPv6 rules mirror the IPv4 ones (the source-NAT table in the package doc
+// holds for each family with its own fields). With Cluster6 zero, every
+// other IPv6 field (Local6, Overlay6, Masquerade6, Port.Target6, an IPv6
+// Port.HostAddr) must be zero as well.
 type Config struct {
 	// Cluster is the cluster CIDR (e.g. 10.200.0.0/16), masked. Traffic
 	// between two cluster addresses is never masqueraded, and every Target
@@ -159,15 +204,42 @@ type Config struct {
 	OverlayIf string
 	// BridgePrefix is the name prefix of the per-service bridges; "" means
 	// DefaultBridgePrefix. A translated connection from a local container
-	// (inside Local, not one of the host's addresses) that leaves
+	// (inside Local or Local6, not one of the host's addresses) that leaves
 	// through one of them is masqueraded (hairpin).
 	BridgePrefix string
-	// Masquerade turns egress masquerade on. The zero value (false) leaves
-	// egress traffic with the container's source address.
+	// Masquerade turns IPv4 egress masquerade on. The zero value (false)
+	// leaves egress traffic with the container's source address.
 	Masquerade bool
+
+	// Cluster6 is the cluster's IPv6 prefix (its ULA /48, e.g.
+	// fd12:3456:789a::/48), masked; the zero Prefix switches IPv6 NAT off.
+	// The IPv6 twin of Cluster: IPv6 traffic between two addresses inside
+	// it is never masqueraded, and every Target6 must lie inside it.
+	Cluster6 netip.Prefix
+	// Local6 are the IPv6 twins of Local (the node's IPv6 blocks, the /64s,
+	// adjacent ones merged), each masked and inside Cluster6; at least one
+	// and at most MaxLocal when Cluster6 is set. They play Local's part for
+	// IPv6: egress masquerade sources, kept clients, hairpin sources.
+	Local6 []netip.Prefix
+	// Overlay6 is this host's own IPv6 overlay address (the twin of
+	// Overlay), inside Cluster6, required when Cluster6 is set: the source
+	// given to IPv6 published-port connections forwarded to other hosts.
+	Overlay6 netip.Addr
+	// Masquerade6 turns IPv6 egress masquerade on: a connection from Local6
+	// to a destination outside Cluster6, leaving through any interface but
+	// the overlay, is source-NATed to the address of the interface it
+	// leaves by. Container IPv6 addresses are ULAs that the world cannot
+	// route back to, so it is what gives containers IPv6 egress. natd does
+	// not decide it: the node sets it where the host has IPv6 egress
+	// (HasIPv6Egress) and masquerade is wanted, and leaves it off
+	// otherwise (a masqueraded packet would have nowhere to go). Requires
+	// Cluster6.
+	Masquerade6 bool
+
 	// Ports are the published ports, in any order; at most MaxPorts. No two
-	// may share protocol, host port and host address, and a port published
-	// on all addresses may not also be published on one address.
+	// may share protocol, host port and host address within one family, and
+	// a port published on all addresses of a family may not also be
+	// published on one address of that family.
 	Ports []Port
 }
 
@@ -236,5 +308,22 @@ func Sysctls() []Sysctl {
 		Name:  "net.ipv4.ip_forward",
 		Value: "1",
 		Why:   "route between bridges, the overlay and the underlay: container egress, published ports, mesh traffic",
+	}}
+}
+
+// Sysctls6 returns the kernel settings the IPv6 data path needs (Config
+// with Cluster6 set), in the order ApplySysctls6 writes them, beside those
+// of Sysctls.
+//
+// Switching IPv6 forwarding on makes the host a router: on every interface
+// whose accept_ra is 1 (the default) the kernel then ignores router
+// advertisements, so a default route and SLAAC addresses learned from them
+// are not renewed and expire, and the host loses its IPv6 egress some
+// minutes later. ApplySysctls6 prevents that where it matters, see there.
+func Sysctls6() []Sysctl {
+	return []Sysctl{{
+		Name:  "net.ipv6.conf.all.forwarding",
+		Value: "1",
+		Why:   "route IPv6 between bridges, the overlay and the underlay: container egress, published ports, mesh traffic",
 	}}
 }

@@ -140,7 +140,11 @@ func (t *nftTable) Set(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	return t.convergeLocked(render(rulesOf(cfg), len(cfg.Ports)))
+	n6 := 0
+	if cfg.Cluster6.IsValid() {
+		n6 = len(cfg.Ports)
+	}
+	return t.convergeLocked(render(rulesOf(cfg), len(cfg.Ports), n6))
 }
 
 func (t *nftTable) Purge() error {
@@ -342,6 +346,7 @@ func (t *nftTable) readContent(s *state) error {
 	s.Rules = map[string][]ruleSpec{}
 	s.Sets = map[string]setSpec{}
 	s.Elems = map[string]map[elemKey]elemVal{}
+	s.Elems6 = map[string]map[elemKey6]elemVal6{}
 	chains, err := t.conn.ListChainsOfTableFamily(family)
 	if err != nil {
 		return fmt.Errorf("list chains: %w", err)
@@ -394,15 +399,9 @@ func (t *nftTable) readContent(s *state) error {
 		if err != nil {
 			return fmt.Errorf("list elements of %s: %w", set.Name, err)
 		}
-		m := make(map[elemKey]elemVal, len(elems))
-		for _, e := range elems {
-			k, v, ok := parseElem(set.Name, e.Key, e.Val)
-			if !ok {
-				return fmt.Errorf("set %s: element %x : %x is not one zlmesh writes", set.Name, e.Key, e.Val)
-			}
-			m[k] = v
+		if err := readElems(set.Name, elems, s); err != nil {
+			return err
 		}
-		s.Elems[set.Name] = m
 	}
 	return nil
 }
@@ -446,31 +445,15 @@ func (t *nftTable) diff(have, want *state) ([]op, []staleUDP, string) {
 	added, removed := 0, 0
 	var stale []staleUDP
 	for _, name := range setOrder {
-		var del, add []nftables.SetElement
-		h, w := have.Elems[name], want.Elems[name]
-		same := 0
-		for k, wv := range w {
-			if hv, ok := h[k]; ok && hv == wv {
-				same++
-			} else {
-				add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(wv)})
-			}
-		}
-		if same < len(h) { // some of have is not wanted as it is
-			for k, hv := range h {
-				if wv, ok := w[k]; !ok || wv != hv {
-					del = append(del, nftables.SetElement{Key: keyBytes(name, k)})
-					stale = appendUDP(stale, name, k, hv)
-				}
-			}
-		}
+		del, add, st := setDiff(name, have, want)
+		stale = append(stale, st...)
 		added += len(add)
 		removed += len(del)
-		set := nftSet(t.table, name)
-		for chunk := range slices.Chunk(del, elemChunk) {
+		set, per := nftSet(t.table, name), portSets[name].perMessage()
+		for chunk := range slices.Chunk(del, per) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetDeleteElements(set, chunk) })
 		}
-		for chunk := range slices.Chunk(add, elemChunk) {
+		for chunk := range slices.Chunk(add, per) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })
 		}
 	}
@@ -485,36 +468,6 @@ type staleUDP struct {
 	target   netip.AddrPort
 }
 
-func appendUDP(s []staleUDP, set string, k elemKey, v elemVal) []staleUDP {
-	if uint8(k>>16) != unix.IPPROTO_UDP {
-		return s
-	}
-	u := staleUDP{hostPort: uint16(k), target: netip.AddrPortFrom(addrOf(uint32(v>>16)), uint16(v))}
-	if set == setPortsAddr {
-		u.hostAddr = addrOf(uint32(k >> 24))
-	}
-	return append(s, u)
-}
-
-func addrOf(a uint32) netip.Addr {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], a)
-	return netip.AddrFrom4(b)
-}
-
-// staleAll is every UDP element of have that want does not hold as it is.
-func staleAll(have, want *state) []staleUDP {
-	var s []staleUDP
-	for name, h := range have.Elems {
-		for k, hv := range h {
-			if wv, ok := want.Elems[name][k]; !ok || wv != hv {
-				s = appendUDP(s, name, k, hv)
-			}
-		}
-	}
-	return s
-}
-
 // forgetUDP deletes the conntrack entries of stale UDP ports. A UDP "flow"
 // whose client keeps sending never times out, so without this a port
 // retargeted to a new container (or unpublished) would keep feeding the
@@ -526,13 +479,31 @@ func (t *nftTable) forgetUDP(stale []staleUDP) {
 	if len(stale) == 0 {
 		return
 	}
-	n, err := t.ct.ConntrackDeleteFilters(vnl.ConntrackTable, unix.AF_INET, udpFlows(stale))
-	if err != nil {
-		t.log.Warn("forget conntrack entries of unpublished udp ports", "ports", len(stale), "err", err)
-		return
+	// One walk per family that has stale ports: the conntrack dump is
+	// per family.
+	var v4, v6 udpFlows
+	for _, u := range stale {
+		if u.target.Addr().Is6() {
+			v6 = append(v6, u)
+		} else {
+			v4 = append(v4, u)
+		}
 	}
-	if n > 0 {
-		t.log.Info("forgot conntrack entries of unpublished udp ports", "ports", len(stale), "entries", n)
+	for _, f := range []struct {
+		family vnl.InetFamily
+		flows  udpFlows
+	}{{unix.AF_INET, v4}, {unix.AF_INET6, v6}} {
+		if len(f.flows) == 0 {
+			continue
+		}
+		n, err := t.ct.ConntrackDeleteFilters(vnl.ConntrackTable, f.family, f.flows)
+		if err != nil {
+			t.log.Warn("forget conntrack entries of unpublished udp ports", "ports", len(f.flows), "family", f.family, "err", err)
+			continue
+		}
+		if n > 0 {
+			t.log.Info("forgot conntrack entries of unpublished udp ports", "ports", len(f.flows), "family", f.family, "entries", n)
+		}
 	}
 }
 
@@ -561,23 +532,13 @@ func (u udpFlows) MatchConntrackFlow(f *vnl.ConntrackFlow) bool {
 	return false
 }
 
-// elemChunk bounds the elements in one netlink message of a batch. The
-// elements of a message sit in one nested attribute, whose length is 16
-// bits: at ~40 bytes an element, more than ~1600 would overflow it, and
-// the kernel would silently take only the first ones.
-const elemChunk = 1024
-
 func (t *nftTable) createOps(want *state) []op {
 	tbl := t.table
 	ops := []op{func(c *nftables.Conn) error { c.AddTable(tbl); return nil }}
 	for _, name := range setOrder {
 		set := nftSet(tbl, name)
 		ops = append(ops, func(c *nftables.Conn) error { return c.AddSet(set, nil) })
-		var add []nftables.SetElement
-		for k, v := range want.Elems[name] {
-			add = append(add, nftables.SetElement{Key: keyBytes(name, k), Val: valBytes(v)})
-		}
-		for chunk := range slices.Chunk(add, elemChunk) {
+		for chunk := range slices.Chunk(setElems(name, want), portSets[name].perMessage()) {
 			ops = append(ops, func(c *nftables.Conn) error { return c.SetAddElements(set, chunk) })
 		}
 	}
@@ -608,10 +569,10 @@ func ruleOps(tbl *nftables.Table, chain *nftables.Chain, rules []ruleSpec) []op 
 }
 
 // warnForwardDrop logs every base chain of another nftables table that
-// drops forwarded IPv4 packets by default: zlmesh's forwarding cannot pass
+// drops forwarded IPv4 or IPv6 packets by default: zlmesh's forwarding cannot pass
 // it unless that table accepts it (see the package doc).
 func (t *nftTable) warnForwardDrop() {
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyINet} {
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6, nftables.TableFamilyINet} {
 		chains, err := t.conn.ListChainsOfTableFamily(fam)
 		if err != nil {
 			continue
@@ -630,8 +591,11 @@ func (t *nftTable) warnForwardDrop() {
 }
 
 func familyName(f nftables.TableFamily) string {
-	if f == nftables.TableFamilyINet {
+	switch f {
+	case nftables.TableFamilyINet:
 		return "inet"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
 	}
 	return "ip"
 }

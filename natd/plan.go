@@ -60,7 +60,9 @@ func (k Kind) String() string {
 // natd_linux.go renders the list into nftables; the userspace mode of
 // DESIGN.md (NAT on the tun.Wrapper packet path) can implement the same
 // list with a connection table of its own. Only the fields its Kind
-// documents are set. Rule is comparable.
+// documents are set. A rule is of one family, that of its addresses (IPv4
+// or IPv6; they never mix), and matches only packets of that family.
+// Rule is comparable.
 type Rule struct {
 	Kind Kind
 
@@ -84,11 +86,11 @@ type Rule struct {
 func (r Rule) String() string {
 	switch r.Kind {
 	case KindPublish:
-		host := "local"
+		host := fmt.Sprintf("local:%d", r.HostPort)
 		if r.HostAddr.IsValid() {
-			host = r.HostAddr.String()
+			host = netip.AddrPortFrom(r.HostAddr, r.HostPort).String()
 		}
-		return fmt.Sprintf("publish %s %s:%d dnat %s", r.Proto, host, r.HostPort, r.Target)
+		return fmt.Sprintf("publish %s %s dnat %s", r.Proto, host, r.Target)
 	case KindHairpin:
 		return fmt.Sprintf("hairpin dnat saddr %s !local oif %s* masquerade", r.Source, r.Iface)
 	case KindOverlayKeep:
@@ -101,14 +103,28 @@ func (r Rule) String() string {
 	return r.Kind.String()
 }
 
+// Is6 reports whether r is an IPv6 rule.
+func (r Rule) Is6() bool {
+	switch r.Kind {
+	case KindPublish:
+		return r.Target.Addr().Is6()
+	case KindOverlaySNAT:
+		return r.To.Is6()
+	}
+	return r.Source.Addr().Is6()
+}
+
 // Plan validates cfg and returns the rules that implement it: first the
-// KindPublish rules (sorted by protocol, host port, host address; their keys
-// never overlap, so their order does not matter), then the source-NAT rules
-// in the order they must be tried (the first that matches a connection
+// KindPublish rules, one for each family a port is published in (sorted by
+// protocol, host port, IPv4 before IPv6, host address; their keys never
+// overlap, so their order does not matter), then the source-NAT rules in
+// the order they must be tried (the first that matches a connection
 // applies): KindHairpin and KindOverlayKeep for each prefix of cfg.Local,
 // KindOverlaySNAT, and KindMasquerade for each prefix of cfg.Local when
-// cfg.Masquerade is set. The hairpin and overlay rules are always present so
-// that publishing a port only ever adds a KindPublish rule.
+// cfg.Masquerade is set; then, when cfg.Cluster6 is set, the same for IPv6
+// (cfg.Local6, cfg.Overlay6, cfg.Masquerade6). The hairpin and overlay
+// rules are always present so that publishing a port only ever adds a
+// KindPublish rule.
 //
 // Plan is pure and safe for concurrent use; the returned slice is the
 // caller's.
@@ -117,10 +133,38 @@ func Plan(cfg Config) ([]Rule, error) {
 		return nil, err
 	}
 	rules := slices.AppendSeq(make([]Rule, 0, len(cfg.Ports)+1+3*len(cfg.Local)), rulesOf(cfg))
-	slices.SortFunc(rules[:len(cfg.Ports)], func(a, b Rule) int {
-		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostAddr.Compare(b.HostAddr))
+	n := slices.IndexFunc(rules, func(r Rule) bool { return r.Kind != KindPublish })
+	slices.SortFunc(rules[:n], func(a, b Rule) int {
+		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort),
+			compareBool(a.Is6(), b.Is6()), a.HostAddr.Compare(b.HostAddr))
 	})
 	return rules, nil
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// portRules yields the KindPublish rules of p: one for each family it is
+// published in (see Port).
+func portRules(p Port, yield func(Rule) bool) bool {
+	if p.Target.IsValid() && !p.HostAddr.Is6() {
+		if !yield(Rule{Kind: KindPublish, Proto: p.Proto, HostAddr: p.HostAddr, HostPort: p.HostPort, Target: p.Target}) {
+			return false
+		}
+	}
+	if p.Target6.IsValid() && !p.HostAddr.Is4() {
+		if !yield(Rule{Kind: KindPublish, Proto: p.Proto, HostAddr: p.HostAddr, HostPort: p.HostPort, Target: p.Target6}) {
+			return false
+		}
+	}
+	return true
 }
 
 // rulesOf yields the rules of a valid cfg in Plan's order, except that the
@@ -130,29 +174,40 @@ func Plan(cfg Config) ([]Rule, error) {
 func rulesOf(cfg Config) iter.Seq[Rule] {
 	return func(yield func(Rule) bool) {
 		for _, p := range cfg.Ports {
-			if !yield(Rule{Kind: KindPublish, Proto: p.Proto, HostAddr: p.HostAddr, HostPort: p.HostPort, Target: p.Target}) {
+			if !portRules(p, yield) {
 				return
 			}
 		}
-		for _, l := range cfg.Local {
-			if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: l}) {
-				return
-			}
-		}
-		for _, l := range cfg.Local {
-			if !yield(Rule{Kind: KindOverlayKeep, Iface: cfg.overlayIf(), Source: l}) {
-				return
-			}
-		}
-		if !yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), To: cfg.Overlay}) {
+		if !sourceRules(cfg, cfg.Local, cfg.Overlay, cfg.Cluster, cfg.Masquerade, yield) {
 			return
 		}
-		if cfg.Masquerade {
-			for _, l := range cfg.Local {
-				if !yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: l, Except: cfg.Cluster}) {
-					return
-				}
+		if cfg.Cluster6.IsValid() {
+			sourceRules(cfg, cfg.Local6, cfg.Overlay6, cfg.Cluster6, cfg.Masquerade6, yield)
+		}
+	}
+}
+
+// sourceRules yields the source-NAT rules of one family.
+func sourceRules(cfg Config, local []netip.Prefix, overlay netip.Addr, cluster netip.Prefix, masq bool, yield func(Rule) bool) bool {
+	for _, l := range local {
+		if !yield(Rule{Kind: KindHairpin, Iface: cfg.bridgePrefix(), Source: l}) {
+			return false
+		}
+	}
+	for _, l := range local {
+		if !yield(Rule{Kind: KindOverlayKeep, Iface: cfg.overlayIf(), Source: l}) {
+			return false
+		}
+	}
+	if !yield(Rule{Kind: KindOverlaySNAT, Iface: cfg.overlayIf(), To: overlay}) {
+		return false
+	}
+	if masq {
+		for _, l := range local {
+			if !yield(Rule{Kind: KindMasquerade, Iface: cfg.overlayIf(), Source: l, Except: cluster}) {
+				return false
 			}
 		}
 	}
+	return true
 }

@@ -3,6 +3,7 @@ package natd
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -93,6 +94,65 @@ func TestPlan(t *testing.T) {
 		}
 		if len(b) != len(a)+1 || len(extra) != 1 || extra[0].Kind != KindPublish {
 			t.Errorf("adding one port changed the plan by %v", extra)
+		}
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		rules, err := Plan(validConfig6())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{
+			"publish tcp local:8080 dnat 10.200.3.34:80",
+			"publish tcp local:8080 dnat [fd00:200:0:3::22]:80",
+			"publish tcp 192.0.2.10:9090 dnat 10.200.5.7:80",
+			"publish tcp 192.0.2.11:9090 dnat 10.200.5.8:80",
+			"publish tcp [2001:db8::10]:9090 dnat [fd00:200:0:5::7]:80",
+			"publish udp local:8080 dnat 10.200.3.34:80",
+			"hairpin dnat saddr 10.200.3.0/24 !local oif zlb-* masquerade",
+			"overlay dnat oif zl0 saddr 10.200.3.0/24 keep",
+			"overlay dnat oif zl0 snat 10.200.3.1",
+			"egress saddr 10.200.3.0/24 daddr != 10.200.0.0/16 oif != zl0 masquerade",
+			"hairpin dnat saddr fd00:200:0:3::/64 !local oif zlb-* masquerade",
+			"overlay dnat oif zl0 saddr fd00:200:0:3::/64 keep",
+			"overlay dnat oif zl0 snat fd00:200:0:3::1",
+			"egress saddr fd00:200:0:3::/64 daddr != fd00:200::/48 oif != zl0 masquerade",
+		}
+		var got []string
+		for _, r := range rules {
+			got = append(got, r.String())
+			if six := strings.Contains(r.String(), "fd00:"); r.Is6() != six {
+				t.Errorf("%s: Is6() = %v", r, r.Is6())
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Plan:\n got %q\nwant %q", got, want)
+		}
+	})
+	t.Run("ipv6 egress off, ipv4 on", func(t *testing.T) {
+		cfg := validConfig6()
+		cfg.Masquerade6 = false
+		cfg.Ports = nil
+		rules, err := Plan(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var masq []string
+		for _, r := range rules {
+			if r.Kind == KindMasquerade {
+				masq = append(masq, r.Source.String())
+			}
+		}
+		if len(rules) != 7 || !slices.Equal(masq, []string{"10.200.3.0/24"}) {
+			t.Errorf("%d rules, masquerade for %v; want 7, 10.200.3.0/24 only", len(rules), masq)
+		}
+	})
+	t.Run("ipv6 port is one rule more", func(t *testing.T) {
+		a, _ := Plan(validConfig6())
+		cfg := validConfig6()
+		cfg.Ports = append(cfg.Ports, Port{Proto: "udp", HostPort: 53, Target6: netip.MustParseAddrPort("[fd00:200:0:3::40]:53")})
+		b, _ := Plan(cfg)
+		if len(b) != len(a)+1 || !slices.Contains(b, Rule{Kind: KindPublish, Proto: "udp", HostPort: 53, Target: cfg.Ports[5].Target6}) {
+			t.Errorf("adding one IPv6-only port: %d rules → %d", len(a), len(b))
 		}
 	})
 }

@@ -18,25 +18,36 @@ import (
 
 // The shape of zlmesh's table (family inet):
 //
-//	map ports_any  { type inet_proto . inet_service : ipv4_addr . inet_service }
-//	map ports_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+//	map ports_any   { type inet_proto . inet_service : ipv4_addr . inet_service }
+//	map ports_addr  { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+//	map ports6_any  { type inet_proto . inet_service : ipv6_addr . inet_service }
+//	map ports6_addr { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service }
 //	chain publish {
 //		meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @ports_addr
 //		meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports_any
+//		meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports6_addr
+//		meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @ports6_any
 //	}
 //	chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
-//		meta nfproto ipv4 fib daddr type local jump publish }
+//		meta nfproto ipv4 fib daddr type local jump publish
+//		meta nfproto ipv6 fib daddr type local jump publish }
 //	chain output      { type nat hook output priority -100; policy accept;
-//		meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump publish }
+//		meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump publish
+//		meta nfproto ipv6 ip6 daddr != ::1 fib daddr type local jump publish }
 //	chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //		meta nfproto ipv4 ct status dnat ip saddr <local block> oifname "zlb-*" fib saddr type != local masquerade   (each local block)
 //		meta nfproto ipv4 ct status dnat oifname "zl0" ip saddr <local block> accept   (each local block)
 //		meta nfproto ipv4 ct status dnat oifname "zl0" snat ip to <overlay>
 //		meta nfproto ipv4 ip saddr <local block> ip daddr != <cluster> oifname != "zl0" masquerade  (each local block; Masquerade only)
+//		the same with meta nfproto ipv6, ip6 and the IPv6 fields (Cluster6 only; Masquerade6 for the last)
 //	}
 //
-// A published port is one element of ports_any (all local addresses) or
-// ports_addr (one address): publishing or unpublishing never touches a rule.
+// A published port is one element of ports_any or ports6_any (all local
+// addresses) or ports_addr or ports6_addr (one address) per family:
+// publishing or unpublishing never touches a rule. The IPv6 maps and the
+// rules using them exist whether IPv6 is on or not (then they are empty
+// and match nothing), so that switching IPv6 on changes elements and the
+// postrouting chain, not the table's shape.
 // Every rule carries a comment "zlmesh <what> #<hash of its expressions>";
 // the comment is its identity when the table is compared with the wanted
 // state (rules cannot be edited in place in nftables, so a rule whose
@@ -49,14 +60,50 @@ const (
 	chainPost     = "postrouting"
 	setPortsAny   = "ports_any"
 	setPortsAddr  = "ports_addr"
+	setPorts6Any  = "ports6_any"
+	setPorts6Addr = "ports6_addr"
 	commentPrefix = "zlmesh "
 )
 
 var (
-	typeAnyKey  = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
-	typeAddrKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
-	typeTarget  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	typeAnyKey   = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	typeAddrKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeTarget   = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	typeAddr6Key = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeTarget6  = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)
 )
+
+// portSet describes one of the port maps.
+type portSet struct {
+	six    bool // IPv6 addresses (host address and target)
+	byAddr bool // keyed by host address too
+	key    nftables.SetDatatype
+	data   nftables.SetDatatype
+}
+
+var portSets = map[string]portSet{
+	setPortsAny:   {six: false, byAddr: false, key: typeAnyKey, data: typeTarget},
+	setPortsAddr:  {six: false, byAddr: true, key: typeAddrKey, data: typeTarget},
+	setPorts6Any:  {six: true, byAddr: false, key: typeAnyKey, data: typeTarget6},
+	setPorts6Addr: {six: true, byAddr: true, key: typeAddr6Key, data: typeTarget6},
+}
+
+// addrLen is the length of the set's addresses.
+func (p portSet) addrLen() int {
+	if p.six {
+		return 16
+	}
+	return 4
+}
+
+// perMessage is how many elements of the set one netlink message may
+// carry: a message's elements sit in one nested attribute, whose length is
+// 16 bits, and each takes 20 bytes of headers besides its key and value;
+// the kernel would silently take only the first ones past 64 KiB. Kept
+// under 48 KiB.
+func (p portSet) perMessage() int {
+	return 48 << 10 / (20 + int(p.key.Bytes) + int(p.data.Bytes))
+}
 
 // chainSpec is what identifies a chain besides its name. A zero Type is a
 // regular chain.
@@ -83,17 +130,6 @@ type ruleSpec struct {
 	Exprs []expr.Any
 }
 
-// elemKey and elemVal are a port map element's key and value packed in
-// integers (cheap to hash and compare; the maps hold thousands):
-//
-//	ports_any key:  proto<<16 | port
-//	ports_addr key: addr<<24 | proto<<16 | port
-//	value:          addr<<16 | port
-type (
-	elemKey uint64
-	elemVal uint64
-)
-
 // state is the content of zlmesh's table: wanted (rendered from a Plan) or
 // read from the kernel.
 type state struct {
@@ -103,12 +139,17 @@ type state struct {
 	Chains     map[string]chainSpec
 	Rules      map[string][]ruleSpec
 	Sets       map[string]setSpec
-	Elems      map[string]map[elemKey]elemVal
+	Elems      map[string]map[elemKey]elemVal   // the IPv4 maps
+	Elems6     map[string]map[elemKey6]elemVal6 // the IPv6 maps
 }
 
+// ports counts the elements of all port maps.
 func (s *state) ports() int {
 	n := 0
 	for _, e := range s.Elems {
+		n += len(e)
+	}
+	for _, e := range s.Elems6 {
 		n += len(e)
 	}
 	return n
@@ -125,31 +166,33 @@ var wantChains = map[string]chainSpec{
 // so that the jumps to it can be added.
 var chainOrder = []string{chainPublish, chainPre, chainOutput, chainPost}
 
-var wantSets = map[string]setSpec{
-	setPortsAny:  {Flags: unix.NFT_SET_MAP, KeyType: typeAnyKey.GetNFTMagic(), KeyLen: typeAnyKey.Bytes, DataType: typeTarget.GetNFTMagic(), DataLen: typeTarget.Bytes},
-	setPortsAddr: {Flags: unix.NFT_SET_MAP, KeyType: typeAddrKey.GetNFTMagic(), KeyLen: typeAddrKey.Bytes, DataType: typeTarget.GetNFTMagic(), DataLen: typeTarget.Bytes},
-}
+var wantSets = func() map[string]setSpec {
+	m := make(map[string]setSpec, len(portSets))
+	for name, p := range portSets {
+		m[name] = setSpec{Flags: unix.NFT_SET_MAP, KeyType: p.key.GetNFTMagic(), KeyLen: p.key.Bytes, DataType: p.data.GetNFTMagic(), DataLen: p.data.Bytes}
+	}
+	return m
+}()
 
-var setOrder = []string{setPortsAny, setPortsAddr}
+var setOrder = []string{setPortsAny, setPortsAddr, setPorts6Any, setPorts6Addr}
 
 // nftSet returns the library's description of one of zlmesh's sets.
 func nftSet(t *nftables.Table, name string) *nftables.Set {
-	key := typeAnyKey
-	if name == setPortsAddr {
-		key = typeAddrKey
-	}
-	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: key, DataType: typeTarget}
+	p := portSets[name]
+	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: p.key, DataType: p.data}
 }
 
-// render turns the rules of a Plan (in any order; nports of them
-// KindPublish, a size hint) into the wanted table content.
-func render(rules iter.Seq[Rule], nports int) *state {
+// render turns the rules of a Plan (in any order; about n4 IPv4 and n6
+// IPv6 of them KindPublish on all addresses, size hints) into the wanted
+// table content.
+func render(rules iter.Seq[Rule], n4, n6 int) *state {
 	s := &state{
 		Exists: true,
 		Chains: wantChains,
 		Sets:   wantSets,
 		Rules:  make(map[string][]ruleSpec, len(wantChains)),
-		Elems:  map[string]map[elemKey]elemVal{setPortsAny: make(map[elemKey]elemVal, nports), setPortsAddr: {}},
+		Elems:  map[string]map[elemKey]elemVal{setPortsAny: make(map[elemKey]elemVal, n4), setPortsAddr: {}},
+		Elems6: map[string]map[elemKey6]elemVal6{setPorts6Any: make(map[elemKey6]elemVal6, n6), setPorts6Addr: {}},
 	}
 	s.Rules[chainPublish] = publishRules
 	s.Rules[chainPre] = preroutingRules
@@ -158,69 +201,19 @@ func render(rules iter.Seq[Rule], nports int) *state {
 	for r := range rules {
 		switch r.Kind {
 		case KindPublish:
-			set, k, v := portElem(r)
-			s.Elems[set][k] = v
+			if r.Is6() {
+				set, k, v := portElem6(r)
+				s.Elems6[set][k] = v
+			} else {
+				set, k, v := portElem(r)
+				s.Elems[set][k] = v
+			}
 		case KindHairpin, KindOverlayKeep, KindOverlaySNAT, KindMasquerade:
 			post = append(post, postroutingRule(r))
 		}
 	}
 	s.Rules[chainPost] = post
 	return s
-}
-
-// portElem is the map element of one KindPublish rule.
-func portElem(r Rule) (set string, k elemKey, v elemVal) {
-	proto, _ := protoNumber(r.Proto)
-	t := r.Target.Addr().As4()
-	v = elemVal(binary.BigEndian.Uint32(t[:]))<<16 | elemVal(r.Target.Port())
-	k = elemKey(proto)<<16 | elemKey(r.HostPort)
-	if !r.HostAddr.IsValid() {
-		return setPortsAny, k, v
-	}
-	h := r.HostAddr.As4()
-	return setPortsAddr, elemKey(binary.BigEndian.Uint32(h[:]))<<24 | k, v
-}
-
-// keyBytes is k as the kernel holds it in set: each field in network
-// order, padded to 4 bytes (ipv4_addr . inet_proto . inet_service).
-func keyBytes(set string, k elemKey) []byte {
-	b := make([]byte, 0, 12)
-	if set == setPortsAddr {
-		b = binary.BigEndian.AppendUint32(b, uint32(k>>24))
-	}
-	b = append(b, byte(k>>16), 0, 0, 0)
-	b = binary.BigEndian.AppendUint16(b, uint16(k)) // port
-	return append(b, 0, 0)
-}
-
-// valBytes is v as the kernel holds it (ipv4_addr . inet_service).
-func valBytes(v elemVal) []byte {
-	b := binary.BigEndian.AppendUint32(make([]byte, 0, 8), uint32(v>>16))
-	return append(binary.BigEndian.AppendUint16(b, uint16(v)), 0, 0)
-}
-
-// parseElem is the inverse of keyBytes and valBytes; ok is false for an
-// element zlmesh cannot have written.
-func parseElem(set string, key, val []byte) (k elemKey, v elemVal, ok bool) {
-	want := 8
-	if set == setPortsAddr {
-		want = 12
-	}
-	if len(key) != want || len(val) != 8 || val[6] != 0 || val[7] != 0 {
-		return 0, 0, false
-	}
-	if set == setPortsAddr {
-		k = elemKey(binary.BigEndian.Uint32(key))<<24 | elemKey(key[4])<<16 | elemKey(binary.BigEndian.Uint16(key[8:]))
-		if key[5]|key[6]|key[7]|key[10]|key[11] != 0 {
-			return 0, 0, false
-		}
-	} else {
-		k = elemKey(key[0])<<16 | elemKey(binary.BigEndian.Uint16(key[4:]))
-		if key[1]|key[2]|key[3]|key[6]|key[7] != 0 {
-			return 0, 0, false
-		}
-	}
-	return k, elemVal(binary.BigEndian.Uint32(val))<<16 | elemVal(binary.BigEndian.Uint16(val[4:])), true
 }
 
 // postroutingRule renders a source-NAT rule, remembering the last few (they
@@ -284,14 +277,35 @@ var (
 			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPortsAny},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9},
 		)),
+		// IPv6: the 16-byte address fills register 1 (the 32-bit
+		// registers 8 to 11), so the protocol and port follow in 12 and 13
+		// for the key, and the target's port lands in 12.
+		tagged("publish on one ipv6 address", append(familyOnly(true),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 12},
+			&expr.Payload{DestRegister: 13, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPorts6Addr},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV6, RegAddrMin: 1, RegProtoMin: 12},
+		)),
+		tagged("publish on all ipv6 addresses", append(familyOnly(true),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: setPorts6Any},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV6, RegAddrMin: 1, RegProtoMin: 12},
+		)),
 	}
 	preroutingRules = []ruleSpec{
 		tagged("published ports from the network", append(ipv4Only(), append(localDaddr(),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
+		tagged("published ipv6 ports from the network", append(familyOnly(true), append(localDaddr(),
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
 	}
 	outputRules = []ruleSpec{
 		tagged("published ports from this host", append(append(ipv4Only(),
 			prefixMatch(16, netip.MustParsePrefix("127.0.0.0/8"), expr.CmpOpNeq)...), append(localDaddr(),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
+		tagged("published ipv6 ports from this host", append(append(familyOnly(true),
+			addrMatch(false, netip.IPv6Loopback(), expr.CmpOpNeq)...), append(localDaddr(),
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish})...)),
 	}
 )
@@ -301,7 +315,8 @@ var (
 // to a target on the client's own bridge is bridged, not routed, and its
 // postrouting pass has no input interface; the output is the bridge.
 func hairpinExprs(r Rule) []expr.Any {
-	e := append(append(ipv4Only(), ctDNAT()...), prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	six := r.Is6()
+	e := append(append(familyOnly(six), ctDNAT()...), addrPrefix(true, r.Source, expr.CmpOpEq)...)
 	return append(e,
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.Iface)},
@@ -312,30 +327,33 @@ func hairpinExprs(r Rule) []expr.Any {
 }
 
 func overlayKeepExprs(r Rule) []expr.Any {
-	e := append(append(ipv4Only(), ctDNAT()...),
+	e := append(append(familyOnly(r.Is6()), ctDNAT()...),
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.Iface)},
 	)
-	e = append(e, prefixMatch(12, r.Source, expr.CmpOpEq)...)
+	e = append(e, addrPrefix(true, r.Source, expr.CmpOpEq)...)
 	return append(e, &expr.Verdict{Kind: expr.VerdictAccept})
 }
 
 func overlaySNATExprs(r Rule) []expr.Any {
-	to := r.To.As4()
-	e := append(append(ipv4Only(), ctDNAT()...),
+	fam := uint32(unix.NFPROTO_IPV4)
+	if r.Is6() {
+		fam = unix.NFPROTO_IPV6
+	}
+	e := append(append(familyOnly(r.Is6()), ctDNAT()...),
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.Iface)},
 	)
 	return append(e,
-		&expr.Immediate{Register: 1, Data: to[:]},
-		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
+		&expr.Immediate{Register: 1, Data: r.To.AsSlice()},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: fam, RegAddrMin: 1},
 	)
 }
 
 func masqueradeExprs(r Rule) []expr.Any {
-	e := ipv4Only()
-	e = append(e, prefixMatch(12, r.Source, expr.CmpOpEq)...)
-	e = append(e, prefixMatch(16, r.Except, expr.CmpOpNeq)...)
+	e := familyOnly(r.Is6())
+	e = append(e, addrPrefix(true, r.Source, expr.CmpOpEq)...)
+	e = append(e, addrPrefix(false, r.Except, expr.CmpOpNeq)...)
 	return append(e,
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(r.Iface)},
@@ -344,10 +362,17 @@ func masqueradeExprs(r Rule) []expr.Any {
 }
 
 // ipv4Only matches IPv4 packets (in an inet table, before any ip header field).
-func ipv4Only() []expr.Any {
+func ipv4Only() []expr.Any { return familyOnly(false) }
+
+// familyOnly matches IPv6 packets (six) or IPv4 packets, as ipv4Only.
+func familyOnly(six bool) []expr.Any {
+	fam := byte(unix.NFPROTO_IPV4)
+	if six {
+		fam = unix.NFPROTO_IPV6
+	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam}},
 	}
 }
 
@@ -385,6 +410,45 @@ func prefixMatch(off uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m[:], Xor: make([]byte, 4)},
 		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+	}
+}
+
+// addrPrefix compares the source (src) or destination address of the
+// packet, of p's family (IPv4 exactly as prefixMatch), with p.
+func addrPrefix(src bool, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	if p.Addr().Is4() {
+		off := uint32(16)
+		if src {
+			off = 12
+		}
+		return prefixMatch(off, p, op)
+	}
+	off := uint32(24)
+	if src {
+		off = 8
+	}
+	var m [16]byte
+	for i := range p.Bits() {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	a := p.Masked().Addr().As16()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: m[:], Xor: make([]byte, 16)},
+		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+	}
+}
+
+// addrMatch compares the source (src) or destination IPv6 address of the
+// packet with a.
+func addrMatch(src bool, a netip.Addr, op expr.CmpOp) []expr.Any {
+	off := uint32(24)
+	if src {
+		off = 8
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16},
+		&expr.Cmp{Op: op, Register: 1, Data: a.AsSlice()},
 	}
 }
 

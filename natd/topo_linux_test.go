@@ -18,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/zlmesh/zlmesh/internal/nstest"
+	"golang.org/x/sys/unix"
 )
 
 // topo is a one-node lab, every part in its own namespace:
@@ -25,6 +26,14 @@ import (
 //	outside 198.51.100.2 ──veth── 198.51.100.1 host 10.200.3.1/16 on "zl0" ──veth── remote 10.200.5.7/16
 //	                                  │ zlb-t… 10.200.3.33/27      │ zlb-u… 10.200.3.65/27
 //	                            c1 10.200.3.34   c2 10.200.3.35     c3 10.200.3.66
+//
+// and the same in IPv6 beside it (every address its twin, the host offset
+// kept in the node's /64 of the cluster's ULA /48; the outside is in the
+// documentation prefix):
+//
+//	outside 2001:db8:100::2 ── 2001:db8:100::1 host fd00:200:0:3::1/48 on "zl0" ── remote fd00:200:0:5::7/48
+//	                                  │ zlb-t… fd00:200:0:3::21/123  │ zlb-u… fd00:200:0:3::41/123
+//	                            c1 …::22   c2 …::23                    c3 …::42
 //
 // outside has no route to the cluster (it only sees the host's public
 // address); remote stands for a container on another node: it reaches the
@@ -46,6 +55,15 @@ var (
 	c2Addr      = netip.MustParseAddr("10.200.3.35")
 	c3Addr      = netip.MustParseAddr("10.200.3.66")
 	remoteAddr  = netip.MustParseAddr("10.200.5.7")
+
+	hostPublic6  = netip.MustParseAddr("2001:db8:100::1")
+	outsideAddr6 = netip.MustParseAddr("2001:db8:100::2")
+	overlayAddr6 = netip.MustParseAddr("fd00:200:0:3::1")
+	gatewayAddr6 = netip.MustParseAddr("fd00:200:0:3::21")
+	c1Addr6      = netip.MustParseAddr("fd00:200:0:3::22")
+	c2Addr6      = netip.MustParseAddr("fd00:200:0:3::23")
+	c3Addr6      = netip.MustParseAddr("fd00:200:0:3::42")
+	remoteAddr6  = netip.MustParseAddr("fd00:200:0:5::7")
 )
 
 func newTopo(t testing.TB) *topo {
@@ -69,20 +87,32 @@ func newTopo(t testing.TB) *topo {
 			t.Fatalf("topology: %s: %v", what, err)
 		}
 	}
+	// No duplicate address detection: addresses are usable at once.
+	for _, ns := range []*nstest.NS{tp.host, tp.c1, tp.c2, tp.c3, tp.outside, tp.remote} {
+		must("accept_dad in "+ns.Name, ns.Do(func() error {
+			for _, c := range []string{"all", "default"} {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+c+"/accept_dad", []byte("0"), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
 	h := tp.host.NL
-	bridge := func(name, gw string) *netlink.Bridge {
+	bridge := func(name, gw, gw6 string) *netlink.Bridge {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 		must("add bridge", h.LinkAdd(br))
 		must("bridge address", h.AddrAdd(br, addr(gw)))
+		must("bridge address", h.AddrAdd(br, addr(gw6)))
 		must("bridge up", h.LinkSetUp(br))
 		return br
 	}
-	br := bridge(tp.bridge, "10.200.3.33/27")
-	br2 := bridge(tp.bridge2, "10.200.3.65/27")
+	br := bridge(tp.bridge, "10.200.3.33/27", "fd00:200:0:3::21/123")
+	br2 := bridge(tp.bridge2, "10.200.3.65/27", "fd00:200:0:3::41/123")
 
 	// veth adds a pair: local end in host (optionally on the bridge, with
 	// an address), "eth0" in peer with peerAddr and a default route.
-	veth := func(local string, peer *nstest.NS, localAddr, peerAddr string, master netlink.Link) {
+	veth := func(local string, peer *nstest.NS, localAddr, peerAddr, localAddr6, peerAddr6 string, master netlink.Link) {
 		t.Helper()
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: local}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(peer.Handle))}
 		must("add veth "+local, h.LinkAdd(v))
@@ -97,24 +127,31 @@ func newTopo(t testing.TB) *topo {
 		}
 		if localAddr != "" {
 			must("address "+local, h.AddrAdd(l, addr(localAddr)))
+			must("address "+local, h.AddrAdd(l, addr(localAddr6)))
 		}
 		must("up "+local, h.LinkSetUp(l))
 		p, err := peer.NL.LinkByName("eth0")
 		must("find peer of "+local, err)
 		must("peer address", peer.NL.AddrAdd(p, addr(peerAddr)))
+		must("peer address", peer.NL.AddrAdd(p, addr(peerAddr6)))
 		must("peer up", peer.NL.LinkSetUp(p))
 	}
-	veth("zlc1"+sfx, tp.c1, "", "10.200.3.34/27", br)
-	veth("zlc2"+sfx, tp.c2, "", "10.200.3.35/27", br)
-	veth("zlc3"+sfx, tp.c3, "", "10.200.3.66/27", br2)
-	veth("zlu"+sfx, tp.outside, "198.51.100.1/24", "198.51.100.2/24", nil)
-	veth("zl0", tp.remote, "10.200.3.1/16", "10.200.5.7/16", nil)
-	for c, gw := range map[*nstest.NS]string{tp.c1: "10.200.3.33", tp.c2: "10.200.3.33", tp.c3: "10.200.3.65"} {
-		must("container default route", c.NL.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw)}))
+	veth("zlc1"+sfx, tp.c1, "", "10.200.3.34/27", "", "fd00:200:0:3::22/123", br)
+	veth("zlc2"+sfx, tp.c2, "", "10.200.3.35/27", "", "fd00:200:0:3::23/123", br)
+	veth("zlc3"+sfx, tp.c3, "", "10.200.3.66/27", "", "fd00:200:0:3::42/123", br2)
+	veth("zlu"+sfx, tp.outside, "198.51.100.1/24", "198.51.100.2/24", "2001:db8:100::1/64", "2001:db8:100::2/64", nil)
+	veth("zl0", tp.remote, "10.200.3.1/16", "10.200.5.7/16", "fd00:200:0:3::1/48", "fd00:200:0:5::7/48", nil)
+	for c, gw := range map[*nstest.NS][2]string{tp.c1: {"10.200.3.33", "fd00:200:0:3::21"}, tp.c2: {"10.200.3.33", "fd00:200:0:3::21"},
+		tp.c3: {"10.200.3.65", "fd00:200:0:3::41"}} {
+		must("container default route", c.NL.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw[0])}))
+		must("container IPv6 default route", c.NL.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw[1])}))
 	}
 	must("remote route to the node subnet", tp.remote.NL.RouteAdd(&netlink.Route{
 		Dst: &net.IPNet{IP: net.IPv4(10, 200, 3, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("10.200.3.1")}))
+	must("remote route to the node's /64", tp.remote.NL.RouteAdd(&netlink.Route{
+		Dst: &net.IPNet{IP: net.ParseIP("fd00:200:0:3::"), Mask: net.CIDRMask(64, 128)}, Gw: net.ParseIP("fd00:200:0:3::1")}))
 	must("sysctls", tp.host.Do(ApplySysctls))
+	must("IPv6 sysctls", tp.host.Do(func() error { _, err := ApplySysctls6(); return err }))
 	return tp
 }
 
@@ -122,7 +159,17 @@ func newTopo(t testing.TB) *topo {
 // and returns false when br_netfilter is not there at all.
 func (tp *topo) setBridgeNF(t testing.TB, on bool) bool {
 	t.Helper()
-	const path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	return tp.setBridgeNFAt(t, "/proc/sys/net/bridge/bridge-nf-call-iptables", on)
+}
+
+// setBridgeNF6 is setBridgeNF for IPv6 (bridge-nf-call-ip6tables).
+func (tp *topo) setBridgeNF6(t testing.TB, on bool) bool {
+	t.Helper()
+	return tp.setBridgeNFAt(t, "/proc/sys/net/bridge/bridge-nf-call-ip6tables", on)
+}
+
+func (tp *topo) setBridgeNFAt(t testing.TB, path string, on bool) bool {
+	t.Helper()
 	v := "0"
 	if on {
 		v = "1"
@@ -137,10 +184,15 @@ func (tp *topo) setBridgeNF(t testing.TB, on bool) bool {
 	return true
 }
 
+// addr parses an address with its prefix length; IPv6 ones skip duplicate
+// address detection.
 func addr(s string) *netlink.Addr {
 	a, err := netlink.ParseAddr(s)
 	if err != nil {
 		panic(err)
+	}
+	if a.IP.To4() == nil {
+		a.Flags = unix.IFA_F_NODAD
 	}
 	return a
 }
@@ -151,7 +203,7 @@ func serveID(t testing.TB, ns *nstest.NS, port uint16, id string) {
 	t.Helper()
 	var pc net.PacketConn
 	if err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
 		return err
 	}); err != nil {
 		t.Fatalf("listen udp :%d in %s: %v", port, ns.Name, err)
@@ -169,8 +221,9 @@ func serveID(t testing.TB, ns *nstest.NS, port uint16, id string) {
 	}()
 }
 
-// serve runs a server in ns on proto port (all addresses) that answers
-// every connection or datagram with the peer's address as it sees it.
+// serve runs a server in ns on proto port (all addresses of both families)
+// that answers every connection or datagram with the peer's address as it
+// sees it.
 func serve(t testing.TB, ns *nstest.NS, proto string, port uint16) {
 	t.Helper()
 	hostport := fmt.Sprintf(":%d", port)
@@ -178,9 +231,9 @@ func serve(t testing.TB, ns *nstest.NS, proto string, port uint16) {
 	var pc net.PacketConn
 	err := ns.Do(func() (err error) {
 		if proto == "tcp" {
-			ln, err = net.Listen("tcp4", hostport)
+			ln, err = net.Listen("tcp", hostport)
 		} else {
-			pc, err = net.ListenPacket("udp4", hostport)
+			pc, err = net.ListenPacket("udp", hostport)
 		}
 		return err
 	})
@@ -195,7 +248,7 @@ func serve(t testing.TB, ns *nstest.NS, proto string, port uint16) {
 				if err != nil {
 					return
 				}
-				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
+				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
 				c.Close()
 			}
 		}()
@@ -209,7 +262,7 @@ func serve(t testing.TB, ns *nstest.NS, proto string, port uint16) {
 			if err != nil {
 				return
 			}
-			pc.WriteTo([]byte(from.(*net.UDPAddr).AddrPort().Addr().String()+"\n"), from)
+			pc.WriteTo([]byte(from.(*net.UDPAddr).AddrPort().Addr().Unmap().String()+"\n"), from)
 		}
 	}()
 }
@@ -219,7 +272,7 @@ func serve(t testing.TB, ns *nstest.NS, proto string, port uint16) {
 func ask(ns *nstest.NS, proto string, dst netip.AddrPort, timeout time.Duration) (string, error) {
 	var c net.Conn
 	err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout(proto+"4", dst.String(), timeout)
+		c, err = net.DialTimeout(proto+netSuffix(dst.Addr()), dst.String(), timeout)
 		return err
 	})
 	if err != nil {
@@ -237,4 +290,12 @@ func ask(ns *nstest.NS, proto string, dst netip.AddrPort, timeout time.Duration)
 		return "", errors.Join(errors.New("no answer"), err)
 	}
 	return strings.TrimSpace(line), nil
+}
+
+// netSuffix is the suffix of a Go network name for a: "4" or "6".
+func netSuffix(a netip.Addr) string {
+	if a.Is6() {
+		return "6"
+	}
+	return "4"
 }
