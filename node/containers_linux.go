@@ -21,10 +21,21 @@ func defaultContainers(log *slog.Logger, cfg Config) (Containers, error) {
 }
 
 // defaultNAT is natd's nftables table in the node's network namespace, with
-// the sysctls the data path needs.
-func defaultNAT(log *slog.Logger) (NAT, error) {
+// the sysctls the data path needs: IPv4 forwarding, and with IPv6 on IPv6
+// forwarding (at start, so that guests and published ports work before the
+// first container attaches).
+func defaultNAT(log *slog.Logger, cfg Config) (NAT, error) {
 	if err := natd.ApplySysctls(); err != nil {
 		return nil, fmt.Errorf("NAT sysctls: %w", err)
+	}
+	if !cfg.NoIPv6 {
+		set, err := natd.ApplySysctls6()
+		if err != nil {
+			return nil, fmt.Errorf("NAT sysctls (IPv6): %w", err)
+		}
+		for _, sc := range set {
+			log.Info("host switch set", "sysctl", sc.Name, "value", sc.Value, "why", sc.Why)
+		}
 	}
 	return natd.New(natd.Options{Logger: log.With("component", "natd")})
 }

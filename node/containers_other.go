@@ -9,4 +9,4 @@ import "log/slog"
 func defaultContainers(*slog.Logger, Config) (Containers, error) { return nil, nil }
 
 // defaultNAT: no kernel NAT on this platform.
-func defaultNAT(*slog.Logger) (NAT, error) { return nil, nil }
+func defaultNAT(*slog.Logger, Config) (NAT, error) { return nil, nil }

@@ -30,7 +30,7 @@ func defaultContainers(log *slog.Logger, cfg Config) (Containers, error) {
 
 // defaultNAT: no kernel NAT on Windows (HCN's outbound NAT policy per
 // endpoint does the containers' egress).
-func defaultNAT(*slog.Logger) (NAT, error) { return nil, nil }
+func defaultNAT(*slog.Logger, Config) (NAT, error) { return nil, nil }
 
 // searchDomainOf is Node.searchDomain before there is a Node.
 func searchDomainOf(zone string) string {

@@ -237,13 +237,10 @@ func (n *Node) dnsSnapshot() dnsd.Snapshot {
 	}
 	for _, g := range records[api.GuestRecord](n, guestKind, isAlive) {
 		if a, err := netip.ParseAddr(g.Address); err == nil {
-			// No AAAA for guests yet, though they hold their twins: a
-			// node without containers does not forward IPv6 (the
-			// first bridge attach switches it on), so names that
-			// resolve to a guest's IPv6 address would not answer.
-			// Once a node forwards IPv6 from its start, add
-			// Addr6: twinOn(g.Node, a).
-			snap.Guests = append(snap.Guests, dnsd.GuestRecord{Name: g.Name, Node: g.Node, Addr: a})
+			// A guest holds its twin when its node runs IPv6 (its
+			// config says so); nodes switch IPv6 forwarding on at
+			// start (defaultNAT), so the twin answers from the start.
+			snap.Guests = append(snap.Guests, dnsd.GuestRecord{Name: g.Name, Node: g.Node, Addr: a, Addr6: twinOn(g.Node, a)})
 		}
 	}
 	for _, pm := range records[api.PortMapping](n, portKind, isAlive) {

@@ -219,7 +219,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.undo = append(n.undo, n.ports.close)
 	if n.nat = cfg.NAT; n.nat == nil && n.us == nil {
-		if n.nat, err = defaultNAT(n.log); err != nil {
+		if n.nat, err = defaultNAT(n.log, n.cfg); err != nil {
 			return nil, err
 		}
 	}

@@ -252,8 +252,13 @@ func (n *Node) validatePublish(req api.PublishRequest) (api.PortMapping, error) 
 	}
 	if pm.HostAddress != "" {
 		a, err := netip.ParseAddr(pm.HostAddress)
-		if err != nil || !a.Is4() {
-			return pm, api.Errorf(api.CodeBadRequest, "host address %q: want an IPv4 address of this host", pm.HostAddress)
+		switch {
+		case err != nil || a.Is4In6() || a.Zone() != "":
+			return pm, api.Errorf(api.CodeBadRequest, "host address %q: want an IPv4 or IPv6 address of this host", pm.HostAddress)
+		case a.Is6() && n.twins == nil:
+			return pm, api.Errorf(api.CodeBadRequest, "host address %s: IPv6 is off on this node (--ipv6=false); want an IPv4 address", a)
+		case a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified():
+			return pm, api.Errorf(api.CodeBadRequest, "host address %s: want a routable address of this host (not loopback, link-local, multicast or unspecified)", a)
 		}
 		pm.HostAddress = a.String()
 	}
@@ -364,8 +369,9 @@ type targetIndex struct {
 // this node's own attachments, 1 for a record of this node or an alive
 // one, 2 for a record of a node that is down (it may come back).
 type targetCand struct {
-	addr netip.Addr
-	rank int
+	addr  netip.Addr
+	addr6 netip.Addr // its IPv6 address; zero when it has none
+	rank  int
 }
 
 // newTargetIndex indexes this node's own attachments (rank 0, known
@@ -376,14 +382,15 @@ type targetCand struct {
 func newTargetIndex(self string, local []attachment, eps []api.ServiceEndpoint, alive func(node string) bool) targetIndex {
 	x := targetIndex{container: map[string]targetCand{}, service: map[string]targetCand{}}
 	for _, at := range local {
-		x.add(at.Spec.Container, at.Spec.Service, targetCand{at.Spec.Address.Addr(), 0})
+		x.add(at.Spec.Container, at.Spec.Service, targetCand{addr: at.Spec.Address.Addr(), addr6: at.Spec.Address6.Addr()})
 	}
 	for _, ep := range eps {
 		a, err := netip.ParseAddr(ep.Address)
 		if err != nil {
 			continue
 		}
-		c := targetCand{a, 2}
+		c := targetCand{addr: a, rank: 2}
+		c.addr6, _ = netip.ParseAddr(ep.Address6)
 		if ep.Node == self || alive(ep.Node) {
 			c.rank = 1
 		}
@@ -414,6 +421,22 @@ func (x targetIndex) resolve(pm api.PortMapping) (netip.Addr, bool) {
 		c, ok = x.service[pm.Service]
 	}
 	return c.addr, ok
+}
+
+// resolveAddr is resolve's address alone (zero when none).
+func (x targetIndex) resolveAddr(pm api.PortMapping) netip.Addr {
+	a, _ := x.resolve(pm)
+	return a
+}
+
+// resolve6 is the IPv6 address of the target resolve picks; zero when it
+// has none (a node or container without IPv6, a Docker endpoint).
+func (x targetIndex) resolve6(pm api.PortMapping) netip.Addr {
+	c := x.container[pm.Container]
+	if pm.Service != "" {
+		c = x.service[pm.Service]
+	}
+	return c.addr6
 }
 
 // targets indexes the current targets (see newTargetIndex).
@@ -475,6 +498,14 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		OverlayIf:  n.cfg.Interface,
 		Masquerade: !n.cfg.NoMasquerade,
 	}
+	if n.twins != nil {
+		cfg.Cluster6 = n.twins.Cluster6()
+		cfg.Local6 = n.twins.Prefixes(cfg.Local)
+		cfg.Overlay6 = n.twin(cfg.Overlay)
+		// IPv6 egress only where the host has it (a default route);
+		// asked at every pass, so a route that comes later is seen.
+		cfg.Masquerade6 = cfg.Masquerade && n.hasIPv6Egress()
+	}
 	// In map order: natd orders the rules itself.
 	cfg.Ports = make([]natd.Port, 0, len(n.ports.byKey))
 	synced := n.recordsSynced()
@@ -487,6 +518,14 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		if pm.HostAddress != "" {
 			port.HostAddr, _ = netip.ParseAddr(pm.HostAddress)
 		}
+		if n.twins != nil && target.Addr() == targets.resolveAddr(pm) {
+			if a6 := targets.resolve6(pm); a6.IsValid() {
+				port.Target6 = netip.AddrPortFrom(a6, target.Port())
+			}
+		}
+		if port.HostAddr.Is6() && !port.Target6.IsValid() {
+			continue // published on an IPv6 address, its target has none (now)
+		}
 		cfg.Ports = append(cfg.Ports, port)
 	}
 	if err := n.nat.Set(cfg); err != nil {
@@ -494,6 +533,13 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 	}
 	n.metrics.natApplied(&cfg)
 	return nil
+}
+
+// hasIPv6Egress reports whether the host has an IPv6 default route (where
+// IPv6 egress masquerade makes sense).
+func (n *Node) hasIPv6Egress() bool {
+	ok, _ := natd.HasIPv6Egress(0)
+	return ok
 }
 
 // reconcilePorts re-applies the NAT table (targets follow renumbering and
