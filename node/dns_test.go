@@ -18,8 +18,8 @@ import (
 // TestDNSSnapshotTwins: the mesh DNS gets an IPv6 address (AAAA) for a
 // node that runs IPv6 with our prefix and for a container whose service
 // record carries one; not for a node with IPv6 off or another prefix, nor
-// for a container without (IPv6 off, Docker, older releases), nor (yet)
-// for guests. A record
+// for a container without (IPv6 off, Docker, older releases), nor for a
+// guest of a node with IPv6 off. A record
 // written before IPv6 is rewritten with the attachment's IPv6 address.
 func TestDNSSnapshotTwins(t *testing.T) {
 	pool, err := ipam.NewPool(netip.MustParsePrefix("10.200.0.0/16"), 26)
@@ -72,8 +72,7 @@ func TestDNSSnapshotTwins(t *testing.T) {
 	n.attach.byID["docker-1"] = attachment{Spec: bridge.Spec{Container: "docker-1", Service: "web", HostPeer: "veth1",
 		Address: netip.MustParsePrefix("10.200.1.11/32")}}
 
-	// Guests of h1 (IPv6 on) and of h3 (off): no AAAA for either yet (see
-	// dnsSnapshot).
+	// Guests of h1 (IPv6 on: its twin) and of h3 (off: none).
 	for _, g := range []api.GuestRecord{{Name: "laptop", Address: "10.200.1.20", Node: "h1"}, {Name: "phone", Address: "10.200.3.20", Node: "h3"}} {
 		v, _ := json.Marshal(g)
 		h1.Store().Put(guestKind, g.Name, v)
@@ -85,7 +84,7 @@ func TestDNSSnapshotTwins(t *testing.T) {
 	want6 := map[string]string{
 		"h1": "fd12:3456:789a:4::1", "h2": "fd12:3456:789a:8::1", "h3": "invalid IP", "h4": "invalid IP",
 		"web1": "fd12:3456:789a:4::a", "docker-1": "invalid IP",
-		"laptop": "invalid IP", "phone": "invalid IP",
+		"laptop": "fd12:3456:789a:4::14", "phone": "invalid IP",
 	}
 	got6 := map[string]string{}
 	for _, nr := range snap.Nodes {
