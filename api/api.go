@@ -290,8 +290,11 @@ type PortMapping struct {
 	HostAddress   string `json:"host_address,omitempty"`
 	HostPort      int    `json:"host_port"`
 	ContainerPort int    `json:"container_port"`
-	// Target is the overlay address connections are forwarded to.
-	Target string `json:"target"`
+	// Target is the overlay address connections are forwarded to, Target6
+	// its IPv6 address where connections to the host's IPv6 addresses go
+	// ("" when the target has none or the node runs IPv4 only).
+	Target  string `json:"target"`
+	Target6 string `json:"target6,omitempty"`
 }
 
 // TargetName names what a port forwards to: "service S" or "container C".

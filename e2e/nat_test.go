@@ -451,8 +451,9 @@ func TestNATEgressAndPublishedPorts(t *testing.T) {
 	t.Run("publish", func(t *testing.T) {
 		publishAll(t)
 		withPorts := mustNATTable(t, h1)
-		if r, e := natCount(withPorts); r != emptyRules || e != 4 {
-			t.Errorf("after 4 publishes h1's table has %d rules and %d elements, want %d and 4:\n%s", r, e, emptyRules, withPorts)
+		// One element per port and family: the targets are dual-stack.
+		if r, e := natCount(withPorts); r != emptyRules || e != 8 {
+			t.Errorf("after 4 publishes h1's table has %d rules and %d elements, want %d and 8:\n%s", r, e, emptyRules, withPorts)
 		}
 		// Who sees what (see the table in natd's package doc).
 		for _, proto := range []string{"tcp", "udp"} {
@@ -537,7 +538,9 @@ func TestNATEgressAndPublishedPorts(t *testing.T) {
 			{"container and service", api.PublishRequest{Container: web.ID(), Service: "web", Protocol: "tcp", HostPort: 9000, ContainerPort: 80}, api.CodeBadRequest, 400, "not both"},
 			{"neither container nor service", api.PublishRequest{Protocol: "tcp", HostPort: 9000, ContainerPort: 80}, api.CodeBadRequest, 400, "container or a service"},
 			{"bad host address", api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 9000, ContainerPort: 80, HostAddress: "not-an-ip"}, api.CodeBadRequest, 400, "not-an-ip"},
-			{"IPv6 host address", api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 9000, ContainerPort: 80, HostAddress: "::1"}, api.CodeBadRequest, 400, "IPv4"},
+			{"loopback host address", api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 9000, ContainerPort: 80, HostAddress: "::1"}, api.CodeBadRequest, 400, "loopback"},
+			{"link-local host address", api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 9000, ContainerPort: 80, HostAddress: "fe80::1"}, api.CodeBadRequest, 400, "link-local"},
+			{"zoned host address", api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 9000, ContainerPort: 80, HostAddress: "fe80::1%eth0"}, api.CodeBadRequest, 400, "fe80::1%eth0"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -639,8 +642,8 @@ func TestNATEgressAndPublishedPorts(t *testing.T) {
 		if !slices.Equal(portSet(got), portSet(remaining)) {
 			t.Errorf("right after detaching web, h1 lists\n%v\nwant\n%v", portSet(got), portSet(remaining))
 		}
-		if _, e := natCount(mustNATTable(t, h1)); e != 2 {
-			t.Errorf("right after detaching web, h1's table has %d port elements, want 2", e)
+		if _, e := natCount(mustNATTable(t, h1)); e != 4 {
+			t.Errorf("right after detaching web, h1's table has %d port elements, want 4 (2 ports, 2 families)", e)
 		}
 		expectClosed(t, outsidePeer(tb), "tcp", pub(8080))
 		waitPorts(t, bin, hosts, remaining, 30*time.Second)

@@ -197,6 +197,9 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 		return api.PortMapping{}, api.Errorf(api.CodeNotFound, "no %s in the cluster", what)
 	}
 	pm.Target = netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String()
+	if a6 := n.targets().resolve6(pm); a6.IsValid() {
+		pm.Target6 = netip.AddrPortFrom(a6, uint16(pm.ContainerPort)).String()
+	}
 	p.byKey[key] = pm
 	if err := n.applyNATLocked(); err != nil {
 		delete(p.byKey, key)
@@ -423,12 +426,6 @@ func (x targetIndex) resolve(pm api.PortMapping) (netip.Addr, bool) {
 	return c.addr, ok
 }
 
-// resolveAddr is resolve's address alone (zero when none).
-func (x targetIndex) resolveAddr(pm api.PortMapping) netip.Addr {
-	a, _ := x.resolve(pm)
-	return a
-}
-
 // resolve6 is the IPv6 address of the target resolve picks; zero when it
 // has none (a node or container without IPv6, a Docker endpoint).
 func (x targetIndex) resolve6(pm api.PortMapping) netip.Addr {
@@ -457,19 +454,24 @@ func (n *Node) recordsSynced() bool {
 }
 
 // portTarget is where pm forwards now: its container's (or service's)
-// current address. A port that does not resolve keeps the target it last
-// had (pm.Target) until this node's record store has synced: after a
-// restart the kernel still holds it and nothing says it moved. ok is false
-// for a port that forwards nowhere now.
-func portTarget(pm api.PortMapping, targets targetIndex, synced bool) (netip.AddrPort, bool) {
+// current address, and its IPv6 address when it has one (target6 is zero
+// otherwise). A port that does not resolve keeps the targets it last had
+// (pm.Target, pm.Target6) until this node's record store has synced: after
+// a restart the kernel still holds them and nothing says they moved. ok is
+// false for a port that forwards nowhere now.
+func portTarget(pm api.PortMapping, targets targetIndex, synced bool) (target, target6 netip.AddrPort, ok bool) {
 	if a, ok := targets.resolve(pm); ok {
-		return netip.AddrPortFrom(a, uint16(pm.ContainerPort)), true
+		if a6 := targets.resolve6(pm); a6.IsValid() {
+			target6 = netip.AddrPortFrom(a6, uint16(pm.ContainerPort))
+		}
+		return netip.AddrPortFrom(a, uint16(pm.ContainerPort)), target6, true
 	}
 	if synced {
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, netip.AddrPort{}, false
 	}
 	last, err := netip.ParseAddrPort(pm.Target)
-	return last, err == nil
+	last6, _ := netip.ParseAddrPort(pm.Target6)
+	return last, last6, err == nil
 }
 
 // applyNATLocked converges the kernel NAT table to the node's config: egress
@@ -510,7 +512,7 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 	cfg.Ports = make([]natd.Port, 0, len(n.ports.byKey))
 	synced := n.recordsSynced()
 	for _, pm := range n.ports.byKey {
-		target, ok := portTarget(pm, targets, synced)
+		target, target6, ok := portTarget(pm, targets, synced)
 		if !ok {
 			continue
 		}
@@ -518,10 +520,8 @@ func (n *Node) applyNATWithLocked(targets targetIndex) error {
 		if pm.HostAddress != "" {
 			port.HostAddr, _ = netip.ParseAddr(pm.HostAddress)
 		}
-		if n.twins != nil && target.Addr() == targets.resolveAddr(pm) {
-			if a6 := targets.resolve6(pm); a6.IsValid() {
-				port.Target6 = netip.AddrPortFrom(a6, target.Port())
-			}
+		if n.twins != nil {
+			port.Target6 = target6
 		}
 		if port.HostAddr.Is6() && !port.Target6.IsValid() {
 			continue // published on an IPv6 address, its target has none (now)
@@ -579,8 +579,12 @@ func (n *Node) reconcilePorts() {
 	// next start, the record shows it).
 	for k, pm := range p.byKey {
 		if target, ok := targets.resolve(pm); ok {
-			if t := netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String(); t != pm.Target {
-				pm.Target = t
+			t, t6 := netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String(), ""
+			if a6 := targets.resolve6(pm); a6.IsValid() {
+				t6 = netip.AddrPortFrom(a6, uint16(pm.ContainerPort)).String()
+			}
+			if t != pm.Target || t6 != pm.Target6 {
+				pm.Target, pm.Target6 = t, t6
 				p.byKey[k] = pm
 				if err := p.recordLocked(portRecord{Key: k, Put: &pm}); err != nil {
 					n.log.Warn("save published ports", "err", err)

@@ -131,9 +131,21 @@ func TestPortTarget(t *testing.T) {
 		{"unresolved after sync: nowhere", api.PortMapping{Container: "gone", ContainerPort: 80, Target: "10.200.3.34:80"}, true, ""},
 		{"unresolved, no last target", api.PortMapping{Container: "gone", ContainerPort: 80}, false, ""},
 	}
+	// The IPv6 target: the endpoint's IPv6 address, or the last one kept.
+	x6 := newTargetIndex("h1", nil, []api.ServiceEndpoint{{Node: "h2", Container: "api", Service: "api", Address: "10.200.2.40", Address6: "fd12::40"}},
+		func(string) bool { return true })
+	if _, t6, ok := portTarget(api.PortMapping{Container: "api", ContainerPort: 80}, x6, true); !ok || t6.String() != "[fd12::40]:80" {
+		t.Errorf("IPv6 target %v (%v), want [fd12::40]:80", t6, ok)
+	}
+	if _, t6, ok := portTarget(api.PortMapping{Container: "gone", ContainerPort: 80, Target: "10.200.3.34:80", Target6: "[fd12::34]:80"}, x6, false); !ok || t6.String() != "[fd12::34]:80" {
+		t.Errorf("kept IPv6 target %v (%v), want [fd12::34]:80", t6, ok)
+	}
+	if _, t6, _ := portTarget(api.PortMapping{Container: "api", ContainerPort: 80}, x, true); t6.IsValid() {
+		t.Errorf("IPv6 target %v for an endpoint without IPv6", t6)
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := portTarget(tt.pm, x, tt.synced)
+			got, _, ok := portTarget(tt.pm, x, tt.synced)
 			if tt.want == "" {
 				if ok {
 					t.Fatalf("forwards to %s, want nowhere", got)
