@@ -123,12 +123,18 @@ type Config struct {
 	// Name is the node's unique name in the cluster.
 	Name string
 	// BindAddr and BindPort are where gossip listens (UDP and TCP);
-	// defaults 0.0.0.0 and DefaultPort (7946). A negative BindPort picks a
-	// free port (tests); Mesh.Addr tells which.
+	// defaults 0.0.0.0 and DefaultPort (7946). An IPv4 or IPv6 address;
+	// for 0.0.0.0 and :: Go opens one dual-stack socket (where the system
+	// has IPv6), so either answers on both families. A negative BindPort
+	// picks a free port (tests); Mesh.Addr tells which.
 	BindAddr string
 	BindPort int
-	// AdvertiseAddr and AdvertisePort are what other nodes dial; default:
-	// memberlist's choice from the bind address, and the bound port.
+	// AdvertiseAddr and AdvertisePort are what other nodes dial (IPv4 or
+	// IPv6). Default for a specific BindAddr: that address; for an
+	// unspecified one: memberlist's choice (the first RFC 6890 private
+	// address, IPv4 first), else the first global IPv6 address of an up
+	// interface (an IPv6-only host), else Start fails with
+	// ErrNoAdvertiseAddr. AdvertisePort defaults to the bound port.
 	AdvertiseAddr string
 	AdvertisePort int
 	// ClusterKey seals gossip (16, 24 or 32 bytes; AES-GCM through
@@ -333,6 +339,13 @@ func Start(cfg Config) (*Mesh, error) {
 		if err := checkAddr(a); err != nil {
 			return nil, fmt.Errorf("mesh: config: Join: %w", err)
 		}
+	}
+	if cfg.Transport == nil && cfg.AdvertiseAddr == "" && unspecifiedBind(cfg.BindAddr) {
+		a, err := defaultAdvertiseAddr()
+		if err != nil {
+			return nil, fmt.Errorf("mesh: config: AdvertiseAddr: %w", err)
+		}
+		cfg.AdvertiseAddr = a.String()
 	}
 	encMeta, err := encodeMeta(cfg.Meta)
 	if err != nil {

@@ -54,11 +54,15 @@ type Config struct {
 	ListenPort int
 	// GossipPort is memberlist's UDP and TCP port; default 7946.
 	GossipPort int
-	// BindAddr is the address gossip listens on; default all (0.0.0.0).
+	// BindAddr is the address gossip listens on, IPv4 or IPv6; default
+	// all (0.0.0.0, which Go opens as one dual-stack socket, so an IPv6
+	// underlay needs no :: here).
 	BindAddr netip.Addr
 	// AdvertiseAddr is this node's underlay address as peers dial it for
-	// gossip and WireGuard; default: memberlist's pick from the bind
-	// address (the first private address).
+	// gossip and WireGuard, IPv4 or IPv6 (peers then dial [addr]:port);
+	// default: the bind address if it is a specific one, else the first
+	// private address (IPv4 first), else the first global IPv6 address
+	// (see mesh.Config.AdvertiseAddr).
 	AdvertiseAddr netip.Addr
 	// Join lists the seeds (host:port) to join through; empty starts a new
 	// cluster (or re-joins the peers remembered in StateDir).
