@@ -230,6 +230,15 @@ func (c *Config) Normalize() error {
 	if !c.BindAddr.IsValid() {
 		c.BindAddr = netip.IPv4Unspecified()
 	}
+	// An IPv4-mapped IPv6 address is its IPv4 address: wireguard-go's IPv6
+	// socket is IPv6-only and cannot send to ::ffff:a.b.c.d.
+	c.BindAddr, c.AdvertiseAddr = c.BindAddr.Unmap(), c.AdvertiseAddr.Unmap()
+	if c.AdvertiseAddr.IsValid() && (c.AdvertiseAddr.IsUnspecified() || c.AdvertiseAddr.IsMulticast()) {
+		return fmt.Errorf("--advertise-addr %s: want a unicast address peers can reach", c.AdvertiseAddr)
+	}
+	if z := c.AdvertiseAddr.Zone(); z != "" {
+		return fmt.Errorf("--advertise-addr %s: a zone (%%%s) means nothing to other hosts", c.AdvertiseAddr, z)
+	}
 	for _, j := range c.Join {
 		if err := checkHostPort(j); err != nil {
 			return fmt.Errorf("--join %q: %w", j, err)
