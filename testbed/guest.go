@@ -21,9 +21,11 @@ import (
 type Guest struct {
 	Name      string
 	NetnsName string
-	// Addr is its underlay address.
+	// Addr is its underlay address (IPv6 on an IPv6-only underlay).
 	Addr netip.Addr
-	tb   *Testbed
+	// Addr6 is its IPv6 underlay address (zero without IPv6).
+	Addr6 netip.Addr
+	tb    *Testbed
 }
 
 var guestRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
@@ -34,6 +36,10 @@ func GuestAddr(i int) netip.Addr {
 	a[3] = byte(200 + i)
 	return netip.AddrFrom4(a)
 }
+
+// GuestAddr6 is the IPv6 underlay address of the i-th guest:
+// 2001:db8:0:2::<200+i> in decimal digits.
+func GuestAddr6(i int) netip.Addr { return decimalSuffix(Underlay6Prefix, 200+i) }
 
 // AddGuest makes guest name (1-8 lowercase letters or digits, starting with
 // a letter): its namespace on the underlay. Close removes it (with its
@@ -64,7 +70,15 @@ func (tb *Testbed) AddGuest(ctx context.Context, name string) (*Guest, error) {
 		return nil, fmt.Errorf("add guest %s: %w", name, err)
 	}
 	g := &Guest{Name: name, NetnsName: ns, Addr: GuestAddr(i), tb: tb}
-	if err := plugHost(tb.switchNetns(), "g"+name, ns, g.Addr); err != nil {
+	addrs := []netip.Addr{g.Addr}
+	if tb.opts.Underlay.HasIPv6() {
+		g.Addr6 = GuestAddr6(i)
+		addrs = append(addrs, g.Addr6)
+	}
+	if !tb.opts.Underlay.HasIPv4() {
+		g.Addr, addrs = g.Addr6, addrs[1:]
+	}
+	if err := plugHost(tb.switchNetns(), "g"+name, ns, addrs...); err != nil {
 		return nil, fmt.Errorf("add guest %s: %w", name, err)
 	}
 	if err := writeSysctl(ns, "net/ipv4/ip_forward", "0"); err != nil {

@@ -21,11 +21,17 @@ import (
 // when it is made. Methods are safe for concurrent use; after the testbed's
 // Close they fail with ErrClosed (Running reports false).
 type Host struct {
-	Name      string     // "h1"
-	Index     int        // 1 for h1
-	NetnsName string     // "zt-h1"
-	Netns     string     // "/run/netns/zt-h1"
-	Underlay  netip.Addr // 192.0.2.11 for h1
+	Name      string // "h1"
+	Index     int    // 1 for h1
+	NetnsName string // "zt-h1"
+	Netns     string // "/run/netns/zt-h1"
+	// Underlay is the underlay address zlmesh advertises and other hosts
+	// --join: 192.0.2.11 for h1, or 2001:db8:0:2::11 on an IPv6-only
+	// underlay (Options.Underlay).
+	Underlay netip.Addr
+	// Underlay6 is the host's IPv6 underlay address (2001:db8:0:2::11 for
+	// h1), the zero Addr when the underlay has no IPv6.
+	Underlay6 netip.Addr
 	// Dir is the host's machine-visible directory <dir>/<host>; inside the
 	// host it is also /run/zlmesh.
 	Dir string

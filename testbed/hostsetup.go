@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 )
 
 // Mount points bound over inside every host (made on the machine if missing).
@@ -101,6 +102,7 @@ func (tb *Testbed) newHost(hs *hostState) *Host {
 		NetnsName:    hs.Netns,
 		Netns:        netnsPath(hs.Netns),
 		Underlay:     hs.Underlay,
+		Underlay6:    hs.Underlay6,
 		Dir:          dir,
 		StateDir:     filepath.Join(dir, "state"),
 		Socket:       filepath.Join(dir, "zlmesh.sock"),
@@ -119,7 +121,8 @@ func (tb *Testbed) addHostLocked(ctx context.Context, i int) (*Host, error) {
 	if i > MaxHosts {
 		return nil, fmt.Errorf("testbed %s: host h%d: at most %d hosts", tb.Prefix, i, MaxHosts)
 	}
-	hs := &hostState{Name: hostName(i), Index: i, Netns: tb.Prefix + "-" + hostName(i), Underlay: hostAddr(i), Userspace: tb.opts.isUserspace(hostName(i))}
+	hs := &hostState{Name: hostName(i), Index: i, Netns: tb.Prefix + "-" + hostName(i), Userspace: tb.opts.isUserspace(hostName(i))}
+	hs.Underlay, hs.Underlay6 = hostAddrs(tb.opts.Underlay, i)
 	h := tb.newHost(hs)
 	for _, d := range []struct {
 		path string
@@ -129,7 +132,7 @@ func (tb *Testbed) addHostLocked(ctx context.Context, i int) (*Host, error) {
 			return nil, fmt.Errorf("testbed %s: host %s: %w", tb.Prefix, h.Name, err)
 		}
 	}
-	resolv := fmt.Sprintf("# testbed %s: the outside resolver\nnameserver %s\n", tb.Prefix, ResolverAddr)
+	resolv := tb.hostResolvConf()
 	if err := os.WriteFile(h.ResolvConf, []byte(resolv), 0o644); err != nil {
 		return nil, fmt.Errorf("testbed %s: host %s: %w", tb.Prefix, h.Name, err)
 	}
@@ -143,7 +146,7 @@ func (tb *Testbed) addHostLocked(ctx context.Context, i int) (*Host, error) {
 	}
 	tb.st.Hosts = append(tb.st.Hosts, hs)
 	tb.hosts = append(tb.hosts, h)
-	if err := plugHost(tb.switchNetns(), h.Name, hs.Netns, hs.Underlay); err != nil {
+	if err := plugHost(tb.switchNetns(), h.Name, hs.Netns, h.addrs()...); err != nil {
 		return nil, fmt.Errorf("testbed %s: host %s: %w", tb.Prefix, h.Name, err)
 	}
 	holder, err := tb.startHolderLocked(ctx, h)
@@ -175,17 +178,54 @@ func (tb *Testbed) commandFor(h *Host) []string {
 		"--socket", h.Socket,
 		"--advertise-addr", h.Underlay.String(),
 		"--cluster-key-file", tb.KeyFile,
-		"--dns-upstream", DNSUpstream,
+		"--dns-upstream", tb.dnsUpstream(),
 	}
 	if h.Userspace {
 		argv[slices.Index(argv, tb.KeyFile)] = h.userKeyFile()
 		argv = append(argv, "--userspace")
 	}
 	if h.Index != tb.st.Seed {
-		argv = append(argv, "--join", netip.AddrPortFrom(hostAddr(tb.st.Seed), GossipPort).String())
+		seed, _ := hostAddrs(tb.opts.Underlay, tb.st.Seed)
+		argv = append(argv, "--join", netip.AddrPortFrom(seed, GossipPort).String())
 	}
 	if tb.opts.Args != nil {
 		argv = append(argv, tb.opts.Args(h)...)
 	}
 	return argv
+}
+
+// addrs returns the host's underlay addresses, IPv4 first.
+func (h *Host) addrs() []netip.Addr {
+	var out []netip.Addr
+	if h.Underlay.Is4() {
+		out = append(out, h.Underlay)
+	}
+	if h.Underlay6.IsValid() {
+		out = append(out, h.Underlay6)
+	}
+	return out
+}
+
+// dnsUpstream is the --dns-upstream every host's zlmesh gets: the outside
+// resolver at an address the host can reach (IPv4 unless the underlay is
+// IPv6-only).
+func (tb *Testbed) dnsUpstream() string {
+	if !tb.opts.Underlay.HasIPv4() {
+		return DNSUpstream6
+	}
+	return DNSUpstream
+}
+
+// hostResolvConf is every host's /etc/resolv.conf: the outside resolver at
+// each address the host can reach, IPv4 first.
+func (tb *Testbed) hostResolvConf() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# testbed %s: the outside resolver\n", tb.Prefix)
+	if tb.opts.Underlay.HasIPv4() {
+		fmt.Fprintf(&b, "nameserver %s\n", ResolverAddr)
+	}
+	if tb.opts.Underlay.HasIPv6() {
+		fmt.Fprintf(&b, "nameserver %s\n", Resolver6Addr)
+	}
+	return b.String()
 }

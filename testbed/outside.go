@@ -18,12 +18,16 @@ import (
 
 // resolverArgv is the outside resolver: answers only its fixed names and
 // NXDOMAIN for the rest (--local=/#/), never reads resolv.conf, never
-// forwards, listens on ResolverAddr only.
-func resolverArgv() []string {
+// forwards, listens on ResolverAddr only, and on Resolver6Addr too (with
+// the AAAA records of OutsideNames6) when the underlay has IPv6.
+func resolverArgv(f UnderlayFamily) []string {
 	argv := []string{"dnsmasq",
 		"--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--local=/#/",
 		"--listen-address=" + ResolverAddr.String(), "--bind-interfaces",
 		"--pid-file=", "--user=root", "--log-facility=-",
+	}
+	if f.HasIPv6() {
+		argv = append(argv, "--listen-address="+Resolver6Addr.String())
 	}
 	names := make([]string, 0, len(OutsideNames))
 	for n := range OutsideNames {
@@ -31,7 +35,11 @@ func resolverArgv() []string {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		argv = append(argv, "--host-record="+n+","+OutsideNames[n].String())
+		rec := "--host-record=" + n + "," + OutsideNames[n].String()
+		if a, ok := OutsideNames6[n]; ok && f.HasIPv6() {
+			rec += "," + a.String()
+		}
+		argv = append(argv, rec)
 	}
 	aliases := make([]string, 0, len(OutsideCNAMEs))
 	for n := range OutsideCNAMEs {
@@ -53,7 +61,7 @@ func (tb *Testbed) startResolverLocked(ctx context.Context) error {
 		return fmt.Errorf("testbed %s: resolver: %w", tb.Prefix, err)
 	}
 	defer log.Close()
-	cmd := command(nil, resolverArgv())
+	cmd := command(nil, resolverArgv(tb.opts.Underlay))
 	cmd.Stdout, cmd.Stderr = log, log
 	p, err := spawn(cmd, tb.outsideNetns(), tb.outsideNetns())
 	if err != nil {
@@ -64,11 +72,22 @@ func (tb *Testbed) startResolverLocked(ctx context.Context) error {
 	if err := tb.saveLocked(); err != nil {
 		return err
 	}
-	// Ask it from inside the outside namespace until it answers.
-	probe := []string{"dig", "+time=1", "+tries=1", "+short", "@" + ResolverAddr.String(), "outside.test"}
+	// Ask it from inside the outside namespace, at each of its addresses,
+	// until it answers.
+	servers := []string{ResolverAddr.String()}
+	if tb.opts.Underlay.HasIPv6() {
+		servers = append(servers, Resolver6Addr.String())
+	}
 	for {
-		out, _ := command(ctx, netnsArgv(tb.outsideNetns(), probe)).Output()
-		if strings.TrimSpace(string(out)) == OutsideAddr.String() {
+		answered := 0
+		for _, srv := range servers {
+			probe := []string{"dig", "+time=1", "+tries=1", "+short", "@" + srv, "outside.test"}
+			out, _ := command(ctx, netnsArgv(tb.outsideNetns(), probe)).Output()
+			if strings.TrimSpace(string(out)) == OutsideAddr.String() {
+				answered++
+			}
+		}
+		if answered == len(servers) {
 			return nil
 		}
 		if !alive(p) {

@@ -26,6 +26,9 @@ type state struct {
 	Seed         int    `json:"seed"`
 	MeshDNS      string `json:"mesh_dns"`
 	SearchDomain string `json:"search_domain"`
+	// Underlay is the underlay's family ("" in files of older testbeds:
+	// IPv4).
+	Underlay UnderlayFamily `json:"underlay,omitempty"`
 	// Owner is the process that made the testbed. Ephemeral marks one made
 	// by New for a single test: once its owner is gone (a test binary
 	// killed by its timeout cannot run its cleanups), the next New removes
@@ -56,6 +59,8 @@ type hostState struct {
 	Index    int        `json:"index"`
 	Netns    string     `json:"netns"`
 	Underlay netip.Addr `json:"underlay"`
+	// Underlay6 is the host's IPv6 underlay address (zero without IPv6).
+	Underlay6 netip.Addr `json:"underlay6,omitzero"`
 	// Command is the daemon command chosen when the host was made; LastArgv
 	// is what the last Start ran (Command plus Start's extras).
 	Command  []string   `json:"command"`

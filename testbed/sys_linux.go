@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -458,13 +459,6 @@ func detachedAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setsid: true}
 }
 
-// Names of the links inside the switch namespace.
-const (
-	bridgeName = "br0"
-	uplinkName = "out"
-	hostIfname = "eth0"
-)
-
 // nsNetlink returns a netlink handle bound to the named namespace and an
 // open handle on the namespace (for moving a veth peer into it); the caller
 // closes both.
@@ -488,8 +482,18 @@ func ipnet(p netip.Prefix) *net.IPNet {
 // buildSwitch wires the switch namespace sw (bridge br0 with the underlay
 // gateway address, uplink "out") to the outside namespace out (eth0 with the
 // outside and resolver addresses and a route back to the underlay) and turns
-// on forwarding in sw.
-func buildSwitch(sw, out string) error {
+// on forwarding in sw. The bridge has the underlay gateway address of each
+// family f has (SwitchAddr, Switch6Addr); the outside network has IPv4
+// always and IPv6 too when f has it. With IPv6 both namespaces take new
+// addresses without DAD and ignore router advertisements.
+func buildSwitch(sw, out string, f UnderlayFamily) error {
+	if f.HasIPv6() {
+		for _, ns := range []string{sw, out} {
+			if err := quietIPv6(ns, "all", "default", "lo"); err != nil {
+				return err
+			}
+		}
+	}
 	nsw, swH, err := nsNetlink(sw)
 	if err != nil {
 		return err
@@ -507,8 +511,15 @@ func buildSwitch(sw, out string) error {
 	if err := nsw.LinkAdd(br); err != nil {
 		return fmt.Errorf("add bridge %s in %s: %w", bridgeName, sw, err)
 	}
-	if err := nsw.AddrAdd(br, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(SwitchAddr, UnderlayPrefix.Bits()))}); err != nil {
-		return fmt.Errorf("address %s on %s in %s: %w", SwitchAddr, bridgeName, sw, err)
+	var brAddrs []netip.Prefix
+	if f.HasIPv4() {
+		brAddrs = append(brAddrs, netip.PrefixFrom(SwitchAddr, UnderlayPrefix.Bits()))
+	}
+	if f.HasIPv6() {
+		brAddrs = append(brAddrs, netip.PrefixFrom(Switch6Addr, Underlay6Prefix.Bits()))
+	}
+	if err := addAddrs(nsw, br, sw, brAddrs...); err != nil {
+		return err
 	}
 	if err := nsw.LinkSetUp(br); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", bridgeName, sw, err)
@@ -526,8 +537,12 @@ func buildSwitch(sw, out string) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", uplinkName, sw, err)
 	}
-	if err := nsw.AddrAdd(up, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(UplinkAddr, OutsidePrefix.Bits()))}); err != nil {
-		return fmt.Errorf("address %s on %s in %s: %w", UplinkAddr, uplinkName, sw, err)
+	upAddrs := []netip.Prefix{netip.PrefixFrom(UplinkAddr, OutsidePrefix.Bits())}
+	if f.HasIPv6() {
+		upAddrs = append(upAddrs, netip.PrefixFrom(Uplink6Addr, Outside6Prefix.Bits()))
+	}
+	if err := addAddrs(nsw, up, sw, upAddrs...); err != nil {
+		return err
 	}
 	if err := nsw.LinkSetUp(up); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", uplinkName, sw, err)
@@ -537,10 +552,12 @@ func buildSwitch(sw, out string) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", hostIfname, out, err)
 	}
-	for _, a := range []netip.Addr{OutsideAddr, ResolverAddr} {
-		if err := nout.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(a, OutsidePrefix.Bits()))}); err != nil {
-			return fmt.Errorf("address %s on %s in %s: %w", a, hostIfname, out, err)
-		}
+	outAddrs := []netip.Prefix{netip.PrefixFrom(OutsideAddr, OutsidePrefix.Bits()), netip.PrefixFrom(ResolverAddr, OutsidePrefix.Bits())}
+	if f.HasIPv6() {
+		outAddrs = append(outAddrs, netip.PrefixFrom(Outside6Addr, Outside6Prefix.Bits()), netip.PrefixFrom(Resolver6Addr, Outside6Prefix.Bits()))
+	}
+	if err := addAddrs(nout, eth, out, outAddrs...); err != nil {
+		return err
 	}
 	if err := nout.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", hostIfname, out, err)
@@ -549,13 +566,32 @@ func buildSwitch(sw, out string) error {
 	if err := nout.RouteAdd(back); err != nil {
 		return fmt.Errorf("route %s via %s in %s: %w", UnderlayPrefix, UplinkAddr, out, err)
 	}
+	if f.HasIPv6() {
+		back6 := &netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipnet(Underlay6Prefix), Gw: Uplink6Addr.AsSlice()}
+		if err := nout.RouteAdd(back6); err != nil {
+			return fmt.Errorf("route %s via %s in %s: %w", Underlay6Prefix, Uplink6Addr, out, err)
+		}
+		if err := waitNoTentative(nout, out); err != nil {
+			return err
+		}
+		if err := waitNoTentative(nsw, sw); err != nil {
+			return err
+		}
+		if err := writeSysctl(sw, "net/ipv6/conf/all/forwarding", "1"); err != nil {
+			return err
+		}
+	}
 	return writeSysctl(sw, "net/ipv4/ip_forward", "1")
 }
 
 // plugHost connects the host namespace to the switch: a veth whose switch end
-// is named port and enslaved to br0, and whose host end is eth0 with addr, a
-// default route via the switch, and forwarding on.
-func plugHost(sw, port, host string, addr netip.Addr) error {
+// is named port and enslaved to br0, and whose host end is eth0 with addrs
+// (IPv4 and/or IPv6 ones of the underlay), a default route via the switch
+// for each family it has an address of, and IPv4 forwarding on. With an
+// IPv6 address, eth0 (and only eth0: zlmesh's own links keep the kernel's
+// defaults) does no DAD and ignores router advertisements, and plugHost
+// returns once no address of the host is tentative.
+func plugHost(sw, port, host string, addrs ...netip.Addr) error {
 	nsw, swH, err := nsNetlink(sw)
 	if err != nil {
 		return err
@@ -596,17 +632,103 @@ func plugHost(sw, port, host string, addr netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", hostIfname, host, err)
 	}
-	if err := nh.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(addr, UnderlayPrefix.Bits()))}); err != nil {
-		return fmt.Errorf("address %s on %s in %s: %w", addr, hostIfname, host, err)
+	has6 := slices.ContainsFunc(addrs, netip.Addr.Is6)
+	if has6 {
+		if err := quietIPv6(host, hostIfname); err != nil {
+			return err
+		}
+	}
+	var prefixes []netip.Prefix
+	for _, a := range addrs {
+		bits := UnderlayPrefix.Bits()
+		if a.Is6() {
+			bits = Underlay6Prefix.Bits()
+		}
+		prefixes = append(prefixes, netip.PrefixFrom(a, bits))
+	}
+	if err := addAddrs(nh, eth, host, prefixes...); err != nil {
+		return err
 	}
 	if err := nh.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", hostIfname, host, err)
 	}
-	def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: SwitchAddr.AsSlice()}
-	if err := nh.RouteAdd(def); err != nil {
-		return fmt.Errorf("default route via %s in %s: %w", SwitchAddr, host, err)
+	for _, a := range addrs {
+		gw := SwitchAddr
+		if a.Is6() {
+			gw = Switch6Addr
+		}
+		def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw.AsSlice()}
+		if err := nh.RouteAdd(def); err != nil {
+			return fmt.Errorf("default route via %s in %s: %w", gw, host, err)
+		}
+	}
+	if has6 {
+		if err := waitNoTentative(nh, host); err != nil {
+			return err
+		}
 	}
 	return writeSysctl(host, "net/ipv4/ip_forward", "1")
+}
+
+// addAddrs adds addresses to link (in namespace ns, for messages); IPv6
+// ones without DAD (IFA_F_NODAD), so they are usable at once.
+func addAddrs(nl *netlink.Handle, link netlink.Link, ns string, addrs ...netip.Prefix) error {
+	for _, p := range addrs {
+		a := &netlink.Addr{IPNet: ipnet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := nl.AddrAdd(link, a); err != nil {
+			return fmt.Errorf("address %s on %s in %s: %w", p, link.Attrs().Name, ns, err)
+		}
+	}
+	return nil
+}
+
+// quietIPv6 turns off DAD and router advertisements for the named
+// interfaces of namespace ns ("all" and "default" name the namespace-wide
+// settings; "default" is what links made later start with). Set before a
+// link goes up, its link-local address is never tentative either.
+func quietIPv6(ns string, ifnames ...string) error {
+	for _, ifn := range ifnames {
+		for _, key := range []string{"accept_dad", "accept_ra"} {
+			if err := writeSysctl(ns, "net/ipv6/conf/"+ifn+"/"+key, "0"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ipv6Wait bounds waitNoTentative.
+const ipv6Wait = 5 * time.Second
+
+// waitNoTentative waits until no IPv6 address in the namespace is
+// tentative (DAD not finished); an address whose DAD failed is an error.
+func waitNoTentative(nl *netlink.Handle, ns string) error {
+	deadline := time.Now().Add(ipv6Wait)
+	for {
+		addrs, err := nl.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("list IPv6 addresses in %s: %w", ns, err)
+		}
+		var tentative []string
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_DADFAILED != 0 {
+				return fmt.Errorf("IPv6 address %s in %s: duplicate address detection failed", a.IPNet, ns)
+			}
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				tentative = append(tentative, a.IPNet.String())
+			}
+		}
+		if len(tentative) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("IPv6 addresses %s in %s still tentative after %v", strings.Join(tentative, ", "), ns, ipv6Wait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // setPortUp sets the switch port of a host up or down.
@@ -630,4 +752,33 @@ func setPortUp(sw, port string, up bool) error {
 		return fmt.Errorf("set port %s in %s up=%v: %w", port, sw, up, err)
 	}
 	return nil
+}
+
+// linkAddrs returns the addresses on the named link of namespace ns, with
+// their flags (unix.IFA_F_*).
+func linkAddrs(ns, link string) ([]LinkAddr, error) {
+	nl, h, err := nsNetlink(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer nl.Close()
+	defer h.Close()
+	l, err := nl.LinkByName(link)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", link, ns, err)
+	}
+	addrs, err := nl.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %s in %s: %w", link, ns, err)
+	}
+	var out []LinkAddr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		out = append(out, LinkAddr{Prefix: netip.PrefixFrom(ip.Unmap(), bits), Tentative: a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0})
+	}
+	return out, nil
 }

@@ -16,6 +16,22 @@
 //	p-h1 …   eth0 192.0.2.(10+i)/24, default route via 192.0.2.1, lo up, ip_forward=1
 //	p-h1-web containers, made on request: lo only, /etc/netns/p-h1-web/resolv.conf
 //
+// Options.Underlay picks the underlay's family. UnderlayIPv4 (the default)
+// is the above. UnderlayDual adds IPv6 beside it: br0 2001:db8:0:2::1/64,
+// host i 2001:db8:0:2::<10+i>/64 (decimal digits: h1 is 2001:db8:0:2::11)
+// with an IPv6 default route via the switch, the outside network
+// 2001:db8:0:64::/64 (uplink ::1, outside ::2, resolver ::53, AAAA records
+// of OutsideNames6) and IPv6 forwarding in the switch; zlmesh still
+// advertises the IPv4 address. UnderlayIPv6 has the IPv6 addresses only on
+// the underlay (no IPv4 address on br0 or any host's eth0, no IPv4 route in
+// the hosts); zlmesh advertises 2001:db8:0:2::<10+i>, joins
+// [2001:db8:0:2::<10+seed>]:7946 and forwards DNS to DNSUpstream6. The
+// outside network keeps its IPv4 addresses in every mode. IPv6 addresses
+// are added without DAD, eth0 of every host and every link of the switch
+// and outside do no DAD and accept no router advertisement, and Up returns
+// only when no address is tentative; links zlmesh makes inside a host keep
+// the kernel's defaults.
+//
 // Nothing routes further than these namespaces: the switch has no default
 // route, the outside namespace only knows the way back to the underlay, and
 // the resolver (dnsmasq, --no-resolv --local=/#/) answers its few fixed names
@@ -79,6 +95,9 @@
 //	    --advertise-addr 192.0.2.<10+i> --cluster-key-file <dir>/cluster.key
 //	    --dns-upstream 198.51.100.53:53 [--join 192.0.2.<10+seed>:7946] <Options.Args> <Start's extra>
 //
+// (on an IPv6-only underlay: --advertise-addr 2001:db8:0:2::<10+i>,
+// --dns-upstream [2001:db8:0:64::53]:53, --join [2001:db8:0:2::<10+seed>]:7946).
+//
 // --join is given to every host but the seed (Options.Seed, default h1).
 // --dns-upstream is always given so that zlmesh never forwards to the
 // machine's resolver. The cluster key file (32 random bytes, base64, mode
@@ -109,6 +128,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -129,8 +149,79 @@ var (
 	ResolverAddr = netip.MustParseAddr("198.51.100.53")
 )
 
-// DNSUpstream is what every host's zlmesh is given as --dns-upstream.
-const DNSUpstream = "198.51.100.53:53"
+// The IPv6 underlay and outside network (Options.Underlay UnderlayDual or
+// UnderlayIPv6), documentation addresses that mirror the IPv4 ones: host i
+// is Underlay6Prefix's ::<10+i> written in decimal digits (h1 is
+// 2001:db8:0:2::11 as it is 192.0.2.11).
+var (
+	// Underlay6Prefix is the hosts' IPv6 network.
+	Underlay6Prefix = netip.MustParsePrefix("2001:db8:0:2::/64")
+	// Switch6Addr is the switch's IPv6 address on the underlay, the hosts'
+	// IPv6 default gateway.
+	Switch6Addr = netip.MustParseAddr("2001:db8:0:2::1")
+	// Outside6Prefix is the outside network's IPv6 prefix.
+	Outside6Prefix = netip.MustParsePrefix("2001:db8:0:64::/64")
+	// Uplink6Addr is the switch's IPv6 address on the outside network.
+	Uplink6Addr = netip.MustParseAddr("2001:db8:0:64::1")
+	// Outside6Addr is the outside namespace's main IPv6 address.
+	Outside6Addr = netip.MustParseAddr("2001:db8:0:64::2")
+	// Resolver6Addr is the outside DNS resolver's IPv6 address.
+	Resolver6Addr = netip.MustParseAddr("2001:db8:0:64::53")
+)
+
+// DNSUpstream is what every host's zlmesh is given as --dns-upstream
+// (DNSUpstream6 on an IPv6-only underlay).
+const (
+	DNSUpstream  = "198.51.100.53:53"
+	DNSUpstream6 = "[2001:db8:0:64::53]:53"
+)
+
+// UnderlayFamily is the address family (or families) of the underlay the
+// hosts are on. The outside network always has IPv4, and IPv6 too when the
+// underlay has it.
+type UnderlayFamily string
+
+// The underlay families. The zero value means UnderlayIPv4.
+const (
+	// UnderlayIPv4: hosts have UnderlayPrefix addresses only (the default).
+	UnderlayIPv4 UnderlayFamily = "ipv4"
+	// UnderlayDual: hosts have an IPv4 and an IPv6 address on eth0 and a
+	// default route for each; zlmesh advertises the IPv4 one.
+	UnderlayDual UnderlayFamily = "dual"
+	// UnderlayIPv6: hosts have an IPv6 address only (no IPv4 address on
+	// eth0 nor on the switch's bridge, no IPv4 route out); zlmesh
+	// advertises it, joins [2001:db8:0:2::<seed>]:7946 and forwards DNS to
+	// DNSUpstream6.
+	UnderlayIPv6 UnderlayFamily = "ipv6"
+)
+
+// ParseUnderlayFamily reads "ipv4", "dual" or "ipv6" ("" is ipv4; "4",
+// "6", "dual-stack" and "ipv4+ipv6" are accepted too).
+func ParseUnderlayFamily(s string) (UnderlayFamily, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "ipv4", "4", "v4":
+		return UnderlayIPv4, nil
+	case "dual", "dual-stack", "dualstack", "ipv4+ipv6", "46":
+		return UnderlayDual, nil
+	case "ipv6", "6", "v6":
+		return UnderlayIPv6, nil
+	}
+	return "", fmt.Errorf("underlay family %q: want ipv4, dual or ipv6", s)
+}
+
+// HasIPv4 reports whether hosts have an IPv4 underlay address.
+func (f UnderlayFamily) HasIPv4() bool { return f != UnderlayIPv6 }
+
+// HasIPv6 reports whether hosts have an IPv6 underlay address.
+func (f UnderlayFamily) HasIPv6() bool { return f == UnderlayDual || f == UnderlayIPv6 }
+
+// orDefault maps "" to UnderlayIPv4.
+func (f UnderlayFamily) orDefault() UnderlayFamily {
+	if f == "" {
+		return UnderlayIPv4
+	}
+	return f
+}
 
 // GossipPort is the memberlist port --join points at.
 const GossipPort = 7946
@@ -144,6 +235,12 @@ var (
 	}
 	OutsideCNAMEs = map[string]string{
 		"alias.test": "outside.test",
+	}
+	// OutsideNames6 are the AAAA records the outside resolver answers
+	// too when the underlay has IPv6 (otherwise these names have no AAAA).
+	OutsideNames6 = map[string]netip.Addr{
+		"outside.test":  Outside6Addr,
+		"resolver.test": Resolver6Addr,
 	}
 )
 
@@ -219,6 +316,9 @@ type Options struct {
 	// mode as an unprivileged user with no capabilities and no
 	// /dev/net/tun (see userspace.go).
 	Userspace []string
+	// Underlay is the underlay's address family: "" or UnderlayIPv4 (the
+	// default), UnderlayDual or UnderlayIPv6.
+	Underlay UnderlayFamily
 
 	// ephemeral is set by New: see state.Ephemeral.
 	ephemeral bool
@@ -284,6 +384,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = DefaultStopTimeout
 	}
+	o.Underlay = o.Underlay.orDefault()
+	switch o.Underlay {
+	case UnderlayIPv4, UnderlayDual, UnderlayIPv6:
+	default:
+		return o, fmt.Errorf("testbed %s: underlay family %q: want %q, %q or %q", o.Prefix, o.Underlay, UnderlayIPv4, UnderlayDual, UnderlayIPv6)
+	}
 	if err := o.checkUserspace(); err != nil {
 		return o, err
 	}
@@ -301,6 +407,32 @@ func hostAddr(i int) netip.Addr {
 	a := UnderlayPrefix.Addr().As4()
 	a[3] = byte(10 + i)
 	return netip.AddrFrom4(a)
+}
+
+// hostAddr6 is the IPv6 underlay address of host i: ::<10+i> with the
+// number's decimal digits as the last group (h1 is 2001:db8:0:2::11).
+func hostAddr6(i int) netip.Addr { return decimalSuffix(Underlay6Prefix, 10+i) }
+
+// decimalSuffix is p's address with n's decimal digits read as its last
+// hex group (n < 10000), so IPv6 addresses read like their IPv4 twins.
+func decimalSuffix(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr().As16()
+	v, _ := strconv.ParseUint(strconv.Itoa(n), 16, 16)
+	a[14], a[15] = byte(v>>8), byte(v)
+	return netip.AddrFrom16(a)
+}
+
+// hostAddrs returns host i's underlay addresses for family f: the one
+// zlmesh advertises (IPv4, or IPv6 on an IPv6-only underlay) and the IPv6
+// one (invalid when the underlay has no IPv6).
+func hostAddrs(f UnderlayFamily, i int) (main, v6 netip.Addr) {
+	if f.HasIPv6() {
+		v6 = hostAddr6(i)
+	}
+	if f.HasIPv4() {
+		return hostAddr(i), v6
+	}
+	return v6, v6
 }
 
 // PingTimeout is how long Ping waits for the answer when ctx allows longer.

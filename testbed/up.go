@@ -81,6 +81,7 @@ func Up(ctx context.Context, o Options) (tb *Testbed, err error) {
 			Seed:         o.Seed,
 			MeshDNS:      o.MeshDNS,
 			SearchDomain: o.SearchDomain,
+			Underlay:     o.Underlay,
 			Owner:        self(),
 			Ephemeral:    o.ephemeral,
 		},
@@ -127,7 +128,7 @@ func (tb *Testbed) buildLocked(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := buildSwitch(tb.switchNetns(), tb.outsideNetns()); err != nil {
+	if err := buildSwitch(tb.switchNetns(), tb.outsideNetns(), tb.opts.Underlay); err != nil {
 		return fmt.Errorf("testbed %s: %w", tb.Prefix, err)
 	}
 	if err := tb.startResolverLocked(ctx); err != nil {
@@ -240,7 +241,7 @@ func Load(dir string) (*Testbed, error) {
 		return nil, err
 	}
 	o, err := Options{Prefix: st.Prefix, Dir: st.Dir, Binary: st.Binary, Seed: st.Seed, Hosts: 1,
-		MeshDNS: st.MeshDNS, SearchDomain: st.SearchDomain, NoStart: true}.withDefaults()
+		MeshDNS: st.MeshDNS, SearchDomain: st.SearchDomain, Underlay: st.Underlay, NoStart: true}.withDefaults()
 	if err != nil {
 		return nil, fmt.Errorf("testbed state in %s: %w", dir, err)
 	}

@@ -174,7 +174,7 @@ func parseContainerSpecs(s string) ([]containerSpec, error) {
 }
 
 func tbUp(args []string) error {
-	f := newTBFlags("up", `usage: zlmesh testbed up [--hosts N] [--prefix zt] [--dir D] [--containers h1:web:web1,...] [--userspace h3]
+	f := newTBFlags("up", `usage: zlmesh testbed up [--hosts N] [--prefix zt] [--dir D] [--containers h1:web:web1,...] [--userspace h3] [--underlay ipv4|dual|ipv6]
 
 Builds a testbed and starts zlmesh on every host (h1 is the seed the others
 join), waits until every control socket answers, makes and attaches the
@@ -182,6 +182,7 @@ containers, and prints the status. The testbed keeps running after this
 command exits; 'zlmesh testbed down' removes it. On any failure everything
 is removed again.`, true)
 	hosts := f.fs.Int("hosts", testbed.DefaultHosts, "number of hosts")
+	underlay := underlayFlag(f.fs)
 	binary := f.fs.String("binary", "", "zlmesh `binary` the hosts run (default: this one)")
 	seed := f.fs.Int("seed", 1, "number of the host the others --join")
 	extra := f.fs.String("args", "", "extra `arguments` for every host's zlmesh up, space-separated")
@@ -221,7 +222,7 @@ is removed again.`, true)
 			}
 			return extraArgs
 		},
-		Logf: stderrLogf, Userspace: userspace,
+		Logf: stderrLogf, Userspace: userspace, Underlay: *underlay,
 	})
 	if err != nil {
 		return err
@@ -272,13 +273,16 @@ type hostStatus struct {
 	Name     string `json:"name"`
 	Netns    string `json:"netns"`
 	Underlay string `json:"underlay"`
-	Overlay  string `json:"overlay"`
-	Blocks   string `json:"blocks"`
-	Socket   string `json:"socket"`
-	Running  bool   `json:"running"`
-	PID      int    `json:"pid,omitempty"`
-	Cut      bool   `json:"cut,omitempty"`
-	Log      string `json:"log"`
+	// Underlay6 is the host's IPv6 underlay address when it has one beside
+	// an IPv4 one (a dual-stack underlay).
+	Underlay6 string `json:"underlay6,omitempty"`
+	Overlay   string `json:"overlay"`
+	Blocks    string `json:"blocks"`
+	Socket    string `json:"socket"`
+	Running   bool   `json:"running"`
+	PID       int    `json:"pid,omitempty"`
+	Cut       bool   `json:"cut,omitempty"`
+	Log       string `json:"log"`
 	// Mode is "kernel" or "userspace" (unprivileged, no TUN).
 	Mode string `json:"mode"`
 }
@@ -314,6 +318,9 @@ func collectStatus(tb *testbed.Testbed) tbStatusView {
 	for i, h := range hosts {
 		v.Hosts[i] = hostStatus{Name: h.Name, Netns: h.NetnsName, Underlay: h.Underlay.String(), Overlay: "-", Blocks: "-",
 			Socket: h.Socket, Running: h.Running(), PID: h.PID(), Cut: tb.IsCut(h), Log: h.LogFile, Mode: "kernel"}
+		if h.Underlay6.IsValid() && h.Underlay6 != h.Underlay {
+			v.Hosts[i].Underlay6 = h.Underlay6.String()
+		}
 		if h.Userspace {
 			v.Hosts[i].Mode = "userspace"
 		}
@@ -375,7 +382,11 @@ func printStatus(tb *testbed.Testbed, output string) error {
 		if mode == "userspace" {
 			mode = "userspace (" + testbed.UserspaceUser + ", no caps)"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, h.Underlay, h.Overlay, h.Blocks, mode, state, h.Socket)
+		underlay := h.Underlay
+		if h.Underlay6 != "" {
+			underlay += "," + h.Underlay6
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, underlay, h.Overlay, h.Blocks, mode, state, h.Socket)
 	}
 	w.Flush()
 	if len(v.Containers) > 0 {
@@ -663,7 +674,7 @@ func notImplemented(err error) bool {
 }
 
 func tbDemo(args []string) error {
-	f := newTBFlags("demo", `usage: zlmesh testbed demo [--prefix ztdemo]
+	f := newTBFlags("demo", `usage: zlmesh testbed demo [--prefix ztdemo] [--underlay ipv4|dual|ipv6]
 
 Brings up 3 hosts running this zlmesh, waits until the mesh is whole, prints
 each host's peers and a ping matrix over the overlay, then attaches
@@ -673,6 +684,7 @@ and on failure (then the exit code is non-zero).`, false)
 	f.prefix = "ztdemo"
 	f.fs.Lookup("prefix").DefValue = "ztdemo"
 	timeout := f.fs.Duration("timeout", 90*time.Second, "how long to wait for the mesh")
+	underlay := underlayFlag(f.fs)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -687,7 +699,7 @@ and on failure (then the exit code is non-zero).`, false)
 	ctx, stop := signalContext()
 	defer stop()
 	fmt.Printf("== bringing up testbed %s: 3 hosts running %s\n", f.prefix, bin)
-	tb, err := testbed.Up(ctx, testbed.Options{Hosts: 3, Prefix: f.prefix, Dir: f.dir, Binary: bin, Logf: stderrLogf})
+	tb, err := testbed.Up(ctx, testbed.Options{Hosts: 3, Prefix: f.prefix, Dir: f.dir, Binary: bin, Logf: stderrLogf, Underlay: *underlay})
 	if err != nil {
 		return err
 	}
@@ -903,4 +915,17 @@ func pingMatrix(ctx context.Context, out io.Writer, from []string, ping []func(c
 	}
 	w.Flush()
 	return failed
+}
+
+// underlayFlag defines --underlay on fs: the testbed's underlay family.
+func underlayFlag(fs *flag.FlagSet) *testbed.UnderlayFamily {
+	f := testbed.UnderlayIPv4
+	fs.Func("underlay", "the underlay's address `family`: ipv4 (192.0.2.0/24), dual (and 2001:db8:0:2::/64) or ipv6 (2001:db8:0:2::/64 only; zlmesh gossips and handshakes over IPv6) (default ipv4)", func(s string) error {
+		v, err := testbed.ParseUnderlayFamily(s)
+		if err == nil {
+			f = v
+		}
+		return err
+	})
+	return &f
 }
