@@ -1,8 +1,12 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"strings"
 	"testing"
+
+	"github.com/zlmesh/zlmesh/testbed"
 )
 
 // The underlay flags take IPv6 values, in every place settings come from.
@@ -31,5 +35,26 @@ func TestUpFlagsIPv6Underlay(t *testing.T) {
 	}
 	if _, _, _, err := parseUp(t, []string{"--advertise-addr", "[2001:db8:0:2::11]"}, nil, ""); err == nil {
 		t.Error("--advertise-addr with brackets was accepted")
+	}
+}
+
+func TestTestbedUnderlayFlag(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want testbed.UnderlayFamily
+		ok   bool
+	}{
+		{nil, testbed.UnderlayIPv4, true},
+		{[]string{"--underlay", "ipv6"}, testbed.UnderlayIPv6, true},
+		{[]string{"--underlay=dual"}, testbed.UnderlayDual, true},
+		{[]string{"--underlay", "ipx"}, "", false},
+	} {
+		fs := flag.NewFlagSet("up", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		f := underlayFlag(fs)
+		err := fs.Parse(tt.args)
+		if (err == nil) != tt.ok || (tt.ok && *f != tt.want) {
+			t.Errorf("%q: %q, %v", tt.args, *f, err)
+		}
 	}
 }
