@@ -21,7 +21,8 @@ import (
 //     each allowing exactly that node's blocks and overlay address (compared
 //     as address sets, so coalescing does not matter); its own routes
 //     through the TUN cover every other node's blocks and nothing beyond
-//     them and their overlay addresses;
+//     them and their overlay addresses (not checked for a node in
+//     userspace mode: its routes live in its netstack, not the kernel);
 //   - no duplicates: no two nodes' blocks overlap, each node's overlay
 //     address lies in its blocks, every container address lies in its
 //     node's blocks and is given once in the whole mesh, and is no node's
@@ -150,6 +151,9 @@ func (v MeshView) checkWireGuard(p *problems, blocks map[string][]netip.Prefix) 
 			}
 			others = append(others, blocks[o.Host]...)
 			othersAll = append(othersAll, want[o.Status.PublicKey]...)
+		}
+		if h.Status.Userspace != nil {
+			continue // no kernel routes: the netstack routes by WireGuard's AllowedIPs
 		}
 		var mine []netip.Prefix
 		for _, r := range h.Routes {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zlmesh/zlmesh/api"
 )
 
 func TestParseUnderlayFamily(t *testing.T) {
@@ -215,5 +217,32 @@ func TestUnderlayFamiliesUp(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// A node in userspace mode has no kernel routes through a TUN: Problems
+// does not ask for them, and still checks its WireGuard peers.
+func TestProblemsUserspaceHostHasNoKernelRoutes(t *testing.T) {
+	v := healthyView()
+	h := &v.Hosts[2]
+	h.Status.Userspace = &api.UserspaceStatus{}
+	h.Routes, h.Links = nil, nil
+	h.Attachments, h.OnDisk, h.Leases = nil, nil, 0
+	v.Containers = v.Containers[:2]
+	var eps []api.ServiceEndpoint
+	for _, e := range v.Hosts[0].Services {
+		if e.Node != h.Host {
+			eps = append(eps, e)
+		}
+	}
+	for i := range v.Hosts {
+		v.Hosts[i].Services = eps
+	}
+	if p := v.Problems(); len(p) > 0 {
+		t.Fatalf("a userspace host without kernel routes has problems:\n%s", strings.Join(p, "\n"))
+	}
+	delete(h.WireGuard, "keyh1")
+	if p := strings.Join(v.Problems(), "\n"); !strings.Contains(p, "h3: no WireGuard peer for h1") {
+		t.Errorf("a missing peer of a userspace host is not found:\n%s", p)
 	}
 }
