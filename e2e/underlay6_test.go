@@ -28,7 +28,8 @@ import (
 // endpoint with a handshake and bytes both ways; the known-peers files
 // remember [v6]:7946; containers on h1, h2 and h3 reach each other and
 // every node over the IPv4 overlay, and the mesh keeps the testbed's
-// invariants (View.Problems).
+// invariants (View.Problems); with the seed h1 down, h2 restarts and
+// re-joins through the [v6]:7946 addresses of its known peers file.
 func TestIPv6OnlyUnderlay(t *testing.T) {
 	begin := time.Now()
 	bin := testbed.BuildZlmesh(t)
@@ -188,6 +189,28 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("a restart with the seed down re-joins through [v6] known peers", func(t *testing.T) {
+		h1, h2 := hosts[0], hosts[1]
+		if err := h1.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := h2.Restart(ctx); err != nil { // its --join names h1, which is down
+			t.Fatal(err)
+		}
+		if err := h2.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitWhole(t, tb, hosts[1:], 60*time.Second)
+		if err := h1.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := h1.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitWhole(t, tb, hosts, 60*time.Second)
+		eventually(t, 30*time.Second, func() error { return overlayPings(ctx, tb.View(ctx, want), hosts, cs) })
 	})
 
 	// The IPv6 overlay (issue 17 items 1-3) is checked here on the same
