@@ -39,7 +39,7 @@ func TestDesiredPeersIPv6Endpoints(t *testing.T) {
 			k := mustKey(t)
 			m := member("a", k, mesh.StateAlive, "10.200.1.0/26")
 			m.Meta.Endpoint = tt.endpoint
-			got := desiredPeers(self, []mesh.Member{m}, held(nil, k, "10.200.1.0/26"))
+			got := desiredPeers(self, []mesh.Member{m}, held(nil, k, "10.200.1.0/26"), nil)
 			if tt.want == "" {
 				if len(got) != 0 {
 					t.Errorf("endpoint %q: peer %+v, want none", tt.endpoint, got)
