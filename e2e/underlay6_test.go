@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zlmesh/zlmesh/api"
 	"github.com/zlmesh/zlmesh/testbed"
 )
 
@@ -27,8 +28,9 @@ import (
 // UAPI (wgctrl and `wg show`) inside each host, sits at its node's IPv6
 // endpoint with a handshake and bytes both ways; the known-peers files
 // remember [v6]:7946; containers on h1, h2 and h3 reach each other and
-// every node over the IPv4 overlay, and the mesh keeps the testbed's
-// invariants (View.Problems); with the seed h1 down, h2 restarts and
+// every node over the IPv4 overlay and over the IPv6 one (ICMPv6 and TCP,
+// seen from the sender's own IPv6 address), and the mesh keeps the
+// testbed's invariants (View.Problems); with the seed h1 down, h2 restarts and
 // re-joins through the [v6]:7946 addresses of its known peers file.
 func TestIPv6OnlyUnderlay(t *testing.T) {
 	begin := time.Now()
@@ -91,6 +93,7 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 
 	// Containers on the kernel hosts, on two services.
 	want := map[*testbed.Container]string{}
+	att := map[*testbed.Container]api.Attachment{}
 	var cs []*testbed.Container
 	for i, h := range kernel {
 		svc := "web"
@@ -109,6 +112,7 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 			t.Errorf("%s got address %q", c, at.Address)
 		}
 		want[c] = svc
+		att[c] = at
 		cs = append(cs, c)
 	}
 
@@ -120,6 +124,42 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 			}
 			return overlayPings(ctx, v, hosts, cs)
 		})
+	})
+
+	t.Run("the IPv6 overlay carries hosts and containers", func(t *testing.T) {
+		addrs6 := map[*testbed.Container]string{}
+		for c, a := range att {
+			if a.Address6 == "" {
+				t.Fatalf("%s has no IPv6 address: %+v", c, a)
+			}
+			addrs6[c] = a.Address6
+		}
+		pingContainers(t, tb, addrs6, 30*time.Second)
+		// Every other node's IPv6 overlay address, from c1 on h1.
+		for _, h := range hosts[1:] {
+			st := status(t, h)
+			if st.OverlayIP6 == "" {
+				t.Errorf("%s has no IPv6 overlay address", h.Name)
+				continue
+			}
+			eventually(t, 10*time.Second, func() error { return cs[0].Ping(ctx, st.OverlayIP6) })
+		}
+		// TCP over IPv6 across hosts: c3's server hears c1 and c2 from
+		// their own IPv6 addresses.
+		srv := tcpEcho(t, cs[2], addrs6[cs[2]], 7000)
+		eventually(t, 20*time.Second, func() error {
+			for _, c := range cs[:2] {
+				if err := tcpSend(ctx, c, addrs6[cs[2]], 7000, "over IPv6 on IPv6 from "+c.Name); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, c := range cs[:2] {
+			if !strings.Contains(srv.Output(), "tcp from ["+addrs6[c]+"]:") {
+				t.Errorf("c3's echo server did not see %s's IPv6 address %s:\n%s", c, addrs6[c], srv.Output())
+			}
+		}
 	})
 
 	t.Run("WireGuard peers sit at IPv6 endpoints with handshakes", func(t *testing.T) {
@@ -211,13 +251,6 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 		}
 		waitWhole(t, tb, hosts, 60*time.Second)
 		eventually(t, 30*time.Second, func() error { return overlayPings(ctx, tb.View(ctx, want), hosts, cs) })
-	})
-
-	// The IPv6 overlay (issue 17 items 1-3) is checked here on the same
-	// IPv6-only underlay once it lands: ping6 and TCP over IPv6 between the
-	// containers cs and to every node's IPv6 overlay address.
-	t.Run("IPv6 overlay", func(t *testing.T) {
-		t.Skip("the IPv6 overlay is not in this branch yet (issue 17 items 1-3)")
 	})
 
 	t.Logf("IPv6-only underlay test took %v", time.Since(begin).Round(time.Millisecond))
