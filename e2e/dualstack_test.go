@@ -228,3 +228,70 @@ func TestIPv6Off(t *testing.T) {
 		}
 	}
 }
+
+// TestDualStackNAT, on a dual-stack underlay (hosts and the outside network
+// have IPv6 addresses): published ports answer on the host's IPv6 address
+// and land on the target's IPv6 address (the client's address kept for a
+// local target, the node's IPv6 overlay address for one on another host),
+// a port published on the IPv6 address alone is closed on IPv4, and
+// containers reach the outside over IPv6 masqueraded to the host's IPv6
+// address (the host has an IPv6 default route).
+func TestDualStackNAT(t *testing.T) {
+	bin := testbed.BuildZlmesh(t)
+	tb := testbed.New(t, testbed.Options{
+		Hosts:    2,
+		Binary:   bin,
+		Underlay: testbed.UnderlayDual,
+		Args:     func(*testbed.Host) []string { return fastGossip },
+	})
+	waitWhole(t, tb, tb.Hosts(), 60*time.Second)
+	h1, h2 := tb.Host("h1"), tb.Host("h2")
+	web, webAt := natAttach(t, tb, h1, "web", "web")
+	apiC, apiAt := natAttach(t, tb, h2, "api", "api")
+	if webAt.Address6 == "" || apiAt.Address6 == "" {
+		t.Fatalf("attachments without IPv6: %+v %+v", webAt, apiAt)
+	}
+	webTCP := startEcho(t, "web tcp", web.StartProcess, "tcp", "[::]:80")
+	apiTCP := startEcho(t, "api tcp", apiC.StartProcess, "tcp", "[::]:80")
+	outTCP := startEcho(t, "outside tcp", tb.StartOutside, "tcp", "["+testbed.Outside6Addr.String()+"]:7000")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	publish := func(req api.PublishRequest) api.PortMapping {
+		t.Helper()
+		pm, err := h1.Client().Publish(ctx, req)
+		if err != nil {
+			t.Fatalf("publish %+v: %v", req, err)
+		}
+		return pm
+	}
+	pmWeb := publish(api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 8080, ContainerPort: 80})
+	publish(api.PublishRequest{Container: apiC.ID(), Protocol: "tcp", HostPort: 8081, ContainerPort: 80})
+	publish(api.PublishRequest{Container: web.ID(), Protocol: "tcp", HostPort: 8082, ContainerPort: 80, HostAddress: h1.Underlay6.String()})
+	if pmWeb.Target6 != "["+webAt.Address6+"]:80" {
+		t.Errorf("port 8080's IPv6 target %q, want [%s]:80", pmWeb.Target6, webAt.Address6)
+	}
+
+	out := outsidePeer(tb)
+	v6 := func(port int) string { return fmt.Sprintf("[%s]:%d", h1.Underlay6, port) }
+	v4 := func(port int) string { return fmt.Sprintf("%s:%d", h1.Underlay, port) }
+	overlay6 := status(t, h1).OverlayIP6
+	// The outside namespace holds several IPv6 addresses (its resolver's
+	// too) and the kernel picks the source: kept means one of them.
+	fromOutside := func(addr string) {
+		t.Helper()
+		if src := reach(t, out, "tcp", addr, webTCP); !testbed.Outside6Prefix.Contains(netip.MustParseAddr(src)) {
+			t.Errorf("outside → %s: web saw source %s, want the client's own address in %s", addr, src, testbed.Outside6Prefix)
+		}
+	}
+	fromOutside(v6(8080))
+	expectFrom(t, out, "tcp", v4(8080), webTCP, testbed.OutsideAddr.String())
+	expectFrom(t, out, "tcp", v6(8081), apiTCP, overlay6)
+	fromOutside(v6(8082))
+	expectClosed(t, out, "tcp", v4(8082), webTCP)
+
+	// Egress over IPv6, masqueraded to h1's IPv6 underlay address; over
+	// the overlay, web keeps its own IPv6 address.
+	expectFrom(t, ctrPeer(web), "tcp", "["+testbed.Outside6Addr.String()+"]:7000", outTCP, h1.Underlay6.String())
+	expectFrom(t, ctrPeer(web), "tcp", "["+apiAt.Address6+"]:80", apiTCP, webAt.Address6)
+}
