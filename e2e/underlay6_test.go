@@ -10,9 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -122,7 +120,7 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 			if ps := v.Problems(); len(ps) > 0 {
 				return fmt.Errorf("problems:\n%s", strings.Join(ps, "\n"))
 			}
-			return overlayPings(ctx, v, hosts, cs)
+			return pingMeshErr(tb.PingMesh(ctx, v, cs))
 		})
 	})
 
@@ -250,68 +248,15 @@ func TestIPv6OnlyUnderlay(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitWhole(t, tb, hosts, 60*time.Second)
-		eventually(t, 30*time.Second, func() error { return overlayPings(ctx, tb.View(ctx, want), hosts, cs) })
+		eventually(t, 30*time.Second, func() error { return pingMeshErr(tb.PingMesh(ctx, tb.View(ctx, want), cs)) })
 	})
 
 	t.Logf("IPv6-only underlay test took %v", time.Since(begin).Round(time.Millisecond))
 }
 
-// overlayPings pings, over the overlay, every host's overlay address from
-// every kernel host (a userspace host has no kernel route to the overlay:
-// it is only pinged), and every container's address from every other
-// container. It returns the pairs that got no answer after a retry.
-func overlayPings(ctx context.Context, v testbed.MeshView, hosts []*testbed.Host, cs []*testbed.Container) error {
-	overlay := map[string]string{}
-	addr := map[string]string{}
-	for _, h := range v.Hosts {
-		overlay[h.Host] = h.Status.OverlayIP
-		for _, a := range h.Attachments {
-			addr[a.Container] = a.Address
-		}
-	}
-	type pair struct {
-		from, to, addr string
-		ping           func(context.Context, string) error
-	}
-	var pairs []pair
-	for _, from := range hosts {
-		if from.Userspace {
-			continue
-		}
-		for _, to := range hosts {
-			if from != to {
-				pairs = append(pairs, pair{from.Name, to.Name, overlay[to.Name], from.Ping})
-			}
-		}
-	}
-	for _, from := range cs {
-		for _, to := range cs {
-			if from != to {
-				pairs = append(pairs, pair{from.String(), to.String(), addr[to.ID()], from.Ping})
-			}
-		}
-	}
-	var mu sync.Mutex
-	var fails []string
-	var wg sync.WaitGroup
-	for _, p := range pairs {
-		wg.Go(func() {
-			err := fmt.Errorf("no address")
-			if p.addr != "" {
-				if err = p.ping(ctx, p.addr); err != nil {
-					err = p.ping(ctx, p.addr)
-				}
-			}
-			if err != nil {
-				mu.Lock()
-				fails = append(fails, fmt.Sprintf("%s→%s (%s): %v", p.from, p.to, p.addr, err))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+// pingMeshErr is PingMesh's failures as an error (nil for none).
+func pingMeshErr(fails []string) error {
 	if len(fails) > 0 {
-		sort.Strings(fails)
 		return fmt.Errorf("overlay pings failed: %s", strings.Join(fails, "; "))
 	}
 	return nil
