@@ -678,7 +678,8 @@ func tbDemo(args []string) error {
 
 Brings up 3 hosts running this zlmesh, waits until the mesh is whole, prints
 each host's peers and a ping matrix over the overlay, then attaches
-containers (web on h1 and h2, db on h3), prints their ping matrix and what
+containers (web on h1 and h2, db on h3), prints their ping matrices (IPv4
+and, dual-stack, IPv6) and what
 'dig +short web.zl' answers in db, and removes everything — also on Ctrl-C
 and on failure (then the exit code is non-zero).`, false)
 	f.prefix = "ztdemo"
@@ -775,7 +776,7 @@ func demo(ctx context.Context, tb *testbed.Testbed, out io.Writer) error {
 		container string
 	}{{hosts[0], "web", "web1"}, {hosts[1], "web", "web2"}, {hosts[2], "db", "db1"}}
 	var cs []*testbed.Container
-	var cnames, caddrs []string
+	var cnames, caddrs, caddrs6 []string
 	for _, s := range specs {
 		c, err := tb.AddContainer(ctx, s.host, s.container)
 		if err != nil {
@@ -789,7 +790,12 @@ func demo(ctx context.Context, tb *testbed.Testbed, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("attach %s to %s: %w", c, s.service, err)
 		}
-		fmt.Fprintf(out, "  %-5s on %s: %s/%d (service %s, gateway %s)\n", c.Name, s.host.Name, a.Address, a.Prefix, s.service, a.Gateway)
+		six := ""
+		if a.Address6 != "" {
+			six = fmt.Sprintf(" and %s/128", a.Address6)
+			caddrs6 = append(caddrs6, a.Address6)
+		}
+		fmt.Fprintf(out, "  %-5s on %s: %s/%d%s (service %s, gateway %s)\n", c.Name, s.host.Name, a.Address, a.Prefix, six, s.service, a.Gateway)
 		cs = append(cs, c)
 		cnames, caddrs = append(cnames, c.Name), append(caddrs, a.Address)
 	}
@@ -799,6 +805,10 @@ func demo(ctx context.Context, tb *testbed.Testbed, out io.Writer) error {
 		cpingers[i] = c.PingRTT
 	}
 	failed += pingMatrix(ctx, out, cnames, cpingers, cnames, caddrs)
+	if len(caddrs6) == len(cs) {
+		fmt.Fprintln(out, "\n== ping between containers over IPv6 (their addresses' twins)")
+		failed += pingMatrix(ctx, out, cnames, cpingers, cnames, caddrs6)
+	}
 
 	fmt.Fprintln(out, "\n== dig +short web.zl in db1")
 	// The service records of web1 and web2 travel by gossip: give them a
