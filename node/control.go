@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
@@ -18,13 +19,15 @@ import (
 type endpoint func(r *http.Request) (any, error)
 
 // controlHandler is the HTTP handler of the control socket (see package api
-// for the contract).
+// for the contract). Every operation is a ServeMux pattern with its method
+// ("POST /v1/attach"); any other method on a known path answers
+// CodeMethodNotAllow as JSON, an unknown path CodeNotFound.
 func (n *Node) controlHandler() http.Handler {
-	routes := map[string]map[string]endpoint{
-		"/v1/status": {http.MethodGet: func(*http.Request) (any, error) { return n.Status(), nil }},
-		"/v1/peers":  {http.MethodGet: func(*http.Request) (any, error) { return n.Peers() }},
-		"/v1/down":   {http.MethodPost: n.handleDown},
-		"/v1/attach": {http.MethodPost: func(r *http.Request) (any, error) {
+	routes := map[string]endpoint{
+		"GET /v1/status": func(*http.Request) (any, error) { return n.Status(), nil },
+		"GET /v1/peers":  func(*http.Request) (any, error) { return n.Peers() },
+		"POST /v1/down":  n.handleDown,
+		"POST /v1/attach": func(r *http.Request) (any, error) {
 			var req api.AttachRequest
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
@@ -34,8 +37,8 @@ func (n *Node) controlHandler() http.Handler {
 				n.metrics.attachFailed(err)
 			}
 			return at, err
-		}},
-		"/v1/detach": {http.MethodPost: func(r *http.Request) (any, error) {
+		},
+		"POST /v1/detach": func(r *http.Request) (any, error) {
 			var req api.DetachRequest
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
@@ -45,60 +48,62 @@ func (n *Node) controlHandler() http.Handler {
 				n.metrics.detachFailed(err)
 			}
 			return nil, err
-		}},
-		"/v1/attachments": {http.MethodGet: func(*http.Request) (any, error) { return n.Attachments(), nil }},
-		"/v1/services":    {http.MethodGet: func(*http.Request) (any, error) { return n.Services(), nil }},
-		"/v1/ports":       {http.MethodGet: func(*http.Request) (any, error) { return n.Ports(), nil }},
-		"/v1/publish": {
-			http.MethodPost: func(r *http.Request) (any, error) {
-				var req api.PublishRequest
-				if err := decodeBody(r, &req); err != nil {
-					return nil, err
-				}
-				return n.Publish(req)
-			},
-			http.MethodDelete: func(r *http.Request) (any, error) {
-				var req api.UnpublishRequest
-				if err := decodeBody(r, &req); err != nil {
-					return nil, err
-				}
-				return nil, n.Unpublish(req)
-			},
 		},
-	}
-	n.userspaceRoutes(routes)
-	mux := http.NewServeMux()
-	for path, methods := range routes {
-		mux.Handle(path, methodRouter(methods))
-	}
-	mux.Handle("/v1/guests", methodRouter(map[string]endpoint{
-		http.MethodGet: func(*http.Request) (any, error) { return n.Guests() },
-		http.MethodPost: func(r *http.Request) (any, error) {
+		"GET /v1/attachments": func(*http.Request) (any, error) { return n.Attachments(), nil },
+		"GET /v1/services":    func(*http.Request) (any, error) { return n.Services(), nil },
+		"GET /v1/ports":       func(*http.Request) (any, error) { return n.Ports(), nil },
+		"POST /v1/publish": func(r *http.Request) (any, error) {
+			var req api.PublishRequest
+			if err := decodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return n.Publish(req)
+		},
+		"DELETE /v1/publish": func(r *http.Request) (any, error) {
+			var req api.UnpublishRequest
+			if err := decodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return nil, n.Unpublish(req)
+		},
+		"GET /v1/guests": func(*http.Request) (any, error) { return n.Guests() },
+		"POST /v1/guests": func(r *http.Request) (any, error) {
 			var req api.GuestRequest
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
 			}
 			return n.AddGuest(r.Context(), req)
 		},
-	}))
-	mux.Handle("/v1/guests/{name}", methodRouter(map[string]endpoint{
-		http.MethodDelete: func(r *http.Request) (any, error) { return nil, n.RemoveGuest(r.Context(), r.PathValue("name")) },
-	}))
-	mux.HandleFunc("/v1/events", n.handleEvents)
-	mux.HandleFunc("/metrics", n.handleMetrics)
+		"DELETE /v1/guests/{name}": func(r *http.Request) (any, error) { return nil, n.RemoveGuest(r.Context(), r.PathValue("name")) },
+	}
+	n.userspaceRoutes(routes)
+	mux := http.NewServeMux()
+	paths := map[string]bool{}
+	for pattern, fn := range routes {
+		mux.Handle(pattern, serveEndpoint(fn))
+		_, path, _ := strings.Cut(pattern, " ")
+		paths[path] = true
+	}
+	mux.HandleFunc("GET /v1/events", n.handleEvents)
+	mux.HandleFunc("GET /metrics", n.handleMetrics)
+	paths["/v1/events"], paths["/metrics"] = true, true
+	// A known path with another method: the pattern without a method
+	// matches what the ones with a method do not.
+	for path := range paths {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, api.Errorf(api.CodeMethodNotAllow, "%s not allowed on %s", r.Method, r.URL.Path))
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no endpoint %s", r.URL.Path))
 	})
 	return mux
 }
 
-func methodRouter(methods map[string]endpoint) http.Handler {
+// serveEndpoint answers a request with fn's value as JSON (204 for nil) or
+// its error.
+func serveEndpoint(fn endpoint) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fn, ok := methods[r.Method]
-		if !ok {
-			writeError(w, api.Errorf(api.CodeMethodNotAllow, "%s not allowed on %s", r.Method, r.URL.Path))
-			return
-		}
 		v, err := fn(r)
 		if err != nil {
 			writeError(w, err)

@@ -257,22 +257,20 @@ func errNoUserspace() error {
 }
 
 // userspaceRoutes adds the control endpoints of userspace mode.
-func (n *Node) userspaceRoutes(routes map[string]map[string]endpoint) {
-	routes["/v1/forwards"] = map[string]endpoint{
-		http.MethodGet: func(*http.Request) (any, error) { return n.Forwards() },
-		http.MethodPost: func(r *http.Request) (any, error) {
-			var req api.Forward
-			if err := decodeBody(r, &req); err != nil {
-				return nil, err
-			}
-			return n.AddForward(req)
-		},
-		http.MethodDelete: func(r *http.Request) (any, error) {
-			var req api.UnforwardRequest
-			if err := decodeBody(r, &req); err != nil {
-				return nil, err
-			}
-			return nil, n.RemoveForward(req)
-		},
+func (n *Node) userspaceRoutes(routes map[string]endpoint) {
+	routes["GET /v1/forwards"] = func(*http.Request) (any, error) { return n.Forwards() }
+	routes["POST /v1/forwards"] = func(r *http.Request) (any, error) {
+		var req api.Forward
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return n.AddForward(req)
+	}
+	routes["DELETE /v1/forwards"] = func(r *http.Request) (any, error) {
+		var req api.UnforwardRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return nil, n.RemoveForward(req)
 	}
 }
