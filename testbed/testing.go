@@ -10,9 +10,23 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
+
+// TB is the part of testing.TB that New and BuildZlmesh use: *testing.T
+// and *testing.B satisfy it. It is declared here so that this package,
+// which the zlmesh binary links for `zlmesh testbed`, does not import
+// package testing.
+type TB interface {
+	Helper()
+	Skip(args ...any)
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	Failed() bool
+}
 
 // RandomPrefix returns "zt" and three random lowercase letters, for tests
 // that must never clash with another testbed on the machine.
@@ -37,7 +51,7 @@ const upTimeout = 60 * time.Second
 //
 // A test binary killed by its -timeout runs no cleanups, so New first removes
 // the testbeds earlier New calls made whose test process is gone.
-func New(t testing.TB, o Options) *Testbed {
+func New(t TB, o Options) *Testbed {
 	t.Helper()
 	if err := supported(); err != nil {
 		t.Skip(err)
@@ -137,7 +151,7 @@ func RemoveBinary() {
 
 // BuildZlmesh returns the zlmesh binary for a test (see Binary), failing the
 // test when it cannot be built.
-func BuildZlmesh(t testing.TB) string {
+func BuildZlmesh(t TB) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
