@@ -352,7 +352,7 @@ func (n *Node) setClaimsLocked(claims []ipam.Claim) error {
 	}
 	if overlay6 := n.twin(overlay); overlay6.IsValid() {
 		if err := n.cfg.Plumbing.SetAddress(n.cfg.Interface, netip.PrefixFrom(overlay6, n.twins.Cluster6().Bits())); err != nil {
-			return fmt.Errorf("address %s on %s: %w", overlay6, n.cfg.Interface, err)
+			return fmt.Errorf("address %s on %s: %w (a host without IPv6 runs with --ipv6=false)", overlay6, n.cfg.Interface, err)
 		}
 	}
 	n.mu.Lock()
