@@ -124,7 +124,7 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 	if err != nil {
 		return api.Attachment{}, err
 	}
-	n.log.Info("attached", "container", at.Spec.Container, "service", at.Spec.Service, "address", at.Spec.Address, "bridge", at.Attached.Bridge, "took", time.Since(start).Round(time.Microsecond))
+	n.log.Info("attached", "container", at.Spec.Container, "service", at.Spec.Service, "address", at.Spec.Address, "address6", at.Spec.Address6, "bridge", at.Attached.Bridge, "took", time.Since(start).Round(time.Microsecond))
 	return n.apiAttachment(at), nil
 }
 
