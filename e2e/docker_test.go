@@ -179,16 +179,18 @@ func dockerAttachment(ctx context.Context, h *testbed.Host, service string) (api
 // the hosts by mesh name (Docker's embedded resolver forwarding to the mesh
 // DNS) and by Docker's own name on one host; ping over IPv6 between them
 // and to a container attached through the control API, AAAA of the mesh
-// name and of Docker's own name, -p targeting the IPv6 address too; HTTP from db1 to web1 and from the outside network to h1's
-// port 8080. Bad input (unknown options, a second network of a service
-// with another MTU, --subnet, docker run --ip, malformed JSON and a Join
-// of an endpoint never created on the plugin's socket) gets Docker-shaped
-// errors and leaves no attachment, veth, lease or saved network. A
-// restart of zlmesh keeps a running container's addresses, and db1 reaches
-// it again (HTTP, ping of both families); docker stop + rm, and run --rm,
-// leave no attachment, veth, host route of either family, lease or port, and the bridge stays (across a
-// zlmesh restart too) until docker network rm; after dockerd is killed (SIGKILL) and started again nothing
-// stays attached and a new container on the same network works.
+// name and of Docker's own name, -p targeting the IPv6 address too; HTTP
+// from db1 to web1 and from the outside network to h1's port 8080. Bad
+// input (unknown options, a second network of a service with another MTU,
+// --subnet, docker run --ip, malformed JSON and a Join of an endpoint
+// never created on the plugin's socket) gets Docker-shaped errors and
+// leaves no attachment, veth, lease or saved network. A restart of zlmesh
+// keeps a running container's addresses, and db1 reaches it again (HTTP,
+// ping of both families); docker stop + rm, and run --rm, leave no
+// attachment, veth, host route of either family, lease or port, and the
+// bridge stays (across a zlmesh restart too) until docker network rm;
+// after dockerd is killed (SIGKILL) and started again nothing stays
+// attached and a new container on the same network works.
 func TestDocker(t *testing.T) {
 	start := time.Now()
 	tb, ds := dockerCluster(t, 2)
