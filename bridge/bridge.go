@@ -272,7 +272,8 @@ type Spec struct {
 	// container end of the veth is made in the host namespace under this
 	// name (normally HostPeerName(Container)) and left there, down and
 	// without an address, for the runtime to move into the container,
-	// rename, and give Address and a route to Gateway. Netns and PID are
+	// rename, and give Address (and Address6, if set) and the routes to
+	// the gateways. Netns and PID are
 	// then unset and Ifname is not used. Attach does steps 3, 4 (the peer
 	// in the host), 7, 8 and 9 of its list; Alive reports whether the host
 	// veth still exists (it dies with the container's namespace); Adopt
@@ -431,10 +432,10 @@ func (s Spec) validateHostPeer() error {
 	if s.MTU < 0 || (s.MTU > 0 && s.MTU < 68) || s.MTU > 65535 {
 		return fmt.Errorf("container %s: mtu %d out of range (0, or 68 to 65535): %w", s.Container, s.MTU, ErrInvalid)
 	}
-	if s.Address6.IsValid() {
-		return fmt.Errorf("container %s: a host peer carries one address (its runtime gives it the rest): %w", s.Container, ErrInvalid)
+	if err := validateAddrs(s.Container, s.Address, s.Gateway); err != nil {
+		return err
 	}
-	return validateAddrs(s.Container, s.Address, s.Gateway)
+	return s.validateAddress6()
 }
 
 // NetnsID identifies a network namespace: the device and inode numbers of

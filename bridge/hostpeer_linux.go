@@ -18,7 +18,11 @@ import (
 //  4. create the veth pair in the host, both ends with the MTU: the host end
 //     VethName(Container), the peer HostPeer (ErrExists when either name
 //     is taken);
-//  7. the host route of Address to the bridge (ensureHostRoute);
+//  7. the host routes of Address and Address6 (if any) to the bridge
+//     (ensureHostRoute), which holds both gateways; the runtime puts the
+//     addresses, the gateways' routes and the default routes into the
+//     container (Docker: from the driver's CreateEndpoint and Join
+//     answers);
 //  8. the host end a port of the bridge, up, hairpin on (ensureHostEnd);
 //  9. the forwarding switches.
 //
@@ -139,22 +143,22 @@ func (m *Manager) adoptHostPeer(ctx context.Context, s Spec) (Attached, error) {
 	if err != nil {
 		return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
 	}
-	fix, _, err := sys.ensureHostRoute(s.Address, br)
-	if err != nil {
-		return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
-	}
-	if fix != "" {
-		repairs = append(repairs, fix)
+	for _, a := range s.addrs() {
+		fix, _, err := sys.ensureHostRoute(a.addr, br)
+		if err != nil {
+			return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
+		}
+		if fix != "" {
+			repairs = append(repairs, fix)
+		}
 	}
 	more, err := sys.ensureHostEnd(host, br, s, false)
 	repairs = append(repairs, more...)
 	if err != nil {
 		return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
 	}
-	if m.cfg.Forwarding {
-		if err := sys.forwarding(s.Address.Addr().Is6()); err != nil {
-			return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
-		}
+	if err := m.forwarding(sys, s); err != nil {
+		return Attached{}, fmt.Errorf("adopt %s: %w", s.Container, err)
 	}
 	sys.notePort(brName, s.Container)
 	return Attached{Bridge: brName, HostVeth: vethName, Repairs: repairs}, nil

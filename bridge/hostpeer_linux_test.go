@@ -7,11 +7,13 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/zlmesh/zlmesh/internal/nstest"
+	"golang.org/x/sys/unix"
 )
 
 // dockerJoin does to a HostPeer link what Docker does after Join: moves it
@@ -46,6 +48,23 @@ func dockerJoin(t *testing.T, e *env, peer string, sandbox *nstest.NS, s Spec) {
 	def := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
 	if err := sandbox.NL.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Dst: def, Gw: s.Gateway.Addr().AsSlice()}); err != nil {
 		t.Fatalf("default route via %s (Docker's programGateway): %v", s.Gateway.Addr(), err)
+	}
+	if !s.Address6.IsValid() {
+		return
+	}
+	// The IPv6 address as libnetwork's osl gives it (setInterfaceIPv6:
+	// no DAD), the connected route to the IPv6 gateway (Join's
+	// StaticRoutes) and the default route via it (GatewayIPv6).
+	if err := sandbox.NL.AddrAdd(in, &netlink.Addr{IPNet: prefixNet(s.Address6), Flags: unix.IFA_F_NODAD}); err != nil {
+		t.Fatal(err)
+	}
+	gw6 := GatewayFor(s.Address6.Addr())
+	if err := sandbox.NL.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Dst: prefixNet(gw6), Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatal(err)
+	}
+	def6 := &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	if err := sandbox.NL.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Dst: def6, Gw: gw6.Addr().AsSlice()}); err != nil {
+		t.Fatalf("default route via %s (Docker's programGateway): %v", gw6.Addr(), err)
 	}
 }
 
@@ -124,6 +143,56 @@ func TestHostPeer(t *testing.T) {
 	}
 }
 
+// TestHostPeerDualStack: the Docker form with an IPv6 address: the bridge
+// holds both gateways, the host both host routes; once "Docker" gave the
+// container both addresses and both default routes it reaches a dual-stack
+// container of the namespace form over IPv6 and back; Adopt repairs a lost
+// IPv6 host route; Detach leaves no route of either family.
+func TestHostPeerDualStack(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a := netip.MustParsePrefix("10.200.1.40/32")
+	s := Spec{Service: "web", Container: "docker-a1b2c3d4e5f6", HostPeer: HostPeerName("docker-a1b2c3d4e5f6"),
+		Address: a, Gateway: GatewayFor(a.Addr()), Address6: netip.MustParsePrefix("fd12:3456:789a::40/128"), MTU: 1400}
+	if _, err := e.m.Attach(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	gws := []netip.Prefix{netip.MustParsePrefix("169.254.1.1/32"), netip.MustParsePrefix("fe80::1/128")}
+	if got := globalAddrs(t, e.host.NL, "zlb-web"); !slices.Equal(got, gws) {
+		t.Errorf("zlb-web addresses %v, want %v", got, gws)
+	}
+	checkHostRoutes(t, e, "zlb-web", s.Address, s.Address6)
+	sandbox := e.container()
+	dockerJoin(t, e, s.HostPeer, sandbox, s)
+	other := e.container()
+	s2 := spec("web", "c2", other, "10.200.1.41/32")
+	s2.Address6 = netip.MustParsePrefix("fd12:3456:789a::41/128")
+	if _, err := e.m.Attach(ctx, s2); err != nil {
+		t.Fatal(err)
+	}
+	mustPing(t, sandbox, s2.Address6)
+	mustPing(t, other, s.Address6)
+	mustPing(t, sandbox, s2.Address)
+
+	br, err := e.host.NL.LinkByName("zlb-web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.host.NL.RouteDel(&netlink.Route{LinkIndex: br.Attrs().Index, Dst: prefixNet(s.Address6)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.m.Adopt(ctx, s); err != nil || len(got.Repairs) == 0 {
+		t.Errorf("Adopt without the IPv6 host route = %+v %v, want it repaired", got, err)
+	}
+	checkHostRoutes(t, e, "zlb-web", s.Address, s.Address6, s2.Address, s2.Address6)
+	mustPing(t, other, s.Address6)
+
+	if err := e.m.Detach(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	checkHostRoutes(t, e, "zlb-web", s2.Address, s2.Address6)
+}
+
 func TestHostPeerBadSpec(t *testing.T) {
 	e := newEnv(t)
 	a := netip.MustParsePrefix("10.200.1.40/32")
@@ -137,6 +206,8 @@ func TestHostPeerBadSpec(t *testing.T) {
 		{"foreign prefix", func(s *Spec) { s.HostPeer = "eth7" }},
 		{"too long", func(s *Spec) { s.HostPeer = "zlc0123456789abcdef" }},
 		{"no gateway", func(s *Spec) { s.Gateway = netip.Prefix{} }},
+		{"address6 not IPv6", func(s *Spec) { s.Address6 = netip.MustParsePrefix("10.200.1.41/32") }},
+		{"address6 not a host prefix", func(s *Spec) { s.Address6 = netip.MustParsePrefix("fd12:3456:789a::/64") }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

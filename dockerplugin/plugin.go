@@ -162,9 +162,16 @@ type Attachment struct {
 	Service   string
 	Address   netip.Prefix // full length
 	Gateway   netip.Prefix // full-length link-local
-	Peer      string       // the veth end Docker moves (in the host until Join)
-	HostVeth  string
-	Created   time.Time
+	// Address6 is the IPv6 twin of Address (full length), Gateway6 its
+	// full-length link-local gateway; both zero when the node serves no
+	// IPv6. The plugin hands them to Docker in the CreateEndpoint and
+	// Join answers: the network needs no --ipv6 (libnetwork's sandbox
+	// enables IPv6 on each interface that has an IPv6 address).
+	Address6 netip.Prefix
+	Gateway6 netip.Prefix
+	Peer     string // the veth end Docker moves (in the host until Join)
+	HostVeth string
+	Created  time.Time
 }
 
 // Port is one published port.
@@ -719,7 +726,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req createEndpointRequest) 
 		return nil, fmt.Errorf("create endpoint %s: no address: create the network with --ipam-driver %s", short(req.EndpointID), DriverName)
 	}
 	if req.Interface.AddressIPv6 != "" {
-		return nil, fmt.Errorf("create endpoint %s: zlmesh serves no IPv6 addresses", short(req.EndpointID))
+		return nil, fmt.Errorf("create endpoint %s: IPv6 address %s from another IPAM: zlmesh gives each container its IPv6 address itself (create the network without --ipv6)", short(req.EndpointID), req.Interface.AddressIPv6)
 	}
 	addr, err := parseAddr(req.Interface.Address)
 	if err != nil {
@@ -731,7 +738,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req createEndpointRequest) 
 	}
 	if at, ok := p.cfg.Node.Attachment(key); ok {
 		if at.Address.Addr() == addr && at.Service == nw.Service {
-			return createEndpointResponse{}, nil // a repeated request
+			return endpointAnswer(at), nil // a repeated request
 		}
 		return nil, fmt.Errorf("create endpoint %s: container %s is attached already (%s in %s)", short(req.EndpointID), key, at.Address, at.Service)
 	}
@@ -749,8 +756,20 @@ func (p *Plugin) createEndpoint(ctx context.Context, req createEndpointRequest) 
 		}
 		return nil, fmt.Errorf("create endpoint %s: %w", short(req.EndpointID), err)
 	}
-	p.log.Info("docker: endpoint created", "endpoint", short(req.EndpointID), "container", key, "service", at.Service, "address", at.Address, "peer", at.Peer)
-	return createEndpointResponse{}, nil
+	p.log.Info("docker: endpoint created", "endpoint", short(req.EndpointID), "container", key, "service", at.Service, "address", at.Address, "address6", at.Address6, "peer", at.Peer)
+	return endpointAnswer(at), nil
+}
+
+// endpointAnswer is CreateEndpoint's answer for at: the IPv6 address, if
+// it has one (Docker asked for none, the network having no --ipv6, and
+// libnetwork's remote driver sets the answered one on the endpoint:
+// drivers/remote/driver.go CreateEndpoint); nothing else (the IPv4 address
+// is IPAM's, the MAC the kernel's).
+func endpointAnswer(at Attachment) createEndpointResponse {
+	if !at.Address6.IsValid() {
+		return createEndpointResponse{}
+	}
+	return createEndpointResponse{Interface: &endpointInterface{AddressIPv6: at.Address6.String()}}
 }
 
 func (p *Plugin) endpointOperInfo(_ context.Context, req endpointRequest) (any, error) {
@@ -760,6 +779,9 @@ func (p *Plugin) endpointOperInfo(_ context.Context, req endpointRequest) (any, 
 			v["zlmesh.container"] = at.Container
 			v["zlmesh.service"] = at.Service
 			v["zlmesh.address"] = at.Address.String()
+			if at.Address6.IsValid() {
+				v["zlmesh.address6"] = at.Address6.String()
+			}
 			v["zlmesh.host_veth"] = at.HostVeth
 		}
 	}
@@ -801,6 +823,12 @@ func (p *Plugin) join(_ context.Context, req joinRequest) (any, error) {
 		resp.Gateway = at.Gateway.Addr().String()
 	} else {
 		resp.GatewayIPv6 = at.Gateway.Addr().String()
+	}
+	if at.Address6.IsValid() && at.Gateway6.IsValid() {
+		// The same for the IPv6 twin: the connected route to its
+		// gateway, then the default route via it.
+		resp.StaticRoutes = append(resp.StaticRoutes, staticRoute{Destination: at.Gateway6.String(), RouteType: routeConnected})
+		resp.GatewayIPv6 = at.Gateway6.Addr().String()
 	}
 	return resp, nil
 }

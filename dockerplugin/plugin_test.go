@@ -25,11 +25,13 @@ type fakeNode struct {
 	failAt   string // "attach", "publish": that call fails
 	clock    func() time.Time
 	kept     [][]string // every KeepBridges call
+	dual     bool       // attachments get an IPv6 twin (fd00::/64, host part kept)
 }
 
 var (
 	testPool = netip.MustParsePrefix("10.200.0.0/16")
 	testGW   = netip.MustParsePrefix("169.254.1.1/32")
+	testGW6  = netip.MustParsePrefix("fe80::1/128")
 )
 
 func newFakeNode() *fakeNode {
@@ -80,6 +82,12 @@ func (f *fakeNode) Attach(_ context.Context, ep Endpoint) (Attachment, error) {
 	f.leases[ep.Container] = a
 	at := Attachment{Container: ep.Container, Service: ep.Service, Address: netip.PrefixFrom(a, 32), Gateway: testGW,
 		Peer: "zlc" + ep.Container[len(ContainerPrefix):], HostVeth: "zlv" + ep.Container[len(ContainerPrefix):], Created: f.clock()}
+	if f.dual {
+		a16 := netip.MustParseAddr("fd00::").As16()
+		a4 := a.As4()
+		copy(a16[12:], a4[:])
+		at.Address6, at.Gateway6 = netip.PrefixFrom(netip.AddrFrom16(a16), 128), testGW6
+	}
 	f.attached[ep.Container] = at
 	return at, nil
 }
@@ -344,6 +352,62 @@ func TestDockerFlow(t *testing.T) {
 	h.ok("NetworkDriver.DiscoverNew", `{"DiscoveryType":1,"DiscoveryData":{"Address":"192.0.2.2","self":false}}`)
 	if st, _ := h.store.Load(); len(st.Networks) != 0 {
 		t.Fatalf("networks saved after rm: %v", st.Networks)
+	}
+}
+
+// TestDockerFlowIPv6: on a node serving IPv6 the network needs no --ipv6:
+// CreateEndpoint (asked with no IPv6 address) answers the container's IPv6
+// twin, which libnetwork's remote driver sets on the endpoint, the same on
+// a repeated request; Join adds the connected route to the IPv6 gateway
+// and names it GatewayIPv6; EndpointOperInfo shows the address; Docker's
+// ReleaseAddress of the IPv6 address on delete (no pool id: it never came
+// from IPAM) succeeds; an IPv6 address from elsewhere is refused.
+func TestDockerFlowIPv6(t *testing.T) {
+	h := newHarness(t)
+	h.node.dual = true
+	h.ok("NetworkDriver.CreateNetwork", createNetworkBody(netID, `"zlmesh.service":"web"`))
+	addr := h.ok("IpamDriver.RequestAddress", `{"PoolID":"zlmesh-v4","Address":"","Options":{}}`)["Address"].(string)
+	body := fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q,"Interface":{"Address":%q,"AddressIPv6":"","MacAddress":""},"Options":{}}`, netID, epID, addr)
+	want := map[string]any{"Interface": map[string]any{"Address": "", "AddressIPv6": "fd00::ac8:a/128", "MacAddress": ""}}
+	for _, name := range []string{"CreateEndpoint", "CreateEndpoint repeated"} {
+		if got := h.ok("NetworkDriver.CreateEndpoint", body); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s:\n got %v\nwant %v", name, got, want)
+		}
+	}
+	at, _ := h.node.Attachment(epKey)
+	join := h.ok("NetworkDriver.Join", fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q,"SandboxKey":"/var/run/docker/netns/0123456789ab","Options":{}}`, netID, epID))
+	wantJoin := map[string]any{
+		"InterfaceName": map[string]any{"SrcName": at.Peer, "DstPrefix": "eth"},
+		"Gateway":       "169.254.1.1",
+		"GatewayIPv6":   "fe80::1",
+		"StaticRoutes": []any{
+			map[string]any{"Destination": "169.254.1.1/32", "RouteType": float64(1), "NextHop": ""},
+			map[string]any{"Destination": "fe80::1/128", "RouteType": float64(1), "NextHop": ""},
+		},
+		"DisableGatewayService": false,
+	}
+	if fmt.Sprint(join) != fmt.Sprint(wantJoin) {
+		t.Fatalf("Join:\n got %v\nwant %v", join, wantJoin)
+	}
+	info := h.ok("NetworkDriver.EndpointOperInfo", fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q}`, netID, epID))
+	if info["Value"].(map[string]any)["zlmesh.address6"] != "fd00::ac8:a/128" {
+		t.Fatalf("EndpointOperInfo: %v", info)
+	}
+	h.ok("NetworkDriver.Leave", fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q}`, netID, epID))
+	h.ok("NetworkDriver.DeleteEndpoint", fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q}`, netID, epID))
+	h.ok("IpamDriver.ReleaseAddress", fmt.Sprintf(`{"PoolID":"zlmesh-v4","Address":%q}`, strings.TrimSuffix(addr, "/32")))
+	h.ok("IpamDriver.ReleaseAddress", `{"PoolID":"","Address":"fd00::ac8:a"}`)
+	if l, a, p := h.node.counts(); l+a+p != 0 {
+		t.Fatalf("after rm: %d leases, %d attachments, %d port sets", l, a, p)
+	}
+
+	addr = h.ok("IpamDriver.RequestAddress", `{"PoolID":"zlmesh-v4","Address":"","Options":{}}`)["Address"].(string)
+	msg := h.fails("NetworkDriver.CreateEndpoint", fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q,"Interface":{"Address":%q,"AddressIPv6":"fd99::5/64","MacAddress":""},"Options":{}}`, netID, epID, addr))
+	if !strings.Contains(msg, "without --ipv6") {
+		t.Errorf("CreateEndpoint with an IPv6 address of another IPAM: %q", msg)
+	}
+	if _, a, _ := h.node.counts(); a != 0 {
+		t.Fatalf("an endpoint with a foreign IPv6 address got attached")
 	}
 }
 

@@ -91,8 +91,8 @@ type createEndpointRequest struct {
 	Options    map[string]any
 }
 
-// createEndpointResponse: Interface stays nil, zlmesh changes nothing of
-// what Docker gave (the address is IPAM's, the MAC the kernel's).
+// createEndpointResponse: Interface is nil, or holds the IPv6 address
+// only (endpointAnswer).
 type createEndpointResponse struct {
 	Interface *endpointInterface `json:",omitempty"`
 }

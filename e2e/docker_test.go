@@ -111,7 +111,8 @@ func dockerTestTimeout() time.Duration {
 }
 
 // dockerHostClean fails unless h has no attachment, zlmesh veth (host end
-// or unmoved peer) or lease left.
+// or unmoved peer), host route of either family to a service bridge or
+// lease left.
 func dockerHostClean(ctx context.Context, h *testbed.Host) error {
 	list, err := h.Client().Attachments(ctx)
 	if err != nil {
@@ -128,6 +129,19 @@ func dockerHostClean(ctx context.Context, h *testbed.Host) error {
 	for _, line := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(line); len(f) > 1 && (strings.HasPrefix(f[1], "zlv") || strings.HasPrefix(f[1], "zlc")) {
 			left = append(left, "link "+strings.TrimSuffix(f[1], ":"))
+		}
+	}
+	// Host routes of the bridge package (proto 122) to a service bridge,
+	// of either family: a container's /32 or its IPv6 twin's /128.
+	for _, fam := range []string{"-4", "-6"} {
+		out, err := h.Exec(ctx, "ip", "-o", fam, "route", "show", "proto", "122")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, " dev zlb-") {
+				left = append(left, "host route "+strings.Join(strings.Fields(line)[:3], " "))
+			}
 		}
 	}
 	leases, _, err := stateOnDisk(h)
@@ -160,18 +174,23 @@ func dockerAttachment(ctx context.Context, h *testbed.Host, service string) (api
 // <same>` on two hosts (service web from the network's name on h1, db from
 // -o zlmesh.service on h2), web1 on h1 with -p 8080:80 and db1 on h2:
 // their addresses are /32s of the hosts' blocks with the link-local
-// gateway; they ping each other across the hosts by mesh name (Docker's
-// embedded resolver forwarding to the mesh DNS) and by Docker's own name
-// on one host; HTTP from db1 to web1 and from the outside network to h1's
-// port 8080. Bad input (unknown options, a second network of a service
-// with another MTU, --subnet, docker run --ip, malformed JSON and a Join
-// of an endpoint never created on the plugin's socket) gets Docker-shaped
-// errors and leaves no attachment, veth, lease or saved network. A
-// restart of zlmesh keeps a running container's address, and db1 reaches
-// it again (HTTP and ping); docker stop + rm, and run --rm, leave no
-// attachment, veth, lease or port, and the bridge stays (across a
-// zlmesh restart too) until docker network rm; after dockerd is killed (SIGKILL) and started again nothing
-// stays attached and a new container on the same network works.
+// gateway, and beside them their IPv6 twins (/128, default route via
+// fe80::1) though the networks have no --ipv6; they ping each other across
+// the hosts by mesh name (Docker's embedded resolver forwarding to the mesh
+// DNS) and by Docker's own name on one host; ping over IPv6 between them
+// and to a container attached through the control API, AAAA of the mesh
+// name and of Docker's own name, -p targeting the IPv6 address too; HTTP
+// from db1 to web1 and from the outside network to h1's port 8080. Bad
+// input (unknown options, a second network of a service with another MTU,
+// --subnet, docker run --ip, malformed JSON and a Join of an endpoint
+// never created on the plugin's socket) gets Docker-shaped errors and
+// leaves no attachment, veth, lease or saved network. A restart of zlmesh
+// keeps a running container's addresses, and db1 reaches it again (HTTP,
+// ping of both families); docker stop + rm, and run --rm, leave no
+// attachment, veth, host route of either family, lease or port, and the
+// bridge stays (across a zlmesh restart too) until docker network rm;
+// after dockerd is killed (SIGKILL) and started again nothing stays
+// attached and a new container on the same network works.
 func TestDocker(t *testing.T) {
 	start := time.Now()
 	tb, ds := dockerCluster(t, 2)
@@ -258,7 +277,8 @@ func TestDocker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dockerAttachment(ctx, h2, "db"); err != nil {
+	b1, err := dockerAttachment(ctx, h2, "db")
+	if err != nil {
 		t.Fatal(err)
 	}
 	// Inside web1: the /32 of h1's attachment on eth0, the default route
@@ -270,6 +290,22 @@ func TestDocker(t *testing.T) {
 	routes := must(d1, "exec", "web1", "ip", "route")
 	if !strings.Contains(routes, "default via 169.254.1.1 dev eth0") {
 		t.Fatalf("web1's routes:\n%s", routes)
+	}
+	// The IPv6 twin too, on a network without --ipv6: the /128 (Docker
+	// puts what CreateEndpoint answered on the interface), the default
+	// route via the link-local gateway (Join's GatewayIPv6).
+	if a1.Address6 == "" || b1.Address6 == "" {
+		t.Fatalf("Docker attachments without an IPv6 address: web1 %+v, db1 %+v", a1, b1)
+	}
+	addrs6 := must(d1, "exec", "web1", "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global")
+	if !strings.Contains(addrs6, a1.Address6+"/128") {
+		t.Fatalf("web1's eth0 does not hold %s/128:\n%s", a1.Address6, addrs6)
+	}
+	if routes6 := must(d1, "exec", "web1", "ip", "-6", "route"); !strings.Contains(routes6, "default via fe80::1 dev eth0") {
+		t.Fatalf("web1's IPv6 routes:\n%s", routes6)
+	}
+	if got := strings.TrimSpace(must(d1, "inspect", "-f", "{{.NetworkSettings.Networks.web.GlobalIPv6Address}} {{.NetworkSettings.Networks.web.IPv6Gateway}}", "web1")); got != a1.Address6+" fe80::1" {
+		t.Errorf("docker inspect web1: IPv6 address and gateway %q, want %q", got, a1.Address6+" fe80::1")
 	}
 	if out, err := d1.Run(ctx, "network", "create", "-d", d1.Plugin, "--ipam-driver", d1.Plugin, "-o", "zlmesh.service=web", "-o", "com.docker.network.driver.mtu=1300", "bad3"); err == nil || !strings.Contains(out, "already maps to service web") {
 		t.Errorf("a second network of service web with another MTU: %v\n%s", err, out)
@@ -288,6 +324,31 @@ func TestDocker(t *testing.T) {
 	if out := must(d2, "exec", "db1", "nslookup", "web.zl"); !strings.Contains(out, a1.Address) {
 		t.Errorf("nslookup web.zl in db1 does not give %s:\n%s", a1.Address, out)
 	}
+	// IPv6 across the hosts: Docker to Docker both ways, Docker to a
+	// container attached through the control API and back; AAAA of the
+	// mesh name.
+	plain := addContainer(t, tb, h2, "plain1")
+	p1 := mustAttach(t, plain, "plain")
+	eventually(t, 30*time.Second, func() error {
+		for _, p := range []struct {
+			d        *testbed.Dockerd
+			from, to string
+		}{{d2, "db1", a1.Address6}, {d1, "web1", b1.Address6}, {d1, "web1", p1.Address6}} {
+			if out, err := p.d.Run(ctx, "exec", p.from, "ping", "-c", "1", "-W", "2", p.to); err != nil {
+				return fmt.Errorf("ping %s from %s: %w\n%s", p.to, p.from, err, out)
+			}
+		}
+		return plain.Ping(ctx, a1.Address6)
+	})
+	if out := must(d2, "exec", "db1", "nslookup", "-type=AAAA", "web.zl"); !strings.Contains(out, a1.Address6) {
+		t.Errorf("nslookup -type=AAAA web.zl in db1 does not give %s:\n%s", a1.Address6, out)
+	}
+	if ports, err := h1.Client().Ports(ctx); err != nil || len(ports) != 1 || ports[0].Target6 != "["+a1.Address6+"]:80" {
+		t.Errorf("h1's ports: %+v %v; want -p 8080:80 targeting [%s]:80 too", ports, err, a1.Address6)
+	}
+	if err := h2.Client().Detach(ctx, plain.ID()); err != nil {
+		t.Fatal(err)
+	}
 	if err := dockerHTTP(ctx, d2, "db1", "web.zl", "hello-from-web1"); err != nil {
 		t.Error(err)
 	}
@@ -297,6 +358,12 @@ func TestDocker(t *testing.T) {
 	must(d1, "run", "-d", "--name", "web2", "--network", "web", dockerImage, "sleep", "3600")
 	if _, err := d1.Run(ctx, "exec", "web2", "ping", "-c", "1", "-W", "2", "web1"); err != nil {
 		t.Errorf("Docker's own name web1 from web2: %v", err)
+	}
+	// Docker's embedded resolver knows web1's IPv6 address too (asked
+	// as "web1.": busybox's nslookup asks a name without a dot only with
+	// the search domains appended).
+	if out, err := d1.Run(ctx, "exec", "web2", "nslookup", "-type=AAAA", "web1."); err != nil || !strings.Contains(out, a1.Address6) {
+		t.Errorf("nslookup -type=AAAA web1. in web2: %v\n%s\nwant %s", err, out, a1.Address6)
 	}
 	// -p 8080:80 on h1 from the outside network.
 	eventually(t, 20*time.Second, func() error {
@@ -326,7 +393,7 @@ func TestDocker(t *testing.T) {
 	}
 	kept := false
 	for _, a := range list {
-		kept = kept || (a.Container == a1.Container && a.Address == a1.Address)
+		kept = kept || (a.Container == a1.Container && a.Address == a1.Address && a.Address6 == a1.Address6)
 	}
 	if !kept {
 		t.Fatalf("after a restart of zlmesh web1 (%s at %s) is not attached as before: %+v", a1.Container, a1.Address, list)
@@ -337,7 +404,10 @@ func TestDocker(t *testing.T) {
 		if err := dockerHTTP(ctx, d2, "db1", a1.Address, "hello-from-web1"); err != nil {
 			return err
 		}
-		_, err := d2.Run(ctx, "exec", "db1", "ping", "-c", "1", "-W", "2", a1.Address)
+		if _, err := d2.Run(ctx, "exec", "db1", "ping", "-c", "1", "-W", "2", a1.Address); err != nil {
+			return err
+		}
+		_, err := d2.Run(ctx, "exec", "db1", "ping", "-c", "1", "-W", "2", a1.Address6)
 		return err
 	}
 	if err := dockerEventually(30*time.Second, reach); err != nil {

@@ -45,7 +45,17 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 			addr, gw := hostPrefix(lease.Addr), gatewayFor(lease.Addr)
 			var addr6 netip.Prefix // the IPv6 twin, unless IPv6 is off or the runtime addresses it
 			// (a container attached by id, on Windows, is IPv4 only: containers_hcn.go)
-			if spec.HostPeer == "" && spec.ContainerID == "" {
+			switch {
+			case spec.HostPeer != "":
+				// Docker gave the container its IPv6 address at
+				// CreateEndpoint and keeps it: the node cannot change
+				// it, so it keeps it while it is still the twin of the
+				// lease (not with IPv6 switched off, nor after a change
+				// of the cluster's IPv6 prefix).
+				if t := hostPrefix6(n.twin(lease.Addr)); t.IsValid() && t == spec.Address6 {
+					addr6 = t
+				}
+			case spec.ContainerID == "":
 				addr6 = hostPrefix6(n.twin(lease.Addr))
 			}
 			if addr != spec.Address || gw != spec.Gateway {

@@ -94,11 +94,11 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		spec.Ifname = bridge.DefaultIfname
 	}
 	pl := &containerPlumbing{c: n.containers, spec: spec}
-	if how.hostPeer == "" && !byID {
-		// A runtime that moves the interface itself gives it its addresses
-		// (Docker, one address per endpoint here); a Windows container's
-		// HCN endpoint is IPv4 only (containers_hcn.go); any other
-		// container gets the IPv6 twin too.
+	if !byID {
+		// A Windows container's HCN endpoint is IPv4 only
+		// (containers_hcn.go); any other container gets the IPv6 twin
+		// too. Docker's (hostPeer) gets it from the driver's
+		// CreateEndpoint answer (dockerplugin), the host side here.
 		pl.twin = n.twin
 	}
 	var at attachment

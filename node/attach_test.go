@@ -341,3 +341,74 @@ func (w *watchStore) SaveLease(st ipam.State, id string, l ipam.Lease, held bool
 	}
 	return w.LeaseStore.SaveLease(st, id, l, held)
 }
+
+// Adoption of Docker attachments (HostPeer) with IPv6 on: Docker gave the
+// container its IPv6 address and the node cannot change it, so an
+// attachment keeps its IPv6 address while it is the twin of its lease and
+// loses it (no host route, no AAAA) when it is not (another cluster IPv6
+// prefix); none is given to one that had none.
+func TestAdoptDockerIPv6(t *testing.T) {
+	dir := t.TempDir()
+	pool := ipam.DefaultPool()
+	store := disk.New(filepath.Join(dir, ipamFile), pool.BlockBits())
+	t.Cleanup(func() { store.Close() })
+	alloc, err := ipam.NewAllocator(store, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alloc.SetClaims([]ipam.Claim{{Node: "k", Name: "n1", Block: netip.MustParsePrefix("10.200.3.0/26")}}); err != nil {
+		t.Fatal(err)
+	}
+	twins, err := ipam.NewTwins(pool, netip.MustParsePrefix("fd12:3456:789a::/48"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	att, err := loadAttachments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer att.close()
+	want := map[string]netip.Prefix{}
+	alive := map[string]bool{}
+	for _, c := range []struct {
+		id   string
+		addr func(netip.Addr) netip.Prefix // the recorded Address6 for the lease
+		kept bool
+	}{
+		{"docker-000000000001", func(a netip.Addr) netip.Prefix { t6, _ := twins.Addr(a); return hostPrefix(t6) }, true},
+		{"docker-000000000002", func(netip.Addr) netip.Prefix { return netip.MustParsePrefix("fd99::2/128") }, false},
+		{"docker-000000000003", func(netip.Addr) netip.Prefix { return netip.Prefix{} }, false},
+	} {
+		l, err := alloc.Allocate("web", c.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := testAttachment(c.id, "web", hostPrefix(l.Addr).String())
+		at.Spec.Netns, at.Spec.Ifname, at.Spec.HostPeer = "", "", bridge.HostPeerName(c.id)
+		at.Attached.NetnsID = bridge.NetnsID{}
+		at.Spec.Address6 = c.addr(l.Addr)
+		if err := att.put(at); err != nil {
+			t.Fatal(err)
+		}
+		alive[c.id] = true
+		if c.kept {
+			want[c.id] = at.Spec.Address6
+		} else {
+			want[c.id] = netip.Prefix{}
+		}
+	}
+	fc := &fakeContainers{alive: alive}
+	n := &Node{log: slog.New(slog.DiscardHandler), alloc: alloc, attach: att, containers: fc, twins: twins}
+	n.adoptAttachments(context.Background())
+	for id, w := range want {
+		at, ok := att.get(id)
+		if !ok || at.Spec.Address6 != w {
+			t.Errorf("%s after adoption: %v %+v, want address6 %v", id, ok, at.Spec, w)
+		}
+	}
+	for _, c := range fc.calls {
+		if strings.HasPrefix(c, "readdress") || strings.HasPrefix(c, "detach") {
+			t.Errorf("adoption of Docker attachments called %q", c)
+		}
+	}
+}

@@ -174,6 +174,8 @@ func dockerAttachment(at attachment) dockerplugin.Attachment {
 		Service:   at.Spec.Service,
 		Address:   at.Spec.Address,
 		Gateway:   at.Spec.Gateway,
+		Address6:  at.Spec.Address6,
+		Gateway6:  gatewayFor6(at.Spec.Address6),
 		Peer:      at.Spec.HostPeer,
 		HostVeth:  at.Attached.HostVeth,
 		Created:   at.CreatedAt,
@@ -257,4 +259,13 @@ func (n *Node) keepDockerBridges() map[string]bool {
 func (d dockerNode) UnpublishAll(container string) error {
 	d.n.unpublishContainer(container)
 	return nil
+}
+
+// gatewayFor6 is the IPv6 gateway of a container holding addr6; the zero
+// Prefix when it has no IPv6 address.
+func gatewayFor6(addr6 netip.Prefix) netip.Prefix {
+	if !addr6.IsValid() {
+		return netip.Prefix{}
+	}
+	return gatewayFor(addr6.Addr())
 }

@@ -163,3 +163,57 @@ func TestDockerUnreserveKeepsAttached(t *testing.T) {
 		t.Fatal("attach with a lease that does not exist succeeded")
 	}
 }
+
+// TestDockerPipelineIPv6: with IPv6 on, a Docker container gets its IPv6
+// twin like any other: the plumbing's HostPeer spec carries it,
+// CreateEndpoint answers it (Docker puts it on the interface), Join names
+// the IPv6 gateway with its connected route, the service record has it
+// (AAAA) and -p targets it too.
+func TestDockerPipelineIPv6(t *testing.T) {
+	n, fc, nat, h := dockerTestNode(t)
+	twins, err := ipam.NewTwins(n.pool, netip.MustParsePrefix("fd12:3456:789a::/48"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.twins = twins
+	const net = "1f0c2a8e3b4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f"
+	const ep = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"
+	const key = "docker-a1b2c3d4e5f6"
+	if out := dockerCall(t, h, "NetworkDriver.CreateNetwork", `{"NetworkID":"`+net+`","Options":{"com.docker.network.generic":{"zlmesh.service":"web"}},"IPv4Data":[{"Pool":"0.0.0.0/0","Gateway":"169.254.1.1/32"}]}`); out["Err"] != nil {
+		t.Fatalf("CreateNetwork: %v", out)
+	}
+	addr := dockerCall(t, h, "IpamDriver.RequestAddress", `{"PoolID":"zlmesh-v4"}`)["Address"].(string)
+	a6, ok := twins.Addr(netip.MustParsePrefix(addr).Addr())
+	if !ok {
+		t.Fatalf("no twin of %s", addr)
+	}
+	out := dockerCall(t, h, "NetworkDriver.CreateEndpoint", `{"NetworkID":"`+net+`","EndpointID":"`+ep+`","Interface":{"Address":"`+addr+`","AddressIPv6":""}}`)
+	if got := fmt.Sprint(out["Interface"]); got != "map[Address: AddressIPv6:"+a6.String()+"/128 MacAddress:]" {
+		t.Fatalf("CreateEndpoint: %v, want the twin %s/128", out, a6)
+	}
+	if len(fc.specs) != 1 || fc.specs[0].Address6 != netip.PrefixFrom(a6, 128) || fc.specs[0].HostPeer != bridge.HostPeerName(key) {
+		t.Fatalf("plumbing got %+v, want the HostPeer form with address6 %s/128", fc.specs, a6)
+	}
+	join := dockerCall(t, h, "NetworkDriver.Join", `{"NetworkID":"`+net+`","EndpointID":"`+ep+`","SandboxKey":"/var/run/docker/netns/x"}`)
+	if join["GatewayIPv6"] != "fe80::1" || !strings.Contains(fmt.Sprint(join["StaticRoutes"]), "fe80::1/128") {
+		t.Fatalf("Join: %v", join)
+	}
+	if svc := n.Services(); len(svc) != 1 || svc[0].Address6 != a6.String() {
+		t.Fatalf("services: %+v, want %s", svc, a6)
+	}
+	if out := dockerCall(t, h, "NetworkDriver.ProgramExternalConnectivity", `{"NetworkID":"`+net+`","EndpointID":"`+ep+`","Options":{"com.docker.network.portmap":[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}`); out["Err"] != nil {
+		t.Fatalf("ProgramExternalConnectivity: %v", out)
+	}
+	if got, _ := nat.last(); len(got) != 1 || !strings.Contains(got[0], "["+a6.String()+"]:80") {
+		t.Fatalf("NAT after -p 8080:80: %v, want a target at [%s]:80", got, a6)
+	}
+	if out := dockerCall(t, h, "NetworkDriver.DeleteEndpoint", `{"NetworkID":"`+net+`","EndpointID":"`+ep+`"}`); out["Err"] != nil {
+		t.Fatalf("DeleteEndpoint: %v", out)
+	}
+	if out := dockerCall(t, h, "IpamDriver.ReleaseAddress", `{"PoolID":"","Address":"`+a6.String()+`"}`); out["Error"] != nil && out["Error"] != "" {
+		t.Fatalf("ReleaseAddress of the IPv6 address (libnetwork's releaseAddress): %v", out)
+	}
+	if len(n.alloc.Leases()) != 0 || len(n.attach.list()) != 0 {
+		t.Fatalf("after DeleteEndpoint: leases %v, attachments %v", n.alloc.Leases(), n.attach.list())
+	}
+}
