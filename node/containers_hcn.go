@@ -19,14 +19,16 @@ import (
 // sweep.go, blocks.go). It is platform-neutral: on Windows it runs over
 // winhcn.System() (containers_windows.go), in tests over winhcntest.Fake.
 //
-// How a ContainerSpec reads here: Container names the attachment (the endpoint
-// is winhcn.EndpointPrefix+Container); ContainerID is the runtime's
-// container, which must exist (else winhcn.ErrNoContainer, wrapped with
-// bridge.ErrNoNamespace so that adoption forgets it); Netns, PID, Ifname,
-// MTU and HostPeer are not used (validateAttach refuses Netns and PID);
-// Address and Gateway are the node's as on Linux (a /32 and the link-local
-// gateway); Address6 stays zero (the node gives a container attached by
-// id no IPv6 twin: IPv4 only on Windows for now).
+// How a ContainerSpec reads here (it is converted to a winhcn.Spec):
+// Container names the attachment (the endpoint is
+// winhcn.EndpointPrefix+Container, recorded as Plumbed.Endpoint);
+// ContainerID is the runtime's container, which must exist (else
+// winhcn.ErrNoContainer, wrapped with bridge.ErrNoNamespace so that
+// adoption forgets it); Netns, PID, Ifname, MTU and HostPeer are not used
+// (validateAttach refuses Netns and PID); Address and Gateway are the
+// node's as on Linux (a /32 and the link-local gateway); Address6 stays
+// zero (the node gives a container attached by id no IPv6 twin: IPv4 only
+// on Windows for now).
 //
 // The node's HCN network spans the node's blocks: every attach and
 // readdress first makes it cover blocks() (adding subnets only, so a block

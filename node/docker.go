@@ -203,7 +203,8 @@ func (d dockerNode) Publish(container string, p dockerplugin.Port) error {
 }
 
 // bridgeKeeper is the optional part of Containers that keeps the bridges
-// of services with no container (bridge.Manager.KeepBridges).
+// of services with no container (bridgeContainers, over
+// bridge.Manager.KeepBridges).
 type bridgeKeeper interface {
 	KeepBridges(services []string) []string
 }
