@@ -263,7 +263,7 @@ type Spec struct {
 	// advertisements ignored, a route to Gateway6 and the IPv6 default
 	// route via it, the host route to the bridge, which holds Gateway6 too).
 	// The zero Prefix: Address's family only.
-	Address6 netip.Prefix `json:",omitzero"`
+	Address6 netip.Prefix
 	// MTU of both veth ends and the bridge; 0 leaves the kernel's default
 	// (1500).
 	MTU int
@@ -280,9 +280,6 @@ type Spec struct {
 	// repairs the host side only; Readdress is ErrUnsupported (the node
 	// cannot reach into a namespace it was never given). See hostpeer_linux.go.
 	HostPeer string
-	// ContainerID is not this package's: a Windows node's HCN plumbing
-	// (node) finds the container by it. Always "" here.
-	ContainerID string
 }
 
 // HostPeerPrefix names the container end of a HostPeer veth while it is in
@@ -444,8 +441,7 @@ func (s Spec) validateHostPeer() error {
 // tells a namespace from a later one at the same path or behind a reused PID.
 // The zero value means unknown.
 type NetnsID struct {
-	Dev uint64 `json:"dev"`
-	Ino uint64 `json:"ino"`
+	Dev, Ino uint64
 }
 
 // IsZero reports whether id is unknown.
@@ -453,18 +449,16 @@ func (id NetnsID) IsZero() bool { return id == NetnsID{} }
 
 func (id NetnsID) String() string { return fmt.Sprintf("netns:[%d:%d]", id.Dev, id.Ino) }
 
-// Attached is what an attachment made; node records it beside the Spec.
+// Attached is what an attachment made; the caller records it beside the
+// Spec (package node, in its own types and format).
 type Attached struct {
-	Bridge   string  `json:"bridge"`    // BridgeName(Service)
-	HostVeth string  `json:"host_veth"` // VethName(Container)
-	NetnsID  NetnsID `json:"netns_id"`  // the container's namespace, for Alive
-	// Endpoint is not this package's: the HCN endpoint's name of a
-	// Windows node's container (node). Always "" here.
-	Endpoint string `json:"endpoint,omitempty"`
+	Bridge   string  // BridgeName(Service)
+	HostVeth string  // VethName(Container)
+	NetnsID  NetnsID // the container's namespace, for Alive
 	// Repairs lists, after Adopt, what it found wrong and fixed (one short
 	// sentence each); empty when everything matched, and always empty after
 	// Attach.
-	Repairs []string `json:"repairs,omitempty"`
+	Repairs []string
 }
 
 // Inventory is what this package's objects look like in the host

@@ -126,7 +126,7 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		n.log.Warn("inventory of container links", "err", err)
 		return
 	}
-	for _, v := range inv.Veths {
+	for _, v := range inv.Links {
 		if !owned[v.Name] {
 			n.log.Info("removing stray link", "link", v.Name, "container", v.Container)
 			n.containers.RemoveLink(v.Name)
@@ -141,9 +141,9 @@ func (n *Node) adoptAttachments(ctx context.Context) {
 		}
 	}
 	for _, b := range inv.Bridges {
-		if !services[b.Name] {
-			if ok, err := n.containers.RemoveBridgeIfEmpty(b.Name); err != nil || !ok {
-				n.log.Warn("stray bridge not removed", "bridge", b.Name, "err", err)
+		if !services[b] {
+			if ok, err := n.containers.RemoveBridgeIfEmpty(b); err != nil || !ok {
+				n.log.Warn("stray bridge not removed", "bridge", b, "err", err)
 			}
 		}
 	}
@@ -173,6 +173,6 @@ func (n *Node) forgetAttachment(ctx context.Context, at attachment) {
 }
 
 // sameAttached compares what two attachments made, repairs aside.
-func sameAttached(a, b bridge.Attached) bool {
+func sameAttached(a, b Plumbed) bool {
 	return a.Bridge == b.Bridge && a.HostVeth == b.HostVeth && a.NetnsID == b.NetnsID
 }

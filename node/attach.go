@@ -13,21 +13,6 @@ import (
 	"github.com/zlmesh/zlmesh/winhcn"
 )
 
-// Containers is the container plumbing the node drives: package bridge's
-// Manager on Linux. See bridge.Manager for each method's contract.
-type Containers interface {
-	Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
-	Detach(ctx context.Context, s bridge.Spec) error
-	Readdress(ctx context.Context, s bridge.Spec, newAddr, newAddr6 netip.Prefix) error
-	Alive(s bridge.Spec, id bridge.NetnsID) (bool, error)
-	Adopt(ctx context.Context, s bridge.Spec) (bridge.Attached, error)
-	Inventory() (bridge.Inventory, error)
-	RemoveLink(name string) error
-	RemoveRoute(dst netip.Prefix) error
-	RemoveBridgeIfEmpty(name string) (bool, error)
-	Close() error
-}
-
 // Attach attaches a container's network namespace to a service: an address
 // from the node's blocks (ipam; a new block is claimed when they are full), the plumbing (bridge), the state file, the
 // service record, an event. A failure at any step undoes the steps before
@@ -45,7 +30,7 @@ type attachHow struct {
 	// container's. "" allocates.
 	reserved string
 	// hostPeer leaves the container end of the veth in the host under this
-	// name, for the runtime to move (bridge.Spec.HostPeer); the request
+	// name, for the runtime to move (ContainerSpec.HostPeer); the request
 	// then names no namespace.
 	hostPeer string
 	// mtu overrides Config.MTU when not 0.
@@ -76,7 +61,7 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 		return api.Attachment{}, api.Errorf(api.CodeAlreadyExists, "container %s is already attached to service %s", req.Container, at.Spec.Service)
 	}
 
-	spec := bridge.Spec{
+	spec := ContainerSpec{
 		Service:   req.Service,
 		Container: req.Container,
 		Netns:     req.Netns,
@@ -133,8 +118,8 @@ func (n *Node) attachVia(ctx context.Context, req api.AttachRequest, how attachH
 // address until plumb; made is what Attach made.
 type containerPlumbing struct {
 	c    Containers
-	spec bridge.Spec
-	made bridge.Attached
+	spec ContainerSpec
+	made Plumbed
 	// twin gives the IPv6 address beside the leased one; nil: none.
 	twin func(netip.Addr) netip.Addr
 }

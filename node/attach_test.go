@@ -21,9 +21,9 @@ import (
 func testAttachment(id, service, addr string) attachment {
 	p := netip.MustParsePrefix(addr)
 	return attachment{
-		Spec: bridge.Spec{Service: service, Container: id, Netns: "/run/netns/" + id, Ifname: "eth0",
+		Spec: ContainerSpec{Service: service, Container: id, Netns: "/run/netns/" + id, Ifname: "eth0",
 			Address: p, Gateway: gatewayFor(p.Addr()), MTU: 1420},
-		Attached:  bridge.Attached{Bridge: bridge.BridgeName(service), HostVeth: bridge.VethName(id), NetnsID: bridge.NetnsID{Dev: 4, Ino: 1000}},
+		Attached:  Plumbed{Bridge: bridge.BridgeName(service), HostVeth: bridge.VethName(id), NetnsID: NamespaceID{Dev: 4, Ino: 1000}},
 		CreatedAt: time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC),
 	}
 }
@@ -133,7 +133,7 @@ func TestAttachmentsCorrupt(t *testing.T) {
 type fakeContainers struct {
 	mu        sync.Mutex
 	alive     map[string]bool // container → namespace alive
-	inv       bridge.Inventory
+	inv       ContainerInventory
 	calls     []string
 	emptyBrs  map[string]bool
 	adoptErrs map[string]error
@@ -145,15 +145,15 @@ func (f *fakeContainers) record(s string) {
 	f.mu.Unlock()
 }
 
-func (f *fakeContainers) Attach(_ context.Context, s bridge.Spec) (bridge.Attached, error) {
+func (f *fakeContainers) Attach(_ context.Context, s ContainerSpec) (Plumbed, error) {
 	f.record("attach " + s.Container)
-	return bridge.Attached{Bridge: bridge.BridgeName(s.Service), HostVeth: bridge.VethName(s.Container), NetnsID: bridge.NetnsID{Dev: 4, Ino: 1000}}, nil
+	return Plumbed{Bridge: bridge.BridgeName(s.Service), HostVeth: bridge.VethName(s.Container), NetnsID: NamespaceID{Dev: 4, Ino: 1000}}, nil
 }
-func (f *fakeContainers) Detach(_ context.Context, s bridge.Spec) error {
+func (f *fakeContainers) Detach(_ context.Context, s ContainerSpec) error {
 	f.record("detach " + s.Container)
 	return nil
 }
-func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, a6 netip.Prefix) error {
+func (f *fakeContainers) Readdress(_ context.Context, s ContainerSpec, a, a6 netip.Prefix) error {
 	if a6.IsValid() {
 		f.record(fmt.Sprintf("readdress %s %s→%s %s→%s", s.Container, s.Address, a, s.Address6, a6))
 		return nil
@@ -161,17 +161,17 @@ func (f *fakeContainers) Readdress(_ context.Context, s bridge.Spec, a, a6 netip
 	f.record(fmt.Sprintf("readdress %s %s→%s", s.Container, s.Address, a))
 	return nil
 }
-func (f *fakeContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
+func (f *fakeContainers) Alive(s ContainerSpec, _ NamespaceID) (bool, error) {
 	return f.alive[s.Container], nil
 }
-func (f *fakeContainers) Adopt(_ context.Context, s bridge.Spec) (bridge.Attached, error) {
+func (f *fakeContainers) Adopt(_ context.Context, s ContainerSpec) (Plumbed, error) {
 	f.record(fmt.Sprintf("adopt %s %s", s.Container, s.Address))
 	if err := f.adoptErrs[s.Container]; err != nil {
-		return bridge.Attached{}, err
+		return Plumbed{}, err
 	}
-	return bridge.Attached{Bridge: bridge.BridgeName(s.Service), HostVeth: bridge.VethName(s.Container), NetnsID: bridge.NetnsID{Dev: 4, Ino: 1000}}, nil
+	return Plumbed{Bridge: bridge.BridgeName(s.Service), HostVeth: bridge.VethName(s.Container), NetnsID: NamespaceID{Dev: 4, Ino: 1000}}, nil
 }
-func (f *fakeContainers) Inventory() (bridge.Inventory, error) { return f.inv, nil }
+func (f *fakeContainers) Inventory() (ContainerInventory, error) { return f.inv, nil }
 func (f *fakeContainers) RemoveLink(name string) error {
 	f.record("remove-link " + name)
 	return nil
@@ -232,10 +232,10 @@ func TestAdoptAttachments(t *testing.T) {
 
 	fc := &fakeContainers{
 		alive: map[string]bool{"ok": true, "moved": true, "unleased": true},
-		inv: bridge.Inventory{
-			Bridges: []bridge.BridgeInfo{{Name: "zlb-web"}, {Name: "zlb-stale"}},
-			Veths:   []bridge.VethInfo{{Name: bridge.VethName("ok")}, {Name: bridge.VethName("moved")}, {Name: "zlvstray"}},
-			Routes:  []bridge.RouteInfo{{Dst: hostPrefix(ok.Addr), Bridge: "zlb-web"}, {Dst: netip.MustParsePrefix("10.200.3.60/32"), Bridge: "zlb-web"}},
+		inv: ContainerInventory{
+			Bridges: []string{"zlb-web", "zlb-stale"},
+			Links:   []PlumbingLink{{Name: bridge.VethName("ok")}, {Name: bridge.VethName("moved")}, {Name: "zlvstray"}},
+			Routes:  []PlumbingRoute{{Dst: hostPrefix(ok.Addr), Bridge: "zlb-web"}, {Dst: netip.MustParsePrefix("10.200.3.60/32"), Bridge: "zlb-web"}},
 		},
 		emptyBrs: map[string]bool{"zlb-stale": true},
 	}
@@ -385,7 +385,7 @@ func TestAdoptDockerIPv6(t *testing.T) {
 		}
 		at := testAttachment(c.id, "web", hostPrefix(l.Addr).String())
 		at.Spec.Netns, at.Spec.Ifname, at.Spec.HostPeer = "", "", bridge.HostPeerName(c.id)
-		at.Attached.NetnsID = bridge.NetnsID{}
+		at.Attached.NetnsID = NamespaceID{}
 		at.Spec.Address6 = c.addr(l.Addr)
 		if err := att.put(at); err != nil {
 			t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
-	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/internal/journal"
 	"github.com/zlmesh/zlmesh/internal/statefile"
 )
@@ -25,9 +24,9 @@ const attachFile = "attachments.json"
 
 // attachment is one attached container as the state file keeps it.
 type attachment struct {
-	Spec      bridge.Spec     `json:"spec"`
-	Attached  bridge.Attached `json:"attached"`
-	CreatedAt time.Time       `json:"created_at"`
+	Spec      ContainerSpec `json:"spec"`
+	Attached  Plumbed       `json:"attached"`
+	CreatedAt time.Time     `json:"created_at"`
 	// Origin is the attach request's origin (see origin.go); nil for none.
 	Origin *api.Origin `json:"origin,omitempty"`
 }

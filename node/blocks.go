@@ -179,7 +179,7 @@ func (n *Node) moveBlock(ch mesh.ClaimChange) {
 //     mesh interface until it is restarted (docker restart, or stop and
 //     start), which makes a new endpoint with an address of this node's
 //     blocks.
-func unmovable(s bridge.Spec) string {
+func unmovable(s ContainerSpec) string {
 	switch {
 	case s.HostPeer != "":
 		return "Docker's interface cannot be readdressed: restart the container for a new address"

@@ -19,14 +19,16 @@ import (
 // sweep.go, blocks.go). It is platform-neutral: on Windows it runs over
 // winhcn.System() (containers_windows.go), in tests over winhcntest.Fake.
 //
-// How bridge.Spec reads here: Container names the attachment (the endpoint
-// is winhcn.EndpointPrefix+Container); ContainerID is the runtime's
-// container, which must exist (else winhcn.ErrNoContainer, wrapped with
-// bridge.ErrNoNamespace so that adoption forgets it); Netns, PID, Ifname,
-// MTU and HostPeer are not used (validateAttach refuses Netns and PID);
-// Address and Gateway are the node's as on Linux (a /32 and the link-local
-// gateway); Address6 stays zero (the node gives a container attached by
-// id no IPv6 twin: IPv4 only on Windows for now).
+// How a ContainerSpec reads here (it is converted to a winhcn.Spec):
+// Container names the attachment (the endpoint is
+// winhcn.EndpointPrefix+Container, recorded as Plumbed.Endpoint);
+// ContainerID is the runtime's container, which must exist (else
+// winhcn.ErrNoContainer, wrapped with bridge.ErrNoNamespace so that
+// adoption forgets it); Netns, PID, Ifname, MTU and HostPeer are not used
+// (validateAttach refuses Netns and PID); Address and Gateway are the
+// node's as on Linux (a /32 and the link-local gateway); Address6 stays
+// zero (the node gives a container attached by id no IPv6 twin: IPv4 only
+// on Windows for now).
 //
 // The node's HCN network spans the node's blocks: every attach and
 // readdress first makes it cover blocks() (adding subnets only, so a block
@@ -147,39 +149,39 @@ func hcnError(err error) error {
 	return err
 }
 
-func (h *hcnContainers) winSpec(s bridge.Spec, addr netip.Prefix) winhcn.Spec {
+func (h *hcnContainers) winSpec(s ContainerSpec, addr netip.Prefix) winhcn.Spec {
 	return winhcn.Spec{Container: s.Container, ContainerID: s.ContainerID, Address: addr, Gateway: gatewayFor(addr.Addr()).Addr()}
 }
 
-func (h *hcnContainers) attached(a winhcn.Attached) bridge.Attached {
-	return bridge.Attached{Bridge: h.m.NetworkName(), Endpoint: winhcn.EndpointPrefix + a.Container}
+func (h *hcnContainers) attached(a winhcn.Attached) Plumbed {
+	return Plumbed{Bridge: h.m.NetworkName(), Endpoint: winhcn.EndpointPrefix + a.Container}
 }
 
 // Attach gives the container its endpoint at s.Address (see winhcn.Attach:
 // nothing is left on error).
-func (h *hcnContainers) Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error) {
+func (h *hcnContainers) Attach(ctx context.Context, s ContainerSpec) (Plumbed, error) {
 	if s.ContainerID == "" || s.Netns != "" || s.PID != 0 || s.HostPeer != "" {
-		return bridge.Attached{}, fmt.Errorf("attach %s: a Windows container is attached by its container id only: %w", s.Container, bridge.ErrInvalid)
+		return Plumbed{}, fmt.Errorf("attach %s: a Windows container is attached by its container id only: %w", s.Container, bridge.ErrInvalid)
 	}
 	if err := h.ensure(); err != nil {
-		return bridge.Attached{}, err
+		return Plumbed{}, err
 	}
 	a, err := h.m.Attach(ctx, h.winSpec(s, s.Address))
 	if err != nil {
-		return bridge.Attached{}, hcnError(err)
+		return Plumbed{}, hcnError(err)
 	}
 	return h.attached(a), nil
 }
 
 // Detach deletes the container's endpoint and its namespace.
-func (h *hcnContainers) Detach(_ context.Context, s bridge.Spec) error {
+func (h *hcnContainers) Detach(_ context.Context, s ContainerSpec) error {
 	return h.m.Detach(s.Container)
 }
 
 // Readdress gives the container a new endpoint at newAddr (HCN cannot
 // change an endpoint's address), in the network grown to cover it.
 // newAddr6 is always zero: the node gives HCN endpoints no IPv6 twin.
-func (h *hcnContainers) Readdress(ctx context.Context, s bridge.Spec, newAddr, _ netip.Prefix) error {
+func (h *hcnContainers) Readdress(ctx context.Context, s ContainerSpec, newAddr, _ netip.Prefix) error {
 	if err := h.ensure(); err != nil {
 		return err
 	}
@@ -188,7 +190,7 @@ func (h *hcnContainers) Readdress(ctx context.Context, s bridge.Spec, newAddr, _
 }
 
 // Alive reports whether the runtime still knows the container.
-func (h *hcnContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
+func (h *hcnContainers) Alive(s ContainerSpec, _ NamespaceID) (bool, error) {
 	if s.ContainerID == "" {
 		return false, nil
 	}
@@ -198,17 +200,17 @@ func (h *hcnContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
 // Adopt takes over the container's endpoint after a restart: kept when it
 // is as recorded, made again (and said so in Repairs) when it is missing
 // or differs. A container that is gone is bridge.ErrNoNamespace.
-func (h *hcnContainers) Adopt(ctx context.Context, s bridge.Spec) (bridge.Attached, error) {
+func (h *hcnContainers) Adopt(ctx context.Context, s ContainerSpec) (Plumbed, error) {
 	if err := h.ensure(); err != nil {
-		return bridge.Attached{}, err
+		return Plumbed{}, err
 	}
 	before, err := h.m.Inventory()
 	if err != nil {
-		return bridge.Attached{}, err
+		return Plumbed{}, err
 	}
 	a, err := h.m.Attach(ctx, h.winSpec(s, s.Address))
 	if err != nil {
-		return bridge.Attached{}, hcnError(err)
+		return Plumbed{}, hcnError(err)
 	}
 	made := h.attached(a)
 	if !slices.ContainsFunc(before, func(b winhcn.Attached) bool { return b.EndpointID == a.EndpointID }) {
@@ -217,17 +219,17 @@ func (h *hcnContainers) Adopt(ctx context.Context, s bridge.Spec) (bridge.Attach
 	return made, nil
 }
 
-// Inventory lists the node's endpoints as "veths" named by endpoint, so
-// that adoption removes the ones no attachment owns (Attached.Endpoint).
+// Inventory lists the node's endpoints as links named by endpoint, so
+// that adoption removes the ones no attachment owns (Plumbed.Endpoint).
 // There are no bridges or routes of the node's own on Windows.
-func (h *hcnContainers) Inventory() (bridge.Inventory, error) {
+func (h *hcnContainers) Inventory() (ContainerInventory, error) {
 	inv, err := h.m.Inventory()
 	if err != nil {
-		return bridge.Inventory{}, err
+		return ContainerInventory{}, err
 	}
-	var out bridge.Inventory
+	var out ContainerInventory
 	for _, a := range inv {
-		out.Veths = append(out.Veths, bridge.VethInfo{Name: winhcn.EndpointPrefix + a.Container, Container: a.Container, Master: h.m.NetworkName(), Up: true})
+		out.Links = append(out.Links, PlumbingLink{Name: winhcn.EndpointPrefix + a.Container, Container: a.Container})
 	}
 	return out, nil
 }

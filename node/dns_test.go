@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
-	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
 	"github.com/zlmesh/zlmesh/mesh/meshtest"
@@ -62,14 +61,14 @@ func TestDNSSnapshotTwins(t *testing.T) {
 		mesh:   h1,
 		attach: &attachments{path: filepath.Join(dir, attachFile), byID: map[string]attachment{}, busy: map[string]bool{}},
 	}
-	web1 := attachment{Spec: bridge.Spec{Container: "web1", Service: "web",
+	web1 := attachment{Spec: ContainerSpec{Container: "web1", Service: "web",
 		Address: netip.MustParsePrefix("10.200.1.10/32"), Address6: netip.MustParsePrefix("fd12:3456:789a:4::a/128")}}
 	n.attach.byID["web1"] = web1
 	// web1's record as the release before IPv6 wrote it; a Docker endpoint
 	// (no IPv6 address) beside it.
 	old, _ := json.Marshal(api.ServiceEndpoint{Service: "web", Container: "web1", Address: "10.200.1.10", Node: "h1"})
 	h1.Store().Put(serviceKind, n.serviceKey("web1"), old)
-	n.attach.byID["docker-1"] = attachment{Spec: bridge.Spec{Container: "docker-1", Service: "web", HostPeer: "veth1",
+	n.attach.byID["docker-1"] = attachment{Spec: ContainerSpec{Container: "docker-1", Service: "web", HostPeer: "veth1",
 		Address: netip.MustParsePrefix("10.200.1.11/32")}}
 
 	// Guests of h1 (IPv6 on: its twin) and of h3 (off: none).

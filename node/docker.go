@@ -22,7 +22,7 @@ import (
 // attach pipeline (attachVia) with two differences: the lease was made by
 // IPAM before the endpoint was named (renamed in the pipeline), and the
 // plumbing leaves the veth's container end in the host for Docker to move
-// (bridge.Spec.HostPeer).
+// (ContainerSpec.HostPeer).
 
 // dockerFile keeps the Docker networks zlmesh serves.
 const dockerFile = "docker.json"
@@ -203,12 +203,11 @@ func (d dockerNode) Publish(container string, p dockerplugin.Port) error {
 }
 
 // bridgeKeeper is the optional part of Containers that keeps the bridges
-// of services with no container (bridge.Manager.KeepBridges).
+// of services with no container (bridgeContainers, over
+// bridge.Manager.KeepBridges).
 type bridgeKeeper interface {
 	KeepBridges(services []string) []string
 }
-
-var _ bridgeKeeper = (*bridge.Manager)(nil)
 
 // KeepBridges keeps the bridges of the services of Docker's networks, and
 // removes those no longer kept that have no port left.

@@ -21,16 +21,16 @@ import (
 type failingContainers struct {
 	*fakeContainers
 	fail  bool
-	specs []bridge.Spec
+	specs []ContainerSpec
 }
 
-func (f *failingContainers) Attach(ctx context.Context, s bridge.Spec) (bridge.Attached, error) {
+func (f *failingContainers) Attach(ctx context.Context, s ContainerSpec) (Plumbed, error) {
 	f.specs = append(f.specs, s)
 	if f.fail {
-		return bridge.Attached{}, fmt.Errorf("create veth: %w", bridge.ErrExists)
+		return Plumbed{}, fmt.Errorf("create veth: %w", bridge.ErrExists)
 	}
 	a, err := f.fakeContainers.Attach(ctx, s)
-	a.NetnsID = bridge.NetnsID{}
+	a.NetnsID = NamespaceID{}
 	return a, err
 }
 
@@ -99,7 +99,7 @@ func TestDockerPipeline(t *testing.T) {
 	if l, ok := n.alloc.Lease(key); !ok || l.Service != "web" || hostPrefix(l.Addr).String() != addr || len(n.alloc.Leases()) != 1 {
 		t.Fatalf("lease after CreateEndpoint: %+v %v (all: %+v)", l, ok, n.alloc.Leases())
 	}
-	want := bridge.Spec{Service: "web", Container: key, Ifname: "eth0", Address: netip.MustParsePrefix(addr),
+	want := ContainerSpec{Service: "web", Container: key, Ifname: "eth0", Address: netip.MustParsePrefix(addr),
 		Gateway: netip.MustParsePrefix("169.254.1.1/32"), MTU: 1420, HostPeer: bridge.HostPeerName(key)}
 	if len(fc.specs) != 1 || fc.specs[0] != want {
 		t.Fatalf("plumbing got %+v, want %+v", fc.specs, want)

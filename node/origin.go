@@ -9,7 +9,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/zlmesh/zlmesh/api"
-	"github.com/zlmesh/zlmesh/bridge"
 )
 
 // maxOriginField bounds every field of an api.Origin but Kind.
@@ -58,13 +57,13 @@ func isHandlePath(path string) bool { return handlePathRE.MatchString(path) }
 // recorded: a PID, or a path that is not a handle path. An attachment made
 // through a handle path whose runtime path the node cannot see is not: the
 // node knows it only by its veth (see api.AttachRequest).
-func reachable(s bridge.Spec) bool { return s.PID != 0 || !isHandlePath(s.Netns) }
+func reachable(s ContainerSpec) bool { return s.PID != 0 || !isHandlePath(s.Netns) }
 
 // durableSpec returns the spec to record after an attach made with spec: the
 // same, except that a handle path is replaced by the origin's namespace path
 // when that path, seen from the node, is the namespace that was attached
 // (id). Otherwise the handle path stays, and reachable says so.
-func (n *Node) durableSpec(spec bridge.Spec, o *api.Origin, id bridge.NetnsID) bridge.Spec {
+func (n *Node) durableSpec(spec ContainerSpec, o *api.Origin, id NamespaceID) ContainerSpec {
 	if spec.PID != 0 || !isHandlePath(spec.Netns) || o == nil || o.Netns == "" || isHandlePath(o.Netns) || id.IsZero() {
 		return spec
 	}
@@ -100,7 +99,7 @@ func (c *aliveCheck) alive(at attachment) (bool, error) {
 			return false, err
 		}
 		c.veths = map[string]bool{}
-		for _, v := range inv.Veths {
+		for _, v := range inv.Links {
 			if !v.Stray {
 				c.veths[v.Name] = true
 			}

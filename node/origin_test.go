@@ -57,7 +57,7 @@ type pathContainers struct {
 	paths map[string]bool
 }
 
-func (p *pathContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
+func (p *pathContainers) Alive(s ContainerSpec, _ NamespaceID) (bool, error) {
 	return p.paths[s.Netns], nil
 }
 
@@ -66,10 +66,10 @@ func (p *pathContainers) Alive(s bridge.Spec, _ bridge.NetnsID) (bool, error) {
 // by its handle is alive while its veth exists, whatever the handle path
 // says now, and a reachable one is asked of Containers.Alive.
 func TestHandleAttachments(t *testing.T) {
-	id := bridge.NetnsID{Dev: 4, Ino: 1000}
+	id := NamespaceID{Dev: 4, Ino: 1000}
 	fc := &pathContainers{paths: map[string]bool{"/run/netns/visible": true, "/proc/42/fd/5": true}}
 	n := &Node{log: slog.New(slog.DiscardHandler), containers: fc}
-	spec := bridge.Spec{Service: "web", Container: "c1", Netns: "/proc/42/fd/5"}
+	spec := ContainerSpec{Service: "web", Container: "c1", Netns: "/proc/42/fd/5"}
 
 	got := n.durableSpec(spec, &api.Origin{Kind: "cni", Netns: "/run/netns/visible"}, id)
 	if got.Netns != "/run/netns/visible" {
@@ -82,23 +82,23 @@ func TestHandleAttachments(t *testing.T) {
 	if got := n.durableSpec(spec, nil, id); got.Netns != spec.Netns {
 		t.Errorf("no origin: recorded %q", got.Netns)
 	}
-	plain := bridge.Spec{Service: "web", Container: "c2", Netns: "/run/netns/c2"}
+	plain := ContainerSpec{Service: "web", Container: "c2", Netns: "/run/netns/c2"}
 	if got := n.durableSpec(plain, &api.Origin{Kind: "cni", Netns: "/run/netns/visible"}, id); got != plain {
 		t.Errorf("a plain path was replaced: %+v", got)
 	}
 
-	fc.inv = bridge.Inventory{Veths: []bridge.VethInfo{{Name: bridge.VethName("handle-up")}, {Name: bridge.VethName("stray"), Stray: true}}}
+	fc.inv = ContainerInventory{Links: []PlumbingLink{{Name: bridge.VethName("handle-up")}, {Name: bridge.VethName("stray"), Stray: true}}}
 	check := n.newAliveCheck()
 	for _, tc := range []struct {
 		name string
 		at   attachment
 		want bool
 	}{
-		{"handle, veth present", attachment{Spec: bridge.Spec{Container: "handle-up", Netns: "/proc/42/fd/5"}, Attached: bridge.Attached{HostVeth: bridge.VethName("handle-up")}}, true},
-		{"handle, veth gone", attachment{Spec: bridge.Spec{Container: "handle-gone", Netns: "/proc/42/fd/5"}, Attached: bridge.Attached{HostVeth: bridge.VethName("handle-gone")}}, false},
-		{"handle, stray veth", attachment{Spec: bridge.Spec{Container: "stray", Netns: "/proc/42/fd/6"}, Attached: bridge.Attached{HostVeth: bridge.VethName("stray")}}, false},
-		{"path alive", attachment{Spec: bridge.Spec{Container: "v", Netns: "/run/netns/visible"}}, true},
-		{"path gone", attachment{Spec: bridge.Spec{Container: "g", Netns: "/run/netns/gone"}}, false},
+		{"handle, veth present", attachment{Spec: ContainerSpec{Container: "handle-up", Netns: "/proc/42/fd/5"}, Attached: Plumbed{HostVeth: bridge.VethName("handle-up")}}, true},
+		{"handle, veth gone", attachment{Spec: ContainerSpec{Container: "handle-gone", Netns: "/proc/42/fd/5"}, Attached: Plumbed{HostVeth: bridge.VethName("handle-gone")}}, false},
+		{"handle, stray veth", attachment{Spec: ContainerSpec{Container: "stray", Netns: "/proc/42/fd/6"}, Attached: Plumbed{HostVeth: bridge.VethName("stray")}}, false},
+		{"path alive", attachment{Spec: ContainerSpec{Container: "v", Netns: "/run/netns/visible"}}, true},
+		{"path gone", attachment{Spec: ContainerSpec{Container: "g", Netns: "/run/netns/gone"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := check.alive(tc.at)

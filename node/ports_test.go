@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/zlmesh/zlmesh/api"
-	"github.com/zlmesh/zlmesh/bridge"
 	"github.com/zlmesh/zlmesh/internal/statefile"
 	"github.com/zlmesh/zlmesh/ipam"
 	"github.com/zlmesh/zlmesh/mesh"
@@ -26,7 +25,7 @@ import (
 
 func TestTargetIndex(t *testing.T) {
 	local := func(container, service, addr string) attachment {
-		return attachment{Spec: bridge.Spec{Container: container, Service: service, Address: netip.MustParsePrefix(addr)}}
+		return attachment{Spec: ContainerSpec{Container: container, Service: service, Address: netip.MustParsePrefix(addr)}}
 	}
 	ep := func(node, container, service, addr string) api.ServiceEndpoint {
 		return api.ServiceEndpoint{Node: node, Container: container, Service: service, Address: addr}
@@ -253,7 +252,7 @@ func portsNode(t testing.TB, join bool, local []attachment, ports map[string]api
 // and the port to a remote container keeps its last target, also long
 // past portGrace, instead of being dropped from the kernel and forgotten.
 func TestPortsRestartedAlone(t *testing.T) {
-	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
+	web := attachment{Spec: ContainerSpec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
 	ports := map[string]api.PortMapping{
 		portKey("h1", "tcp", "", 8080): {Node: "h1", Container: "web", Protocol: "tcp", HostPort: 8080, ContainerPort: 80, Target: "10.200.1.34:80"},
 		portKey("h1", "tcp", "", 8081): {Node: "h1", Container: "api", Protocol: "tcp", HostPort: 8081, ContainerPort: 80, Target: "10.200.2.34:80"},
@@ -283,7 +282,7 @@ func TestPortsRestartedAlone(t *testing.T) {
 // any service record is written (and after renumbering, not to the
 // address it had).
 func TestPortsVanishedContainerAlone(t *testing.T) {
-	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.66/27")}}
+	web := attachment{Spec: ContainerSpec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.66/27")}}
 	ports := map[string]api.PortMapping{
 		portKey("h1", "udp", "", 53):   {Node: "h1", Container: "gone", Protocol: "udp", HostPort: 53, ContainerPort: 53, Target: "10.200.1.40:53"},
 		portKey("h1", "tcp", "", 8080): {Node: "h1", Container: "web", Protocol: "tcp", HostPort: 8080, ContainerPort: 80, Target: "10.200.1.34:80"},
@@ -315,7 +314,7 @@ func TestPortsVanishedContainerAlone(t *testing.T) {
 // After purgeNAT (zlmesh down --purge) nothing makes the table again: not
 // the sweep's reconcile, not a publish or an unpublish.
 func TestPortsPurgeIsFinal(t *testing.T) {
-	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
+	web := attachment{Spec: ContainerSpec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
 	n, nat := portsNode(t, false, []attachment{web}, nil)
 	if _, err := n.Publish(api.PublishRequest{Container: "web", Protocol: "tcp", HostPort: 8080, ContainerPort: 80}); err != nil {
 		t.Fatal(err)
@@ -357,7 +356,7 @@ func TestPortsPurgeIsFinal(t *testing.T) {
 // snapshot, and a garbled record in the middle of the journal is an error,
 // never an empty table.
 func TestPortsJournal(t *testing.T) {
-	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
+	web := attachment{Spec: ContainerSpec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
 	n, _ := portsNode(t, false, []attachment{web}, nil)
 	reload := func() map[string]api.PortMapping {
 		t.Helper()
@@ -440,7 +439,7 @@ func apiCode(err error) (string, int) {
 // journal's synced appends, the record store; the NAT is a fake, natd's
 // share is natd's BenchmarkSet). It must not grow with N.
 func BenchmarkPublish(b *testing.B) {
-	web := attachment{Spec: bridge.Spec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
+	web := attachment{Spec: ContainerSpec{Container: "web", Service: "web", Address: netip.MustParsePrefix("10.200.1.34/27")}}
 	for _, size := range []int{0, 1000} {
 		b.Run(fmt.Sprintf("ports=%d", size), func(b *testing.B) {
 			n, _ := portsNode(b, false, []attachment{web}, nil)
