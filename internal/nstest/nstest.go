@@ -9,9 +9,12 @@ package nstest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -28,7 +31,7 @@ func RequireRoot(t testing.TB) {
 
 // NS is a named network namespace made for one test.
 type NS struct {
-	Name string // e.g. "zlt-bridge-1a2b3c"
+	Name string // e.g. "zlt-bridge-4711-1a2b"
 	Path string // /run/netns/<Name>
 	// Handle is an open fd on the namespace; it is closed on cleanup.
 	Handle netns.NsHandle
@@ -36,14 +39,20 @@ type NS struct {
 	NL *netlink.Handle
 }
 
-// New makes a fresh network namespace named prefix-<random>, with lo up, and
-// registers its removal with t.Cleanup. prefix should start with "zl".
+// New makes a fresh network namespace named prefix-<pid>-<random>, with lo
+// up, and registers its removal with t.Cleanup. prefix should start with
+// "zlt-". A test binary that dies without running its cleanups (killed by
+// -timeout, a panic off the test goroutine) leaves its namespaces behind:
+// New first removes those of test processes that are gone (SweepStale).
 func New(t testing.TB, prefix string) *NS {
 	t.Helper()
 	RequireRoot(t)
-	var b [3]byte
+	if swept, err := SweepStale(); len(swept) > 0 || err != nil {
+		t.Logf("nstest: removed namespaces of dead test processes: %v (%v)", swept, err)
+	}
+	var b [2]byte
 	rand.Read(b[:])
-	name := fmt.Sprintf("%s-%s", prefix, hex.EncodeToString(b[:]))
+	name := fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), hex.EncodeToString(b[:]))
 	if len(name) > 40 {
 		t.Fatalf("netns name %q too long", name)
 	}
@@ -66,6 +75,43 @@ func New(t testing.TB, prefix string) *NS {
 		t.Fatalf("lo up in %s: %v", name, err)
 	}
 	return ns
+}
+
+// staleName matches the namespaces New makes: "zlt-…-<pid>-<4 hex>".
+var staleName = regexp.MustCompile(`^zlt-[a-z0-9-]+-([0-9]+)-[0-9a-f]{4}$`)
+
+// SweepStale removes the namespaces New made in test processes that no
+// longer exist, and returns their names. A namespace whose process is alive
+// (or whose name New did not make) is never touched.
+func SweepStale() ([]string, error) {
+	entries, err := os.ReadDir("/run/netns")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var swept []string
+	var errs []error
+	for _, e := range entries {
+		m := staleName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + m[1]); err == nil {
+			continue // its process runs (or the pid was reused: keep it)
+		}
+		if err := netns.DeleteNamed(e.Name()); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", e.Name(), err))
+			continue
+		}
+		swept = append(swept, e.Name())
+	}
+	return swept, errors.Join(errs...)
 }
 
 func newNamed(name string) (netns.NsHandle, error) {
