@@ -24,45 +24,90 @@ type packetPath interface {
 	InjectInbound(pkt []byte) error
 }
 
-// Hook answers DNS for addr (the mesh DNS address) on w's packet path, so
-// that DNS queries to it are answered locally and never reach WireGuard. It
-// installs an outbound hook (order HookOrder) that, for packets whose
-// destination is addr:
+// Hook answers DNS for addrs (the mesh DNS addresses, usually DefaultAddr
+// and on a dual-stack node its IPv6 twin) on w's packet path, so that DNS
+// queries to them are answered locally and never reach WireGuard. It
+// installs one outbound hook (order HookOrder) that, for packets whose
+// destination is one of addrs:
 //
 //   - UDP to port 53: answers with the Query core and injects the answer
 //     towards the OS (Consumed). Zone answers and cache hits are given
 //     inline; questions that must go upstream are answered from a
-//     goroutine (at most 1024 pending; beyond that they are dropped and the
-//     client retries), so the packet path never waits on an upstream.
-//   - TCP (any port): handed to a small gVisor TCP/IP stack that owns only
-//     addr and serves DNS over TCP on port 53 with the same core (RFC 7766);
-//     its outbound segments are injected towards the OS. Connections to
-//     other ports are reset by that stack (TCP RST).
+//     goroutine (at most 1024 pending per address; beyond that they are
+//     dropped and the client retries), so the packet path never waits on
+//     an upstream. Answers are built as IPv4 or IPv6 packets from the
+//     query's addressing (an IPv6 query behind extension headers gets a
+//     plain IPv6 answer).
+//   - TCP (any port): handed to a small gVisor TCP/IP stack per address
+//     that owns only it and serves DNS over TCP on port 53 with the same
+//     core (RFC 7766); its outbound segments are injected towards the OS.
+//     Connections to other ports are reset by that stack (TCP RST).
 //   - anything else (UDP to other ports, UDP fragments, ICMP, other
 //     protocols): dropped.
 //
 // Packets to other destinations are accepted untouched after one address
-// comparison. addr must be a valid address, IPv4 or IPv6; it is usually
-// DefaultAddr, and the OS must route it into w's device. A dual-stack node
-// installs one hook at Config.Addr and one at Config.Addr6: each hook
-// handles one family (UDP answers are built as IPv4 or IPv6 packets from
-// the query's addressing; an IPv6 query behind extension headers gets a
-// plain IPv6 answer) and has its own TCP stack for that family. remove uninstalls the hook, stops
-// the TCP stack and waits for its connections and pending forwards to end;
-// it may be called more than once. Several hooks (for example one per
-// address) may be installed on one Server.
-func (s *Server) Hook(w *tun.Wrapper, addr netip.Addr) (remove func(), err error) {
+// comparison per address: one hook serves all of addrs, so a second family
+// costs the packet path a comparison, not a second hook. Each of addrs must
+// be a valid address, IPv4 or IPv6, at least one, no two the same; the OS
+// must route them into w's device. remove uninstalls the hook, stops the
+// TCP stacks and waits for their connections and pending forwards to end;
+// it may be called more than once. Several hooks may be installed on one
+// Server.
+func (s *Server) Hook(w *tun.Wrapper, addrs ...netip.Addr) (remove func(), err error) {
 	if w == nil {
 		return nil, errors.New("dnsd: hook: nil wrapper")
 	}
-	return s.hook(w, addr)
+	return s.hook(w, addrs...)
 }
 
-func (s *Server) hook(pp packetPath, addr netip.Addr) (remove func(), err error) {
-	addr = addr.Unmap()
-	if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() {
-		return nil, fmt.Errorf("dnsd: hook: %v is not a usable DNS address", addr)
+func (s *Server) hook(pp packetPath, addrs ...netip.Addr) (remove func(), err error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("dnsd: hook: no address")
 	}
+	var hs addrHooks
+	removeAll := func() {
+		for _, h := range hs {
+			h.stop()
+		}
+	}
+	for _, addr := range addrs {
+		addr = addr.Unmap()
+		if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() {
+			removeAll()
+			return nil, fmt.Errorf("dnsd: hook: %v is not a usable DNS address", addr)
+		}
+		for _, h := range hs {
+			if h.addr == addr {
+				removeAll()
+				return nil, fmt.Errorf("dnsd: hook: %v given twice", addr)
+			}
+		}
+		h, err := s.newHook(pp, addr)
+		if err != nil {
+			removeAll()
+			return nil, err
+		}
+		hs = append(hs, h)
+	}
+	fn := hs.outbound
+	if len(hs) == 1 {
+		fn = hs[0].outbound // one address: no loop
+	}
+	rm := pp.AddHook(tun.Outbound, HookOrder, hookName, fn)
+	for _, h := range hs {
+		s.log.Info("dnsd: answering on the packet path", "addr", h.addr)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			rm()
+			removeAll()
+		})
+	}, nil
+}
+
+// newHook makes the hook of one address, its TCP stack running.
+func (s *Server) newHook(pp packetPath, addr netip.Addr) (*hook, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &hook{
 		s:      s,
@@ -81,24 +126,37 @@ func (s *Server) hook(pp packetPath, addr netip.Addr) (remove func(), err error)
 		return nil, fmt.Errorf("dnsd: hook %s: %w", addr, err)
 	}
 	h.ns = ns
-	rm := pp.AddHook(tun.Outbound, HookOrder, hookName, h.outbound)
-	s.log.Info("dnsd: answering on the packet path", "addr", addr)
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			rm()
-			h.mu.Lock()
-			h.closed = true
-			h.mu.Unlock()
-			cancel()
-			ns.close()
-			h.wg.Wait()
-			s.log.Info("dnsd: stopped answering on the packet path", "addr", addr)
-		})
-	}, nil
+	return h, nil
 }
 
-// hook is one installed packet-path hook.
+// stop ends one address's hook after the packet-path hook is removed (or
+// never installed): no new forward starts, the TCP stack stops, pending
+// forwards and connections end.
+func (h *hook) stop() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.cancel()
+	h.ns.close()
+	h.wg.Wait()
+	h.s.log.Info("dnsd: stopped answering on the packet path", "addr", h.addr)
+}
+
+// addrHooks are the hooks of several addresses behind one packet-path hook.
+type addrHooks []*hook
+
+// outbound runs on every packet from the OS: one comparison per address
+// for packets to other destinations.
+func (hs addrHooks) outbound(p *tun.Packet) tun.Verdict {
+	for _, h := range hs {
+		if p.Dst == h.addr {
+			return h.serve(p)
+		}
+	}
+	return tun.Accept
+}
+
+// hook answers one address behind a packet-path hook (addrHooks).
 type hook struct {
 	s      *Server
 	pp     packetPath
@@ -119,6 +177,11 @@ func (h *hook) outbound(p *tun.Packet) tun.Verdict {
 	if p.Dst != h.addr {
 		return tun.Accept
 	}
+	return h.serve(p)
+}
+
+// serve handles one packet to h.addr.
+func (h *hook) serve(p *tun.Packet) tun.Verdict {
 	switch p.Proto {
 	case tun.ProtoUDP:
 		if p.DstPort != 53 || p.Payload == nil {

@@ -316,11 +316,63 @@ func TestHookRejects(t *testing.T) {
 	if _, err := s.Hook(nil, DefaultAddr); err == nil {
 		t.Error("Hook(nil wrapper) = nil error")
 	}
+	for _, addrs := range [][]netip.Addr{nil, {DefaultAddr, DefaultAddr}, {DefaultAddr, {}}} {
+		path := &fakePath{}
+		if _, err := s.hook(path, addrs...); err == nil || path.hook != nil {
+			t.Errorf("hook(%v) = %v, hook installed %v; want an error and nothing installed", addrs, err, path.hook != nil)
+		}
+	}
 }
 
-// FuzzHook feeds arbitrary packets to two hooks, one at the IPv4 and one
-// at the IPv6 DNS address (as the node installs them): no panic, packets to
-// other destinations always pass, and anything injected is a well-formed
+// One hook serves both families: queries to either address are answered,
+// from that address; packets to others pass; remove stops both.
+func TestHookTwoAddresses(t *testing.T) {
+	s := newTestServer(t, Config{Cluster6: testCluster6, Addr: DefaultAddr, Addr6: testDNS6})
+	if err := s.SetSnapshot(dualSnapshot()); err != nil {
+		t.Fatal(err)
+	}
+	var injected [][]byte
+	var mu sync.Mutex
+	path := &fakePath{inject: func(b []byte) { mu.Lock(); injected = append(injected, b); mu.Unlock() }}
+	remove, err := s.hook(path, DefaultAddr, testDNS6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := query("web-1.web.zl.", dns.TypeA, 0, false).Pack()
+	for _, tc := range []struct {
+		pkt  []byte
+		want tun.Verdict
+		from netip.Addr // the injected answer's source; zero: none
+	}{
+		{tuntest.UDP(netip.MustParseAddrPort("10.200.1.10:33000"), netip.AddrPortFrom(DefaultAddr, 53), q), tun.Consumed, DefaultAddr},
+		{tuntest.UDP(netip.AddrPortFrom(twin6("10.200.1.10"), 33000), netip.AddrPortFrom(testDNS6, 53), q), tun.Consumed, testDNS6},
+		{tuntest.UDP(netip.MustParseAddrPort("10.200.1.10:33000"), netip.MustParseAddrPort("10.200.2.10:53"), q), tun.Accept, netip.Addr{}},
+	} {
+		mu.Lock()
+		injected = nil
+		mu.Unlock()
+		p := decodePacket(tc.pkt)
+		if v, _ := path.run(&p); v != tc.want {
+			t.Errorf("to %v: verdict %v, want %v", p.Dst, v, tc.want)
+		}
+		mu.Lock()
+		switch {
+		case !tc.from.IsValid() && len(injected) != 0:
+			t.Errorf("to %v: %d packets injected, want none", p.Dst, len(injected))
+		case tc.from.IsValid() && (len(injected) != 1 || decodePacket(injected[0]).Src != tc.from):
+			t.Errorf("to %v: injected %d packets, want one answer from %v", p.Dst, len(injected), tc.from)
+		}
+		mu.Unlock()
+	}
+	remove()
+	if path.hook != nil {
+		t.Error("the hook stays installed after remove")
+	}
+}
+
+// FuzzHook feeds arbitrary packets to one hook at the IPv4 and the IPv6 DNS
+// address (as the node installs it): no panic, packets to other
+// destinations always pass, and anything injected is a well-formed
 // answer from the hook's address.
 func FuzzHook(f *testing.F) {
 	s := newTestServer(f, Config{Cluster6: testCluster6, Addr: DefaultAddr, Addr6: testDNS6})
@@ -329,16 +381,12 @@ func FuzzHook(f *testing.F) {
 	}
 	var injected [][]byte
 	var mu sync.Mutex
-	var paths []*fakePath
-	for _, a := range []netip.Addr{DefaultAddr, testDNS6} {
-		path := &fakePath{inject: func(b []byte) { mu.Lock(); injected = append(injected, b); mu.Unlock() }}
-		remove, err := s.hook(path, a)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Cleanup(remove)
-		paths = append(paths, path)
+	path := &fakePath{inject: func(b []byte) { mu.Lock(); injected = append(injected, b); mu.Unlock() }}
+	remove, err := s.hook(path, DefaultAddr, testDNS6)
+	if err != nil {
+		f.Fatal(err)
 	}
+	f.Cleanup(remove)
 	q, _ := query("web.zl.", dns.TypeA, 0, false).Pack()
 	q6, _ := query("web-1.web.zl.", dns.TypeAAAA, 1232, false).Pack()
 	// A query from 10.200.1.1:4000 to the DNS address: the "reply" to a
@@ -363,13 +411,10 @@ func FuzzHook(f *testing.F) {
 		mu.Lock()
 		injected = injected[:0]
 		mu.Unlock()
-		for i, path := range paths {
-			addr := []netip.Addr{DefaultAddr, testDNS6}[i]
-			p := decodePacket(b)
-			v, _ := path.run(&p)
-			if p.Dst != addr && v != tun.Accept {
-				t.Fatalf("packet to %v at the hook for %v: verdict %v, want accept", p.Dst, addr, v)
-			}
+		p := decodePacket(b)
+		v, _ := path.run(&p)
+		if p.Dst != DefaultAddr && p.Dst != testDNS6 && v != tun.Accept {
+			t.Fatalf("packet to %v: verdict %v, want accept", p.Dst, v)
 		}
 		mu.Lock()
 		defer mu.Unlock()

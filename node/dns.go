@@ -52,12 +52,12 @@ func (n *Node) startDNS() error {
 		return fmt.Errorf("mesh DNS: %w", err)
 	}
 	n.dns = srv
+	remove, err := srv.Hook(n.wrap, n.meshDNS()...)
+	if err != nil {
+		return fmt.Errorf("mesh DNS on the packet path: %w", err)
+	}
+	n.undo = append(n.undo, remove)
 	for _, addr := range n.meshDNS() {
-		remove, err := srv.Hook(n.wrap, addr)
-		if err != nil {
-			return fmt.Errorf("mesh DNS on the packet path: %w", err)
-		}
-		n.undo = append(n.undo, remove)
 		if lp, ok := n.cfg.Plumbing.(LocalPlumbing); ok {
 			if err := n.serveDNSLocal(srv, lp, addr); err != nil {
 				n.log.Warn("mesh DNS: no kernel sockets at its address; answering on the packet path only", "address", addr, "err", err)
