@@ -1369,7 +1369,7 @@ func TestContainersRenumbered(t *testing.T) {
 		return nil
 	})
 	newBlock := mustPrefix(t, moved)
-	tw := twinsOf(status(t, b))
+	tw := testbed.Twins(status(t, b))
 	// Each container keeps its offset in the block; the gateway is the
 	// link-local one and does not move.
 	relocate := func(old string) string {
@@ -1507,7 +1507,7 @@ func TestContainersKillDuringChurn(t *testing.T) {
 	if err := h.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tw := twinsOf(status(t, h))
+	tw := testbed.Twins(status(t, h))
 	eventually(t, 30*time.Second, func() error {
 		v, err := viewOf(ctx, h, ws)
 		if err != nil {

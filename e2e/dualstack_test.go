@@ -26,7 +26,7 @@ import (
 func checkTwin(t *testing.T, h *testbed.Host, a api.Attachment) {
 	t.Helper()
 	st := status(t, h)
-	tw := twinsOf(st)
+	tw := testbed.Twins(st)
 	if tw == nil {
 		t.Fatalf("%s runs IPv4 only: status %+v", h.Name, st)
 	}

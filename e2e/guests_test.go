@@ -61,7 +61,7 @@ func TestGuests(t *testing.T) {
 		t.Fatalf("private key %q in the answer does not match public key %s (%v)", g.PrivateKey, g.PublicKey, err)
 	}
 	st1 := status(t, h1)
-	if g.Address6 != twin(twinsOf(st1), g.Address) {
+	if g.Address6 != twin(testbed.Twins(st1), g.Address) {
 		t.Errorf("guest address6 %q, want the twin of %s", g.Address6, g.Address)
 	}
 	for _, want := range []string{

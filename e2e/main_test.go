@@ -354,9 +354,6 @@ func invariants(hosts []*testbed.Host) error {
 }
 
 // mustPrefix parses a prefix or fails the test.
-// twinsOf is the IPv6 mapping of the node of st (nil: IPv4 only).
-func twinsOf(st api.Status) *ipam.Twins { return testbed.Twins(st) }
-
 func mustPrefix(t *testing.T, s string) netip.Prefix {
 	t.Helper()
 	p, err := netip.ParsePrefix(s)
@@ -378,7 +375,7 @@ func wantAllowedIPs(st api.Status) []string {
 		}
 	}
 	ps = ipam.Coalesce(ps)
-	if tw := twinsOf(st); tw != nil {
+	if tw := testbed.Twins(st); tw != nil {
 		ps = append(ps, tw.Prefixes(ps)...)
 	}
 	var out []string

@@ -188,7 +188,7 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 			return api.PortMapping{}, api.Errorf(api.CodeAlreadyExists, "host port %d/%s is already published on %s (to %s)", pm.HostPort, pm.Protocol, orAll(other.HostAddress), other.TargetName())
 		}
 	}
-	target, ok := n.targets().resolve(pm)
+	target, target6, ok := portTarget(pm, n.targets(), true)
 	if !ok {
 		what := "container " + pm.Container
 		if pm.Service != "" {
@@ -196,9 +196,9 @@ func (n *Node) Publish(req api.PublishRequest) (api.PortMapping, error) {
 		}
 		return api.PortMapping{}, api.Errorf(api.CodeNotFound, "no %s in the cluster", what)
 	}
-	pm.Target = netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String()
-	if a6 := n.targets().resolve6(pm); a6.IsValid() {
-		pm.Target6 = netip.AddrPortFrom(a6, uint16(pm.ContainerPort)).String()
+	pm.Target = target.String()
+	if target6.IsValid() {
+		pm.Target6 = target6.String()
 	}
 	p.byKey[key] = pm
 	if err := n.applyNATLocked(); err != nil {
@@ -419,21 +419,26 @@ func (x targetIndex) add(container, service string, c targetCand) {
 // one of its endpoints, a local one first, then the lowest address on an
 // alive node.
 func (x targetIndex) resolve(pm api.PortMapping) (netip.Addr, bool) {
-	c, ok := x.container[pm.Container]
-	if pm.Service != "" {
-		c, ok = x.service[pm.Service]
-	}
+	c, ok := x.lookup(pm)
 	return c.addr, ok
 }
 
 // resolve6 is the IPv6 address of the target resolve picks; zero when it
 // has none (a node or container without IPv6, a Docker endpoint).
 func (x targetIndex) resolve6(pm api.PortMapping) netip.Addr {
-	c := x.container[pm.Container]
-	if pm.Service != "" {
-		c = x.service[pm.Service]
-	}
+	c, _ := x.lookup(pm)
 	return c.addr6
+}
+
+// lookup is the candidate pm forwards to: its container's, or its
+// service's best.
+func (x targetIndex) lookup(pm api.PortMapping) (targetCand, bool) {
+	if pm.Service != "" {
+		c, ok := x.service[pm.Service]
+		return c, ok
+	}
+	c, ok := x.container[pm.Container]
+	return c, ok
 }
 
 // targets indexes the current targets (see newTargetIndex).
@@ -578,10 +583,10 @@ func (n *Node) reconcilePorts() {
 	// Remember where each port leads now (the state file keeps it for the
 	// next start, the record shows it).
 	for k, pm := range p.byKey {
-		if target, ok := targets.resolve(pm); ok {
-			t, t6 := netip.AddrPortFrom(target, uint16(pm.ContainerPort)).String(), ""
-			if a6 := targets.resolve6(pm); a6.IsValid() {
-				t6 = netip.AddrPortFrom(a6, uint16(pm.ContainerPort)).String()
+		if target, target6, ok := portTarget(pm, targets, true); ok {
+			t, t6 := target.String(), ""
+			if target6.IsValid() {
+				t6 = target6.String()
 			}
 			if t != pm.Target || t6 != pm.Target6 {
 				pm.Target, pm.Target6 = t, t6
