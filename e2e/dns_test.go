@@ -643,13 +643,13 @@ func digE(ctx context.Context, c *testbed.Container, args ...string) digResult {
 	return r
 }
 
-// digShort returns the answer's A (or PTR) data in order; nil when dig got
+// digShort returns the answer's A, AAAA or PTR data in order; nil when dig got
 // no answer.
 func digShort(ctx context.Context, c *testbed.Container, args ...string) []string {
 	r := digE(ctx, c, args...)
 	var s []string
 	for _, a := range r.Answer {
-		if a.Type == "A" || a.Type == "PTR" {
+		if a.Type == "A" || a.Type == "AAAA" || a.Type == "PTR" {
 			s = append(s, a.Data)
 		}
 	}

@@ -129,6 +129,18 @@ func TestGuests(t *testing.T) {
 		}
 	})
 
+	t.Run("IPv6: the guest's twin reaches and is reached", func(t *testing.T) {
+		eventually(t, 15*time.Second, func() error {
+			if err := guest.Ping(ctx, web1.Address6); err != nil {
+				return fmt.Errorf("guest pings web1 at %s: %v", web1.Address6, err)
+			}
+			if got := digShort(ctx, c3.c, "laptop.guest.zl", "AAAA"); !slices.Equal(got, []string{g.Address6}) {
+				return fmt.Errorf("laptop.guest.zl AAAA from h3: %v, want %s", got, g.Address6)
+			}
+			return c3.c.Ping(ctx, g.Address6)
+		})
+	})
+
 	t.Run("list, metrics and events", func(t *testing.T) {
 		eventually(t, 10*time.Second, func() error {
 			list, err := h1.Client().Guests(ctx)
